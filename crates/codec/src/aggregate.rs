@@ -1,0 +1,231 @@
+//! Everyone's side: many peers' payloads into one dense update, bit-identical on every machine.
+//!
+//! Per tensor: each peer's values are scaled by `min(1, median/(‖v‖₂ + 1e-8))` where `median` is
+//! the lower median of the peers' norms; every coordinate gets the mean over the peers that kept
+//! it (0 where none did). Peers are processed in the order given — callers order them by uid —
+//! and each coordinate's sum runs over peers in that order whatever the thread count, so the
+//! result does not depend on the machine.
+
+use rayon::prelude::*;
+
+use crate::config::Transform;
+use crate::dct::Dct2;
+use crate::error::AggregateError;
+use crate::payload::{Payload, SparseTensor, Values, bf16_to_f32};
+use crate::plan::ChunkPlan;
+use crate::schema::Schema;
+
+/// Added to a peer's norm before dividing, as upstream, so a zero update clips to zero.
+pub const NORM_EPSILON: f64 = 1e-8;
+
+/// Aggregates `peers` into `out[i]`, the dense update of schema tensor `i` (overwritten).
+pub fn aggregate<O>(
+    schema: &Schema,
+    peers: &[&Payload],
+    out: &mut [O],
+) -> Result<(), AggregateError>
+where
+    O: AsMut<[f32]> + Send,
+{
+    if out.len() != schema.len() {
+        return Err(AggregateError::OutputCount {
+            expected: schema.len(),
+            found: out.len(),
+        });
+    }
+    for (p, peer) in peers.iter().enumerate() {
+        if peer.tensors.len() != schema.len() {
+            return Err(AggregateError::PeerMismatch {
+                peer: p,
+                tensor: String::new(),
+            });
+        }
+    }
+    out.par_iter_mut().enumerate().try_for_each(|(i, o)| {
+        let tensors: Vec<&SparseTensor> = peers.iter().map(|p| &p.tensors[i]).collect();
+        aggregate_tensor(schema, i, &tensors, o.as_mut())
+    })
+}
+
+/// One tensor of [`aggregate`].
+pub fn aggregate_tensor(
+    schema: &Schema,
+    i: usize,
+    peers: &[&SparseTensor],
+    out: &mut [f32],
+) -> Result<(), AggregateError> {
+    let norms: Vec<f64> = peers.par_iter().map(|t| t.values.norm()).collect();
+    let median = lower_median(&norms);
+    let scales: Vec<f32> = norms.iter().map(|&n| clip_scale(n, median)).collect();
+    merge_tensor(schema, i, peers, &scales, out)
+}
+
+/// The lower median: element `⌊(n−1)/2⌋` in ascending order; 0 for no peers.
+pub fn lower_median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
+/// `min(1, median/(norm + ε))`.
+pub fn clip_scale(norm: f64, median: f64) -> f32 {
+    (median / (norm + NORM_EPSILON)).min(1.0) as f32
+}
+
+/// Mean over choosers of `scales[p] · value` for every coordinate, written densely into `out`.
+pub fn merge_tensor(
+    schema: &Schema,
+    i: usize,
+    peers: &[&SparseTensor],
+    scales: &[f32],
+    out: &mut [f32],
+) -> Result<(), AggregateError> {
+    let plan = schema.plan(i);
+    let tensor = || schema.spec(i).name.clone();
+    if out.len() != plan.numel() {
+        return Err(AggregateError::Length {
+            tensor: tensor(),
+            expected: plan.numel(),
+            found: out.len(),
+        });
+    }
+    let mut prepared = Vec::with_capacity(peers.len());
+    for (p, (t, &scale)) in peers.iter().zip(scales).enumerate() {
+        prepared.push(
+            PeerValues::new(t, scale, plan).ok_or(AggregateError::PeerMismatch {
+                peer: p,
+                tensor: tensor(),
+            })?,
+        );
+    }
+    let transform = schema.config().transform;
+    out.par_chunks_mut(plan.band_len())
+        .enumerate()
+        .for_each_init(
+            || Accumulator::new(plan, transform),
+            |acc, (band, out_band)| merge_band(plan, &prepared, band, out_band, acc),
+        );
+    Ok(())
+}
+
+/// A peer's tensor ready to scatter: indices and a way to read its scaled values.
+struct PeerValues<'a> {
+    indices: &'a [u16],
+    values: Scaled<'a>,
+}
+
+enum Scaled<'a> {
+    /// Quantized: `levels[code]` already includes shift and the clip scale.
+    Levels {
+        codes: &'a [u8],
+        levels: Vec<f32>,
+    },
+    Dense(Vec<f32>),
+}
+
+impl<'a> PeerValues<'a> {
+    fn new(t: &'a SparseTensor, scale: f32, plan: &ChunkPlan) -> Option<PeerValues<'a>> {
+        if t.indices.len() != plan.kept() || t.values.len() != plan.kept() {
+            return None;
+        }
+        let values = match &t.values {
+            Values::Quantized(q) => Scaled::Levels {
+                codes: &q.codes,
+                levels: q.levels(scale),
+            },
+            Values::F32(v) => Scaled::Dense(v.iter().map(|&x| x * scale).collect()),
+            Values::Bf16(v) => Scaled::Dense(v.iter().map(|&x| bf16_to_f32(x) * scale).collect()),
+        };
+        if let Scaled::Levels { codes, levels } = &values {
+            if codes.iter().any(|&c| c as usize >= levels.len()) {
+                return None;
+            }
+        }
+        Some(PeerValues {
+            indices: &t.indices,
+            values,
+        })
+    }
+}
+
+struct Accumulator {
+    sum: Vec<f32>,
+    count: Vec<f32>,
+    dct: Option<Dct2>,
+}
+
+impl Accumulator {
+    fn new(plan: &ChunkPlan, transform: Transform) -> Accumulator {
+        Accumulator {
+            sum: vec![0.0; plan.chunk_len()],
+            count: vec![0.0; plan.chunk_len()],
+            dct: (transform == Transform::Dct).then(|| Dct2::new(plan.chunk_rows, plan.chunk_cols)),
+        }
+    }
+}
+
+fn merge_band(
+    plan: &ChunkPlan,
+    peers: &[PeerValues],
+    band: usize,
+    out: &mut [f32],
+    acc: &mut Accumulator,
+) {
+    let (k, w) = (plan.k, plan.chunk_cols);
+    let per_band = plan.chunks_per_band();
+    for c in 0..per_band {
+        let at = (band * per_band + c) * k;
+        for peer in peers {
+            let idx = &peer.indices[at..at + k];
+            match &peer.values {
+                Scaled::Levels { codes, levels } => {
+                    for (&p, &q) in idx.iter().zip(&codes[at..at + k]) {
+                        acc.sum[p as usize] += levels[q as usize];
+                        acc.count[p as usize] += 1.0;
+                    }
+                }
+                Scaled::Dense(v) => {
+                    for (&p, &x) in idx.iter().zip(&v[at..at + k]) {
+                        acc.sum[p as usize] += x;
+                        acc.count[p as usize] += 1.0;
+                    }
+                }
+            }
+        }
+        for (s, n) in acc.sum.iter_mut().zip(acc.count.iter_mut()) {
+            *s /= n.max(1.0);
+            *n = 0.0;
+        }
+        if let Some(dct) = acc.dct.as_mut() {
+            dct.inverse(&mut acc.sum);
+        }
+        for (i, row) in acc.sum.chunks_exact_mut(w).enumerate() {
+            let at = i * plan.cols + c * w;
+            out[at..at + w].copy_from_slice(row);
+            row.fill(0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_median_by_hand() {
+        assert_eq!(lower_median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(lower_median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+        assert_eq!(lower_median(&[5.0]), 5.0);
+        assert_eq!(lower_median(&[]), 0.0);
+    }
+
+    #[test]
+    fn clip_scale_only_shrinks() {
+        assert_eq!(clip_scale(1.0, 2.0), 1.0);
+        assert!((clip_scale(4.0, 2.0) - 0.5).abs() < 1e-7);
+        assert_eq!(clip_scale(0.0, 0.0), 0.0);
+    }
+}

@@ -1,0 +1,218 @@
+//! The miner's side: error feedback, top-k per chunk, value coding, and subtracting what was sent.
+
+use rayon::prelude::*;
+
+use crate::config::{Transform, ValueCoding};
+use crate::dct::Dct2;
+use crate::error::CompressError;
+use crate::payload::{Payload, SparseTensor, Values, f32_to_bf16};
+use crate::plan::ChunkPlan;
+use crate::quant::{self, Rule};
+use crate::schema::Schema;
+use crate::topk::{Selector, magnitude_key};
+
+/// Compresses every tensor of the schema: for each, `e = β·e + lr·Δ`, keep the top-k of `e`
+/// per chunk, code the kept values, then `e −= decoded(kept)` so `e` holds exactly what was not
+/// sent. `error_feedback[i]` and `delta[i]` are the flat buffers of schema tensor `i`.
+///
+/// On [`CompressError::NonFinite`] the error-feedback buffers are in an unspecified state and
+/// must be reset before the next window.
+pub fn compress<E, D>(
+    schema: &Schema,
+    error_feedback: &mut [E],
+    delta: &[D],
+) -> Result<Payload, CompressError>
+where
+    E: AsMut<[f32]> + Send,
+    D: AsRef<[f32]> + Sync,
+{
+    if error_feedback.len() != schema.len() || delta.len() != schema.len() {
+        return Err(CompressError::Config(format!(
+            "{} error-feedback and {} delta buffers for {} tensors",
+            error_feedback.len(),
+            delta.len(),
+            schema.len()
+        )));
+    }
+    let tensors = error_feedback
+        .par_iter_mut()
+        .zip(delta.par_iter())
+        .enumerate()
+        .map(|(i, (e, d))| compress_tensor(schema, i, e.as_mut(), d.as_ref(), Rule::Symmetric))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Payload { tensors })
+}
+
+/// One tensor of [`compress`], with an explicit quantizer rule (for comparisons).
+pub fn compress_tensor(
+    schema: &Schema,
+    i: usize,
+    error_feedback: &mut [f32],
+    delta: &[f32],
+    rule: Rule,
+) -> Result<SparseTensor, CompressError> {
+    let plan = schema.plan(i);
+    let name = &schema.spec(i).name;
+    for found in [error_feedback.len(), delta.len()] {
+        if found != plan.numel() {
+            return Err(CompressError::Length {
+                tensor: name.clone(),
+                expected: plan.numel(),
+                found,
+            });
+        }
+    }
+    let config = schema.config();
+    let (beta, lr) = (config.error_feedback.beta, config.error_feedback.lr);
+    let transform = config.transform;
+    let band_len = plan.band_len();
+    let bands: Vec<Selected> = error_feedback
+        .par_chunks_mut(band_len)
+        .zip(delta.par_chunks(band_len))
+        .map_init(
+            || BandScratch::new(plan, transform),
+            |s, (e, d)| select_band(plan, s, e, d, beta, lr),
+        )
+        .collect();
+    if bands.iter().any(|b| b.non_finite) {
+        return Err(CompressError::NonFinite {
+            tensor: name.clone(),
+        });
+    }
+    let kept = plan.kept();
+    let mut indices = Vec::with_capacity(kept);
+    let mut raw = Vec::with_capacity(kept);
+    for b in bands {
+        indices.extend_from_slice(&b.indices);
+        raw.extend_from_slice(&b.values);
+    }
+    let values = code_values(config.values, &raw, rule);
+    let sent = values.to_f32();
+    subtract_sent(plan, transform, error_feedback, &indices, &sent);
+    Ok(SparseTensor { indices, values })
+}
+
+fn code_values(coding: ValueCoding, raw: &[f32], rule: Rule) -> Values {
+    match coding {
+        ValueCoding::Quantized { n_bins, range } => {
+            Values::Quantized(quant::quantize(raw, n_bins, range, rule))
+        }
+        ValueCoding::F32 => Values::F32(raw.to_vec()),
+        ValueCoding::Bf16 => Values::Bf16(raw.iter().map(|&x| f32_to_bf16(x)).collect()),
+    }
+}
+
+struct Selected {
+    indices: Vec<u16>,
+    values: Vec<f32>,
+    non_finite: bool,
+}
+
+struct BandScratch {
+    chunk: Vec<f32>,
+    keys: Vec<u32>,
+    selector: Selector,
+    dct: Option<Dct2>,
+}
+
+impl BandScratch {
+    fn new(plan: &ChunkPlan, transform: Transform) -> BandScratch {
+        BandScratch {
+            chunk: vec![0.0; plan.chunk_len()],
+            keys: vec![0; plan.chunk_len()],
+            selector: Selector::default(),
+            dct: (transform == Transform::Dct).then(|| Dct2::new(plan.chunk_rows, plan.chunk_cols)),
+        }
+    }
+}
+
+/// Error-feedback update and top-k for every chunk of one band, in one pass over memory.
+fn select_band(
+    plan: &ChunkPlan,
+    s: &mut BandScratch,
+    e: &mut [f32],
+    d: &[f32],
+    beta: f32,
+    lr: f32,
+) -> Selected {
+    let (w, cols) = (plan.chunk_cols, plan.cols);
+    let per_band = plan.chunks_per_band();
+    let mut out = Selected {
+        indices: Vec::with_capacity(per_band * plan.k),
+        values: Vec::with_capacity(per_band * plan.k),
+        non_finite: false,
+    };
+    let mut max_key = 0u32;
+    for c in 0..per_band {
+        for i in 0..plan.chunk_rows {
+            let at = i * cols + c * w;
+            let (e_row, d_row) = (&mut e[at..at + w], &d[at..at + w]);
+            let dst = &mut s.chunk[i * w..(i + 1) * w];
+            for ((x, &g), out) in e_row.iter_mut().zip(d_row).zip(dst.iter_mut()) {
+                *x = beta * *x + lr * g;
+                *out = *x;
+            }
+        }
+        if let Some(dct) = s.dct.as_mut() {
+            dct.forward(&mut s.chunk);
+        }
+        for (k, &x) in s.keys.iter_mut().zip(&s.chunk) {
+            *k = magnitude_key(x);
+            max_key = max_key.max(*k);
+        }
+        let start = out.indices.len();
+        s.selector.select(&s.keys, plan.k, &mut out.indices);
+        out.values
+            .extend(out.indices[start..].iter().map(|&p| s.chunk[p as usize]));
+    }
+    out.non_finite = max_key >= f32::INFINITY.to_bits();
+    out
+}
+
+/// `e −= decoded(sent)`: at the kept positions, or through the inverse DCT of the kept coefficients.
+fn subtract_sent(
+    plan: &ChunkPlan,
+    transform: Transform,
+    e: &mut [f32],
+    indices: &[u16],
+    sent: &[f32],
+) {
+    let per_band = plan.chunks_per_band() * plan.k;
+    e.par_chunks_mut(plan.band_len())
+        .zip(indices.par_chunks(per_band).zip(sent.par_chunks(per_band)))
+        .for_each_init(
+            || {
+                (transform == Transform::Dct).then(|| {
+                    (
+                        Dct2::new(plan.chunk_rows, plan.chunk_cols),
+                        vec![0.0; plan.chunk_len()],
+                    )
+                })
+            },
+            |dct, (band, (idx, val))| {
+                for (c, (ci, cv)) in idx
+                    .chunks(plan.k.max(1))
+                    .zip(val.chunks(plan.k.max(1)))
+                    .enumerate()
+                {
+                    match dct {
+                        None => {
+                            for (&p, &v) in ci.iter().zip(cv) {
+                                band[plan.offset_in_band(c, p as usize)] -= v;
+                            }
+                        }
+                        Some((dct, buf)) => {
+                            buf.fill(0.0);
+                            for (&p, &v) in ci.iter().zip(cv) {
+                                buf[p as usize] = v;
+                            }
+                            dct.inverse(buf);
+                            for (p, &v) in buf.iter().enumerate() {
+                                band[plan.offset_in_band(c, p)] -= v;
+                            }
+                        }
+                    }
+                }
+            },
+        );
+}
