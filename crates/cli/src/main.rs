@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 
+// Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
+// the kernel each time and pays page faults and TLB shootdowns to get them back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "templar",

@@ -55,15 +55,15 @@ pub fn unpack(
             out
         }
     };
-    if (n_bins as u32) < 1 << bits {
-        if let Some(position) = codes.iter().position(|&q| q as u16 >= n_bins) {
-            return Err(DecodeError::CodeOutOfRange {
-                tensor: tensor.into(),
-                position,
-                code: codes[position],
-                n_bins,
-            });
-        }
+    if (n_bins as u32) < 1 << bits
+        && let Some(position) = codes.iter().position(|&q| q as u16 >= n_bins)
+    {
+        return Err(DecodeError::CodeOutOfRange {
+            tensor: tensor.into(),
+            position,
+            code: codes[position],
+            n_bins,
+        });
     }
     Ok(codes)
 }

@@ -232,13 +232,11 @@ pub fn decode_packed12(
         out.push(t[0] as u16 | ((t[1] as u16 & 0xF) << 8));
         out.push((t[1] >> 4) as u16 | (t[2] as u16) << 4);
     }
-    if out.len() > n {
-        if out.pop() != Some(0) {
-            return Err(DecodeError::Padding {
-                tensor: tensor.into(),
-                section: "index",
-            });
-        }
+    if out.len() > n && out.pop() != Some(0) {
+        return Err(DecodeError::Padding {
+            tensor: tensor.into(),
+            section: "index",
+        });
     }
     check_ascending(plan, &out, tensor)?;
     Ok(out)

@@ -63,10 +63,7 @@ impl Values {
     pub fn norm(&self) -> f64 {
         match self {
             Values::Quantized(q) => {
-                let mut counts = vec![0u64; q.lookup.len()];
-                for &c in &q.codes {
-                    counts[c as usize] += 1;
-                }
+                let counts = count_codes(&q.codes, q.lookup.len());
                 let levels = q.levels(1.0);
                 let sum: f64 = counts
                     .iter()
@@ -83,6 +80,35 @@ impl Values {
                 .sqrt(),
         }
     }
+}
+
+/// How many times each code `0..n_bins` occurs. Few bins: per bin, byte-wide compare-and-add
+/// over blocks of 255 (so a u8 counter cannot wrap), which vectorises; many bins: four
+/// interleaved histograms, so repeated codes do not stall on each other's stores.
+pub fn count_codes(codes: &[u8], n_bins: usize) -> Vec<u64> {
+    if n_bins <= 16 {
+        let mut counts = vec![0u64; n_bins];
+        for block in codes.chunks(255) {
+            for (b, count) in counts.iter_mut().enumerate() {
+                let hits = block.iter().fold(0u8, |acc, &c| acc + (c == b as u8) as u8);
+                *count += hits as u64;
+            }
+        }
+        return counts;
+    }
+    let mut lanes = [[0u64; 256]; 4];
+    let mut quads = codes.chunks_exact(4);
+    for q in quads.by_ref() {
+        for (lane, &c) in lanes.iter_mut().zip(q) {
+            lane[c as usize] += 1;
+        }
+    }
+    for &c in quads.remainder() {
+        lanes[0][c as usize] += 1;
+    }
+    (0..n_bins)
+        .map(|b| lanes.iter().map(|l| l[b]).sum())
+        .collect()
 }
 
 /// One tensor's kept entries: `indices` are chunk-major (`k` per chunk), ascending inside a chunk,

@@ -86,6 +86,14 @@ impl ChunkPlan {
         let (i, j) = (pos / self.chunk_cols, pos % self.chunk_cols);
         i * self.cols + chunk_in_band * self.chunk_cols + j
     }
+
+    /// `offset_in_band(c, pos) − c·chunk_cols` for every position: the same for every chunk,
+    /// so hot loops look offsets up instead of dividing.
+    pub fn position_offsets(&self) -> Vec<u32> {
+        (0..self.chunk_len())
+            .map(|p| self.offset_in_band(0, p) as u32)
+            .collect()
+    }
 }
 
 /// `k` made even (pairs pack into whole bytes) and clamped to `[2, chunk_len]`;
@@ -99,7 +107,10 @@ pub fn kept_per_chunk(topk: usize, chunk_len: usize) -> usize {
 }
 
 fn largest_divisor_at_most(n: usize, bound: usize) -> usize {
-    (1..=bound.min(n)).rev().find(|d| n % d == 0).unwrap_or(1)
+    (1..=bound.min(n))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! Top-k by magnitude inside one chunk, in linear time.
 //!
 //! Magnitudes are compared through their IEEE-754 bit patterns with the sign bit cleared
-//! (`key`): for finite floats the integer order equals the magnitude order. A histogram on the
-//! top 10 bits of the key (exponent and 2 mantissa bits) finds the bucket holding the k-th
-//! largest; only that bucket's entries are ranked exactly. The winner set is the k smallest
-//! `(−key, position)` pairs: larger magnitude first, ties to the lower position — a total
-//! order, so every machine picks the same set.
+//! (`key`): for finite floats the integer order equals the magnitude order. The winner set is
+//! the k smallest `(−key, position)` pairs — larger magnitude first, ties to the lower position —
+//! a total order, so every machine picks the same set.
+//!
+//! A strided sample of ≤ 256 keys gives a threshold a little below the expected k-th largest;
+//! one pass collects the keys at or above it, and only those are ranked. The threshold only
+//! decides how much work is done, never the result: if it proves too high, the pass is redone
+//! from zero.
 
-const BUCKET_SHIFT: u32 = 21;
-const BUCKETS: usize = 1 << (31 - BUCKET_SHIFT);
+/// Keys sampled to estimate the threshold.
+const SAMPLES: usize = 256;
 
 #[inline]
 pub fn magnitude_key(x: f32) -> u32 {
@@ -16,18 +19,11 @@ pub fn magnitude_key(x: f32) -> u32 {
 }
 
 /// Reusable scratch space for [`Selector::select`].
+#[derive(Default)]
 pub struct Selector {
-    histogram: Vec<u32>,
-    candidates: Vec<u64>,
-}
-
-impl Default for Selector {
-    fn default() -> Self {
-        Selector {
-            histogram: vec![0; BUCKETS],
-            candidates: Vec::new(),
-        }
-    }
+    sample: Vec<u32>,
+    candidates: Vec<(u32, u16)>,
+    ranks: Vec<u64>,
 }
 
 impl Selector {
@@ -42,47 +38,66 @@ impl Selector {
         if k == 0 {
             return;
         }
-        let (boundary, above) = self.boundary_bucket(keys, k);
-        let cutoff = self.kth_rank(keys, boundary, k - above);
-        let start = out.len();
-        out.resize(start + n, 0);
-        let dst = &mut out[start..];
-        let mut kept = 0;
-        for (p, &key) in keys.iter().enumerate() {
-            dst[kept] = p as u16;
-            kept += (rank(key, p) <= cutoff) as usize;
+        let mut threshold = self.estimate_threshold(keys, k);
+        let mut above = self.collect(keys, threshold);
+        if self.candidates.len() < k {
+            threshold = 0;
+            above = self.collect(keys, threshold);
         }
-        debug_assert_eq!(kept, k);
-        out.truncate(start + kept);
-    }
-
-    /// The bucket that holds the k-th largest key, and how many keys lie in higher buckets.
-    fn boundary_bucket(&mut self, keys: &[u32], k: usize) -> (u32, usize) {
-        self.histogram.fill(0);
-        for &key in keys {
-            self.histogram[(key >> BUCKET_SHIFT) as usize] += 1;
-        }
-        let mut above = 0usize;
-        for b in (0..BUCKETS).rev() {
-            let here = self.histogram[b] as usize;
-            if above + here >= k {
-                return (b as u32, above);
+        if above < k {
+            // Everything strictly above the threshold wins; ties at it go to the lowest positions.
+            let mut ties = k - above;
+            for &(key, p) in &self.candidates {
+                if key > threshold {
+                    out.push(p);
+                } else if ties > 0 {
+                    ties -= 1;
+                    out.push(p);
+                }
             }
-            above += here;
+            return;
         }
-        unreachable!("k < keys.len() so some bucket reaches k")
+        self.ranks.clear();
+        self.ranks.extend(
+            self.candidates
+                .iter()
+                .filter(|&&(key, _)| key > threshold)
+                .map(|&(key, p)| rank(key, p as usize)),
+        );
+        let (_, &mut cutoff, _) = self.ranks.select_nth_unstable(k - 1);
+        out.extend(
+            self.candidates
+                .iter()
+                .filter(|&&(key, p)| rank(key, p as usize) <= cutoff)
+                .map(|&(_, p)| p),
+        );
     }
 
-    /// Rank (see [`rank`]) of the `need`-th best entry of bucket `boundary`.
-    fn kth_rank(&mut self, keys: &[u32], boundary: u32, need: usize) -> u64 {
+    /// A key that about `1.5·k + 4·stride` keys reach: enough that fewer than k is rare.
+    fn estimate_threshold(&mut self, keys: &[u32], k: usize) -> u32 {
+        let stride = keys.len() / SAMPLES;
+        if stride <= 1 {
+            return 0;
+        }
+        self.sample.clear();
+        self.sample.extend(keys.iter().step_by(stride).copied());
+        let expected = k * self.sample.len() / keys.len();
+        let r = (expected + expected / 2 + 4).min(self.sample.len());
+        let (_, &mut t, _) = self.sample.select_nth_unstable_by(r - 1, |a, b| b.cmp(a));
+        t
+    }
+
+    /// Collects, in position order, every key ≥ `threshold`; returns how many are strictly above.
+    fn collect(&mut self, keys: &[u32], threshold: u32) -> usize {
         self.candidates.clear();
+        let mut above = 0;
         for (p, &key) in keys.iter().enumerate() {
-            if key >> BUCKET_SHIFT == boundary {
-                self.candidates.push(rank(key, p));
+            if key >= threshold {
+                self.candidates.push((key, p as u16));
+                above += (key > threshold) as usize;
             }
         }
-        let (_, nth, _) = self.candidates.select_nth_unstable(need - 1);
-        *nth
+        above
     }
 }
 
@@ -125,6 +140,14 @@ mod tests {
         let v = [1.0, -1.0, 1.0, 1.0, 0.5];
         assert_eq!(select(&v, 2), vec![0, 1]);
         assert_eq!(select(&[0.0; 4096], 64), (0..64).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn values_far_below_the_largest_are_still_ranked_exactly() {
+        // One value 2^40 times the rest: the others all fall below the histogram window.
+        let mut v: Vec<f32> = (0..300).map(|i| (i % 17) as f32 * 1e-9).collect();
+        v[123] = 1e4;
+        assert_eq!(select(&v, 8), select_by_sorting(&v, 8));
     }
 
     #[test]
