@@ -60,8 +60,8 @@ impl Default for ValueCoding {
 /// Clamp width (in σ of the kept values) of the 2-bit symmetric quantizer: the inner bin
 /// edges sit at ±range·σ/4. Chosen by `templar bench quantizer`; see `docs/codec.md`.
 pub const DEFAULT_RANGE_2BIT: f32 = 4.0;
-/// Clamp width of the 8-bit quantizer: the outer levels cover ±4σ.
-pub const DEFAULT_RANGE_8BIT: f32 = 8.0;
+/// Clamp width of the 8-bit quantizer: the outer levels cover ±3σ (measured better than ±4σ).
+pub const DEFAULT_RANGE_8BIT: f32 = 6.0;
 
 /// Error-feedback update `e = beta·e + lr·Δ`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
