@@ -1,4 +1,5 @@
 //! Every codec option survives encode → decode unchanged, and compression is deterministic.
+#![allow(clippy::unwrap_used)] // test helpers: a failure should stop the test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Error feedback and aggregation checked against numbers worked by hand.
+#![allow(clippy::unwrap_used)] // test helpers: a failure should stop the test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Every way a payload can be malformed is a typed error naming the problem, never a panic.
+#![allow(clippy::unwrap_used)] // test helpers: a failure should stop the test
 
 mod common;
 
