@@ -103,17 +103,20 @@ pub fn decode_rice(
     let b = b as u32;
     let chunk_len = plan.chunk_len() as u32;
     let mut r = BitReader::new(bytes);
-    let mut out = Vec::with_capacity(plan.kept());
-    for chunk in 0..plan.chunks() {
+    let mut out = vec![0u16; plan.kept()];
+    // Reading past the end yields zero bits, so overrun is checked once a chunk, not per gap.
+    for (chunk, dst) in out.chunks_exact_mut(plan.k.max(1)).enumerate() {
         let mut base = 0u32;
-        for _ in 0..plan.k {
-            let g = read_rice(&mut r, b, chunk_len);
-            let i = base + g;
-            if i >= chunk_len || r.overrun() {
+        for slot in dst.iter_mut() {
+            let i = base + read_rice(&mut r, b, chunk_len);
+            if i >= chunk_len {
                 return Err(rice_failure(&r, tensor, chunk, i, chunk_len, bytes.len()));
             }
-            out.push(i as u16);
+            *slot = i as u16;
             base = i + 1;
+        }
+        if r.overrun() {
+            return Err(truncated(tensor, bytes.len()));
         }
     }
     if r.overrun() {
