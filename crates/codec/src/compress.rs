@@ -178,6 +178,7 @@ fn subtract_sent(
     sent: &[f32],
 ) {
     let per_band = plan.chunks_per_band() * plan.k;
+    let offsets = plan.position_offsets();
     e.par_chunks_mut(plan.band_len())
         .zip(indices.par_chunks(per_band).zip(sent.par_chunks(per_band)))
         .for_each_init(
@@ -190,15 +191,13 @@ fn subtract_sent(
                 })
             },
             |dct, (band, (idx, val))| {
-                for (c, (ci, cv)) in idx
-                    .chunks(plan.k.max(1))
-                    .zip(val.chunks(plan.k.max(1)))
-                    .enumerate()
-                {
+                let k = plan.k.max(1);
+                for (c, (ci, cv)) in idx.chunks(k).zip(val.chunks(k)).enumerate() {
+                    let chunk = &mut band[c * plan.chunk_cols..];
                     match dct {
                         None => {
                             for (&p, &v) in ci.iter().zip(cv) {
-                                band[plan.offset_in_band(c, p as usize)] -= v;
+                                chunk[offsets[p as usize] as usize] -= v;
                             }
                         }
                         Some((dct, buf)) => {
@@ -207,8 +206,8 @@ fn subtract_sent(
                                 buf[p as usize] = v;
                             }
                             dct.inverse(buf);
-                            for (p, &v) in buf.iter().enumerate() {
-                                band[plan.offset_in_band(c, p)] -= v;
+                            for (&offset, &v) in offsets.iter().zip(buf.iter()) {
+                                chunk[offset as usize] -= v;
                             }
                         }
                     }
