@@ -1,0 +1,67 @@
+//! Deterministic initial weights, generated in Rust so that they do not depend on libtorch's RNG,
+//! device or version: matrices ~ N(0, initializer_range²), norm weights = 1 (as Hugging Face LLaMA).
+
+/// Initial values of parameter `index` (named `name`, shaped `shape`) for `seed`.
+pub fn initial_values(name: &str, shape: &[i64], std: f64, seed: u64, index: u64) -> Vec<f32> {
+    let count: usize = shape.iter().map(|&d| d as usize).product();
+    if name.ends_with("norm.weight") {
+        return vec![1.0; count];
+    }
+    let mut state = mix(seed ^ mix(index.wrapping_add(0x7465_6d70_6c61_7221)));
+    let mut values = Vec::with_capacity(count + 1);
+    while values.len() < count {
+        // Box–Muller: two uniforms in (0, 1] give two independent standard normals.
+        let u1 = unit(next(&mut state));
+        let u2 = unit(next(&mut state));
+        let radius = (-2.0 * u1.ln()).sqrt() * std;
+        let angle = std::f64::consts::TAU * u2;
+        values.push((radius * angle.cos()) as f32);
+        values.push((radius * angle.sin()) as f32);
+    }
+    values.truncate(count);
+    values
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    mix(*state)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Maps 64 random bits to (0, 1], never 0 so the logarithm stays finite.
+fn unit(bits: u64) -> f64 {
+    ((bits >> 11) + 1) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_have_the_requested_spread_and_are_reproducible() {
+        let values = initial_values("w", &[256, 256], 0.02, 1, 0);
+        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
+        let var = values
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / values.len() as f64;
+        assert!(mean.abs() < 1e-3, "{mean}");
+        assert!((var.sqrt() - 0.02).abs() < 5e-4, "{}", var.sqrt());
+        assert_eq!(values, initial_values("w", &[256, 256], 0.02, 1, 0));
+        assert_ne!(values, initial_values("w", &[256, 256], 0.02, 2, 0));
+    }
+
+    #[test]
+    fn norms_start_at_one() {
+        assert_eq!(
+            initial_values("model.norm.weight", &[4], 0.02, 1, 9),
+            vec![1.0; 4]
+        );
+    }
+}

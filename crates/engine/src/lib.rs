@@ -1,0 +1,28 @@
+//! The training engine, and the only crate that links libtorch: the LLaMA model, AdamW with its
+//! schedule, evaluation in bits per byte, flat `f32` parameter access for the codec, and
+//! Hugging Face-compatible checkpoints.
+
+mod checkpoint;
+mod config;
+mod device;
+mod error;
+mod eval;
+mod init;
+mod model;
+mod optim;
+mod params;
+mod train;
+
+pub use checkpoint::{
+    CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, load_model, load_optimizer, save_model,
+    save_optimizer, write_atomic,
+};
+pub use config::{ModelConfig, Preset, TrainConfig};
+pub use device::{DeviceChoice, describe};
+pub use error::EngineError;
+pub use eval::Evaluation;
+pub use model::{IGNORE_INDEX, Llama};
+pub use optim::{AdamW, learning_rate};
+pub use params::{NamedBuffer, Parameters, parameter_shapes};
+pub use tch::Device;
+pub use train::{Batch, StepStats, Trainer};

@@ -1,0 +1,215 @@
+//! The model's parameters in one fixed order with Hugging Face `LlamaForCausalLM` names, and flat
+//! `f32` access to them for the codec, the outer step and checkpoints.
+//!
+//! Order (documented protocol: every node enumerates parameters this way):
+//! 1. `model.embed_tokens.weight` `[vocab, hidden]`
+//! 2. for each layer `i`: `model.layers.{i}.` + `self_attn.{q,k,v,o}_proj.weight`,
+//!    `mlp.{gate,up,down}_proj.weight`, `input_layernorm.weight`, `post_attention_layernorm.weight`
+//! 3. `model.norm.weight` `[hidden]`
+//! 4. `lm_head.weight` `[vocab, hidden]`, absent when embeddings are tied.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+
+/// Names and shapes of every parameter, in protocol order.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<i64>)> {
+    let [vocab, hidden, inter, kv] = [
+        config.vocab_size,
+        config.hidden_size,
+        config.intermediate_size,
+        config.kv_dim(),
+    ]
+    .map(|v| v as i64);
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, hidden])];
+    for layer in 0..config.num_hidden_layers {
+        let prefix = format!("model.layers.{layer}");
+        for (suffix, shape) in [
+            ("self_attn.q_proj.weight", vec![hidden, hidden]),
+            ("self_attn.k_proj.weight", vec![kv, hidden]),
+            ("self_attn.v_proj.weight", vec![kv, hidden]),
+            ("self_attn.o_proj.weight", vec![hidden, hidden]),
+            ("mlp.gate_proj.weight", vec![inter, hidden]),
+            ("mlp.up_proj.weight", vec![inter, hidden]),
+            ("mlp.down_proj.weight", vec![hidden, inter]),
+            ("input_layernorm.weight", vec![hidden]),
+            ("post_attention_layernorm.weight", vec![hidden]),
+        ] {
+            shapes.push((format!("{prefix}.{suffix}"), shape));
+        }
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![hidden]));
+    if !config.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![vocab, hidden]));
+    }
+    shapes
+}
+
+/// One parameter as a flat row-major `f32` buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedBuffer {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// The model's trainable tensors, in protocol order.
+pub struct Parameters {
+    pub(crate) names: Vec<String>,
+    pub(crate) tensors: Vec<Tensor>,
+}
+
+impl Parameters {
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Tensor> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.tensors[i])
+    }
+
+    /// Shapes in protocol order.
+    pub fn shapes(&self) -> Vec<Vec<usize>> {
+        self.tensors
+            .iter()
+            .map(|t| t.size().iter().map(|&d| d as usize).collect())
+            .collect()
+    }
+
+    /// Copies every parameter into a named `f32` buffer (one bulk copy per tensor).
+    pub fn read(&self) -> Result<Vec<NamedBuffer>, EngineError> {
+        self.names
+            .iter()
+            .zip(&self.tensors)
+            .map(|(name, tensor)| {
+                let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+                let mut data = vec![0f32; shape.iter().product()];
+                read_into(tensor, &mut data)?;
+                Ok(NamedBuffer {
+                    name: name.clone(),
+                    shape,
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads parameter `index` into `out`, which must have its element count.
+    pub fn read_one(&self, index: usize, out: &mut [f32]) -> Result<(), EngineError> {
+        read_into(&self.tensors[index], out)
+    }
+
+    /// Overwrites every parameter from buffers that must match in name, order and shape.
+    pub fn write(&mut self, buffers: &[NamedBuffer]) -> Result<(), EngineError> {
+        self.check_layout(
+            buffers
+                .iter()
+                .map(|b| (b.name.as_str(), b.shape.as_slice())),
+        )?;
+        for (tensor, buffer) in self.tensors.iter_mut().zip(buffers) {
+            write_from(tensor, &buffer.data)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites parameter `index` from `data`.
+    pub fn write_one(&mut self, index: usize, data: &[f32]) -> Result<(), EngineError> {
+        let expected = self.tensors[index].numel();
+        if data.len() != expected {
+            return Err(EngineError::Layout(format!(
+                "{}: {} values given, the parameter has {expected}",
+                self.names[index],
+                data.len()
+            )));
+        }
+        write_from(&mut self.tensors[index], data)
+    }
+
+    /// `θ ← θ − scale · update` for every parameter, computed on the CPU in `f32` as one multiply and
+    /// one subtract per value (never fused), so every replica gets bit-identical weights whatever its
+    /// device or instruction set.
+    pub fn apply_update(&mut self, updates: &[&[f32]], scale: f32) -> Result<(), EngineError> {
+        if updates.len() != self.tensors.len() {
+            return Err(EngineError::Layout(format!(
+                "{} update tensors for {} parameters",
+                updates.len(),
+                self.tensors.len()
+            )));
+        }
+        let mut buffer = Vec::new();
+        for (index, &update) in updates.iter().enumerate() {
+            let numel = self.tensors[index].numel();
+            if update.len() != numel {
+                return Err(EngineError::Layout(format!(
+                    "{}: update has {} values, the parameter has {numel}",
+                    self.names[index],
+                    update.len()
+                )));
+            }
+            buffer.resize(numel, 0.0);
+            read_into(&self.tensors[index], &mut buffer)?;
+            for (value, delta) in buffer.iter_mut().zip(update) {
+                let step = scale * delta;
+                *value -= step;
+            }
+            write_from(&mut self.tensors[index], &buffer)?;
+        }
+        Ok(())
+    }
+
+    fn check_layout<'a>(
+        &self,
+        given: impl ExactSizeIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Result<(), EngineError> {
+        if given.len() != self.tensors.len() {
+            return Err(EngineError::Layout(format!(
+                "{} tensors given, the model has {}",
+                given.len(),
+                self.tensors.len()
+            )));
+        }
+        for ((name, shape), (own_name, tensor)) in given.zip(self.names.iter().zip(&self.tensors)) {
+            let own_shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+            if name != own_name || shape != own_shape.as_slice() {
+                return Err(EngineError::Layout(format!(
+                    "expected {own_name} {own_shape:?}, found {name} {shape:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_into(tensor: &Tensor, out: &mut [f32]) -> Result<(), EngineError> {
+    let numel = tensor.numel();
+    if out.len() != numel {
+        return Err(EngineError::Layout(format!(
+            "buffer of {} values for a tensor of {numel}",
+            out.len()
+        )));
+    }
+    let host = tensor
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?
+        .f_contiguous()?;
+    host.f_copy_data(out, numel)?;
+    Ok(())
+}
+
+fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), EngineError> {
+    let source = Tensor::f_from_slice(data)?.f_view(tensor.size().as_slice())?;
+    tch::no_grad(|| tensor.f_copy_(&source))?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! One inner-optimizer step: micro-batches with gradient accumulation, global grad-norm clipping,
+//! AdamW on the scheduled learning rate; bf16 autocast on CUDA, f32 on CPU.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::error::EngineError;
+use crate::model::{IGNORE_INDEX, Llama};
+use crate::optim::{AdamW, learning_rate};
+
+/// Token ids `[batch, seq]` with labels aligned to them (the loss shifts); kept on the CPU until used.
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub labels: Tensor,
+}
+
+impl Batch {
+    /// A batch of `rows` samples of `seq` tokens, labels equal to the inputs. Token ids come from disk
+    /// or the network, so each one is checked against the vocabulary before libtorch sees it.
+    pub fn from_tokens(
+        tokens: &[i64],
+        rows: usize,
+        seq: usize,
+        vocab_size: usize,
+    ) -> Result<Self, EngineError> {
+        if rows == 0 || seq < 2 || tokens.len() != rows * seq {
+            return Err(EngineError::Batch(format!(
+                "{} tokens do not form {rows} samples of {seq} (need at least 2 tokens per sample)",
+                tokens.len()
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= vocab_size) {
+            return Err(EngineError::Batch(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab_size}; was the data prepared with another tokenizer?"
+            )));
+        }
+        let input_ids = Tensor::f_from_slice(tokens)?.f_view([rows as i64, seq as i64])?;
+        Ok(Self {
+            labels: input_ids.shallow_clone(),
+            input_ids,
+        })
+    }
+
+    /// Replaces the labels; positions set to [`IGNORE_INDEX`] do not count in the loss.
+    pub fn with_labels(mut self, labels: &[i64]) -> Result<Self, EngineError> {
+        self.labels = Tensor::f_from_slice(labels)?.f_view(self.input_ids.size().as_slice())?;
+        Ok(self)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.input_ids.size()[0] as usize
+    }
+
+    pub(crate) fn predicted_positions(&self) -> Result<i64, EngineError> {
+        let seq = self.labels.size()[1];
+        let targets = self.labels.f_narrow(1, 1, seq - 1)?;
+        Ok(i64::try_from(
+            targets.f_ne(IGNORE_INDEX)?.f_sum(Kind::Int64)?,
+        )?)
+    }
+
+    fn rows_range(
+        &self,
+        start: usize,
+        len: usize,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), EngineError> {
+        let cut = |t: &Tensor| t.f_narrow(0, start as i64, len as i64)?.f_to_device(device);
+        Ok((cut(&self.input_ids)?, cut(&self.labels)?))
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the batch's predicted positions, in nats.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub tokens: usize,
+}
+
+/// A model with its inner optimizer.
+pub struct Trainer {
+    pub model: Llama,
+    pub optimizer: AdamW,
+    pub config: TrainConfig,
+}
+
+impl Trainer {
+    pub fn new(model: Llama, config: TrainConfig) -> Result<Self, EngineError> {
+        let optimizer = AdamW::new(&model.params, &config)?;
+        Ok(Self {
+            model,
+            optimizer,
+            config,
+        })
+    }
+
+    /// One optimizer step over `batch`, split into micro-batches of `micro_batch_size` samples.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+        let device = self.model.device();
+        for param in &mut self.model.params.tensors {
+            param.zero_grad();
+        }
+        let predicted = batch.predicted_positions()?;
+        if predicted == 0 {
+            return Err(EngineError::Batch(
+                "every label is ignored; nothing to train on".into(),
+            ));
+        }
+        let micro = self.config.micro_batch_size.max(1);
+        let mut loss_sum = 0.0;
+        for start in (0..batch.rows()).step_by(micro) {
+            let len = micro.min(batch.rows() - start);
+            let (input_ids, labels) = batch.rows_range(start, len, device)?;
+            // Each micro-batch's summed loss is divided by the whole batch's count, so the accumulated
+            // gradient is exactly that of the batch mean, however the batch is split.
+            let loss = tch::autocast(device.is_cuda(), || {
+                self.model.loss_sum(&input_ids, &labels)
+            })?
+            .0;
+            loss.f_div_scalar(predicted as f64)?.f_backward()?;
+            loss_sum += f64::try_from(&loss)?;
+        }
+        let grad_norm = self.clip_gradients()?;
+        let lr = learning_rate(&self.config, self.optimizer.steps());
+        self.optimizer.step(&mut self.model.params, lr)?;
+        Ok(StepStats {
+            loss: loss_sum / predicted as f64,
+            grad_norm,
+            lr,
+            tokens: batch.rows() * batch.input_ids.size()[1] as usize,
+        })
+    }
+
+    /// Scales all gradients by `min(1, clip / (norm + 1e-6))`, as `torch.nn.utils.clip_grad_norm_`.
+    fn clip_gradients(&mut self) -> Result<f64, EngineError> {
+        let grads: Vec<Tensor> = self
+            .model
+            .params
+            .tensors
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return Ok(0.0);
+        }
+        let norms = grads
+            .iter()
+            .map(|g| g.f_norm())
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+        let total_value = f64::try_from(&total)?;
+        if self.config.grad_clip > 0.0 {
+            let coef = total
+                .f_add_scalar(1e-6)?
+                .f_reciprocal()?
+                .f_mul_scalar(self.config.grad_clip)?
+                .f_clamp_max(1.0)?;
+            tch::no_grad(|| -> Result<(), EngineError> {
+                for mut grad in grads {
+                    let _ = grad.f_mul_(&coef)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(total_value)
+    }
+}
