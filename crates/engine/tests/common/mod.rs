@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use templar_engine::{Batch, Device, Llama, ModelConfig, Preset, TrainConfig, Trainer};
 
