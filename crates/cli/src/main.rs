@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod data;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
 // the kernel each time and pays page faults and TLB shootdowns to get them back.
@@ -26,6 +27,9 @@ enum Command {
     /// Measure the speed and size of templar's components.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Prepare training data.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +41,6 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }

@@ -63,3 +63,8 @@ pub fn describe(device: Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// Sets libtorch's intra-op thread count for CPU work.
+pub fn set_threads(threads: i32) {
+    tch::set_num_threads(threads.max(1));
+}

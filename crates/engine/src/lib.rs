@@ -18,7 +18,7 @@ pub use checkpoint::{
     save_optimizer, write_atomic,
 };
 pub use config::{ModelConfig, Preset, TrainConfig};
-pub use device::{DeviceChoice, describe};
+pub use device::{DeviceChoice, describe, set_threads};
 pub use error::EngineError;
 pub use eval::Evaluation;
 pub use model::{IGNORE_INDEX, Llama};

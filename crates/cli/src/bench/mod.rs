@@ -6,6 +6,7 @@ use clap::Subcommand;
 mod codec;
 mod quantizer;
 mod synthetic;
+mod train;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -13,11 +14,14 @@ pub enum BenchCommand {
     Codec(codec::Args),
     /// Reconstruction error of the value quantizers on top-k values: ours against upstream's.
     Quantizer(quantizer::Args),
+    /// Inner-loop training throughput of a model preset (optionally against PyTorch on the same libtorch).
+    Train(train::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Quantizer(args) => quantizer::run(args),
+        BenchCommand::Train(args) => train::run(args),
     }
 }

@@ -1,0 +1,214 @@
+//! `templar bench train`: inner-loop training throughput of a preset, optionally side by side with the
+//! identical model in eager PyTorch (`bench/reference_train.py`) on the same libtorch.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args as ClapArgs;
+use serde::{Deserialize, Serialize};
+use templar_engine::{Batch, DeviceChoice, Llama, Preset, Trainer, describe};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Built-in preset (tiny, 150m, 1b, 8b, 70b) or a preset TOML file.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 20)]
+    steps: u64,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also run bench/reference_train.py (PyTorch) on the same preset and report the ratio.
+    #[arg(long)]
+    reference: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Figures {
+    implementation: String,
+    threads: i32,
+    parameter_count: u64,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    preset: String,
+    device: String,
+    batch_size: usize,
+    seq_len: usize,
+    steps: u64,
+    parameter_count: u64,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pytorch: Option<Figures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_pytorch: Option<f64>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let preset = Preset::load(&args.preset)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    templar_engine::set_threads(threads);
+    let device = args.device.parse::<DeviceChoice>()?.resolve()?;
+    let (model, train) = (&preset.model, &preset.train);
+    let trainer_model = Llama::new(model, 0, device)?;
+    let mut trainer = Trainer::new(trainer_model, train.clone())?;
+    let batch_tokens = train.batch_size * train.seq_len;
+    let mut state = 0x5eed_u64;
+    let mut batch = || {
+        let tokens: Vec<i64> = (0..batch_tokens)
+            .map(|_| (next(&mut state) % model.vocab_size as u64) as i64)
+            .collect();
+        Batch::from_tokens(&tokens, train.batch_size, train.seq_len, model.vocab_size)
+    };
+    for _ in 0..args.warmup {
+        trainer.train_step(&batch()?)?;
+    }
+    let batches = (0..args.steps)
+        .map(|_| batch())
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    for b in &batches {
+        trainer.train_step(b)?;
+    }
+    let tokens_per_s = (args.steps as usize * batch_tokens) as f64 / start.elapsed().as_secs_f64();
+    let mut report = Report {
+        preset: args.preset.clone(),
+        device: describe(device),
+        batch_size: train.batch_size,
+        seq_len: train.seq_len,
+        steps: args.steps,
+        parameter_count: model.parameter_count(),
+        tokens_per_s,
+        peak_rss_mb: peak_rss_mb(),
+        pytorch: None,
+        ratio_to_pytorch: None,
+    };
+    if args.reference {
+        let figures = run_reference(&preset, &args, threads)?;
+        report.ratio_to_pytorch = Some(tokens_per_s / figures.tokens_per_s);
+        report.pytorch = Some(figures);
+    }
+    print(&report, args.json)
+}
+
+fn print(report: &Report, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    println!(
+        "preset {} on {}: {} parameters, batch {} x seq {}, {} timed steps",
+        report.preset,
+        report.device,
+        report.parameter_count,
+        report.batch_size,
+        report.seq_len,
+        report.steps
+    );
+    println!(
+        "templar  {:>10.0} tokens/s   peak RSS {:>7.0} MB",
+        report.tokens_per_s, report.peak_rss_mb
+    );
+    if let (Some(p), Some(ratio)) = (&report.pytorch, report.ratio_to_pytorch) {
+        println!(
+            "pytorch  {:>10.0} tokens/s   peak RSS {:>7.0} MB",
+            p.tokens_per_s, p.peak_rss_mb
+        );
+        println!("ratio    {ratio:.3}x PyTorch's tokens/s");
+    }
+    Ok(())
+}
+
+fn run_reference(preset: &Preset, args: &Args, threads: i32) -> Result<Figures> {
+    let script = reference_script()?;
+    let preset_file =
+        std::env::temp_dir().join(format!("templar-bench-preset-{}.toml", std::process::id()));
+    std::fs::write(&preset_file, toml::to_string(preset)?)?;
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["--preset-file", &preset_file.to_string_lossy(), "--json"])
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+        ])
+        .args(["--threads", &threads.to_string()])
+        .env("PYTHONPATH", torch_site_packages()?)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .context("running python3 for the PyTorch reference")?;
+    let _ = std::fs::remove_file(&preset_file);
+    if !output.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("reading the reference's output {line:?}"))
+}
+
+/// bench/reference_train.py, looked up from the working directory, then from the source tree.
+fn reference_script() -> Result<PathBuf> {
+    let candidates = [
+        PathBuf::from("bench/reference_train.py"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/reference_train.py"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .context("bench/reference_train.py not found; run from the templar checkout")
+}
+
+/// The folder holding the `torch` package templar links (the wheel's site-packages).
+fn torch_site_packages() -> Result<PathBuf> {
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("TEMPLAR_LIBTORCH_DIR").map(PathBuf::from))
+        .context("cannot tell where torch is installed; run scripts/setup or set LIBTORCH")?;
+    let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
+    libtorch
+        .parent()
+        .map(Path::to_path_buf)
+        .context("LIBTORCH has no parent folder")
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// High-water mark of this process's resident memory.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
