@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod data;
+mod model;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
 // the kernel each time and pays page faults and TLB shootdowns to get them back.
@@ -30,6 +31,9 @@ enum Command {
     /// Prepare training data.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Inspect model presets.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 fn main() -> Result<()> {
@@ -42,5 +46,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Model(cmd) => model::run(cmd),
     }
 }
