@@ -41,6 +41,8 @@ pub fn run(command: ModelCommand) -> Result<()> {
             gib(model.training_state_bytes()),
         );
     }
-    println!("training GiB: f32 weights, gradients, AdamW moments, error feedback and a weight copy; activations extra");
+    println!(
+        "training GiB: f32 weights, gradients, AdamW moments, error feedback and a weight copy; activations extra"
+    );
     Ok(())
 }
