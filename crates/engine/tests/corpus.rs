@@ -1,16 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! Training on real text: the demo corpus that scripts/setup fetches (Moby-Dick here).
 
+mod common;
+
 use std::path::PathBuf;
 
 use templar_data::{Dataset, PrepareOptions, Sampler, Split, TokenizerSpec, prepare};
 use templar_engine::{Batch, Device, Evaluation, Llama, Preset, Trainer};
 
 fn corpus_file() -> PathBuf {
-    let cache = std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/templar"));
-    let file = cache.join("corpus/text/moby-dick.jsonl");
+    let file = common::cache().join("corpus/text/moby-dick.jsonl");
     assert!(
         file.exists(),
         "{} is missing: run scripts/setup",

@@ -8,15 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{batch, small};
+use common::{batch, cache, small};
 use safetensors::tensor::{Dtype, TensorView};
 use templar_engine::{Device, Llama, Trainer, save_model};
-
-fn cache() -> PathBuf {
-    std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/templar"))
-}
 
 fn python_path() -> String {
     let parts = ["transformers-4.57.1", "torch-2.11.0"].map(|d| cache().join(d));

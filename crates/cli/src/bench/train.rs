@@ -10,6 +10,8 @@ use clap::Args as ClapArgs;
 use serde::{Deserialize, Serialize};
 use templar_engine::{Batch, DeviceChoice, Llama, Preset, Trainer, describe};
 
+use super::synthetic::splitmix;
+
 #[derive(ClapArgs)]
 pub struct Args {
     /// Built-in preset (tiny, 150m, 1b, 8b, 70b) or a preset TOML file.
@@ -73,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut state = 0x5eed_u64;
     let mut batch = || {
         let tokens: Vec<i64> = (0..batch_tokens)
-            .map(|_| (next(&mut state) % model.vocab_size as u64) as i64)
+            .map(|_| (splitmix(&mut state) % model.vocab_size as u64) as i64)
             .collect();
         Batch::from_tokens(&tokens, train.batch_size, train.seq_len, model.vocab_size)
     };
@@ -191,14 +193,6 @@ fn torch_site_packages() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("LIBTORCH has no parent folder")
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// High-water mark of this process's resident memory.

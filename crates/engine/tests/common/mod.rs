@@ -1,5 +1,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::path::PathBuf;
+
 use templar_engine::{Batch, Device, Llama, ModelConfig, Preset, TrainConfig, Trainer};
 
 /// A model small enough for quick tests: the tiny preset's shape with two layers.
@@ -40,4 +42,11 @@ pub fn bits(trainer: &Trainer) -> Vec<Vec<u32>> {
         .into_iter()
         .map(|b| b.data.iter().map(|v| v.to_bits()).collect())
         .collect()
+}
+
+/// Where scripts/setup caches torch, transformers and the corpus.
+pub fn cache() -> PathBuf {
+    std::env::var_os("TEMPLAR_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/templar"))
 }
