@@ -305,7 +305,8 @@ mod tests {
         let f = Fixture::new();
         let sealed = f.sealed(b"payload");
         let other = Keypair::from_seed(&[8u8; 32]).unwrap();
-        let cases: Vec<(Expected<'_>, fn(&EnvelopeError) -> bool)> = vec![
+        type Verdict = fn(&EnvelopeError) -> bool;
+        let cases: Vec<(Expected<'_>, Verdict)> = vec![
             (
                 Expected {
                     window: 13,
