@@ -103,7 +103,11 @@ fn effective_weights(input: &EpochInput) -> Vec<Vec<f64>> {
                     let keep = input.validator_permit[i]
                         && i != j
                         && input.last_update[i] > input.registered_at[j];
-                    if keep { input.weights[i][j].max(0.0) } else { 0.0 }
+                    if keep {
+                        input.weights[i][j].max(0.0)
+                    } else {
+                        0.0
+                    }
                 })
                 .collect();
             normalized(&row)
@@ -151,7 +155,12 @@ pub fn run_epoch(input: &EpochInput) -> EpochOutput {
     let mut bonds: Vec<Vec<f64>> = delta
         .iter()
         .zip(&previous)
-        .map(|(d, b)| d.iter().zip(b).map(|(d, b)| alpha * d + (1.0 - alpha) * b).collect())
+        .map(|(d, b)| {
+            d.iter()
+                .zip(b)
+                .map(|(d, b)| alpha * d + (1.0 - alpha) * b)
+                .collect()
+        })
         .collect();
     normalize_columns(&mut bonds);
 
@@ -217,8 +226,14 @@ mod tests {
     #[test]
     fn quantile_is_the_weight_the_majority_of_stake_supports() {
         // Worked: sorted high to low, 0.7 holds 0.2 of the stake (< 0.5), 0.1 reaches 1.0.
-        assert_eq!(stake_weighted_quantile(&[0.1, 0.1, 0.7], &[0.5, 0.3, 0.2], 0.5), 0.1);
-        assert_eq!(stake_weighted_quantile(&[0.4, 0.4, 0.1], &[0.5, 0.3, 0.2], 0.5), 0.4);
+        assert_eq!(
+            stake_weighted_quantile(&[0.1, 0.1, 0.7], &[0.5, 0.3, 0.2], 0.5),
+            0.1
+        );
+        assert_eq!(
+            stake_weighted_quantile(&[0.4, 0.4, 0.1], &[0.5, 0.3, 0.2], 0.5),
+            0.4
+        );
         // Exactly kappa of the stake is enough.
         assert_eq!(stake_weighted_quantile(&[0.9, 0.1], &[0.5, 0.5], 0.5), 0.9);
         assert_eq!(stake_weighted_quantile(&[0.9, 0.1], &[0.0, 0.0], 0.5), 0.0);
@@ -234,7 +249,15 @@ mod tests {
         assert_close(&out.validator_trust, &[1.0, 1.0, 0.4, 0.0, 0.0, 0.0, 0.0]);
         // Ranks: miner 3 = 0.5·0.4 + 0.3·0.4 + 0.2·0.1 = 0.34; then 0.26, 0.18, 0.10 (sum 0.88).
         assert_close(&out.rank, &[0.0, 0.0, 0.0, 0.34, 0.26, 0.18, 0.10]);
-        let incentive = [0.0, 0.0, 0.0, 0.34 / 0.88, 0.26 / 0.88, 0.18 / 0.88, 0.10 / 0.88];
+        let incentive = [
+            0.0,
+            0.0,
+            0.0,
+            0.34 / 0.88,
+            0.26 / 0.88,
+            0.18 / 0.88,
+            0.10 / 0.88,
+        ];
         assert_close(&out.incentive, &incentive);
         // Trust of miner 6: clipped rank 0.10 over unclipped 0.5·0.1 + 0.3·0.1 + 0.2·0.7 = 0.22.
         assert!((out.trust[6] - 0.10 / 0.22).abs() < 1e-9);
@@ -259,7 +282,11 @@ mod tests {
         input.weights[2][3..7].copy_from_slice(&[4.0, 3.0, 2.0, 1.0]);
         let out = run_epoch(&input);
         let expected_v2 = 0.1 * (0.08 / 0.4) + 0.9 * (0.02 / 0.34);
-        assert!((out.bonds[2][3] - expected_v2).abs() < 1e-9, "{}", out.bonds[2][3]);
+        assert!(
+            (out.bonds[2][3] - expected_v2).abs() < 1e-9,
+            "{}",
+            out.bonds[2][3]
+        );
         let expected_v0 = 0.1 * (0.2 / 0.4) + 0.9 * (0.2 / 0.34);
         assert!((out.bonds[0][3] - expected_v0).abs() < 1e-9);
         assert!((out.bonds[2][6] - 0.2).abs() < 1e-9);

@@ -1,0 +1,423 @@
+//! `LocalChain`: the embedded chain for one machine.
+//!
+//! One SQLite file holds a subnet's whole state. Several processes share it safely: every state
+//! change is a signed extrinsic applied in an immediate (write-locking) transaction, so writers
+//! queue instead of overwriting each other. Blocks advance with wall time from the genesis time
+//! at a fixed block time; epochs (Yuma consensus) run every `tempo` blocks and are applied
+//! lazily, in order, before any later extrinsic, so each epoch sees exactly the state of its block.
+
+mod epoch;
+pub mod extrinsic;
+mod schema;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use templar_protocol::{AccountId, Keypair};
+
+use crate::chain::{Chain, ChainResult};
+use crate::types::{BlockInfo, ChainError, Hyperparameters, Metagraph, Neuron};
+pub use extrinsic::{Call, SignedExtrinsic};
+
+/// How a LocalChain starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Genesis {
+    pub netuid: u16,
+    /// Milliseconds since the Unix epoch of block 0.
+    pub genesis_ms: u64,
+    pub block_time_ms: u64,
+    pub hyperparameters: Hyperparameters,
+    /// Initial balances (rao).
+    pub balances: Vec<(AccountId, u64)>,
+}
+
+impl Genesis {
+    /// A genesis starting now.
+    pub fn now(netuid: u16, block_time_ms: u64, hyperparameters: Hyperparameters) -> Genesis {
+        Genesis {
+            netuid,
+            genesis_ms: now_ms(),
+            block_time_ms,
+            hyperparameters,
+            balances: Vec::new(),
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Mutex<Connection>,
+    genesis: Genesis,
+    genesis_id: [u8; 32],
+}
+
+/// A handle on a LocalChain file; cheap to clone.
+#[derive(Clone)]
+pub struct LocalChain {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalChain({})", self.inner.path.display())
+    }
+}
+
+fn genesis_json(genesis: &Genesis) -> Result<String, ChainError> {
+    serde_json::to_string(genesis).map_err(|e| ChainError::Corrupt(e.to_string()))
+}
+
+impl LocalChain {
+    /// Creates a new chain file; the file appears complete or not at all.
+    pub fn create(path: &Path, genesis: &Genesis) -> Result<LocalChain, ChainError> {
+        if path.exists() {
+            return Err(ChainError::AlreadyExists(path.display().to_string()));
+        }
+        if genesis.block_time_ms == 0 || genesis.hyperparameters.tempo == 0 {
+            return Err(ChainError::Corrupt(
+                "block time and tempo must be positive".into(),
+            ));
+        }
+        let staging = path.with_extension(format!("creating-{}", std::process::id()));
+        let _ = std::fs::remove_file(&staging);
+        {
+            let mut db = Connection::open(&staging)?;
+            db.execute_batch(schema::SCHEMA)?;
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('genesis', ?1)",
+                [genesis_json(genesis)?],
+            )?;
+            for (account, rao) in &genesis.balances {
+                state::credit(&tx, account, i128::from(*rao))?;
+            }
+            tx.commit()?;
+        }
+        std::fs::rename(&staging, path).map_err(|e| {
+            ChainError::Database(format!(
+                "cannot move the new chain into {}: {e}",
+                path.display()
+            ))
+        })?;
+        LocalChain::open(path)
+    }
+
+    pub fn open(path: &Path) -> Result<LocalChain, ChainError> {
+        if !path.exists() {
+            return Err(ChainError::NotInitialized(path.display().to_string()));
+        }
+        let db = schema::connect(path)?;
+        db.execute_batch(schema::SCHEMA)?;
+        let json: String = db
+            .query_row("SELECT value FROM meta WHERE key = 'genesis'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| ChainError::Corrupt(format!("{} has no genesis", path.display())))?;
+        let genesis: Genesis =
+            serde_json::from_str(&json).map_err(|e| ChainError::Corrupt(e.to_string()))?;
+        Ok(LocalChain {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db: Mutex::new(db),
+                genesis_id: *blake3::hash(json.as_bytes()).as_bytes(),
+                genesis,
+            }),
+        })
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.inner.genesis
+    }
+
+    /// Signatures of this chain's extrinsics commit to this id.
+    pub fn genesis_id(&self) -> &[u8; 32] {
+        &self.inner.genesis_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn block_now(&self) -> BlockInfo {
+        let g = &self.inner.genesis;
+        let number = now_ms().saturating_sub(g.genesis_ms) / g.block_time_ms;
+        BlockInfo {
+            number,
+            timestamp_ms: self.timestamp_of(number),
+        }
+    }
+
+    pub fn timestamp_of(&self, block: u64) -> u64 {
+        let g = &self.inner.genesis;
+        g.genesis_ms + block.saturating_mul(g.block_time_ms)
+    }
+
+    /// Runs `work` in a write transaction after applying every epoch due by now.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Connection, u64) -> Result<T, ChainError>,
+    ) -> Result<T, ChainError> {
+        let mut db = self
+            .inner
+            .db
+            .lock()
+            .map_err(|_| ChainError::Database("connection lock poisoned".into()))?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let block = self.block_now().number;
+        self.catch_up(&tx, block)?;
+        let value = work(&tx, block)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn catch_up(&self, db: &Connection, block: u64) -> Result<(), ChainError> {
+        let hp = &self.inner.genesis.hyperparameters;
+        let last: u64 = db
+            .query_row("SELECT value FROM meta WHERE key = 'last_epoch'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut next = (last / hp.tempo + 1) * hp.tempo;
+        if next > block {
+            return Ok(());
+        }
+        while next <= block {
+            epoch::epoch_at(db, hp, next)?;
+            next += hp.tempo;
+        }
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_epoch', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = ?1",
+            [(next - hp.tempo).to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Verifies and applies a signed extrinsic; returns the uid a registration got.
+    pub fn submit_signed(&self, extrinsic: &SignedExtrinsic) -> Result<Option<u16>, ChainError> {
+        extrinsic.verify(&self.inner.genesis_id)?;
+        let hp = self.inner.genesis.hyperparameters.clone();
+        self.write(|db, block| {
+            let expected = state::nonce(db, &extrinsic.signer)?;
+            if extrinsic.nonce != expected {
+                return Err(ChainError::BadNonce {
+                    signer: extrinsic.signer,
+                    expected,
+                    got: extrinsic.nonce,
+                });
+            }
+            let applied = state::apply(db, &hp, block, &extrinsic.signer, &extrinsic.call)?;
+            state::bump_nonce(db, &extrinsic.signer)?;
+            db.execute(
+                "INSERT INTO extrinsics (block, signer, nonce, call) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    block as i64,
+                    extrinsic.signer.as_bytes(),
+                    extrinsic.nonce as i64,
+                    serde_json::to_string(&extrinsic.call).unwrap_or_default()
+                ],
+            )?;
+            Ok(applied)
+        })
+    }
+
+    /// Signs `call` with `signer` at its current nonce and submits it; retries once when another
+    /// process used the same nonce in between.
+    pub fn submit(&self, signer: &Keypair, call: Call) -> Result<Option<u16>, ChainError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let nonce = self.nonce(&signer.account())?;
+            let extrinsic =
+                SignedExtrinsic::sign(signer, &self.inner.genesis_id, nonce, call.clone());
+            match self.submit_signed(&extrinsic) {
+                Err(ChainError::BadNonce { .. }) if attempts < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub fn nonce(&self, account: &AccountId) -> Result<u64, ChainError> {
+        self.write(|db, _| state::nonce(db, account))
+    }
+
+    pub fn balance(&self, account: &AccountId) -> Result<u64, ChainError> {
+        self.write(|db, _| state::balance(db, account))
+    }
+
+    /// The subnet now, after every epoch due.
+    pub fn metagraph_now(&self) -> Result<Metagraph, ChainError> {
+        let netuid = self.inner.genesis.netuid;
+        self.write(|db, block| {
+            let mut statement = db.prepare(
+                "SELECT n.uid, n.hotkey, n.coldkey, n.validator_permit, n.rank, n.trust,
+                        n.consensus, n.incentive, n.dividends, n.validator_trust, n.emission,
+                        n.registered_at, n.last_update, c.data
+                 FROM neurons n LEFT JOIN commitments c ON c.hotkey = n.hotkey ORDER BY n.uid",
+            )?;
+            let rows = statement.query_map([], |r| {
+                Ok((
+                    r.get::<_, u16>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, bool>(3)?,
+                    [
+                        r.get::<_, f64>(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                    ],
+                    [r.get::<_, i64>(10)?, r.get(11)?, r.get(12)?],
+                    r.get::<_, Option<Vec<u8>>>(13)?,
+                ))
+            })?;
+            let mut neurons = Vec::new();
+            for row in rows {
+                let (
+                    uid,
+                    hotkey,
+                    coldkey,
+                    permit,
+                    [
+                        rank,
+                        trust,
+                        consensus,
+                        incentive,
+                        dividends,
+                        validator_trust,
+                    ],
+                    [emission, registered_at, last_update],
+                    commitment,
+                ) = row?;
+                let hotkey = state::account_id(hotkey)?;
+                neurons.push(Neuron {
+                    uid,
+                    stake: state::stake_of(db, &hotkey)?,
+                    hotkey,
+                    coldkey: state::account_id(coldkey)?,
+                    validator_permit: permit,
+                    rank,
+                    trust,
+                    consensus,
+                    incentive,
+                    dividends,
+                    validator_trust,
+                    emission: emission as u64,
+                    registered_at: registered_at as u64,
+                    last_update: last_update as u64,
+                    commitment,
+                });
+            }
+            Ok(Metagraph {
+                netuid,
+                block,
+                neurons,
+            })
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(LocalChain) -> Result<T, ChainError> + Send + 'static,
+    ) -> Result<T, ChainError> {
+        let chain = self.clone();
+        tokio::task::spawn_blocking(move || work(chain))
+            .await
+            .map_err(|e| ChainError::Database(format!("chain task failed: {e}")))?
+    }
+}
+
+impl Chain for LocalChain {
+    fn netuid(&self) -> u16 {
+        self.inner.genesis.netuid
+    }
+
+    async fn block(&self) -> ChainResult<BlockInfo> {
+        Ok(self.block_now())
+    }
+
+    async fn block_timestamp(&self, number: u64) -> ChainResult<u64> {
+        Ok(self.timestamp_of(number))
+    }
+
+    async fn wait_for_block(&self, number: u64) -> ChainResult<BlockInfo> {
+        let due = self.timestamp_of(number);
+        let now = now_ms();
+        if due > now {
+            tokio::time::sleep(Duration::from_millis(due - now)).await;
+        }
+        Ok(self.block_now())
+    }
+
+    async fn hyperparameters(&self) -> ChainResult<Hyperparameters> {
+        Ok(self.inner.genesis.hyperparameters.clone())
+    }
+
+    async fn metagraph(&self) -> ChainResult<Metagraph> {
+        self.blocking(|chain| chain.metagraph_now()).await
+    }
+
+    async fn register(&self, coldkey: &Keypair, hotkey: &AccountId) -> ChainResult<u16> {
+        let (coldkey, hotkey) = (coldkey.clone(), *hotkey);
+        self.blocking(move |chain| {
+            let uid = chain.submit(&coldkey, Call::BurnedRegister { hotkey })?;
+            uid.ok_or_else(|| ChainError::Corrupt("registration returned no uid".into()))
+        })
+        .await
+    }
+
+    async fn add_stake(&self, coldkey: &Keypair, hotkey: &AccountId, rao: u64) -> ChainResult<()> {
+        let (coldkey, hotkey) = (coldkey.clone(), *hotkey);
+        self.blocking(move |chain| {
+            chain
+                .submit(
+                    &coldkey,
+                    Call::AddStake {
+                        hotkey,
+                        amount: rao,
+                    },
+                )
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn commit(&self, hotkey: &Keypair, data: &[u8]) -> ChainResult<()> {
+        let (hotkey, data) = (hotkey.clone(), data.to_vec());
+        self.blocking(move |chain| chain.submit(&hotkey, Call::Commit { data }).map(|_| ()))
+            .await
+    }
+
+    async fn set_weights(
+        &self,
+        hotkey: &Keypair,
+        uids: &[u16],
+        weights: &[u16],
+        version_key: u64,
+    ) -> ChainResult<()> {
+        let call = Call::SetWeights {
+            uids: uids.to_vec(),
+            weights: weights.to_vec(),
+            version_key,
+        };
+        let hotkey = hotkey.clone();
+        self.blocking(move |chain| chain.submit(&hotkey, call).map(|_| ()))
+            .await
+    }
+}

@@ -1,0 +1,332 @@
+//! Applying verified extrinsics to the database, inside the caller's transaction.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use templar_protocol::AccountId;
+
+use super::extrinsic::Call;
+use crate::types::{ChainError, Hyperparameters, MAX_COMMITMENT_LEN};
+
+pub fn account_id(bytes: Vec<u8>) -> Result<AccountId, ChainError> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ChainError::Corrupt("an account is not 32 bytes".into()))?;
+    Ok(AccountId(array))
+}
+
+pub fn balance(db: &Connection, account: &AccountId) -> Result<u64, ChainError> {
+    let balance: Option<i64> = db
+        .query_row(
+            "SELECT balance FROM accounts WHERE account = ?1",
+            [account.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(balance.unwrap_or(0) as u64)
+}
+
+pub fn nonce(db: &Connection, account: &AccountId) -> Result<u64, ChainError> {
+    let nonce: Option<i64> = db
+        .query_row(
+            "SELECT nonce FROM accounts WHERE account = ?1",
+            [account.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(nonce.unwrap_or(0) as u64)
+}
+
+pub fn bump_nonce(db: &Connection, account: &AccountId) -> Result<(), ChainError> {
+    db.execute(
+        "INSERT INTO accounts (account, nonce) VALUES (?1, 1)
+         ON CONFLICT(account) DO UPDATE SET nonce = nonce + 1",
+        [account.as_bytes()],
+    )?;
+    Ok(())
+}
+
+/// Adds `delta` (may be negative) to a balance, refusing to go below zero.
+pub fn credit(db: &Connection, account: &AccountId, delta: i128) -> Result<(), ChainError> {
+    let available = balance(db, account)?;
+    let updated = i128::from(available) + delta;
+    if updated < 0 {
+        return Err(ChainError::InsufficientBalance {
+            account: *account,
+            needed: (-delta) as u64,
+            available,
+        });
+    }
+    db.execute(
+        "INSERT INTO accounts (account, balance) VALUES (?1, ?2)
+         ON CONFLICT(account) DO UPDATE SET balance = ?2",
+        params![account.as_bytes(), updated as i64],
+    )?;
+    Ok(())
+}
+
+pub fn uid_of(db: &Connection, hotkey: &AccountId) -> Result<Option<u16>, ChainError> {
+    Ok(db
+        .query_row(
+            "SELECT uid FROM neurons WHERE hotkey = ?1",
+            [hotkey.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn registered_uid(db: &Connection, hotkey: &AccountId) -> Result<u16, ChainError> {
+    uid_of(db, hotkey)?.ok_or(ChainError::NotRegistered(*hotkey))
+}
+
+pub fn stake_of(db: &Connection, hotkey: &AccountId) -> Result<u64, ChainError> {
+    let total: i64 = db.query_row(
+        "SELECT COALESCE(SUM(amount), 0) FROM stakes WHERE hotkey = ?1",
+        [hotkey.as_bytes()],
+        |r| r.get(0),
+    )?;
+    Ok(total as u64)
+}
+
+pub fn add_stake(
+    db: &Connection,
+    hotkey: &AccountId,
+    coldkey: &AccountId,
+    delta: i128,
+) -> Result<(), ChainError> {
+    let current: i64 = db
+        .query_row(
+            "SELECT amount FROM stakes WHERE hotkey = ?1 AND coldkey = ?2",
+            [hotkey.as_bytes(), coldkey.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let updated = i128::from(current) + delta;
+    if updated < 0 {
+        return Err(ChainError::InsufficientStake {
+            account: *coldkey,
+            hotkey: *hotkey,
+            needed: (-delta) as u64,
+            available: current as u64,
+        });
+    }
+    db.execute(
+        "INSERT INTO stakes (hotkey, coldkey, amount) VALUES (?1, ?2, ?3)
+         ON CONFLICT(hotkey, coldkey) DO UPDATE SET amount = ?3",
+        params![hotkey.as_bytes(), coldkey.as_bytes(), updated as i64],
+    )?;
+    Ok(())
+}
+
+/// Per uid (ascending), whether it holds a validator permit: the `max_validators` largest
+/// stakes (ties to the lower uid) that reach `min_validator_stake`. Permits follow stake at
+/// once rather than at the next epoch, so a new validator is heard without waiting a tempo.
+pub fn validator_permits(
+    db: &Connection,
+    hp: &Hyperparameters,
+) -> Result<Vec<(u16, bool)>, ChainError> {
+    let mut stakes = uid_stakes(db)?;
+    let mut order: Vec<usize> = (0..stakes.len()).collect();
+    order.sort_by(|&a, &b| {
+        stakes[b]
+            .1
+            .cmp(&stakes[a].1)
+            .then(stakes[a].0.cmp(&stakes[b].0))
+    });
+    let mut permits = vec![false; stakes.len()];
+    for &i in order.iter().take(usize::from(hp.max_validators)) {
+        permits[i] = stakes[i].1 >= hp.min_validator_stake;
+    }
+    Ok(stakes
+        .drain(..)
+        .zip(permits)
+        .map(|((uid, _), p)| (uid, p))
+        .collect())
+}
+
+/// `(uid, stake)` for every registered uid, ascending.
+pub fn uid_stakes(db: &Connection) -> Result<Vec<(u16, u64)>, ChainError> {
+    let mut statement = db.prepare(
+        "SELECT n.uid, COALESCE(SUM(s.amount), 0) FROM neurons n
+         LEFT JOIN stakes s ON s.hotkey = n.hotkey GROUP BY n.uid ORDER BY n.uid",
+    )?;
+    let rows = statement.query_map([], |r| {
+        Ok((r.get::<_, u16>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Applies one verified call by `signer` at `block`; returns the uid a registration got.
+pub fn apply(
+    db: &Connection,
+    hp: &Hyperparameters,
+    block: u64,
+    signer: &AccountId,
+    call: &Call,
+) -> Result<Option<u16>, ChainError> {
+    match call {
+        Call::Transfer { dest, amount } => {
+            positive(*amount)?;
+            credit(db, signer, -i128::from(*amount))?;
+            credit(db, dest, i128::from(*amount))?;
+        }
+        Call::BurnedRegister { hotkey } => {
+            return register(db, hp, block, signer, hotkey).map(Some);
+        }
+        Call::AddStake { hotkey, amount } => {
+            positive(*amount)?;
+            registered_uid(db, hotkey)?;
+            credit(db, signer, -i128::from(*amount))?;
+            add_stake(db, hotkey, signer, i128::from(*amount))?;
+        }
+        Call::RemoveStake { hotkey, amount } => {
+            positive(*amount)?;
+            add_stake(db, hotkey, signer, -i128::from(*amount))?;
+            credit(db, signer, i128::from(*amount))?;
+        }
+        Call::SetWeights {
+            uids,
+            weights,
+            version_key,
+        } => set_weights(db, hp, block, signer, uids, weights, *version_key)?,
+        Call::Commit { data } => {
+            if data.len() > MAX_COMMITMENT_LEN {
+                return Err(ChainError::CommitmentTooLong(data.len()));
+            }
+            registered_uid(db, signer)?;
+            db.execute(
+                "INSERT INTO commitments (hotkey, data, block) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(hotkey) DO UPDATE SET data = ?2, block = ?3",
+                params![signer.as_bytes(), data, block as i64],
+            )?;
+        }
+    }
+    Ok(None)
+}
+
+fn positive(amount: u64) -> Result<(), ChainError> {
+    if amount == 0 {
+        Err(ChainError::ZeroAmount)
+    } else {
+        Ok(())
+    }
+}
+
+fn register(
+    db: &Connection,
+    hp: &Hyperparameters,
+    block: u64,
+    coldkey: &AccountId,
+    hotkey: &AccountId,
+) -> Result<u16, ChainError> {
+    if let Some(uid) = uid_of(db, hotkey)? {
+        return Err(ChainError::AlreadyRegistered(*hotkey, uid));
+    }
+    credit(db, coldkey, -i128::from(hp.burn))?;
+    let uid = match free_uid(db, hp)? {
+        Some(uid) => uid,
+        None => prune(db, hp, block)?,
+    };
+    db.execute(
+        "INSERT INTO neurons (uid, hotkey, coldkey, registered_at, last_update)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![uid, hotkey.as_bytes(), coldkey.as_bytes(), block as i64],
+    )?;
+    Ok(uid)
+}
+
+fn free_uid(db: &Connection, hp: &Hyperparameters) -> Result<Option<u16>, ChainError> {
+    let taken: Vec<u16> = db
+        .prepare("SELECT uid FROM neurons ORDER BY uid")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok((0..hp.max_uids).find(|uid| taken.binary_search(uid).is_err()))
+}
+
+/// Frees the uid with the lowest last emission among those past their immunity period
+/// (ties to the lowest uid), as Bittensor replaces its weakest neuron.
+fn prune(db: &Connection, hp: &Hyperparameters, block: u64) -> Result<u16, ChainError> {
+    let cutoff = block.saturating_sub(hp.immunity_period) as i64;
+    let uid: Option<u16> = db
+        .query_row(
+            "SELECT uid FROM neurons WHERE registered_at < ?1 ORDER BY emission, uid LIMIT 1",
+            [cutoff],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let uid = uid.ok_or(ChainError::SubnetFull(hp.max_uids))?;
+    db.execute("DELETE FROM neurons WHERE uid = ?1", [uid])?;
+    db.execute("DELETE FROM weights WHERE uid = ?1 OR target = ?1", [uid])?;
+    db.execute("DELETE FROM bonds WHERE uid = ?1 OR target = ?1", [uid])?;
+    Ok(uid)
+}
+
+fn set_weights(
+    db: &Connection,
+    hp: &Hyperparameters,
+    block: u64,
+    hotkey: &AccountId,
+    uids: &[u16],
+    weights: &[u16],
+    version_key: u64,
+) -> Result<(), ChainError> {
+    let uid = registered_uid(db, hotkey)?;
+    if version_key < hp.weights_version {
+        return Err(ChainError::BadWeights(format!(
+            "version key {version_key} is older than the subnet's {}",
+            hp.weights_version
+        )));
+    }
+    if uids.len() != weights.len() {
+        return Err(ChainError::BadWeights(format!(
+            "{} uids but {} weights",
+            uids.len(),
+            weights.len()
+        )));
+    }
+    let registered: Vec<u16> = uid_stakes(db)?.into_iter().map(|(u, _)| u).collect();
+    let mut seen = std::collections::HashSet::new();
+    for target in uids {
+        if !seen.insert(*target) {
+            return Err(ChainError::BadWeights(format!(
+                "uid {target} appears twice"
+            )));
+        }
+        if registered.binary_search(target).is_err() {
+            return Err(ChainError::BadWeights(format!(
+                "uid {target} is not registered"
+            )));
+        }
+    }
+    let only_self = uids.iter().all(|t| *t == uid);
+    let permitted = validator_permits(db, hp)?
+        .into_iter()
+        .any(|(u, p)| u == uid && p);
+    if !only_self && !permitted {
+        return Err(ChainError::NoValidatorPermit(uid));
+    }
+    let last_update: i64 = db.query_row(
+        "SELECT last_update FROM neurons WHERE uid = ?1",
+        [uid],
+        |r| r.get(0),
+    )?;
+    let next_allowed = last_update as u64 + hp.weights_rate_limit;
+    if block < next_allowed {
+        return Err(ChainError::WeightsTooFast {
+            uid,
+            last_update: last_update as u64,
+            next_allowed,
+        });
+    }
+    db.execute("DELETE FROM weights WHERE uid = ?1", [uid])?;
+    for (target, weight) in uids.iter().zip(weights) {
+        db.execute(
+            "INSERT INTO weights (uid, target, weight) VALUES (?1, ?2, ?3)",
+            params![uid, target, weight],
+        )?;
+    }
+    db.execute(
+        "UPDATE neurons SET last_update = ?2 WHERE uid = ?1",
+        params![uid, block as i64],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! What a chain tells a node, in Bittensor's terms.
+
+use serde::{Deserialize, Serialize};
+use templar_protocol::AccountId;
+
+/// 1 TAO = 10⁹ rao; balances and stake are counted in rao.
+pub const RAO_PER_TAO: u64 = 1_000_000_000;
+
+/// Formats rao as TAO with nine decimals.
+pub fn tao(rao: u64) -> String {
+    format!("{}.{:09}", rao / RAO_PER_TAO, rao % RAO_PER_TAO)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockInfo {
+    pub number: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// A subnet's rules (a subset of Bittensor's hyperparameters, same names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hyperparameters {
+    /// Blocks between epochs.
+    pub tempo: u64,
+    /// Blocks a uid must wait between two `set_weights` (counted from its registration for the first).
+    pub weights_rate_limit: u64,
+    /// A uid whose weights are older than this many blocks is inactive in an epoch.
+    pub activity_cutoff: u64,
+    pub max_uids: u16,
+    /// Validator permits go to at most this many uids, by stake.
+    pub max_validators: u16,
+    /// Stake (rao) needed for a validator permit.
+    pub min_validator_stake: u64,
+    /// Registration cost (rao), burned from the coldkey.
+    pub burn: u64,
+    /// Blocks after registration during which a uid cannot be replaced.
+    pub immunity_period: u64,
+    pub kappa: f64,
+    pub bonds_moving_average: f64,
+    /// Rao emitted to the subnet per block, paid out at each epoch.
+    pub emission_per_block: u64,
+    /// `set_weights` calls must carry at least this version key.
+    pub weights_version: u64,
+}
+
+impl Default for Hyperparameters {
+    fn default() -> Self {
+        Hyperparameters {
+            tempo: 360,
+            weights_rate_limit: 100,
+            activity_cutoff: 5000,
+            max_uids: 256,
+            max_validators: 64,
+            min_validator_stake: 0,
+            burn: RAO_PER_TAO,
+            immunity_period: 5000,
+            kappa: 0.5,
+            bonds_moving_average: 0.9,
+            emission_per_block: RAO_PER_TAO,
+            weights_version: 0,
+        }
+    }
+}
+
+/// One uid of the subnet.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Neuron {
+    pub uid: u16,
+    pub hotkey: AccountId,
+    pub coldkey: AccountId,
+    /// Total stake on the hotkey, rao.
+    pub stake: u64,
+    pub validator_permit: bool,
+    pub rank: f64,
+    pub trust: f64,
+    pub consensus: f64,
+    pub incentive: f64,
+    pub dividends: f64,
+    pub validator_trust: f64,
+    /// Rao earned at the last epoch.
+    pub emission: u64,
+    pub registered_at: u64,
+    pub last_update: u64,
+    /// Raw bytes committed by the hotkey (for example its storage location).
+    pub commitment: Option<Vec<u8>>,
+}
+
+/// The subnet as of one block.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Metagraph {
+    pub netuid: u16,
+    pub block: u64,
+    pub neurons: Vec<Neuron>,
+}
+
+impl Metagraph {
+    pub fn uid_of(&self, hotkey: &AccountId) -> Option<u16> {
+        self.neurons
+            .iter()
+            .find(|n| &n.hotkey == hotkey)
+            .map(|n| n.uid)
+    }
+
+    pub fn neuron(&self, uid: u16) -> Option<&Neuron> {
+        self.neurons.iter().find(|n| n.uid == uid)
+    }
+}
+
+/// Commitments are at most this many raw bytes, as on Bittensor.
+pub const MAX_COMMITMENT_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("{0} is not registered on this subnet: register it first (templar chain register)")]
+    NotRegistered(AccountId),
+    #[error("{0} is already registered as uid {1}")]
+    AlreadyRegistered(AccountId, u16),
+    #[error("{account} has {available} rao, {needed} needed")]
+    InsufficientBalance {
+        account: AccountId,
+        needed: u64,
+        available: u64,
+    },
+    #[error("{account} has only {available} rao staked on {hotkey}, {needed} requested")]
+    InsufficientStake {
+        account: AccountId,
+        hotkey: AccountId,
+        needed: u64,
+        available: u64,
+    },
+    #[error(
+        "setting weights too fast: uid {uid} last set them at block {last_update}, the rate limit allows the next call at block {next_allowed}"
+    )]
+    WeightsTooFast {
+        uid: u16,
+        last_update: u64,
+        next_allowed: u64,
+    },
+    #[error("invalid weights: {0}")]
+    BadWeights(String),
+    #[error("uid {0} has no validator permit (not enough stake to be a validator)")]
+    NoValidatorPermit(u16),
+    #[error("commitment is {0} bytes; at most {MAX_COMMITMENT_LEN} are allowed")]
+    CommitmentTooLong(usize),
+    #[error(
+        "the extrinsic's signature does not verify for signer {0}: it was not signed by that key"
+    )]
+    BadSignature(AccountId),
+    #[error("stale or replayed extrinsic from {signer}: nonce {got}, expected {expected}")]
+    BadNonce {
+        signer: AccountId,
+        expected: u64,
+        got: u64,
+    },
+    #[error("the subnet is full ({0} uids) and every uid is still immune")]
+    SubnetFull(u16),
+    #[error("amount must be positive")]
+    ZeroAmount,
+    #[error("no chain at {0}: create one with `templar chain init`")]
+    NotInitialized(String),
+    #[error("a chain already exists at {0}")]
+    AlreadyExists(String),
+    #[error("chain database: {0}")]
+    Database(String),
+    #[error("chain state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for ChainError {
+    fn from(error: rusqlite::Error) -> Self {
+        ChainError::Database(error.to_string())
+    }
+}
