@@ -4,8 +4,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod chain;
 mod data;
 mod model;
+mod wallet;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
 // the kernel each time and pays page faults and TLB shootdowns to get them back.
@@ -34,6 +36,12 @@ enum Command {
     /// Inspect model presets.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Create and inspect keys (Bittensor's wallet layout).
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Run and inspect a LocalChain (the embedded chain).
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +55,7 @@ fn main() -> Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Model(cmd) => model::run(cmd),
+        Command::Wallet(cmd) => wallet::run(cmd),
+        Command::Chain(cmd) => chain::run(cmd),
     }
 }

@@ -1,0 +1,114 @@
+//! The `templar wallet` and `templar chain` commands, end to end through the binary.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn templar(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(args)
+        .env("BT_WALLET_PATH", dir.join("wallets"))
+        .env("TEMPLAR_CHAIN", dir.join("chain.sqlite"))
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("TEMPLAR_COLDKEY_PASSWORD")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = templar(dir, args);
+    assert!(
+        out.status.success(),
+        "templar {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(dir, args)).unwrap()
+}
+
+#[test]
+fn create_wallets_init_a_chain_register_and_read_the_metagraph() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "wallet",
+            "create",
+            "--wallet",
+            "owner",
+            "--no-password",
+            "--quiet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "wallet", "create", "--wallet", "owner", "--hotkey", "m1", "--quiet",
+        ],
+    );
+    let owner = json(d, &["wallet", "show", "--wallet", "owner", "--json"]);
+    let coldkey = owner["coldkey"].as_str().unwrap().to_string();
+    let miner_hotkey = owner["hotkeys"]["m1"].as_str().unwrap().to_string();
+
+    let refused = templar(d, &["wallet", "create", "--wallet", "locked", "--quiet"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--no-password"));
+
+    ok(
+        d,
+        &[
+            "chain",
+            "init",
+            "--block-time-ms",
+            "100",
+            "--fund",
+            &format!("{coldkey}=10"),
+        ],
+    );
+    let again = templar(d, &["chain", "init"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    ok(
+        d,
+        &["chain", "register", "--wallet", "owner", "--hotkey", "m1"],
+    );
+    ok(
+        d,
+        &[
+            "chain", "stake", "--wallet", "owner", "--hotkey", "m1", "--amount", "2.5",
+        ],
+    );
+    let twice = templar(
+        d,
+        &["chain", "register", "--wallet", "owner", "--hotkey", "m1"],
+    );
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already registered as uid 0"));
+
+    let status = json(d, &["chain", "status", "--json"]);
+    let neuron = &status["neurons"][0];
+    assert_eq!(neuron["uid"], 0);
+    assert_eq!(neuron["hotkey"].as_str().unwrap(), miner_hotkey);
+    assert_eq!(neuron["coldkey"].as_str().unwrap(), coldkey);
+    assert_eq!(neuron["stake"].as_u64().unwrap(), 2_500_000_000);
+    for field in [
+        "incentive",
+        "dividends",
+        "emission",
+        "last_update",
+        "commitment",
+    ] {
+        assert!(neuron.get(field).is_some(), "{field} missing from {neuron}");
+    }
+}
+
+#[test]
+fn missing_chain_and_wallet_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = templar(dir.path(), &["chain", "status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("templar chain init"));
+    let out = templar(dir.path(), &["wallet", "show"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("templar wallet create"));
+}
