@@ -232,6 +232,7 @@ fn two_processes_writing_concurrently_lose_nothing() {
                 .args(["concurrent_writer_worker", "--exact", "--nocapture"])
                 .env("TEMPLAR_TEST_CHAIN", chain.path())
                 .env("TEMPLAR_TEST_SEED", seed.to_string())
+                .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         })

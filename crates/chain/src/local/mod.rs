@@ -332,6 +332,17 @@ impl LocalChain {
         })
     }
 
+    /// [`LocalChain::submit`] on a blocking thread, so SQLite's waits never stall the runtime.
+    async fn submit_in_background(
+        &self,
+        signer: &Keypair,
+        call: Call,
+    ) -> Result<Option<u16>, ChainError> {
+        let signer = signer.clone();
+        self.blocking(move |chain| chain.submit(&signer, call))
+            .await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(LocalChain) -> Result<T, ChainError> + Send + 'static,
@@ -374,34 +385,25 @@ impl Chain for LocalChain {
     }
 
     async fn register(&self, coldkey: &Keypair, hotkey: &AccountId) -> ChainResult<u16> {
-        let (coldkey, hotkey) = (coldkey.clone(), *hotkey);
-        self.blocking(move |chain| {
-            let uid = chain.submit(&coldkey, Call::BurnedRegister { hotkey })?;
-            uid.ok_or_else(|| ChainError::Corrupt("registration returned no uid".into()))
-        })
-        .await
+        let uid = self
+            .submit_in_background(coldkey, Call::BurnedRegister { hotkey: *hotkey })
+            .await?;
+        uid.ok_or_else(|| ChainError::Corrupt("registration returned no uid".into()))
     }
 
     async fn add_stake(&self, coldkey: &Keypair, hotkey: &AccountId, rao: u64) -> ChainResult<()> {
-        let (coldkey, hotkey) = (coldkey.clone(), *hotkey);
-        self.blocking(move |chain| {
-            chain
-                .submit(
-                    &coldkey,
-                    Call::AddStake {
-                        hotkey,
-                        amount: rao,
-                    },
-                )
-                .map(|_| ())
-        })
-        .await
+        let call = Call::AddStake {
+            hotkey: *hotkey,
+            amount: rao,
+        };
+        self.submit_in_background(coldkey, call).await.map(|_| ())
     }
 
     async fn commit(&self, hotkey: &Keypair, data: &[u8]) -> ChainResult<()> {
-        let (hotkey, data) = (hotkey.clone(), data.to_vec());
-        self.blocking(move |chain| chain.submit(&hotkey, Call::Commit { data }).map(|_| ()))
-            .await
+        let call = Call::Commit {
+            data: data.to_vec(),
+        };
+        self.submit_in_background(hotkey, call).await.map(|_| ())
     }
 
     async fn set_weights(
@@ -416,8 +418,6 @@ impl Chain for LocalChain {
             weights: weights.to_vec(),
             version_key,
         };
-        let hotkey = hotkey.clone();
-        self.blocking(move |chain| chain.submit(&hotkey, call).map(|_| ()))
-            .await
+        self.submit_in_background(hotkey, call).await.map(|_| ())
     }
 }

@@ -13,26 +13,25 @@ pub fn account_id(bytes: Vec<u8>) -> Result<AccountId, ChainError> {
     Ok(AccountId(array))
 }
 
-pub fn balance(db: &Connection, account: &AccountId) -> Result<u64, ChainError> {
-    let balance: Option<i64> = db
+/// `(balance, nonce)` of an account; an account never seen has both at zero.
+fn account_row(db: &Connection, account: &AccountId) -> Result<(u64, u64), ChainError> {
+    let row: Option<(i64, i64)> = db
         .query_row(
-            "SELECT balance FROM accounts WHERE account = ?1",
+            "SELECT balance, nonce FROM accounts WHERE account = ?1",
             [account.as_bytes()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    Ok(balance.unwrap_or(0) as u64)
+    let (balance, nonce) = row.unwrap_or((0, 0));
+    Ok((balance as u64, nonce as u64))
+}
+
+pub fn balance(db: &Connection, account: &AccountId) -> Result<u64, ChainError> {
+    Ok(account_row(db, account)?.0)
 }
 
 pub fn nonce(db: &Connection, account: &AccountId) -> Result<u64, ChainError> {
-    let nonce: Option<i64> = db
-        .query_row(
-            "SELECT nonce FROM accounts WHERE account = ?1",
-            [account.as_bytes()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(nonce.unwrap_or(0) as u64)
+    Ok(account_row(db, account)?.1)
 }
 
 pub fn bump_nonce(db: &Connection, account: &AccountId) -> Result<(), ChainError> {
