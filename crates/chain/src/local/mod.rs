@@ -266,64 +266,13 @@ impl LocalChain {
             let mut statement = db.prepare(
                 "SELECT n.uid, n.hotkey, n.coldkey, n.validator_permit, n.rank, n.trust,
                         n.consensus, n.incentive, n.dividends, n.validator_trust, n.emission,
-                        n.registered_at, n.last_update, c.data
+                        n.registered_at, n.last_update, c.data,
+                        (SELECT COALESCE(SUM(s.amount), 0) FROM stakes s WHERE s.hotkey = n.hotkey)
                  FROM neurons n LEFT JOIN commitments c ON c.hotkey = n.hotkey ORDER BY n.uid",
             )?;
-            let rows = statement.query_map([], |r| {
-                Ok((
-                    r.get::<_, u16>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, bool>(3)?,
-                    [
-                        r.get::<_, f64>(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                    ],
-                    [r.get::<_, i64>(10)?, r.get(11)?, r.get(12)?],
-                    r.get::<_, Option<Vec<u8>>>(13)?,
-                ))
-            })?;
-            let mut neurons = Vec::new();
-            for row in rows {
-                let (
-                    uid,
-                    hotkey,
-                    coldkey,
-                    permit,
-                    [
-                        rank,
-                        trust,
-                        consensus,
-                        incentive,
-                        dividends,
-                        validator_trust,
-                    ],
-                    [emission, registered_at, last_update],
-                    commitment,
-                ) = row?;
-                let hotkey = state::account_id(hotkey)?;
-                neurons.push(Neuron {
-                    uid,
-                    stake: state::stake_of(db, &hotkey)?,
-                    hotkey,
-                    coldkey: state::account_id(coldkey)?,
-                    validator_permit: permit,
-                    rank,
-                    trust,
-                    consensus,
-                    incentive,
-                    dividends,
-                    validator_trust,
-                    emission: emission as u64,
-                    registered_at: registered_at as u64,
-                    last_update: last_update as u64,
-                    commitment,
-                });
-            }
+            let neurons = statement
+                .query_map([], neuron_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Metagraph {
                 netuid,
                 block,
@@ -352,6 +301,40 @@ impl LocalChain {
             .await
             .map_err(|e| ChainError::Database(format!("chain task failed: {e}")))?
     }
+}
+
+/// A 32-byte account column; anything else is a corrupt database.
+fn account_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<AccountId> {
+    let bytes: Vec<u8> = row.get(index)?;
+    let array: [u8; 32] = bytes.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Blob,
+            "an account is not 32 bytes".into(),
+        )
+    })?;
+    Ok(AccountId(array))
+}
+
+/// One row of the metagraph query in `metagraph_now`.
+fn neuron_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Neuron> {
+    Ok(Neuron {
+        uid: r.get(0)?,
+        hotkey: account_column(r, 1)?,
+        coldkey: account_column(r, 2)?,
+        validator_permit: r.get(3)?,
+        rank: r.get(4)?,
+        trust: r.get(5)?,
+        consensus: r.get(6)?,
+        incentive: r.get(7)?,
+        dividends: r.get(8)?,
+        validator_trust: r.get(9)?,
+        emission: r.get::<_, i64>(10)? as u64,
+        registered_at: r.get::<_, i64>(11)? as u64,
+        last_update: r.get::<_, i64>(12)? as u64,
+        commitment: r.get(13)?,
+        stake: r.get::<_, i64>(14)? as u64,
+    })
 }
 
 impl Chain for LocalChain {

@@ -76,15 +76,6 @@ fn registered_uid(db: &Connection, hotkey: &AccountId) -> Result<u16, ChainError
     uid_of(db, hotkey)?.ok_or(ChainError::NotRegistered(*hotkey))
 }
 
-pub fn stake_of(db: &Connection, hotkey: &AccountId) -> Result<u64, ChainError> {
-    let total: i64 = db.query_row(
-        "SELECT COALESCE(SUM(amount), 0) FROM stakes WHERE hotkey = ?1",
-        [hotkey.as_bytes()],
-        |r| r.get(0),
-    )?;
-    Ok(total as u64)
-}
-
 pub fn add_stake(
     db: &Connection,
     hotkey: &AccountId,
