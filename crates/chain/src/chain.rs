@@ -28,6 +28,11 @@ pub trait Chain: Send + Sync {
 
     fn metagraph(&self) -> impl Future<Output = ChainResult<Metagraph>> + Send;
 
+    /// The subnet as it stood at the end of block `block`, which must exist. Everything a peer set
+    /// is derived from (registrations, commitments, epoch results) is as of that block, so every
+    /// node that asks about the same block gets the same answer however late it asks.
+    fn metagraph_at(&self, block: u64) -> impl Future<Output = ChainResult<Metagraph>> + Send;
+
     /// Registers `hotkey` under `coldkey`, burning the registration cost; returns its uid.
     fn register(
         &self,

@@ -162,6 +162,8 @@ pub enum ChainError {
     NotInitialized(String),
     #[error("a chain already exists at {0}")]
     AlreadyExists(String),
+    #[error("block {block} does not exist yet (the head is block {head})")]
+    FutureBlock { block: u64, head: u64 },
     #[error("chain database: {0}")]
     Database(String),
     #[error("chain state is corrupt: {0}")]

@@ -192,6 +192,24 @@ async fn epochs_pay_miners_by_the_validators_weights() {
     assert_eq!(metagraph.neurons[1].emission, 3750);
     assert_eq!(metagraph.neurons[2].emission, 1250);
     assert!(metagraph.neurons[1].stake >= 3750);
+
+    // History: before the first epoch after the weights, nobody had incentive; a later
+    // registration and commitment are invisible at earlier blocks.
+    let before = chain.metagraph_at(set_at).await.unwrap();
+    assert!(before.neurons.iter().all(|n| n.incentive == 0.0));
+    chain.commit(&miner_a, b"late").await.unwrap();
+    let late = chain.register(&cold, &key(5).account()).await.unwrap();
+    let head = chain.block().await.unwrap().number;
+    let past = chain.metagraph_at(head - 1).await.unwrap();
+    assert_eq!(past.neurons.len(), 3);
+    assert_eq!(past.neurons[1].commitment, None);
+    assert!((past.neurons[1].incentive - 0.75).abs() < 1e-9);
+    chain.wait_for_block(head + 1).await.unwrap();
+    let now = chain.metagraph_at(head).await.unwrap();
+    assert_eq!(now.neuron(late).map(|n| n.uid), Some(late));
+    assert_eq!(now.neurons[1].commitment.as_deref(), Some(&b"late"[..]));
+    let future = chain.metagraph_at(head + 1000).await.unwrap_err();
+    assert!(matches!(future, ChainError::FutureBlock { .. }), "{future}");
 }
 
 /// Worker half of `two_processes_writing_concurrently_lose_nothing`: runs only when the parent

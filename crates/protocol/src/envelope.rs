@@ -230,7 +230,7 @@ pub fn open<'a>(
     }
     if header.network_id != expected.network.id() {
         return Err(malformed(format!(
-            "belongs to another network than {}",
+            "belongs to another network than {} (or one running a different network.toml)",
             expected.network
         )));
     }

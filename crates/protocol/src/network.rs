@@ -29,13 +29,27 @@ impl Network {
         if !valid {
             return Err(BadNetworkName(name.to_string()));
         }
-        let digest = blake3::hash(name.as_bytes());
+        Ok(Network::with_id(name, blake3::hash(name.as_bytes())))
+    }
+
+    /// The network `name` running the configuration whose digest is `config_digest`: the id
+    /// covers both, so a node with a different configuration file is told so by every envelope it
+    /// opens instead of silently training another model.
+    pub fn with_config(name: &str, config_digest: &[u8; 32]) -> Result<Network, BadNetworkName> {
+        let base = Network::new(name)?;
+        let mut hasher = blake3::Hasher::new_derive_key("templar network id v1");
+        hasher.update(name.as_bytes());
+        hasher.update(config_digest);
+        Ok(Network::with_id(&base.name, hasher.finalize()))
+    }
+
+    fn with_id(name: &str, digest: blake3::Hash) -> Network {
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest.as_bytes()[..16]);
-        Ok(Network {
+        Network {
             name: name.to_string(),
             id,
-        })
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -78,5 +92,16 @@ mod tests {
         let a = Network::new("alpha").map(|n| n.id());
         let b = Network::new("beta").map(|n| n.id());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_configuration_changes_the_id_but_not_the_name() {
+        let plain = Network::new("alpha").map(|n| n.id());
+        let one = Network::with_config("alpha", &[1; 32]);
+        let two = Network::with_config("alpha", &[2; 32]);
+        assert_eq!(one.as_ref().map(Network::name), Ok("alpha"));
+        assert_ne!(one.as_ref().map(Network::id), two.as_ref().map(Network::id));
+        assert_ne!(one.map(|n| n.id()), plain);
+        assert!(Network::with_config("Bad", &[0; 32]).is_err());
     }
 }

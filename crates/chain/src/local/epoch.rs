@@ -72,11 +72,14 @@ pub fn epoch_at(db: &Connection, hp: &Hyperparameters, block: u64) -> Result<(),
     load("SELECT uid, target, bond FROM bonds", &mut input.bonds)?;
 
     let out = run_epoch(&input);
-    store(db, &stakes, &input, &out)
+    store(db, block, &stakes, &input, &out)
 }
 
+/// Writes the epoch's results onto the neurons, into the history `metagraph_at` reads, and pays
+/// emission as stake.
 fn store(
     db: &Connection,
+    block: u64,
     stakes: &[(u16, u64)],
     input: &EpochInput,
     out: &crate::yuma::EpochOutput,
@@ -97,6 +100,23 @@ fn store(
             "UPDATE neurons SET validator_permit = ?2, rank = ?3, trust = ?4, consensus = ?5,
              incentive = ?6, dividends = ?7, validator_trust = ?8, emission = ?9 WHERE uid = ?1",
             params![
+                uid,
+                input.validator_permit[i],
+                out.rank[i],
+                out.trust[i],
+                out.consensus[i],
+                out.incentive[i],
+                out.dividends[i],
+                out.validator_trust[i],
+                emission as i64
+            ],
+        )?;
+        db.execute(
+            "INSERT OR REPLACE INTO epoch_history (block, uid, validator_permit, rank, trust,
+             consensus, incentive, dividends, validator_trust, emission)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                block as i64,
                 uid,
                 input.validator_permit[i],
                 out.rank[i],

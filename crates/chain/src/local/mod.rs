@@ -281,6 +281,41 @@ impl LocalChain {
         })
     }
 
+    /// The subnet as it stood at the end of block `block`: uids registered by then, the results
+    /// of the last epoch at or before it, and each hotkey's latest commitment by then. Stake,
+    /// `last_update` and uid ownership are today's (they do not decide peer sets).
+    pub fn metagraph_as_of(&self, block: u64) -> Result<Metagraph, ChainError> {
+        let netuid = self.inner.genesis.netuid;
+        self.write(|db, now| {
+            if block > now {
+                return Err(ChainError::FutureBlock { block, head: now });
+            }
+            let mut statement = db.prepare(
+                "SELECT n.uid, n.hotkey, n.coldkey, COALESCE(e.validator_permit, 0),
+                        COALESCE(e.rank, 0), COALESCE(e.trust, 0), COALESCE(e.consensus, 0),
+                        COALESCE(e.incentive, 0), COALESCE(e.dividends, 0),
+                        COALESCE(e.validator_trust, 0), COALESCE(e.emission, 0),
+                        n.registered_at, n.last_update,
+                        (SELECT c.data FROM commitment_history c
+                         WHERE c.hotkey = n.hotkey AND c.block <= ?1
+                         ORDER BY c.block DESC LIMIT 1),
+                        (SELECT COALESCE(SUM(s.amount), 0) FROM stakes s WHERE s.hotkey = n.hotkey)
+                 FROM neurons n
+                 LEFT JOIN epoch_history e ON e.uid = n.uid AND e.block =
+                     (SELECT MAX(h.block) FROM epoch_history h WHERE h.block <= ?1)
+                 WHERE n.registered_at <= ?1 ORDER BY n.uid",
+            )?;
+            let neurons = statement
+                .query_map([block as i64], neuron_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Metagraph {
+                netuid,
+                block,
+                neurons,
+            })
+        })
+    }
+
     /// [`LocalChain::submit`] on a blocking thread, so SQLite's waits never stall the runtime.
     async fn submit_in_background(
         &self,
@@ -365,6 +400,11 @@ impl Chain for LocalChain {
 
     async fn metagraph(&self) -> ChainResult<Metagraph> {
         self.blocking(|chain| chain.metagraph_now()).await
+    }
+
+    async fn metagraph_at(&self, block: u64) -> ChainResult<Metagraph> {
+        self.blocking(move |chain| chain.metagraph_as_of(block))
+            .await
     }
 
     async fn register(&self, coldkey: &Keypair, hotkey: &AccountId) -> ChainResult<u16> {

@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS bonds (
     PRIMARY KEY (uid, target));
 CREATE TABLE IF NOT EXISTS commitments (
     hotkey BLOB PRIMARY KEY, data BLOB NOT NULL, block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS epoch_history (
+    block INTEGER NOT NULL, uid INTEGER NOT NULL, validator_permit INTEGER NOT NULL,
+    rank REAL NOT NULL, trust REAL NOT NULL, consensus REAL NOT NULL, incentive REAL NOT NULL,
+    dividends REAL NOT NULL, validator_trust REAL NOT NULL, emission INTEGER NOT NULL,
+    PRIMARY KEY (block, uid));
+CREATE TABLE IF NOT EXISTS commitment_history (
+    hotkey BLOB NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (hotkey, block));
 CREATE TABLE IF NOT EXISTS extrinsics (
     id INTEGER PRIMARY KEY AUTOINCREMENT, block INTEGER NOT NULL, signer BLOB NOT NULL,
     nonce INTEGER NOT NULL, call TEXT NOT NULL);

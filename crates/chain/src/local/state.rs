@@ -188,6 +188,11 @@ pub fn apply(
                  ON CONFLICT(hotkey) DO UPDATE SET data = ?2, block = ?3",
                 params![signer.as_bytes(), data, block as i64],
             )?;
+            db.execute(
+                "INSERT INTO commitment_history (hotkey, block, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(hotkey, block) DO UPDATE SET data = ?3",
+                params![signer.as_bytes(), block as i64, data],
+            )?;
         }
     }
     Ok(None)
