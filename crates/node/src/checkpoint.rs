@@ -1,0 +1,224 @@
+//! Checkpoints in a validator's storage: the model files first, then a signed descriptor (window,
+//! fingerprint, every file's size and blake3), then the `latest` pointer. A reader follows the
+//! pointer, verifies the descriptor's signature against the chain and every file against the
+//! descriptor, so a half-written or tampered checkpoint is never loaded.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use templar_engine::{CONFIG_FILE, Device, MODEL_FILE, load_model, save_model};
+use templar_protocol::{AccountId, Expected, Keypair, Kind, Network, layout};
+use templar_storage::{ReadOutcome, Store};
+
+use crate::error::NodeError;
+use crate::fingerprint::{Fingerprint, hex32};
+use crate::replica::Replica;
+
+const FILES: [&str; 2] = [MODEL_FILE, CONFIG_FILE];
+const MAX_DESCRIPTOR_BYTES: u64 = 64 << 10;
+/// Model files larger than this are refused (a 70B model in f32 is about 280 GB).
+const MAX_FILE_BYTES: u64 = 1 << 40;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Descriptor {
+    pub window: u64,
+    pub global_step: u64,
+    pub fingerprint: Fingerprint,
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    #[serde(with = "hex32")]
+    pub blake3: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Latest {
+    window: u64,
+}
+
+/// Publishes the replica's model as the checkpoint of `window`, then moves `latest` to it.
+pub async fn publish(
+    store: &Store,
+    network: &Network,
+    hotkey: &Keypair,
+    uid: u16,
+    replica: &Replica,
+    window: u64,
+    global_step: u64,
+) -> Result<Descriptor, NodeError> {
+    let staging = tempdir_for(window)?;
+    save_model(staging.path(), &replica.trainer.model)?;
+    let mut files = Vec::new();
+    for name in FILES {
+        let path = staging.path().join(name);
+        let bytes = std::fs::read(&path).map_err(|e| NodeError::io(&path, e))?;
+        files.push(FileEntry {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            blake3: *blake3::hash(&bytes).as_bytes(),
+        });
+        store
+            .put(
+                &layout::checkpoint_file_key(network, window, name),
+                Bytes::from(bytes),
+            )
+            .await?;
+    }
+    let descriptor = Descriptor {
+        window,
+        global_step,
+        fingerprint: replica.fingerprint()?,
+        files,
+    };
+    let json = serde_json::to_vec(&descriptor).unwrap_or_default();
+    store
+        .publish(hotkey, network, Kind::Checkpoint, window, uid, &json)
+        .await?;
+    let latest = serde_json::to_vec(&Latest { window }).unwrap_or_default();
+    store
+        .put(&layout::checkpoint_latest_key(network), Bytes::from(latest))
+        .await?;
+    Ok(descriptor)
+}
+
+/// Deletes checkpoints older than the newest `keep` of `published` (ascending windows); returns
+/// the ones kept.
+pub async fn prune(
+    store: &Store,
+    network: &Network,
+    uid: u16,
+    published: &[u64],
+    keep: usize,
+) -> Result<Vec<u64>, NodeError> {
+    let split = published.len().saturating_sub(keep);
+    for &window in &published[..split] {
+        for name in FILES {
+            store
+                .delete(&layout::checkpoint_file_key(network, window, name))
+                .await?;
+        }
+        store
+            .delete(&layout::object_key(network, Kind::Checkpoint, window, uid))
+            .await?;
+    }
+    Ok(published[split..].to_vec())
+}
+
+/// The newest checkpoint a validator has published, verified; `None` when it has none.
+pub async fn latest(
+    store: &Store,
+    network: &Network,
+    uid: u16,
+    hotkey: AccountId,
+) -> Result<Option<Descriptor>, NodeError> {
+    let Some(pointer) = store
+        .get(&layout::checkpoint_latest_key(network), 4096)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let latest: Latest = serde_json::from_slice(&pointer.bytes)
+        .map_err(|e| NodeError::CatchUp(format!("unreadable checkpoint pointer: {e}")))?;
+    let expected = Expected {
+        network,
+        kind: Kind::Checkpoint,
+        window: latest.window,
+        uid,
+        hotkey,
+        max_payload_len: MAX_DESCRIPTOR_BYTES,
+    };
+    match store.read_signed(&expected, None).await? {
+        ReadOutcome::Ok(verified) => {
+            let descriptor: Descriptor =
+                serde_json::from_slice(&verified.payload).map_err(|e| {
+                    NodeError::CatchUp(format!("unreadable checkpoint descriptor: {e}"))
+                })?;
+            Ok(Some(descriptor))
+        }
+        other => Err(NodeError::CatchUp(format!(
+            "checkpoint {} of uid {uid} is not usable: {}",
+            latest.window,
+            other.label()
+        ))),
+    }
+}
+
+/// Downloads and verifies the checkpoint's files and loads them into `replica`.
+pub async fn load(
+    store: &Store,
+    network: &Network,
+    descriptor: &Descriptor,
+    replica: &mut Replica,
+) -> Result<(), NodeError> {
+    let staging = tempdir_for(descriptor.window)?;
+    for name in FILES {
+        let entry = descriptor
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| NodeError::CatchUp(format!("checkpoint lacks {name}")))?;
+        let key = layout::checkpoint_file_key(network, descriptor.window, name);
+        let fetched = store
+            .get(&key, entry.size.min(MAX_FILE_BYTES))
+            .await?
+            .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
+        if fetched.bytes.len() as u64 != entry.size
+            || blake3::hash(&fetched.bytes).as_bytes() != &entry.blake3
+        {
+            return Err(NodeError::CatchUp(format!(
+                "checkpoint file {key} does not match its descriptor"
+            )));
+        }
+        write_file(&staging.path().join(name), &fetched.bytes)?;
+    }
+    let model = load_model(staging.path(), Device::Cpu)?;
+    replica.write(&model.params.read()?)?;
+    let fingerprint = replica.fingerprint()?;
+    if fingerprint != descriptor.fingerprint {
+        return Err(NodeError::CatchUp(format!(
+            "checkpoint {} loads as model {}, its descriptor says {}",
+            descriptor.window,
+            fingerprint.short(),
+            descriptor.fingerprint.short()
+        )));
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    std::fs::write(path, bytes).map_err(|e| NodeError::io(path, e))
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir_for(window: u64) -> Result<Scratch, NodeError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!(
+        "templar-checkpoint-{}-{window}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let dir = std::env::temp_dir().join(unique);
+    std::fs::create_dir_all(&dir).map_err(|e| NodeError::io(&dir, e))?;
+    Ok(Scratch(dir))
+}

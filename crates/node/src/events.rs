@@ -1,0 +1,161 @@
+//! What nodes report while they run: for logs, the localnet dashboard and reports. Every event is
+//! also logged through `tracing`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::fingerprint::Fingerprint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    CatchingUp,
+    Training,
+    Uploading,
+    Waiting,
+    Gathering,
+    Evaluating,
+    Publishing,
+}
+
+/// One peer's payload as a node saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerReport {
+    pub uid: u16,
+    /// `ok`, `missing`, `too_early`, `too_late`, `bad_signature`, `wrong_window`, `malformed`,
+    /// `bad_receipt`, `undecodable` or `storage_error`.
+    pub outcome: String,
+    pub reason: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Phase {
+        window: u64,
+        phase: Phase,
+    },
+    Trained {
+        window: u64,
+        steps: u32,
+        samples: u32,
+        mean_loss: f64,
+        /// Seconds spent in inner steps, and that over the window's length.
+        train_seconds: f64,
+        compute_share: f64,
+    },
+    Uploaded {
+        window: u64,
+        bytes: u64,
+        uploaded_ms: u64,
+        in_slot: bool,
+    },
+    Skipped {
+        window: u64,
+        reason: String,
+    },
+    Gathered {
+        window: u64,
+        peers: Vec<PeerReport>,
+        included: Vec<u16>,
+    },
+    Applied {
+        window: u64,
+        global_step: u64,
+        fingerprint: Fingerprint,
+    },
+    Evaluated {
+        window: u64,
+        miner: u16,
+        score: f64,
+        indicator: f64,
+    },
+    Scores {
+        window: u64,
+        miners: Vec<MinerScore>,
+    },
+    WeightsSet {
+        window: u64,
+        uids: Vec<u16>,
+        weights: Vec<u16>,
+    },
+    Validation {
+        window: u64,
+        loss: f64,
+        bits_per_byte: f64,
+    },
+    ManifestPublished {
+        window: u64,
+    },
+    CheckpointPublished {
+        window: u64,
+    },
+    CaughtUp {
+        from: Option<u64>,
+        to: u64,
+        replayed: u64,
+        checkpoint: Option<u64>,
+    },
+    OutOfSync {
+        window: u64,
+        ours: Fingerprint,
+        manifest: Fingerprint,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinerScore {
+    pub uid: u16,
+    pub final_score: f64,
+    pub ordinal: f64,
+    pub binary_ma: f64,
+    pub sync: f64,
+    pub last_score: Option<f64>,
+    pub weight: f64,
+}
+
+/// A receiver of events: the emitting node's name and the event.
+pub type Listener = Arc<dyn Fn(&str, &Event) + Send + Sync>;
+
+/// Where a node's events go, tagged with who emitted them.
+#[derive(Clone)]
+pub struct EventSink {
+    who: String,
+    sink: Option<Listener>,
+}
+
+impl EventSink {
+    /// Events only logged.
+    pub fn log_only(who: impl Into<String>) -> EventSink {
+        EventSink {
+            who: who.into(),
+            sink: None,
+        }
+    }
+
+    pub fn new(who: impl Into<String>, sink: Listener) -> EventSink {
+        EventSink {
+            who: who.into(),
+            sink: Some(sink),
+        }
+    }
+
+    pub fn who(&self) -> &str {
+        &self.who
+    }
+
+    pub fn emit(&self, event: Event) {
+        match &event {
+            Event::Phase { .. } => tracing::debug!(node = %self.who, ?event),
+            Event::Skipped { .. } | Event::OutOfSync { .. } => {
+                tracing::warn!(node = %self.who, ?event)
+            }
+            _ => tracing::info!(node = %self.who, ?event),
+        }
+        if let Some(sink) = &self.sink {
+            sink(&self.who, &event);
+        }
+    }
+}

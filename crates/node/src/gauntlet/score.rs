@@ -1,0 +1,346 @@
+//! Per-miner records and the per-window update: ratings from relative improvement, the binary
+//! moving average (did the miner train on its own data?), sync, and slashing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::openskill::{self, Rating};
+use crate::config::GauntletSettings;
+
+/// What the validator knows about one miner, persisted across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MinerRecord {
+    pub rating: Rating,
+    /// Moving average of ±1: +1 when the update helped on the miner's own data more than on
+    /// random data.
+    pub binary_ma: f64,
+    /// 1 when in sync with the validator's model, falling to 0 at `sync_max_steps_behind`.
+    pub sync: f64,
+    /// What weights are computed from.
+    pub final_score: f64,
+    /// Windows since last evaluated, plus one: the weight in the fair sample.
+    pub fairness: u64,
+    pub last_payload_window: Option<u64>,
+    /// Consecutive windows without a usable payload.
+    pub inactive_windows: u64,
+    pub evaluations: u64,
+    /// Last window's relative improvement on random data, for reports.
+    pub last_score: Option<f64>,
+}
+
+impl Default for MinerRecord {
+    fn default() -> Self {
+        MinerRecord {
+            rating: Rating::default(),
+            binary_ma: 0.0,
+            sync: 1.0,
+            final_score: 0.0,
+            fairness: 1,
+            last_payload_window: None,
+            inactive_windows: 0,
+            evaluations: 0,
+            last_score: None,
+        }
+    }
+}
+
+/// Every miner's record, by uid.
+pub type Ledger = BTreeMap<u16, MinerRecord>;
+
+/// How a miner's payload for the window fared in the gather.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PayloadStatus {
+    /// Verified and decoded; `steps_behind` compares its base model with the validator's history
+    /// (`None`: not found in it).
+    Usable {
+        steps_behind: Option<u64>,
+    },
+    Missing,
+    /// Uploaded outside the slot.
+    Mistimed,
+    /// Forged, malformed, wrong data receipt or undecodable.
+    Invalid,
+}
+
+/// Losses measured on one miner's update (before and after applying it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub own_before: f64,
+    pub own_after: f64,
+    pub random_before: f64,
+    pub random_after: f64,
+}
+
+impl Evaluation {
+    /// Relative improvement on random data: the miner's score.
+    pub fn score(&self) -> f64 {
+        relative_improvement(self.random_before, self.random_after)
+    }
+
+    /// +1 when the update helped its own data more than random data, else −1.
+    pub fn indicator(&self) -> f64 {
+        let own = relative_improvement(self.own_before, self.own_after);
+        if own > self.score() { 1.0 } else { -1.0 }
+    }
+}
+
+/// `(before − after) / before`, 0 when that is undefined.
+pub fn relative_improvement(before: f64, after: f64) -> f64 {
+    if before > 0.0 && before.is_finite() && after.is_finite() {
+        (before - after) / before
+    } else {
+        0.0
+    }
+}
+
+/// `(1 − min(s, max)/max)^2.5`; unknown distance counts as `max`.
+pub fn sync_score(steps_behind: Option<u64>, max: u64) -> f64 {
+    let Some(steps) = steps_behind else {
+        return 0.0;
+    };
+    if max == 0 {
+        return if steps == 0 { 1.0 } else { 0.0 };
+    }
+    (1.0 - steps.min(max) as f64 / max as f64).powf(2.5)
+}
+
+/// `ln(1 + e^x)`: equal to the ordinal once it is comfortably positive, small but positive for a
+/// new or uncertain miner (whose μ − 3σ starts at 0), so an honest newcomer earns a little rather
+/// than nothing and a slash multiplier always lowers a score.
+pub fn skill(ordinal: f64) -> f64 {
+    if ordinal > 30.0 {
+        ordinal
+    } else {
+        ordinal.exp().ln_1p()
+    }
+}
+
+/// One window's findings for the update.
+#[derive(Debug, Clone, Default)]
+pub struct WindowInput {
+    /// Every miner that could have contributed, with its payload status.
+    pub statuses: BTreeMap<u16, PayloadStatus>,
+    /// The evaluated miners' measurements.
+    pub evaluations: BTreeMap<u16, Evaluation>,
+    /// Miners found copying another's payload this window.
+    pub copiers: Vec<u16>,
+}
+
+/// Applies one window to the ledger.
+pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &GauntletSettings) {
+    for (&uid, &status) in &input.statuses {
+        let record = ledger.entry(uid).or_default();
+        match status {
+            PayloadStatus::Usable { steps_behind } => {
+                record.last_payload_window = Some(window);
+                record.inactive_windows = 0;
+                record.sync = sync_score(steps_behind, settings.sync_max_steps_behind);
+                if steps_behind.is_none_or(|s| s > settings.sync_max_steps_behind) {
+                    record.binary_ma *= settings.sync_slash;
+                    record.final_score *= settings.sync_slash;
+                }
+            }
+            PayloadStatus::Missing | PayloadStatus::Mistimed => {
+                record.inactive_windows += 1;
+                record.binary_ma *= settings.missing_slash;
+                record.final_score *= settings.missing_slash;
+                if record.inactive_windows >= settings.inactivity_windows {
+                    record.rating = Rating::default();
+                }
+            }
+            PayloadStatus::Invalid => {
+                record.inactive_windows += 1;
+                record.binary_ma *= settings.missing_slash;
+                record.final_score = 0.0;
+            }
+        }
+    }
+    rate(ledger, input, settings);
+    for (&uid, record) in ledger.iter_mut() {
+        if input.evaluations.contains_key(&uid) {
+            record.fairness = 1;
+        } else if input.statuses.contains_key(&uid) {
+            record.fairness += 1;
+        }
+    }
+    for uid in &input.copiers {
+        let record = ledger.entry(*uid).or_default();
+        record.binary_ma = 0.0;
+        record.final_score = 0.0;
+    }
+}
+
+/// Ranks the evaluated miners by score, updates their ratings, moving averages and final scores.
+fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
+    let evaluated: Vec<(u16, Evaluation)> =
+        input.evaluations.iter().map(|(&u, &e)| (u, e)).collect();
+    let mut order: Vec<usize> = (0..evaluated.len()).collect();
+    order.sort_by(|&a, &b| {
+        evaluated[b]
+            .1
+            .score()
+            .total_cmp(&evaluated[a].1.score())
+            .then(evaluated[a].0.cmp(&evaluated[b].0))
+    });
+    let mut ranks = vec![0; evaluated.len()];
+    for (place, &i) in order.iter().enumerate() {
+        ranks[i] = place;
+    }
+    let mut ratings: Vec<Rating> = evaluated
+        .iter()
+        .map(|(uid, _)| ledger.entry(*uid).or_default().rating)
+        .collect();
+    openskill::rate(
+        &mut ratings,
+        &ranks,
+        settings.openskill_beta,
+        settings.openskill_tau,
+    );
+    let alpha = settings.binary_ma_alpha;
+    for ((uid, evaluation), rating) in evaluated.iter().zip(ratings) {
+        let record = ledger.entry(*uid).or_default();
+        record.rating = rating;
+        record.binary_ma = (1.0 - alpha) * record.binary_ma + alpha * evaluation.indicator();
+        record.evaluations += 1;
+        record.last_score = Some(evaluation.score());
+        record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0) * record.sync;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetworkConfig;
+
+    fn settings() -> GauntletSettings {
+        let preset = templar_engine::Preset::load("tiny");
+        let mut g =
+            NetworkConfig::defaults("t", preset.unwrap_or_else(|_| unreachable!()), "h").gauntlet;
+        g.binary_ma_alpha = 0.5;
+        g
+    }
+
+    fn eval(own: (f64, f64), random: (f64, f64)) -> Evaluation {
+        Evaluation {
+            own_before: own.0,
+            own_after: own.1,
+            random_before: random.0,
+            random_after: random.1,
+        }
+    }
+
+    #[test]
+    fn improvements_and_indicator_by_hand() {
+        let e = eval((4.0, 3.0), (5.0, 4.5));
+        assert!((e.score() - 0.1).abs() < 1e-12);
+        assert_eq!(e.indicator(), 1.0); // 25% on own data beats 10% on random data
+        assert_eq!(eval((4.0, 3.9), (5.0, 4.5)).indicator(), -1.0);
+        assert_eq!(relative_improvement(0.0, 1.0), 0.0);
+        assert_eq!(relative_improvement(f64::NAN, 1.0), 0.0);
+    }
+
+    #[test]
+    fn sync_score_by_hand() {
+        assert_eq!(sync_score(Some(0), 3), 1.0);
+        // (1 − 1/3)^2.5 = 0.3629
+        assert!((sync_score(Some(1), 3) - (2.0f64 / 3.0).powf(2.5)).abs() < 1e-12);
+        assert_eq!(sync_score(Some(5), 3), 0.0);
+        assert_eq!(sync_score(None, 3), 0.0);
+    }
+
+    #[test]
+    fn skill_is_positive_and_tracks_large_ordinals() {
+        assert!((skill(0.0) - 2f64.ln()).abs() < 1e-12);
+        assert!(skill(-20.0) > 0.0 && skill(-20.0) < 1e-8);
+        assert_eq!(skill(40.0), 40.0);
+        assert!(skill(1.0) < skill(2.0));
+    }
+
+    #[test]
+    fn a_window_rates_winners_above_losers_and_slashes_the_absent() {
+        let s = settings();
+        let mut ledger = Ledger::new();
+        let mut input = WindowInput::default();
+        for uid in [1, 2] {
+            input.statuses.insert(
+                uid,
+                PayloadStatus::Usable {
+                    steps_behind: Some(0),
+                },
+            );
+        }
+        input.statuses.insert(3, PayloadStatus::Missing);
+        input.evaluations.insert(1, eval((4.0, 3.0), (5.0, 4.0))); // score 0.2, indicator +1
+        input.evaluations.insert(2, eval((4.0, 3.99), (5.0, 4.9))); // score 0.02 beats 0.0025: −1
+        update(&mut ledger, 7, &input, &s);
+        let (one, two, three) = (&ledger[&1], &ledger[&2], &ledger[&3]);
+        assert!(one.rating.mu > two.rating.mu);
+        assert_eq!(one.binary_ma, 0.5); // 0.5·0 + 0.5·(+1)
+        assert_eq!(two.binary_ma, -0.5);
+        assert!(one.final_score > 0.0);
+        assert_eq!(two.final_score, 0.0); // negative moving average earns nothing
+        assert_eq!(three.inactive_windows, 1);
+        assert_eq!((one.fairness, three.fairness), (1, 2));
+        assert_eq!(one.last_payload_window, Some(7));
+
+        // Next window miner 1 is missing: ×0.75 on both its score and its average.
+        let before = ledger[&1].final_score;
+        let mut next = WindowInput::default();
+        next.statuses.insert(1, PayloadStatus::Missing);
+        update(&mut ledger, 8, &next, &s);
+        assert!((ledger[&1].final_score - 0.75 * before).abs() < 1e-12);
+        assert!((ledger[&1].binary_ma - 0.375).abs() < 1e-12);
+    }
+
+    #[test]
+    fn invalid_payloads_zero_the_score_and_copiers_lose_everything() {
+        let s = settings();
+        let mut ledger = Ledger::new();
+        ledger.insert(
+            4,
+            MinerRecord {
+                final_score: 3.0,
+                binary_ma: 0.5,
+                ..MinerRecord::default()
+            },
+        );
+        ledger.insert(5, ledger[&4].clone());
+        let mut input = WindowInput::default();
+        input.statuses.insert(4, PayloadStatus::Invalid);
+        input.statuses.insert(
+            5,
+            PayloadStatus::Usable {
+                steps_behind: Some(9),
+            },
+        );
+        input.copiers.push(5);
+        update(&mut ledger, 1, &input, &s);
+        assert_eq!(ledger[&4].final_score, 0.0);
+        assert_eq!(ledger[&5].final_score, 0.0);
+        assert_eq!(ledger[&5].binary_ma, 0.0);
+        assert_eq!(ledger[&5].sync, 0.0);
+    }
+
+    #[test]
+    fn long_inactivity_resets_the_rating() {
+        let s = settings();
+        let mut ledger = Ledger::new();
+        ledger.insert(
+            1,
+            MinerRecord {
+                rating: Rating {
+                    mu: 40.0,
+                    sigma: 2.0,
+                },
+                ..MinerRecord::default()
+            },
+        );
+        let mut input = WindowInput::default();
+        input.statuses.insert(1, PayloadStatus::Missing);
+        for window in 0..s.inactivity_windows {
+            update(&mut ledger, window, &input, &s);
+        }
+        assert_eq!(ledger[&1].rating, Rating::default());
+    }
+}

@@ -1,0 +1,314 @@
+//! The miner: each window, train on its own assignment, publish a compressed pseudo-gradient,
+//! then gather the peer set's payloads and apply the same aggregate as everyone else.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use templar_chain::Chain;
+use templar_codec::{compress, encode};
+use templar_data::{DataReceipt, Split};
+use templar_engine::{Device, load_model, load_optimizer, save_model, save_optimizer};
+use templar_protocol::{Kind, SlotCheck};
+
+use crate::catchup::{self, Position};
+use crate::error::NodeError;
+use crate::events::{Event, Phase};
+use crate::fingerprint::Fingerprint;
+use crate::message::GradientHeader;
+use crate::node::{Node, Verdict, now_ms};
+use crate::peers::included;
+use crate::replica::Replica;
+use crate::state::{StateDir, read_f32s, write_f32s};
+
+const ERROR_FEEDBACK_FILE: &str = "error_feedback.bin";
+
+/// What a miner persists every window besides its model and optimizer.
+#[derive(Debug, Serialize, Deserialize)]
+struct MinerState {
+    last_window: Option<u64>,
+    global_step: u64,
+    error_feedback_blake3: String,
+}
+
+/// When to stop: on request, or after a given window.
+pub struct Stop {
+    pub requested: tokio::sync::watch::Receiver<bool>,
+    pub after_window: Option<u64>,
+}
+
+impl Stop {
+    pub(crate) fn now(&self, window: u64) -> bool {
+        *self.requested.borrow() || self.after_window.is_some_and(|last| window > last)
+    }
+}
+
+pub struct Miner<C> {
+    node: Node<C>,
+    replica: Replica,
+    error_feedback: Vec<Vec<f32>>,
+    state: StateDir,
+    position: Position,
+    /// Running estimate of one inner step, for stopping before the deadline.
+    step_seconds: f64,
+}
+
+impl<C: Chain> Miner<C> {
+    /// A miner resuming from `state_dir` if it holds a saved state, else from the initial model.
+    pub fn new(node: Node<C>, device: Device, state_dir: PathBuf) -> Result<Miner<C>, NodeError> {
+        let mut replica = Replica::new(&node.config, device)?;
+        let mut error_feedback: Vec<Vec<f32>> = (0..replica.schema.len())
+            .map(|i| vec![0.0; replica.schema.plan(i).numel()])
+            .collect();
+        let state = StateDir::new(state_dir);
+        let mut position = Position {
+            last_window: None,
+            global_step: 0,
+        };
+        if let Some((saved, dir)) = state.load::<MinerState>()? {
+            let model = load_model(&dir, device)?;
+            replica.write(&model.params.read()?)?;
+            let trainer = &mut replica.trainer;
+            load_optimizer(&dir, &mut trainer.optimizer, &trainer.model.params)?;
+            let lengths: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
+            error_feedback = read_f32s(
+                &dir.join(ERROR_FEEDBACK_FILE),
+                &lengths,
+                &saved.error_feedback_blake3,
+            )?;
+            position = Position {
+                last_window: saved.last_window,
+                global_step: saved.global_step,
+            };
+            tracing::info!(window = ?saved.last_window, "resumed from saved state");
+        }
+        Ok(Miner {
+            node,
+            replica,
+            error_feedback,
+            state,
+            position,
+            step_seconds: 0.0,
+        })
+    }
+
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Runs windows until `stop`; every completed window is persisted.
+    pub async fn run(mut self, stop: Stop) -> Result<(), NodeError> {
+        let current = self
+            .node
+            .clock
+            .window_of(self.node.chain.block().await?.number);
+        if current > 0 && self.position.last_window.is_none_or(|w| w + 1 < current) {
+            let previous = current - 1;
+            let slot = self.node.slot(previous).await?;
+            self.node
+                .wait_until(self.node.clock.end_block(previous), slot.closes_ms)
+                .await?;
+            self.position =
+                catchup::catch_up(&self.node, &mut self.replica, self.position, previous).await?;
+        }
+        let mut window = current;
+        while !stop.now(window) {
+            self.run_window(window).await?;
+            let head = self
+                .node
+                .clock
+                .window_of(self.node.chain.block().await?.number);
+            window = head.max(window + 1);
+        }
+        Ok(())
+    }
+
+    async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
+        let peers = self.node.window_peers(window).await?;
+        let slot = self.node.slot(window).await?;
+        let starts = self
+            .node
+            .chain
+            .block_timestamp(self.node.clock.first_block(window))
+            .await?;
+        let train_until = self
+            .node
+            .chain
+            .block_timestamp(self.node.clock.end_block(window))
+            .await?;
+        self.node.phase(window, Phase::Training);
+        match self.train(window, train_until, train_until.saturating_sub(starts))? {
+            Some((header, codec_bytes)) => {
+                self.node.phase(window, Phase::Uploading);
+                let message = header.encode(&codec_bytes);
+                let info = self
+                    .node
+                    .store
+                    .publish(
+                        &self.node.hotkey,
+                        &self.node.network,
+                        Kind::Gradient,
+                        window,
+                        self.node.uid,
+                        &message,
+                    )
+                    .await?;
+                self.node.events.emit(Event::Uploaded {
+                    window,
+                    bytes: info.size,
+                    uploaded_ms: info.uploaded_ms,
+                    in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
+                });
+            }
+            None => self.node.events.emit(Event::Skipped {
+                window,
+                reason: "no time left to train before the window ended".into(),
+            }),
+        }
+        self.node.phase(window, Phase::Waiting);
+        self.node
+            .wait_until(self.node.clock.end_block(window), slot.closes_ms)
+            .await?;
+        self.node.phase(window, Phase::Gathering);
+        let uids: Vec<u16> = peers
+            .set
+            .peers
+            .iter()
+            .chain(&peers.set.reserves)
+            .copied()
+            .collect();
+        let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
+        let chosen = included(&peers.set, |u| {
+            verdicts.get(&u).is_some_and(|v| v.accepted().is_some())
+        });
+        self.node.report(window, &verdicts, &chosen);
+        let payloads: Vec<_> = chosen
+            .iter()
+            .filter_map(|u| {
+                verdicts
+                    .get(u)
+                    .and_then(Verdict::accepted)
+                    .map(|g| &g.payload)
+            })
+            .collect();
+        self.replica.apply_aggregate(&payloads)?;
+        if !payloads.is_empty() {
+            self.position.global_step += 1;
+        }
+        self.position.last_window = Some(window);
+        let fingerprint = self.replica.fingerprint()?;
+        self.node.events.emit(Event::Applied {
+            window,
+            global_step: self.position.global_step,
+            fingerprint,
+        });
+        self.persist(window)?;
+        let retention = self.node.config.checkpoints.payload_retention;
+        if let Err(error) = self
+            .node
+            .store
+            .clean_up(
+                &self.node.network,
+                Kind::Gradient,
+                self.node.uid,
+                window.saturating_sub(retention),
+            )
+            .await
+        {
+            tracing::warn!(%error, "could not delete old payloads");
+        }
+        Ok(())
+    }
+
+    /// Inner steps on this window's assignment until done or `train_until` (chain ms) is near;
+    /// then the pseudo-gradient through error feedback and the codec. `None`: nothing trained.
+    fn train(
+        &mut self,
+        window: u64,
+        train_until: u64,
+        window_ms: u64,
+    ) -> Result<Option<(GradientHeader, Vec<u8>)>, NodeError> {
+        let data = &self.node.data;
+        let assignment = data.assignment(self.node.uid, window);
+        let before = self.replica.read()?;
+        let started = Instant::now();
+        let (mut steps, mut loss_sum) = (0u32, 0.0);
+        for ids in assignment.chunks_exact(data.batch_size) {
+            if now_ms() as f64 + self.step_seconds * 1500.0 > train_until as f64 {
+                break;
+            }
+            let step_started = Instant::now();
+            let (batch, _) = data.batch(Split::Train, ids)?;
+            loss_sum += self.replica.trainer.train_step(&batch)?.loss;
+            steps += 1;
+            let seconds = step_started.elapsed().as_secs_f64();
+            self.step_seconds = if self.step_seconds == 0.0 {
+                seconds
+            } else {
+                0.7 * self.step_seconds + 0.3 * seconds
+            };
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        if steps == 0 {
+            return Ok(None);
+        }
+        let window_ms = window_ms as f64;
+        self.node.events.emit(Event::Trained {
+            window,
+            steps,
+            samples: steps * data.batch_size as u32,
+            mean_loss: loss_sum / f64::from(steps),
+            train_seconds,
+            compute_share: if window_ms > 0.0 {
+                train_seconds * 1000.0 / window_ms
+            } else {
+                0.0
+            },
+        });
+        let after = self.replica.read()?;
+        let delta: Vec<Vec<f32>> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| b.data.iter().zip(&a.data).map(|(x, y)| x - y).collect())
+            .collect();
+        self.replica.write(&before)?;
+        let payload = match compress(&self.replica.schema, &mut self.error_feedback, &delta) {
+            Ok(payload) => payload,
+            Err(error) => {
+                self.error_feedback.iter_mut().for_each(|e| e.fill(0.0));
+                return Err(NodeError::Codec(format!(
+                    "{error}; error feedback was reset"
+                )));
+            }
+        };
+        let codec_bytes = encode(
+            &self.replica.schema,
+            &payload,
+            self.node.config.codec.index_coding,
+        );
+        let samples = steps as usize * data.batch_size;
+        let header = GradientHeader {
+            receipt: DataReceipt::of(&assignment[..samples]).0,
+            samples: samples as u32,
+            base_window: self.position.last_window.unwrap_or(u64::MAX),
+            base_fingerprint: Fingerprint::of(&before),
+        };
+        Ok(Some((header, codec_bytes)))
+    }
+
+    fn persist(&self, window: u64) -> Result<(), NodeError> {
+        let trainer = &self.replica.trainer;
+        self.state.save(window, |dir| {
+            save_model(dir, &trainer.model)?;
+            save_optimizer(dir, &trainer.optimizer, &trainer.model.params)?;
+            Ok(MinerState {
+                last_window: self.position.last_window,
+                global_step: self.position.global_step,
+                error_feedback_blake3: write_f32s(
+                    &dir.join(ERROR_FEEDBACK_FILE),
+                    &self.error_feedback,
+                )?,
+            })
+        })
+    }
+}

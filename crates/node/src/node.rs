@@ -1,0 +1,348 @@
+//! What miners and validators share: identity, chain, storage, data, the window clock, and the
+//! gather of one window's payloads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use templar_chain::{Chain, Metagraph};
+use templar_codec::Payload;
+use templar_data::DataReceipt;
+use templar_protocol::{Expected, Keypair, Kind, Network, UploadSlot, WindowClock};
+use templar_storage::{ReadOutcome, Store};
+
+use crate::commitment::{Commitment, Role};
+use crate::config::NetworkConfig;
+use crate::data::Data;
+use crate::error::NodeError;
+use crate::events::{Event, EventSink, PeerReport, Phase};
+use crate::gauntlet::PayloadStatus;
+use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
+use crate::peers::{Candidate, PeerSet, candidates, peer_set};
+
+/// Everything a node needs besides its model.
+pub struct Node<C> {
+    pub config: NetworkConfig,
+    pub network: Network,
+    pub clock: WindowClock,
+    pub chain: C,
+    pub hotkey: Keypair,
+    pub uid: u16,
+    /// This node's own storage, where it publishes.
+    pub store: Store,
+    pub data: Data,
+    /// The codec schema of the network's model.
+    pub schema: templar_codec::Schema,
+    pub events: EventSink,
+    /// Accept peers whose storage is a local directory (one-machine networks only).
+    pub allow_local_peers: bool,
+    peer_stores: Mutex<HashMap<Vec<u8>, Store>>,
+}
+
+/// A verified, decoded payload.
+pub struct Gathered {
+    pub uid: u16,
+    pub uploaded_ms: u64,
+    /// blake3 of the gradient message (what manifests list).
+    pub hash: [u8; 32],
+    pub header: GradientHeader,
+    pub payload: Payload,
+    pub bytes: u64,
+}
+
+/// One peer's payload for a window: usable, or why not.
+pub enum Verdict {
+    Accepted(Box<Gathered>),
+    Rejected {
+        status: PayloadStatus,
+        outcome: &'static str,
+        reason: String,
+    },
+}
+
+impl Verdict {
+    fn rejected(
+        status: PayloadStatus,
+        outcome: &'static str,
+        reason: impl Into<String>,
+    ) -> Verdict {
+        Verdict::Rejected {
+            status,
+            outcome,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn accepted(&self) -> Option<&Gathered> {
+        match self {
+            Verdict::Accepted(g) => Some(g),
+            Verdict::Rejected { .. } => None,
+        }
+    }
+}
+
+/// The chain's view of one window: who may contribute and whose payloads are aggregated.
+pub struct WindowPeers {
+    pub metagraph: Metagraph,
+    pub candidates: Vec<Candidate>,
+    pub set: PeerSet,
+}
+
+impl<C: Chain> Node<C> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: NetworkConfig,
+        chain: C,
+        hotkey: Keypair,
+        uid: u16,
+        store: Store,
+        data: Data,
+        events: EventSink,
+        allow_local_peers: bool,
+    ) -> Result<Node<C>, NodeError> {
+        let network = config.network()?;
+        let clock = WindowClock::new(config.window.blocks_per_window)
+            .ok_or_else(|| NodeError::Config("window.blocks_per_window must be positive".into()))?;
+        let schema = crate::replica::schema_for(&config)?;
+        Ok(Node {
+            schema,
+            config,
+            network,
+            clock,
+            chain,
+            hotkey,
+            uid,
+            store,
+            data,
+            events,
+            allow_local_peers,
+            peer_stores: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Looks the hotkey up on chain and commits this node's storage location if it changed.
+    pub async fn announce(&self, role: Role, commitment: &Commitment) -> Result<u16, NodeError> {
+        let metagraph = self.chain.metagraph().await?;
+        let account = self.hotkey.account();
+        let neuron = metagraph
+            .neurons
+            .iter()
+            .find(|n| n.hotkey == account)
+            .ok_or_else(|| NodeError::NotRegistered(account.to_ss58()))?;
+        let bytes = Commitment {
+            role,
+            ..commitment.clone()
+        }
+        .encode()?;
+        if neuron.commitment.as_deref() != Some(bytes.as_slice()) {
+            self.chain.commit(&self.hotkey, &bytes).await?;
+        }
+        Ok(neuron.uid)
+    }
+
+    pub fn phase(&self, window: u64, phase: Phase) {
+        self.events.emit(Event::Phase { window, phase });
+    }
+
+    /// The peers of `window`, from the chain as it stood when the window began.
+    pub async fn window_peers(&self, window: u64) -> Result<WindowPeers, NodeError> {
+        let block = self.clock.first_block(window).saturating_sub(1);
+        self.chain.wait_for_block(block + 1).await?;
+        let metagraph = self.chain.metagraph_at(block).await?;
+        let candidates = candidates(&metagraph);
+        let set = peer_set(&candidates, &self.config.gather);
+        Ok(WindowPeers {
+            metagraph,
+            candidates,
+            set,
+        })
+    }
+
+    /// The upload slot of `window` in chain time.
+    pub async fn slot(&self, window: u64) -> Result<UploadSlot, NodeError> {
+        let start = self
+            .chain
+            .block_timestamp(self.clock.first_block(window))
+            .await?;
+        let end = self
+            .chain
+            .block_timestamp(self.clock.end_block(window))
+            .await?;
+        let w = &self.config.window;
+        Ok(UploadSlot::for_window(
+            start,
+            end,
+            w.upload_grace_ms,
+            w.clock_skew_ms,
+        ))
+    }
+
+    /// Returns once the chain's clock has passed `ms` (the window's end block, then the local
+    /// clock for the remainder: nodes are assumed within `clock_skew_ms` of chain time).
+    pub async fn wait_until(&self, window_end_block: u64, ms: u64) -> Result<(), NodeError> {
+        self.chain.wait_for_block(window_end_block).await?;
+        let now = now_ms();
+        if ms > now {
+            tokio::time::sleep(Duration::from_millis(ms - now)).await;
+        }
+        Ok(())
+    }
+
+    /// Fetches and checks the payloads of `uids` for `window`. `slot`: enforce upload times
+    /// (`None` when replaying windows a manifest vouches for).
+    pub async fn gather(
+        &self,
+        window: u64,
+        uids: &[u16],
+        peers: &WindowPeers,
+        slot: Option<UploadSlot>,
+    ) -> BTreeMap<u16, Verdict> {
+        let reads = uids.iter().map(|&uid| async move {
+            let verdict = match peers.candidates.iter().find(|c| c.uid == uid) {
+                Some(candidate) => self.read_payload(window, candidate, slot).await,
+                None => Verdict::rejected(PayloadStatus::Missing, "missing", "not a miner"),
+            };
+            (uid, verdict)
+        });
+        futures::future::join_all(reads).await.into_iter().collect()
+    }
+
+    async fn read_payload(
+        &self,
+        window: u64,
+        candidate: &Candidate,
+        slot: Option<UploadSlot>,
+    ) -> Verdict {
+        let store = match self.peer_store(&candidate.commitment) {
+            Ok(store) => store,
+            Err(reason) => return Verdict::rejected(PayloadStatus::Missing, "missing", reason),
+        };
+        let expected = Expected {
+            network: &self.network,
+            kind: Kind::Gradient,
+            window,
+            uid: candidate.uid,
+            hotkey: candidate.hotkey,
+            max_payload_len: (GRADIENT_HEADER_LEN + self.schema.max_payload_bytes()) as u64,
+        };
+        let verified = match store.read_signed(&expected, slot).await {
+            Ok(ReadOutcome::Ok(verified)) => verified,
+            Ok(ReadOutcome::Missing) => {
+                return Verdict::rejected(PayloadStatus::Missing, "missing", "no payload");
+            }
+            Ok(outcome @ (ReadOutcome::TooEarly { .. } | ReadOutcome::TooLate { .. })) => {
+                return Verdict::rejected(
+                    PayloadStatus::Mistimed,
+                    outcome.label(),
+                    format!("{outcome:?}"),
+                );
+            }
+            Ok(outcome) => {
+                return Verdict::rejected(
+                    PayloadStatus::Invalid,
+                    outcome.label(),
+                    format!("{outcome:?}"),
+                );
+            }
+            Err(error) => {
+                return Verdict::rejected(
+                    PayloadStatus::Missing,
+                    "storage_error",
+                    error.to_string(),
+                );
+            }
+        };
+        let bytes = verified.payload.len() as u64;
+        let (header, codec_bytes) = match GradientHeader::decode(&verified.payload) {
+            Ok(parts) => parts,
+            Err(reason) => return Verdict::rejected(PayloadStatus::Invalid, "malformed", reason),
+        };
+        if let Err(reason) = self.check_receipt(candidate.uid, window, &header) {
+            return Verdict::rejected(PayloadStatus::Invalid, "bad_receipt", reason);
+        }
+        let payload = match templar_codec::decode(&self.schema, codec_bytes) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return Verdict::rejected(PayloadStatus::Invalid, "undecodable", e.to_string());
+            }
+        };
+        Verdict::Accepted(Box::new(Gathered {
+            uid: candidate.uid,
+            uploaded_ms: verified.uploaded_ms,
+            hash: *blake3::hash(&verified.payload).as_bytes(),
+            header,
+            payload,
+            bytes,
+        }))
+    }
+
+    /// The payload must say it trained on a whole number of batches from the start of its own
+    /// assignment for this window, and carry the digest of exactly those samples.
+    fn check_receipt(&self, uid: u16, window: u64, header: &GradientHeader) -> Result<(), String> {
+        let samples = header.samples as usize;
+        let batch = self.data.batch_size;
+        if samples == 0 || samples > self.data.per_window || !samples.is_multiple_of(batch) {
+            return Err(format!(
+                "claims {samples} samples; expected a positive multiple of {batch} up to {}",
+                self.data.per_window
+            ));
+        }
+        let assignment = self.data.assignment(uid, window);
+        if DataReceipt::of(&assignment[..samples]).0 != header.receipt {
+            return Err("the data receipt does not match the miner's assignment".into());
+        }
+        Ok(())
+    }
+
+    fn peer_store(&self, commitment: &Commitment) -> Result<Store, String> {
+        let local = !commitment.url.starts_with("s3://");
+        if local && !self.allow_local_peers {
+            return Err(format!(
+                "storage {} is local to another machine; only s3:// locations are read",
+                commitment.url
+            ));
+        }
+        let key = commitment.encode().map_err(|e| e.to_string())?;
+        let mut stores = self
+            .peer_stores
+            .lock()
+            .map_err(|_| "store cache poisoned".to_string())?;
+        if let Some(store) = stores.get(&key) {
+            return Ok(store.clone());
+        }
+        let store = Store::open(&commitment.store_config()).map_err(|e| e.to_string())?;
+        stores.insert(key, store.clone());
+        Ok(store)
+    }
+
+    pub fn report(&self, window: u64, verdicts: &BTreeMap<u16, Verdict>, included: &[u16]) {
+        let peers = verdicts
+            .iter()
+            .map(|(&uid, verdict)| match verdict {
+                Verdict::Accepted(g) => PeerReport {
+                    uid,
+                    outcome: "ok".into(),
+                    reason: String::new(),
+                    bytes: g.bytes,
+                },
+                Verdict::Rejected {
+                    outcome, reason, ..
+                } => PeerReport {
+                    uid,
+                    outcome: (*outcome).into(),
+                    reason: reason.clone(),
+                    bytes: 0,
+                },
+            })
+            .collect();
+        self.events.emit(Event::Gathered {
+            window,
+            peers,
+            included: included.to_vec(),
+        });
+    }
+}
+
+pub fn now_ms() -> u64 {
+    templar_chain::local::now_ms()
+}

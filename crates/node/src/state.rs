@@ -1,0 +1,200 @@
+//! A node's local state on disk, crash-safe: each save goes into a fresh generation directory,
+//! which becomes current only when complete (the `CURRENT` pointer is replaced atomically last).
+//! A `kill -9` at any moment leaves the previous generation current and intact.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::NodeError;
+
+const CURRENT: &str = "CURRENT";
+const STATE_FILE: &str = "state.json";
+/// Generations kept: the current one and its predecessor.
+const KEEP: usize = 2;
+
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The current generation's directory, if any was ever completed.
+    pub fn current(&self) -> Result<Option<PathBuf>, NodeError> {
+        let pointer = self.root.join(CURRENT);
+        let name = match fs::read_to_string(&pointer) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(NodeError::io(pointer, e)),
+        };
+        let dir = self.root.join(&name);
+        if name.contains('/') || !dir.is_dir() {
+            return Err(NodeError::State {
+                path: self.root.clone(),
+                reason: format!("CURRENT names {name:?}, which is not a state generation here"),
+            });
+        }
+        Ok(Some(dir))
+    }
+
+    /// Reads `state.json` of the current generation.
+    pub fn load<T: DeserializeOwned>(&self) -> Result<Option<(T, PathBuf)>, NodeError> {
+        let Some(dir) = self.current()? else {
+            return Ok(None);
+        };
+        let path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
+        let state = serde_json::from_str(&text).map_err(|e| NodeError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((state, dir)))
+    }
+
+    /// Writes a new generation: `write_files` fills the directory and returns the state record,
+    /// which is written last; then the directory is synced and made current. Older generations
+    /// beyond the last two are removed.
+    pub fn save<T: Serialize>(
+        &self,
+        generation: u64,
+        write_files: impl FnOnce(&Path) -> Result<T, NodeError>,
+    ) -> Result<(), NodeError> {
+        let name = format!("gen-{generation:016}");
+        let staging = self.root.join(format!("{name}.partial"));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(|e| NodeError::io(&staging, e))?;
+        let state = write_files(&staging)?;
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| NodeError::State {
+            path: staging.clone(),
+            reason: e.to_string(),
+        })?;
+        write_synced(&staging.join(STATE_FILE), &json)?;
+        let done = self.root.join(&name);
+        let _ = fs::remove_dir_all(&done);
+        fs::rename(&staging, &done).map_err(|e| NodeError::io(&done, e))?;
+        sync_dir(&self.root)?;
+        templar_engine::write_atomic(&self.root.join(CURRENT), name.as_bytes())?;
+        sync_dir(&self.root)?;
+        self.prune(&name);
+        Ok(())
+    }
+
+    /// Removes old generations and abandoned partial ones (best effort: they are garbage).
+    fn prune(&self, current: &str) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        let mut generations: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        generations.sort();
+        let complete: Vec<&String> = generations
+            .iter()
+            .filter(|n| !n.ends_with(".partial"))
+            .collect();
+        let keep_from = complete.len().saturating_sub(KEEP);
+        for name in &generations {
+            let old = complete
+                .iter()
+                .position(|c| *c == name)
+                .is_some_and(|i| i < keep_from);
+            if (old || name.ends_with(".partial")) && name != current {
+                let _ = fs::remove_dir_all(self.root.join(name));
+            }
+        }
+    }
+}
+
+/// Writes a file and flushes it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    use std::io::Write;
+    let mut file = fs::File::create(path).map_err(|e| NodeError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| NodeError::io(path, e))?;
+    file.sync_all().map_err(|e| NodeError::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), NodeError> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| NodeError::io(dir, e))
+}
+
+/// `f32` buffers as one little-endian file with a blake3 digest, for error feedback.
+pub fn write_f32s(path: &Path, buffers: &[Vec<f32>]) -> Result<String, NodeError> {
+    let bytes: Vec<u8> = buffers
+        .iter()
+        .flat_map(|b| b.iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
+    write_synced(path, &bytes)?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// Reads what [`write_f32s`] wrote into buffers of the given lengths, checking the digest.
+pub fn read_f32s(path: &Path, lengths: &[usize], digest: &str) -> Result<Vec<Vec<f32>>, NodeError> {
+    let bytes = fs::read(path).map_err(|e| NodeError::io(path, e))?;
+    let total: usize = lengths.iter().sum();
+    if bytes.len() != total * 4 || blake3::hash(&bytes).to_hex().as_str() != digest {
+        return Err(NodeError::State {
+            path: path.to_path_buf(),
+            reason: "the file's size or digest does not match its record".into(),
+        });
+    }
+    let mut values = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    Ok(lengths
+        .iter()
+        .map(|&n| values.by_ref().take(n).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn generations_become_current_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert!(state.load::<u64>().unwrap().is_none());
+        state.save(1, |_| Ok(11u64)).unwrap();
+        // A save that fails half-way leaves the previous generation current.
+        let failed = state.save(2, |_| Err::<u64, _>(NodeError::Config("disk full".into())));
+        assert!(failed.is_err());
+        assert_eq!(state.load::<u64>().unwrap().unwrap().0, 11);
+        for g in 2..6 {
+            state
+                .save(g, |d| write_synced(&d.join("x"), b"1").map(|()| g * 11))
+                .unwrap();
+        }
+        let (value, current) = state.load::<u64>().unwrap().unwrap();
+        assert_eq!(value, 55);
+        assert!(current.join("x").exists());
+        let left = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 3, "two generations and CURRENT");
+    }
+
+    #[test]
+    fn f32_files_round_trip_and_detect_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ef.bin");
+        let buffers = vec![vec![1.0, -2.5], vec![3.25]];
+        let digest = write_f32s(&path, &buffers).unwrap();
+        assert_eq!(read_f32s(&path, &[2, 1], &digest).unwrap(), buffers);
+        assert!(read_f32s(&path, &[3], &digest).is_ok());
+        assert!(read_f32s(&path, &[2, 2], &digest).is_err());
+        fs::write(&path, [0u8; 12]).unwrap();
+        assert!(read_f32s(&path, &[2, 1], &digest).is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! The validator: after each window's upload slot closes it gathers every miner's payload, judges
+//! a fair sample of them (the Gauntlet), sets weights, applies the same aggregate as the miners,
+//! and publishes the window's manifest and, periodically, a checkpoint.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use templar_chain::Chain;
+use templar_data::Split;
+use templar_engine::{Device, load_model, save_model};
+use templar_protocol::Kind;
+
+use crate::catchup::{self, Position};
+use crate::checkpoint;
+use crate::error::NodeError;
+use crate::events::{Event, MinerScore, Phase};
+use crate::fingerprint::Fingerprint;
+use crate::gauntlet::overlap::{Upload, copiers};
+use crate::gauntlet::score::{self, Evaluation, Ledger, PayloadStatus, WindowInput};
+use crate::gauntlet::selection::{fair_sample, mix};
+use crate::gauntlet::weights::{to_u16, weights};
+use crate::message::{Included, WindowManifest};
+use crate::miner::Stop;
+use crate::node::{Gathered, Node, Verdict, WindowPeers};
+use crate::peers::included;
+use crate::replica::Replica;
+use crate::state::StateDir;
+
+/// Model states kept for measuring how far behind a miner's base model is.
+const HISTORY: usize = 16;
+
+/// What a validator persists every window, so that a restart changes no score.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ValidatorState {
+    last_window: Option<u64>,
+    global_step: u64,
+    ledger: Ledger,
+    /// Fingerprints of the last model states, oldest first.
+    history: VecDeque<Fingerprint>,
+    checkpoints: Vec<u64>,
+}
+
+pub struct Validator<C> {
+    node: Node<C>,
+    replica: Replica,
+    state_dir: StateDir,
+    state: ValidatorState,
+}
+
+impl<C: Chain> Validator<C> {
+    pub fn new(
+        node: Node<C>,
+        device: Device,
+        state_dir: PathBuf,
+    ) -> Result<Validator<C>, NodeError> {
+        let mut replica = Replica::new(&node.config, device)?;
+        let state_dir = StateDir::new(state_dir);
+        let state = match state_dir.load::<ValidatorState>()? {
+            Some((state, dir)) => {
+                let model = load_model(&dir, device)?;
+                replica.write(&model.params.read()?)?;
+                tracing::info!(window = ?state.last_window, "resumed from saved state");
+                state
+            }
+            None => ValidatorState {
+                history: VecDeque::from([replica.fingerprint()?]),
+                ..ValidatorState::default()
+            },
+        };
+        Ok(Validator {
+            node,
+            replica,
+            state_dir,
+            state,
+        })
+    }
+
+    pub async fn run(mut self, stop: Stop) -> Result<(), NodeError> {
+        let current = self
+            .node
+            .clock
+            .window_of(self.node.chain.block().await?.number);
+        let mut window = match self.state.last_window {
+            Some(last) => last + 1,
+            None => current,
+        };
+        if window + 1 < current {
+            // Too far behind to judge those windows fairly: replay them, then judge live ones.
+            let target = current - 1;
+            let position = Position {
+                last_window: self.state.last_window,
+                global_step: self.state.global_step,
+            };
+            let slot = self.node.slot(target).await?;
+            self.node
+                .wait_until(self.node.clock.end_block(target), slot.closes_ms)
+                .await?;
+            let at = catchup::catch_up(&self.node, &mut self.replica, position, target).await?;
+            self.state.last_window = at.last_window;
+            self.state.global_step = at.global_step;
+            self.remember(self.replica.fingerprint()?);
+            window = current;
+        }
+        while !stop.now(window) {
+            self.run_window(window).await?;
+            window += 1;
+        }
+        Ok(())
+    }
+
+    async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
+        let peers = self.node.window_peers(window).await?;
+        let slot = self.node.slot(window).await?;
+        self.node.phase(window, Phase::Waiting);
+        self.node
+            .wait_until(self.node.clock.end_block(window), slot.closes_ms)
+            .await?;
+        self.node.phase(window, Phase::Gathering);
+        let uids: Vec<u16> = peers.candidates.iter().map(|c| c.uid).collect();
+        let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
+        let chosen = included(&peers.set, |u| {
+            verdicts.get(&u).is_some_and(|v| v.accepted().is_some())
+        });
+        self.node.report(window, &verdicts, &chosen);
+
+        self.node.phase(window, Phase::Evaluating);
+        let input = self.judge(window, &verdicts)?;
+        score::update(
+            &mut self.state.ledger,
+            window,
+            &input,
+            &self.node.config.gauntlet,
+        );
+        self.set_weights(window, &peers).await;
+
+        let payloads: Vec<_> = chosen
+            .iter()
+            .filter_map(|u| verdicts.get(u).and_then(Verdict::accepted))
+            .collect();
+        self.replica
+            .apply_aggregate(&payloads.iter().map(|g| &g.payload).collect::<Vec<_>>())?;
+        if !payloads.is_empty() {
+            self.state.global_step += 1;
+        }
+        self.state.last_window = Some(window);
+        let fingerprint = self.replica.fingerprint()?;
+        self.remember(fingerprint);
+        self.node.events.emit(Event::Applied {
+            window,
+            global_step: self.state.global_step,
+            fingerprint,
+        });
+        self.validate(window)?;
+        self.node.phase(window, Phase::Publishing);
+        self.publish(window, &payloads, fingerprint).await?;
+        self.persist(window)
+    }
+
+    /// Statuses for every candidate, evaluations of a fair sample, copy detection.
+    fn judge(
+        &mut self,
+        window: u64,
+        verdicts: &BTreeMap<u16, Verdict>,
+    ) -> Result<WindowInput, NodeError> {
+        let mut input = WindowInput::default();
+        let mut usable: Vec<&Gathered> = Vec::new();
+        for (&uid, verdict) in verdicts {
+            let status = match verdict {
+                Verdict::Accepted(g) => {
+                    usable.push(g);
+                    PayloadStatus::Usable {
+                        steps_behind: self.steps_behind(&g.header.base_fingerprint),
+                    }
+                }
+                Verdict::Rejected { status, .. } => *status,
+            };
+            input.statuses.insert(uid, status);
+        }
+        let pool: Vec<(u16, u64)> = usable
+            .iter()
+            .map(|g| {
+                (
+                    g.uid,
+                    self.state.ledger.get(&g.uid).map_or(1, |r| r.fairness),
+                )
+            })
+            .collect();
+        let seed = mix(window ^ (u64::from(self.node.uid) << 48) ^ 0x6761756e746c6574);
+        let chosen = fair_sample(&pool, self.node.config.gauntlet.uids_per_window, seed);
+        let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
+        let random = self
+            .node
+            .data
+            .sampler
+            .random(window, self.node.config.gauntlet.eval_samples);
+        let (random_batch, random_bytes) = self.node.data.batch(Split::Train, &random)?;
+        let random_before = self
+            .replica
+            .evaluate(&random_batch, random_bytes)?
+            .mean_loss();
+        let saved = self.replica.read()?;
+        let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
+        for gathered in usable.iter().filter(|g| chosen.contains(&g.uid)) {
+            let own = self.own_samples(window, gathered, seed);
+            let (own_batch, own_bytes) = self.node.data.batch(Split::Train, &own)?;
+            let own_before = self.replica.evaluate(&own_batch, own_bytes)?.mean_loss();
+            self.replica.apply_one(&gathered.payload, &all, scale)?;
+            let own_after = self.replica.evaluate(&own_batch, own_bytes)?.mean_loss();
+            let random_after = self
+                .replica
+                .evaluate(&random_batch, random_bytes)?
+                .mean_loss();
+            self.replica.write(&saved)?;
+            let evaluation = Evaluation {
+                own_before,
+                own_after,
+                random_before,
+                random_after,
+            };
+            self.node.events.emit(Event::Evaluated {
+                window,
+                miner: gathered.uid,
+                score: evaluation.score(),
+                indicator: evaluation.indicator(),
+            });
+            input.evaluations.insert(gathered.uid, evaluation);
+        }
+        let uploads: Vec<Upload<'_>> = usable
+            .iter()
+            .map(|g| Upload {
+                uid: g.uid,
+                uploaded_ms: g.uploaded_ms,
+                payload: &g.payload,
+            })
+            .collect();
+        let threshold = self.node.config.gauntlet.overlap_threshold;
+        for (uid, overlap) in copiers(&self.replica.schema, &uploads, threshold) {
+            tracing::warn!(uid, overlap, "payload copies another uploaded earlier");
+            input.copiers.push(uid);
+        }
+        Ok(input)
+    }
+
+    /// `eval_samples` of the samples the miner says it trained on, chosen by the validator.
+    fn own_samples(&self, window: u64, gathered: &Gathered, seed: u64) -> Vec<u64> {
+        let trained =
+            &self.node.data.assignment(gathered.uid, window)[..gathered.header.samples as usize];
+        let count = self.node.config.gauntlet.eval_samples.min(trained.len());
+        let offset = (mix(seed ^ u64::from(gathered.uid)) % trained.len() as u64) as usize;
+        (0..count)
+            .map(|i| trained[(offset + i * trained.len() / count) % trained.len()])
+            .collect()
+    }
+
+    /// Windows between the miner's base model and ours: 0 when it trained from our current model.
+    fn steps_behind(&self, base: &Fingerprint) -> Option<u64> {
+        let history = &self.state.history;
+        history
+            .iter()
+            .rposition(|f| f == base)
+            .map(|i| (history.len() - 1 - i) as u64)
+    }
+
+    fn remember(&mut self, fingerprint: Fingerprint) {
+        if self.state.history.back() != Some(&fingerprint) {
+            self.state.history.push_back(fingerprint);
+        }
+        while self.state.history.len() > HISTORY {
+            self.state.history.pop_front();
+        }
+    }
+
+    async fn set_weights(&mut self, window: u64, peers: &WindowPeers) {
+        let config = &self.node.config;
+        let current: Ledger = self
+            .state
+            .ledger
+            .iter()
+            .filter(|(uid, _)| peers.candidates.iter().any(|c| c.uid == **uid))
+            .map(|(uid, r)| (*uid, r.clone()))
+            .collect();
+        let computed = weights(&current, &config.gather, &config.gauntlet);
+        let miners = current
+            .iter()
+            .map(|(&uid, r)| MinerScore {
+                uid,
+                final_score: r.final_score,
+                ordinal: r.rating.ordinal(),
+                binary_ma: r.binary_ma,
+                sync: r.sync,
+                last_score: r.last_score,
+                weight: computed
+                    .iter()
+                    .find(|(u, _)| *u == uid)
+                    .map_or(0.0, |(_, w)| *w),
+            })
+            .collect();
+        self.node.events.emit(Event::Scores { window, miners });
+        if !window.is_multiple_of(config.gauntlet.windows_per_weights) || computed.is_empty() {
+            return;
+        }
+        let (uids, values) = to_u16(&computed);
+        let version = match self.node.chain.hyperparameters().await {
+            Ok(hp) => hp.weights_version,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read hyperparameters; weights not set");
+                return;
+            }
+        };
+        match self
+            .node
+            .chain
+            .set_weights(&self.node.hotkey, &uids, &values, version)
+            .await
+        {
+            Ok(()) => self.node.events.emit(Event::WeightsSet {
+                window,
+                uids,
+                weights: values,
+            }),
+            Err(error) => tracing::warn!(%error, window, "setting weights failed"),
+        }
+    }
+
+    /// Scores the model on the start of the validation split: the network's progress.
+    fn validate(&self, window: u64) -> Result<(), NodeError> {
+        let split = self.node.data.dataset.split(Split::Validation);
+        let count = (self.node.config.gauntlet.validation_samples as u64).min(split.len());
+        if count == 0 {
+            return Ok(());
+        }
+        let mut total = templar_engine::Evaluation::default();
+        let ids: Vec<u64> = (0..count).collect();
+        for chunk in ids.chunks(self.node.data.batch_size.max(1)) {
+            let (batch, bytes) = self.node.data.batch(Split::Validation, chunk)?;
+            total.add(self.replica.evaluate(&batch, bytes)?);
+        }
+        self.node.events.emit(Event::Validation {
+            window,
+            loss: total.mean_loss(),
+            bits_per_byte: total.bits_per_byte(),
+        });
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        window: u64,
+        payloads: &[&Gathered],
+        fingerprint: Fingerprint,
+    ) -> Result<(), NodeError> {
+        let node = &self.node;
+        let manifest = WindowManifest {
+            window,
+            included: payloads
+                .iter()
+                .map(|g| Included {
+                    uid: g.uid,
+                    hash: g.hash,
+                })
+                .collect(),
+            fingerprint,
+            global_step: self.state.global_step,
+            checkpoint_window: self.state.checkpoints.last().copied(),
+        };
+        node.store
+            .publish(
+                &node.hotkey,
+                &node.network,
+                Kind::Manifest,
+                window,
+                node.uid,
+                &manifest.encode(),
+            )
+            .await?;
+        node.events.emit(Event::ManifestPublished { window });
+        if (window + 1).is_multiple_of(node.config.checkpoints.every) {
+            checkpoint::publish(
+                &node.store,
+                &node.network,
+                &node.hotkey,
+                node.uid,
+                &self.replica,
+                window,
+                self.state.global_step,
+            )
+            .await?;
+            self.state.checkpoints.push(window);
+            self.state.checkpoints = checkpoint::prune(
+                &node.store,
+                &node.network,
+                node.uid,
+                &self.state.checkpoints,
+                node.config.checkpoints.keep,
+            )
+            .await?;
+            node.events.emit(Event::CheckpointPublished { window });
+        }
+        Ok(())
+    }
+
+    fn persist(&self, window: u64) -> Result<(), NodeError> {
+        self.state_dir.save(window, |dir| {
+            save_model(dir, &self.replica.trainer.model)?;
+            Ok(self.state.clone())
+        })
+    }
+}
