@@ -7,6 +7,7 @@ mod bench;
 mod chain;
 mod data;
 mod model;
+mod node;
 mod wallet;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
@@ -42,6 +43,13 @@ enum Command {
     /// Run and inspect a LocalChain (the embedded chain).
     #[command(subcommand)]
     Chain(chain::ChainCommand),
+    /// Write a network's agreed configuration (network.toml).
+    #[command(subcommand)]
+    Network(node::NetworkCommand),
+    /// Train and share pseudo-gradients, window after window.
+    Miner(node::NodeArgs),
+    /// Judge miners, set weights, publish manifests and checkpoints.
+    Validator(node::NodeArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +65,8 @@ fn main() -> Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::Chain(cmd) => chain::run(cmd),
+        Command::Network(cmd) => node::run_network(cmd),
+        Command::Miner(args) => node::run(templar_node::Role::Miner, args),
+        Command::Validator(args) => node::run(templar_node::Role::Validator, args),
     }
 }

@@ -1,0 +1,236 @@
+//! `templar miner`, `templar validator` and `templar network init`: running nodes of a network.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use templar_chain::{Chain, LocalChain};
+use templar_data::Manifest;
+use templar_engine::{DeviceChoice, Preset};
+use templar_node::data::Data;
+use templar_node::miner::Stop;
+use templar_node::node::Node;
+use templar_node::{Commitment, Event, EventSink, Miner, NetworkConfig, Role, Validator};
+use templar_storage::{S3Settings, Store, StoreConfig};
+
+use crate::wallet::WalletArgs;
+
+/// Options every node takes.
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// The network's agreed configuration.
+    #[arg(long, env = "TEMPLAR_CONFIG", default_value = "network.toml")]
+    config: PathBuf,
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Where this node publishes: s3://bucket[/prefix] (credentials from AWS_* variables) or file:///dir.
+    #[arg(long, env = "TEMPLAR_STORAGE")]
+    storage: String,
+    /// S3 endpoint, for R2 or a self-hosted server (default: AWS_ENDPOINT_URL or AWS).
+    #[arg(long, env = "TEMPLAR_STORAGE_ENDPOINT")]
+    storage_endpoint: Option<String>,
+    #[arg(long, env = "TEMPLAR_STORAGE_REGION")]
+    storage_region: Option<String>,
+    /// A read-only key others use to fetch this node's objects; committed on chain, so public.
+    #[arg(
+        long,
+        env = "TEMPLAR_READ_ACCESS_KEY_ID",
+        requires = "read_secret_access_key"
+    )]
+    read_access_key_id: Option<String>,
+    #[arg(long, env = "TEMPLAR_READ_SECRET_ACCESS_KEY")]
+    read_secret_access_key: Option<String>,
+    /// The LocalChain database file.
+    #[arg(long, env = "TEMPLAR_CHAIN", default_value = "localchain.sqlite")]
+    chain: PathBuf,
+    /// The prepared dataset (`templar data prepare`).
+    #[arg(long, env = "TEMPLAR_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Local state (model, optimizer, error feedback, scores) [default: templar-state/<wallet>-<hotkey>].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Stop after this many windows (default: run until Ctrl-C).
+    #[arg(long)]
+    windows: Option<u64>,
+    /// Also append every event as a JSON line to this file.
+    #[arg(long)]
+    events: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Write a network.toml with defaults for a preset and a prepared dataset.
+    Init {
+        #[arg(long, default_value = "templar")]
+        name: String,
+        /// Built-in preset or a preset TOML file.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// The prepared dataset whose content hash the network agrees on.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "network.toml")]
+        out: PathBuf,
+        #[arg(long)]
+        blocks_per_window: Option<u64>,
+        #[arg(long)]
+        inner_steps: Option<u32>,
+        /// How long after a window's end uploads are still accepted (default 60 s, for 25-minute
+        /// windows; use a few seconds for short local windows).
+        #[arg(long)]
+        upload_grace_ms: Option<u64>,
+        /// Tolerated storage-versus-chain clock difference (default 10 s).
+        #[arg(long)]
+        clock_skew_ms: Option<u64>,
+    },
+}
+
+pub fn run_network(command: NetworkCommand) -> Result<()> {
+    let NetworkCommand::Init {
+        name,
+        preset,
+        data_dir,
+        out,
+        blocks_per_window,
+        inner_steps,
+        upload_grace_ms,
+        clock_skew_ms,
+    } = command;
+    if out.exists() {
+        bail!(
+            "{} exists; remove it or choose another --out",
+            out.display()
+        );
+    }
+    let manifest = Manifest::read(&data_dir)?;
+    let mut config = NetworkConfig::defaults(&name, Preset::load(&preset)?, &manifest.content_hash);
+    config.model.train.seq_len = manifest.seq_len;
+    if let Some(blocks) = blocks_per_window {
+        config.window.blocks_per_window = blocks;
+    }
+    if let Some(steps) = inner_steps {
+        config.training.inner_steps = steps;
+    }
+    if let Some(ms) = upload_grace_ms {
+        config.window.upload_grace_ms = ms;
+    }
+    if let Some(ms) = clock_skew_ms {
+        config.window.clock_skew_ms = ms;
+    }
+    let text = config.to_toml()?;
+    NetworkConfig::parse(&text, &out.display().to_string())?;
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} (network id {})",
+        out.display(),
+        hex(&config.network()?.id())
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run(role: Role, args: NodeArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    templar_engine::set_threads(threads);
+    // One node per process on one thread: libtorch does the parallel work.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_node(role, args))
+}
+
+async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
+    let config = NetworkConfig::load(&args.config)?;
+    let hotkey = args.wallet.hotkey()?;
+    let chain = LocalChain::open(&args.chain)?;
+    let device = args.device.parse::<DeviceChoice>()?.resolve()?;
+    let store_config = StoreConfig {
+        s3: S3Settings {
+            endpoint: args.storage_endpoint.clone(),
+            region: args.storage_region.clone(),
+            ..S3Settings::default()
+        },
+        ..StoreConfig::new(args.storage.clone())
+    };
+    let store = Store::open(&store_config)?;
+    let data = Data::open(&args.data_dir, &config)?;
+    let name = format!("{}-{}", role_name(role), args.wallet.hotkey);
+    let events = sink(&name, args.events.as_deref())?;
+    let local = !args.storage.starts_with("s3://");
+    let mut node = Node::new(config, chain, hotkey, 0, store, data, events, local)?;
+    let commitment = Commitment {
+        role,
+        url: args.storage.clone(),
+        endpoint: args.storage_endpoint.clone(),
+        region: args.storage_region.clone(),
+        access_key_id: args.read_access_key_id.clone(),
+        secret_access_key: args.read_secret_access_key.clone(),
+    };
+    node.uid = node.announce(role, &commitment).await?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("templar-state")
+            .join(format!("{}-{}", args.wallet.wallet, args.wallet.hotkey))
+    });
+    let window = node.clock.window_of(node.chain.block().await?.number);
+    let (stop_tx, requested) = tokio::sync::watch::channel(false);
+    let stop = Stop {
+        requested,
+        after_window: args.windows.map(|n| window + n.max(1) - 1),
+    };
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("Ctrl-C: finishing the current window (press again to abort)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    tracing::info!(uid = node.uid, network = %node.network, "starting {}", role_name(role));
+    match role {
+        Role::Miner => Miner::new(node, device, state_dir)?.run(stop).await?,
+        Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,
+    }
+    Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Miner => "miner",
+        Role::Validator => "validator",
+    }
+}
+
+/// Events go to the log, and as JSON lines to `path` when given.
+fn sink(name: &str, path: Option<&Path>) -> Result<EventSink> {
+    let Some(path) = path else {
+        return Ok(EventSink::log_only(name));
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the events file {}", path.display()))?;
+    let file = Arc::new(Mutex::new(file));
+    Ok(EventSink::new(
+        name,
+        Arc::new(move |who: &str, event: &Event| {
+            let line = serde_json::json!({ "node": who, "at_ms": templar_node::node::now_ms(), "event": event });
+            if let Ok(mut file) = file.lock() {
+                let _ = writeln!(file, "{line}");
+            }
+        }),
+    ))
+}
