@@ -51,6 +51,9 @@ pub struct Miner<C> {
     position: Position,
     /// Running estimate of one inner step, for stopping before the deadline.
     step_seconds: f64,
+    device: Device,
+    /// The model after the previous window, to compare with the validators' manifest.
+    previous: Option<(u64, Fingerprint)>,
 }
 
 impl<C: Chain> Miner<C> {
@@ -89,6 +92,8 @@ impl<C: Chain> Miner<C> {
             state,
             position,
             step_seconds: 0.0,
+            device,
+            previous: None,
         })
     }
 
@@ -202,6 +207,7 @@ impl<C: Chain> Miner<C> {
             global_step: self.position.global_step,
             fingerprint,
         });
+        self.check_sync(window, fingerprint).await?;
         self.persist(window)?;
         let retention = self.node.config.checkpoints.payload_retention;
         if let Err(error) = self
@@ -217,6 +223,43 @@ impl<C: Chain> Miner<C> {
         {
             tracing::warn!(%error, "could not delete old payloads");
         }
+        Ok(())
+    }
+
+    /// Compares the model after the previous window with the manifest the validator with the most
+    /// stake published for it; on a mismatch, rebuilds the model from its checkpoint and manifests.
+    async fn check_sync(&mut self, window: u64, fingerprint: Fingerprint) -> Result<(), NodeError> {
+        let previous = self.previous.replace((window, fingerprint));
+        let Some((previous_window, ours)) = previous.filter(|(w, _)| *w + 1 == window) else {
+            return Ok(());
+        };
+        let Some(source) = catchup::source(&self.node).await? else {
+            return Ok(());
+        };
+        let manifest = match catchup::manifest(&self.node, &source, previous_window).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the model against the manifest");
+                return Ok(());
+            }
+        };
+        if manifest.fingerprint == ours {
+            return Ok(());
+        }
+        self.node.events.emit(Event::OutOfSync {
+            window: previous_window,
+            ours,
+            manifest: manifest.fingerprint,
+        });
+        let fresh = Replica::new(&self.node.config, self.device)?;
+        self.replica.write(&fresh.read()?)?;
+        let start = Position {
+            last_window: None,
+            global_step: 0,
+        };
+        self.position = catchup::catch_up(&self.node, &mut self.replica, start, window).await?;
+        self.previous = Some((window, self.replica.fingerprint()?));
         Ok(())
     }
 

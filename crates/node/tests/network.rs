@@ -285,6 +285,12 @@ async fn three_miners_and_a_validator_train_in_sync() {
             "window {window}: {by_node:?}"
         );
     }
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::OutOfSync { .. })),
+        "every miner matched the validator's manifests"
+    );
     let applied_by = |who: &str| models.values().filter(|m| m.contains_key(who)).count();
     assert_eq!(applied_by("validator"), 8);
     assert!(
