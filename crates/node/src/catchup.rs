@@ -12,8 +12,7 @@ use crate::commitment::{Commitment, Role};
 use crate::error::NodeError;
 use crate::events::{Event, Phase};
 use crate::message::{MAX_MANIFEST_BYTES, WindowManifest};
-use crate::node::{Node, Verdict};
-use crate::peers::included;
+use crate::node::{Node, Verdict, aggregate_inputs};
 use crate::replica::Replica;
 
 /// The validator whose checkpoints and manifests a node follows.
@@ -164,18 +163,8 @@ async fn replay<C: Chain>(
             .copied()
             .collect();
         let verdicts = node.gather(window, &uids, &peers, Some(slot)).await;
-        let chosen = included(&peers.set, |u| {
-            verdicts.get(&u).is_some_and(|v| v.accepted().is_some())
-        });
-        let payloads: Vec<_> = chosen
-            .iter()
-            .filter_map(|u| {
-                verdicts
-                    .get(u)
-                    .and_then(Verdict::accepted)
-                    .map(|g| &g.payload)
-            })
-            .collect();
+        let (_, gathered) = aggregate_inputs(&peers.set, &verdicts);
+        let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
         replica.apply_aggregate(&payloads)?;
         return Ok(!payloads.is_empty());
     };

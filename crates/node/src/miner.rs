@@ -16,8 +16,7 @@ use crate::error::NodeError;
 use crate::events::{Event, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
-use crate::node::{Node, Verdict, now_ms};
-use crate::peers::included;
+use crate::node::{Node, aggregate_inputs, now_ms};
 use crate::replica::Replica;
 use crate::state::{StateDir, read_f32s, write_f32s};
 
@@ -183,19 +182,9 @@ impl<C: Chain> Miner<C> {
             .copied()
             .collect();
         let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
-        let chosen = included(&peers.set, |u| {
-            verdicts.get(&u).is_some_and(|v| v.accepted().is_some())
-        });
+        let (chosen, gathered) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
-        let payloads: Vec<_> = chosen
-            .iter()
-            .filter_map(|u| {
-                verdicts
-                    .get(u)
-                    .and_then(Verdict::accepted)
-                    .map(|g| &g.payload)
-            })
-            .collect();
+        let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;

@@ -343,6 +343,18 @@ impl<C: Chain> Node<C> {
     }
 }
 
+/// The window's aggregate inputs: the included uids (see [`crate::peers::included`]) and their
+/// payloads, in ascending uid order.
+pub fn aggregate_inputs<'a>(
+    set: &PeerSet,
+    verdicts: &'a BTreeMap<u16, Verdict>,
+) -> (Vec<u16>, Vec<&'a Gathered>) {
+    let accepted = |uid: &u16| verdicts.get(uid).and_then(Verdict::accepted);
+    let chosen = crate::peers::included(set, |u| accepted(&u).is_some());
+    let payloads = chosen.iter().filter_map(accepted).collect();
+    (chosen, payloads)
+}
+
 pub fn now_ms() -> u64 {
     templar_chain::local::now_ms()
 }

@@ -22,8 +22,7 @@ use crate::gauntlet::selection::{fair_sample, mix};
 use crate::gauntlet::weights::{to_u16, weights};
 use crate::message::{Included, WindowManifest};
 use crate::miner::Stop;
-use crate::node::{Gathered, Node, Verdict, WindowPeers};
-use crate::peers::included;
+use crate::node::{Gathered, Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::replica::Replica;
 use crate::state::StateDir;
 
@@ -119,9 +118,7 @@ impl<C: Chain> Validator<C> {
         self.node.phase(window, Phase::Gathering);
         let uids: Vec<u16> = peers.candidates.iter().map(|c| c.uid).collect();
         let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
-        let chosen = included(&peers.set, |u| {
-            verdicts.get(&u).is_some_and(|v| v.accepted().is_some())
-        });
+        let (chosen, payloads) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
 
         self.node.phase(window, Phase::Evaluating);
@@ -134,10 +131,6 @@ impl<C: Chain> Validator<C> {
         );
         self.set_weights(window, &peers).await;
 
-        let payloads: Vec<_> = chosen
-            .iter()
-            .filter_map(|u| verdicts.get(u).and_then(Verdict::accepted))
-            .collect();
         self.replica
             .apply_aggregate(&payloads.iter().map(|g| &g.payload).collect::<Vec<_>>())?;
         if !payloads.is_empty() {
