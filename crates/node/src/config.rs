@@ -77,6 +77,11 @@ pub struct GauntletSettings {
     /// The evaluated update is applied at `outer_lr · eval_lr_factor`.
     pub eval_lr_factor: f32,
     pub binary_ma_alpha: f64,
+    /// A new miner's binary moving average. Upstream's 0 pays a miner nothing until its updates
+    /// show that it trains on its own data; a small demo network, where that signal is below
+    /// measurement noise, starts miners trusted instead (1) and lets the indicator take it away.
+    #[serde(default)]
+    pub binary_ma_initial: f64,
     pub openskill_beta: f64,
     pub openskill_tau: f64,
     /// A miner this many windows behind has sync score 0.
@@ -193,7 +198,7 @@ impl NetworkConfig {
     fn check(&self) -> Result<(), String> {
         let w = &self.window;
         let g = &self.gauntlet;
-        let rules: [(bool, &str); 12] = [
+        let rules: [(bool, &str); 13] = [
             (
                 w.blocks_per_window > 0,
                 "window.blocks_per_window must be positive",
@@ -230,6 +235,10 @@ impl NetworkConfig {
             (
                 (0.0..=1.0).contains(&g.binary_ma_alpha),
                 "gauntlet.binary_ma_alpha must be in [0, 1]",
+            ),
+            (
+                (-1.0..=1.0).contains(&g.binary_ma_initial),
+                "gauntlet.binary_ma_initial must be in [-1, 1]",
             ),
             (
                 self.checkpoints.every > 0,
@@ -277,6 +286,7 @@ impl NetworkConfig {
                 eval_samples: 8,
                 eval_lr_factor: 0.2,
                 binary_ma_alpha: 0.05,
+                binary_ma_initial: 0.0,
                 openskill_beta: 7.0,
                 openskill_tau: 0.1,
                 sync_max_steps_behind: 3,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
 use templar_data::Split;
-use templar_engine::{Device, load_model, save_model};
+use templar_engine::{Batch, Device, load_model, save_model};
 use templar_protocol::Kind;
 
 use crate::catchup::{self, Position};
@@ -17,7 +17,7 @@ use crate::error::NodeError;
 use crate::events::{Event, MinerScore, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::gauntlet::overlap::{Upload, copiers};
-use crate::gauntlet::score::{self, Evaluation, Ledger, PayloadStatus, WindowInput};
+use crate::gauntlet::score::{self, Control, Evaluation, Ledger, PayloadStatus, WindowInput};
 use crate::gauntlet::selection::{fair_sample, mix};
 use crate::gauntlet::weights::{to_u16, weights};
 use crate::message::{Included, WindowManifest};
@@ -28,6 +28,13 @@ use crate::state::StateDir;
 
 /// Model states kept for measuring how far behind a miner's base model is.
 const HISTORY: usize = 16;
+
+/// Samples to measure a loss on, and the loss before any update.
+struct Probe {
+    batch: Batch,
+    bytes: u64,
+    before: f64,
+}
 
 /// What a validator persists every window, so that a restart changes no score.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -150,6 +157,82 @@ impl<C: Chain> Validator<C> {
         self.persist(window)
     }
 
+    /// Each judged miner's update applied alone and measured on its own samples and the
+    /// window's random samples; it is also measured on the previous judged miner's samples,
+    /// which gives that miner's evaluation its control (see [`Evaluation::indicator`]).
+    fn evaluate(
+        &mut self,
+        window: u64,
+        seed: u64,
+        judged: &[&Gathered],
+        usable: &[&Gathered],
+        random: &Probe,
+    ) -> Result<Vec<(u16, Evaluation)>, NodeError> {
+        let mut owns = Vec::with_capacity(judged.len());
+        for gathered in judged {
+            let own = self.own_samples(window, gathered, seed);
+            owns.push(self.probe(&own)?);
+        }
+        let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
+        let saved = self.replica.read()?;
+        let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
+        let n = judged.len();
+        let mut evaluations = Vec::with_capacity(n);
+        let mut controls = vec![None; n];
+        for (i, gathered) in judged.iter().enumerate() {
+            self.replica.apply_one(&gathered.payload, &all, scale)?;
+            let own_after = self.loss(&owns[i])?;
+            let random_after = self.loss(random)?;
+            if n > 1 {
+                let previous = (i + n - 1) % n;
+                controls[previous] = Some(Control {
+                    own_after: self.loss(&owns[previous])?,
+                    random_after,
+                });
+            }
+            self.replica.write(&saved)?;
+            evaluations.push(Evaluation {
+                own_before: owns[i].before,
+                own_after,
+                random_before: random.before,
+                random_after,
+                control: None,
+            });
+        }
+        Ok(judged
+            .iter()
+            .zip(evaluations)
+            .zip(controls)
+            .map(|((g, evaluation), control)| {
+                (
+                    g.uid,
+                    Evaluation {
+                        control,
+                        ..evaluation
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// A set of samples and the current model's loss on it.
+    fn probe(&self, ids: &[u64]) -> Result<Probe, NodeError> {
+        let (batch, bytes) = self.node.data.batch(Split::Train, ids)?;
+        let before = self.replica.evaluate(&batch, bytes)?.mean_loss();
+        Ok(Probe {
+            batch,
+            bytes,
+            before,
+        })
+    }
+
+    fn loss(&self, probe: &Probe) -> Result<f64, NodeError> {
+        Ok(self
+            .replica
+            .evaluate(&probe.batch, probe.bytes)?
+            .mean_loss())
+    }
+
     /// Statuses for every candidate, evaluations of a fair sample, copy detection.
     fn judge(
         &mut self,
@@ -181,43 +264,27 @@ impl<C: Chain> Validator<C> {
             .collect();
         let seed = mix(window ^ (u64::from(self.node.uid) << 48) ^ 0x6761756e746c6574);
         let chosen = fair_sample(&pool, self.node.config.gauntlet.uids_per_window, seed);
-        let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
         let random = self
             .node
             .data
             .sampler
             .random(window, self.node.config.gauntlet.eval_samples);
-        let (random_batch, random_bytes) = self.node.data.batch(Split::Train, &random)?;
-        let random_before = self
-            .replica
-            .evaluate(&random_batch, random_bytes)?
-            .mean_loss();
-        let saved = self.replica.read()?;
-        let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
-        for gathered in usable.iter().filter(|g| chosen.contains(&g.uid)) {
-            let own = self.own_samples(window, gathered, seed);
-            let (own_batch, own_bytes) = self.node.data.batch(Split::Train, &own)?;
-            let own_before = self.replica.evaluate(&own_batch, own_bytes)?.mean_loss();
-            self.replica.apply_one(&gathered.payload, &all, scale)?;
-            let own_after = self.replica.evaluate(&own_batch, own_bytes)?.mean_loss();
-            let random_after = self
-                .replica
-                .evaluate(&random_batch, random_bytes)?
-                .mean_loss();
-            self.replica.write(&saved)?;
-            let evaluation = Evaluation {
-                own_before,
-                own_after,
-                random_before,
-                random_after,
-            };
+        let random = self.probe(&random)?;
+        let judged: Vec<&Gathered> = usable
+            .iter()
+            .copied()
+            .filter(|g| chosen.contains(&g.uid))
+            .collect();
+        for (gathered, evaluation) in self.evaluate(window, seed, &judged, &usable, &random)? {
             self.node.events.emit(Event::Evaluated {
                 window,
-                miner: gathered.uid,
+                miner: gathered,
                 score: evaluation.score(),
                 indicator: evaluation.indicator(),
+                own_advantage: evaluation.own_advantage(),
+                control_advantage: evaluation.control_advantage(),
             });
-            input.evaluations.insert(gathered.uid, evaluation);
+            input.evaluations.insert(gathered, evaluation);
         }
         let uploads: Vec<Upload<'_>> = usable
             .iter()

@@ -29,6 +29,16 @@ pub struct MinerRecord {
     pub last_score: Option<f64>,
 }
 
+impl MinerRecord {
+    /// A miner seen for the first time.
+    pub fn new(settings: &GauntletSettings) -> MinerRecord {
+        MinerRecord {
+            binary_ma: settings.binary_ma_initial,
+            ..MinerRecord::default()
+        }
+    }
+}
+
 impl Default for MinerRecord {
     fn default() -> Self {
         MinerRecord {
@@ -70,6 +80,17 @@ pub struct Evaluation {
     pub own_after: f64,
     pub random_before: f64,
     pub random_after: f64,
+    /// Another miner's update measured the same way on this miner's own data: the loss on the
+    /// own data and on the random data after applying it. `None` when only one miner was judged.
+    #[serde(default)]
+    pub control: Option<Control>,
+}
+
+/// The losses after applying another miner's update (see [`Evaluation::indicator`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub own_after: f64,
+    pub random_after: f64,
 }
 
 impl Evaluation {
@@ -78,10 +99,34 @@ impl Evaluation {
         relative_improvement(self.random_before, self.random_after)
     }
 
-    /// +1 when the update helped its own data more than random data, else −1.
+    /// How much more the update helped the miner's own data than random data.
+    pub fn own_advantage(&self) -> f64 {
+        relative_improvement(self.own_before, self.own_after) - self.score()
+    }
+
+    /// The own-data advantage another miner's update shows on this miner's own data.
+    pub fn control_advantage(&self) -> Option<f64> {
+        let control = self.control?;
+        Some(
+            relative_improvement(self.own_before, control.own_after)
+                - relative_improvement(self.random_before, control.random_after),
+        )
+    }
+
+    /// +1 when the update shows it was trained on the miner's own data, else −1.
+    ///
+    /// Upstream compares the own-data improvement with the random-data improvement. Both sets
+    /// are a handful of samples, so early in training which one responds more to *any* update
+    /// depends mostly on their content, and honest miners draw −1 about half the time. With a
+    /// control, the same own data is also measured under another miner's update: the content
+    /// effect appears on both sides and cancels, and what remains is what the miner's update
+    /// learnt from those very samples.
     pub fn indicator(&self) -> f64 {
-        let own = relative_improvement(self.own_before, self.own_after);
-        if own > self.score() { 1.0 } else { -1.0 }
+        if self.own_advantage() > self.control_advantage().unwrap_or(0.0) {
+            1.0
+        } else {
+            -1.0
+        }
     }
 }
 
@@ -130,7 +175,9 @@ pub struct WindowInput {
 /// Applies one window to the ledger.
 pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &GauntletSettings) {
     for (&uid, &status) in &input.statuses {
-        let record = ledger.entry(uid).or_default();
+        let record = ledger
+            .entry(uid)
+            .or_insert_with(|| MinerRecord::new(settings));
         match status {
             PayloadStatus::Usable { steps_behind } => {
                 record.last_payload_window = Some(window);
@@ -223,6 +270,7 @@ mod tests {
 
     fn eval(own: (f64, f64), random: (f64, f64)) -> Evaluation {
         Evaluation {
+            control: None,
             own_before: own.0,
             own_after: own.1,
             random_before: random.0,
@@ -238,6 +286,51 @@ mod tests {
         assert_eq!(eval((4.0, 3.9), (5.0, 4.5)).indicator(), -1.0);
         assert_eq!(relative_improvement(0.0, 1.0), 0.0);
         assert_eq!(relative_improvement(f64::NAN, 1.0), 0.0);
+    }
+
+    #[test]
+    fn new_miners_start_from_the_configured_moving_average() {
+        let mut s = settings();
+        s.binary_ma_initial = 1.0;
+        let mut ledger = Ledger::new();
+        let mut input = WindowInput::default();
+        input.statuses.insert(
+            1,
+            PayloadStatus::Usable {
+                steps_behind: Some(0),
+            },
+        );
+        input.evaluations.insert(1, eval((4.0, 3.99), (5.0, 4.9))); // indicator −1
+        update(&mut ledger, 1, &input, &s);
+        assert_eq!(ledger[&1].binary_ma, 0.0); // 0.5·1 + 0.5·(−1)
+    }
+
+    #[test]
+    fn a_control_cancels_how_much_the_own_data_responds_to_any_update() {
+        // Own data improves 25% against 10% on random data: an advantage of 0.15 ...
+        let mut e = eval((4.0, 3.0), (5.0, 4.5));
+        // ... but another miner's update does even better there (own 30%, random 10%): the
+        // samples are just easy to improve, so the advantage says nothing about training.
+        e.control = Some(Control {
+            own_after: 2.8,
+            random_after: 4.5,
+        });
+        assert_eq!(e.indicator(), -1.0);
+        // Against a control that gains only 15% on the own data (advantage 0.05), 0.15 wins.
+        e.control = Some(Control {
+            own_after: 3.4,
+            random_after: 4.5,
+        });
+        assert_eq!(e.indicator(), 1.0);
+        // Content that responds less than random data to any update no longer hides training:
+        // own 8% vs random 10% is −0.02, above the control's 2% vs 10% = −0.08.
+        let mut e = eval((5.0, 4.6), (5.0, 4.5));
+        assert_eq!(e.indicator(), -1.0);
+        e.control = Some(Control {
+            own_after: 4.9,
+            random_after: 4.5,
+        });
+        assert_eq!(e.indicator(), 1.0);
     }
 
     #[test]
