@@ -21,7 +21,8 @@ const SECRET_ACCESS_KEY: u8 = 6;
 /// Commitments are at most this long on Bittensor.
 pub const MAX_LEN: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Miner = 1,
     Validator = 2,

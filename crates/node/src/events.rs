@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::commitment::Role;
 
 use crate::fingerprint::Fingerprint;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     CatchingUp,
@@ -20,7 +22,7 @@ pub enum Phase {
 }
 
 /// One peer's payload as a node saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerReport {
     pub uid: u16,
     /// `ok`, `missing`, `too_early`, `too_late`, `bad_signature`, `wrong_window`, `malformed`,
@@ -30,9 +32,15 @@ pub struct PeerReport {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The node is registered and about to run its first window.
+    Started {
+        role: Role,
+        uid: u16,
+        window: u64,
+    },
     Phase {
         window: u64,
         phase: Phase,
@@ -71,6 +79,10 @@ pub enum Event {
         miner: u16,
         score: f64,
         indicator: f64,
+        /// How much more the update improved the miner's own samples than random ones, and the
+        /// same for another miner's update on those samples (the indicator compares the two).
+        own_advantage: f64,
+        control_advantage: Option<f64>,
     },
     Scores {
         window: u64,
@@ -105,7 +117,7 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MinerScore {
     pub uid: u16,
     pub final_score: f64,
