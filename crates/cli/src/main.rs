@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chain;
 mod data;
+mod localnet;
 mod model;
 mod node;
 mod wallet;
@@ -46,6 +47,9 @@ enum Command {
     /// Write a network's agreed configuration (network.toml).
     #[command(subcommand)]
     Network(node::NetworkCommand),
+    /// A whole network on this machine: chain, storage, data, a validator and miners, with a
+    /// live dashboard and a report at the end. Run it again on the same --dir to resume.
+    Localnet(localnet::LocalnetArgs),
     /// Train and share pseudo-gradients, window after window.
     Miner(node::NodeArgs),
     /// Judge miners, set weights, publish manifests and checkpoints.
@@ -66,6 +70,7 @@ fn main() -> Result<()> {
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::Chain(cmd) => chain::run(cmd),
         Command::Network(cmd) => node::run_network(cmd),
+        Command::Localnet(args) => localnet::run(args),
         Command::Miner(args) => node::run(templar_node::Role::Miner, args),
         Command::Validator(args) => node::run(templar_node::Role::Validator, args),
     }

@@ -57,8 +57,12 @@ pub struct NodeArgs {
     #[arg(long)]
     threads: Option<i32>,
     /// Stop after this many windows (default: run until Ctrl-C).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "until_window")]
     windows: Option<u64>,
+    /// Stop after finishing this window (what `templar localnet` uses, so that every node of
+    /// a network stops at the same window).
+    #[arg(long)]
+    until_window: Option<u64>,
     /// Also append every event as a JSON line to this file.
     #[arg(long)]
     events: Option<PathBuf>,
@@ -124,14 +128,22 @@ pub fn run_network(command: NetworkCommand) -> Result<()> {
     if let Some(ms) = clock_skew_ms {
         config.window.clock_skew_ms = ms;
     }
-    let text = config.to_toml()?;
-    NetworkConfig::parse(&text, &out.display().to_string())?;
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    write_network_config(&config, &out)?;
     println!(
         "wrote {} (network id {})",
         out.display(),
         hex(&config.network()?.id())
     );
+    Ok(())
+}
+
+/// Writes `config` to `out` atomically: a reader sees the old file or the whole new one.
+pub fn write_network_config(config: &NetworkConfig, out: &Path) -> Result<()> {
+    let text = config.to_toml()?;
+    NetworkConfig::parse(&text, &out.display().to_string())?;
+    let partial = out.with_extension("toml.partial");
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
@@ -187,7 +199,9 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     let (stop_tx, requested) = tokio::sync::watch::channel(false);
     let stop = Stop {
         requested,
-        after_window: args.windows.map(|n| window + n.max(1) - 1),
+        after_window: args
+            .until_window
+            .or(args.windows.map(|n| window + n.max(1) - 1)),
     };
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -199,6 +213,11 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         }
     });
     tracing::info!(uid = node.uid, network = %node.network, "starting {}", role_name(role));
+    node.events.emit(Event::Started {
+        role,
+        uid: node.uid,
+        window,
+    });
     match role {
         Role::Miner => Miner::new(node, device, state_dir)?.run(stop).await?,
         Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,

@@ -1,0 +1,137 @@
+//! The node processes of a localnet: started from this same binary, each in its own process
+//! group (so a Ctrl-C in the terminal reaches only the orchestrator, which then stops them in
+//! order) and tied to the orchestrator's life (if it dies, they get SIGTERM: no orphans).
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use anyhow::{Context, Result};
+
+pub struct Member {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    pub members: Vec<Member>,
+}
+
+impl Fleet {
+    /// Starts `templar ARGS…` as `name`, its output appended to `log`.
+    pub fn spawn(&mut self, name: &str, args: &[OsString], log: &Path) -> Result<()> {
+        let program = std::env::current_exe().context("finding the templar binary")?;
+        let output = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output);
+        detach(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.members.push(Member {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child,
+            exit: None,
+        });
+        Ok(())
+    }
+
+    /// Records members that have exited since the last call and returns their names.
+    pub fn poll(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for member in self.members.iter_mut().filter(|m| m.exit.is_none()) {
+            if let Ok(Some(status)) = member.child.try_wait() {
+                member.exit = Some(status);
+                exited.push(member.name.clone());
+            }
+        }
+        exited
+    }
+
+    pub fn running(&self) -> usize {
+        self.members.iter().filter(|m| m.exit.is_none()).count()
+    }
+
+    /// Asks every running node to finish its window and stop (what Ctrl-C does to one node);
+    /// a second call makes them abandon the window.
+    pub fn interrupt(&self) {
+        for member in self.members.iter().filter(|m| m.exit.is_none()) {
+            signal(&member.child, Signal::Interrupt);
+        }
+    }
+
+    /// Kills whatever still runs and reaps it.
+    pub fn kill(&mut self) {
+        for member in self.members.iter_mut().filter(|m| m.exit.is_none()) {
+            let _ = member.child.kill();
+            member.exit = member.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+enum Signal {
+    Interrupt,
+}
+
+#[cfg(unix)]
+fn signal(child: &Child, signal: Signal) {
+    let number = match signal {
+        Signal::Interrupt => libc::SIGINT,
+    };
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) only sends a signal; the pid is our own unreaped child, so it cannot have
+    // been recycled for another process.
+    unsafe {
+        libc::kill(pid, number);
+    }
+}
+
+#[cfg(not(unix))]
+fn signal(_child: &Child, _signal: Signal) {}
+
+#[cfg(target_os = "linux")]
+fn detach(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
+    // is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn detach(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+}
+
+#[cfg(not(unix))]
+fn detach(_command: &mut Command) {}

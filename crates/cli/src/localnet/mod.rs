@@ -1,0 +1,437 @@
+//! `templar localnet`: a whole network on one machine — a LocalChain, file storage, the demo
+//! data, a validator and miners, each node its own OS process — watched live on a dashboard
+//! and summed up in a report. Running it again on the same folder resumes the network.
+
+mod dashboard;
+mod fleet;
+mod history;
+mod report;
+mod setup;
+mod svg;
+mod tail;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use templar_chain::LocalChain;
+use templar_chain::wallet::Wallet;
+use templar_node::{NetworkConfig, Role};
+use templar_protocol::WindowClock;
+
+use dashboard::{Dashboard, Snapshot, plain_line};
+use fleet::Fleet;
+use history::History;
+use report::{NodeEntry, RunRecord};
+use setup::{Layout, Member, NewNetwork, WALLET};
+use tail::EventFile;
+
+const BLOCK_TIME_MS: u64 = 500;
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Args)]
+pub struct LocalnetArgs {
+    #[arg(long, default_value_t = 3)]
+    miners: usize,
+    #[arg(long, default_value_t = 1)]
+    validators: usize,
+    /// Stop after this many windows past the one in progress (default: run until Ctrl-C).
+    #[arg(long)]
+    windows: Option<u64>,
+    /// The network's folder: chain, wallets, data, storage, node state, logs and the report.
+    /// Running again with the same folder resumes the network.
+    #[arg(long, default_value = "localnet")]
+    dir: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Model preset of a new network (an existing network keeps its own).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Seconds per window of a new network.
+    #[arg(long, default_value_t = 20)]
+    window_secs: u64,
+    /// Text for a new network's data: a folder of .txt/.jsonl files
+    /// [default: the demo corpus scripts/setup installs].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Plain log lines instead of the dashboard, even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+pub fn run(args: LocalnetArgs) -> Result<()> {
+    check_args(&args)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let layout = Layout { dir: dir.clone() };
+    let _lock = lock(&dir)?;
+    let members = setup::members(args.validators, args.miners);
+    let new = NewNetwork {
+        preset: args.preset.clone(),
+        block_time_ms: BLOCK_TIME_MS,
+        blocks_per_window: args.window_secs * 1000 / BLOCK_TIME_MS,
+        corpus: args.corpus.clone().unwrap_or_else(default_corpus),
+    };
+    let prepared = setup::prepare_network(&layout, &members, &new)?;
+    let clock = WindowClock::new(prepared.config.window.blocks_per_window)
+        .context("network.toml: window.blocks_per_window must be positive")?;
+    let first_window = clock.window_of(prepared.chain.block_now().number);
+    let until = args.windows.map(|n| first_window + n);
+    if prepared.resumed {
+        eprintln!(
+            "resuming the network in {} at window {first_window}",
+            dir.display()
+        );
+    }
+    let started_ms = templar_node::node::now_ms();
+    let mut fleet = Fleet::default();
+    for member in &members {
+        let node_args = node_args(&layout, member, &args.device, until, members.len());
+        fleet.spawn(&member.name(), &node_args, &layout.log(&member.name()))?;
+    }
+    let watch = Watch {
+        layout: &layout,
+        config: &prepared.config,
+        chain: &prepared.chain,
+        clock,
+        names: members.iter().map(Member::name).collect(),
+        until,
+        started_ms,
+    };
+    let (history, interrupted) =
+        watch.run(&mut fleet, !args.plain && std::io::stdout().is_terminal())?;
+    finish(&watch, history, &fleet, first_window, interrupted, &members)
+}
+
+fn check_args(args: &LocalnetArgs) -> Result<()> {
+    if !(1..=64).contains(&args.miners) {
+        bail!("--miners {} is out of range: use 1 to 64", args.miners);
+    }
+    if !(1..=8).contains(&args.validators) {
+        bail!(
+            "--validators {} is out of range: use 1 to 8",
+            args.validators
+        );
+    }
+    if args.windows == Some(0) {
+        bail!("--windows 0 would run nothing: use 1 or more, or leave it out to run until Ctrl-C");
+    }
+    if args.window_secs < 5 {
+        bail!(
+            "--window-secs {} is too short to train and upload: use 5 or more",
+            args.window_secs
+        );
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on the folder while this localnet runs.
+fn lock(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("localnet.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another templar localnet is running on {}: stop it first, or choose another --dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).context(format!("locking {}", path.display()))
+        }
+    }
+}
+
+fn default_corpus() -> PathBuf {
+    let cache = std::env::var_os("TEMPLAR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
+        .unwrap_or_else(|| PathBuf::from(".cache/templar"));
+    cache.join("corpus/text")
+}
+
+/// The command line of one node.
+fn node_args(
+    layout: &Layout,
+    member: &Member,
+    device: &str,
+    until: Option<u64>,
+    nodes: usize,
+) -> Vec<OsString> {
+    let role = match member.role {
+        Role::Miner => "miner",
+        Role::Validator => "validator",
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / nodes).max(1);
+    let mut args: Vec<OsString> = vec![
+        role.into(),
+        "--config".into(),
+        layout.config().into(),
+        "--wallets-dir".into(),
+        layout.wallets().into(),
+        "--wallet".into(),
+        WALLET.into(),
+        "--hotkey".into(),
+        member.hotkey.clone().into(),
+        "--storage".into(),
+        format!("file://{}", layout.storage(&member.hotkey).display()).into(),
+        "--chain".into(),
+        layout.chain().into(),
+        "--data-dir".into(),
+        layout.data().into(),
+        "--state-dir".into(),
+        layout.state(&member.hotkey).into(),
+        "--device".into(),
+        device.into(),
+        "--threads".into(),
+        threads.to_string().into(),
+        "--events".into(),
+        layout.events(&member.name()).into(),
+    ];
+    if let Some(until) = until {
+        args.extend(["--until-window".into(), until.to_string().into()]);
+    }
+    args
+}
+
+/// The orchestrator's view while the nodes run.
+struct Watch<'a> {
+    layout: &'a Layout,
+    config: &'a NetworkConfig,
+    chain: &'a LocalChain,
+    clock: WindowClock,
+    names: Vec<String>,
+    until: Option<u64>,
+    started_ms: u64,
+}
+
+impl Watch<'_> {
+    /// Follows the nodes until all have exited; returns what they reported and whether the
+    /// user stopped them.
+    fn run(&self, fleet: &mut Fleet, live: bool) -> Result<(History, bool)> {
+        let stops = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let counter = stops.clone();
+        runtime.spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut files: Vec<EventFile> = self
+            .names
+            .iter()
+            .map(|n| EventFile::new(self.layout.events(n)))
+            .collect();
+        let mut history = History::default();
+        let mut dashboard = if live {
+            Some(Dashboard::start()?)
+        } else {
+            None
+        };
+        if !live {
+            self.announce();
+        }
+        let started = Instant::now();
+        let mut handled_stops = 0;
+        let mut deadline: Option<Instant> = None;
+        let mut incentives = BTreeMap::new();
+        let mut exits = BTreeMap::new();
+        let mut last_chain_read = Instant::now() - Duration::from_secs(60);
+        loop {
+            if let Some(dashboard) = &dashboard
+                && dashboard.stop_pressed()?
+            {
+                stops.fetch_add(1, Ordering::SeqCst);
+            }
+            let requested = stops.load(Ordering::SeqCst);
+            if requested > handled_stops {
+                handled_stops = requested;
+                fleet.interrupt();
+                if deadline.is_none() {
+                    let window_ms =
+                        self.clock.blocks_per_window() * self.chain.genesis().block_time_ms;
+                    let grace =
+                        Duration::from_millis(2 * window_ms + self.config.window.upload_grace_ms)
+                            + Duration::from_secs(30);
+                    deadline = Some(Instant::now() + grace);
+                    if !live {
+                        eprintln!(
+                            "stopping: each node finishes its window (Ctrl-C again to abandon it)"
+                        );
+                    }
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                fleet.kill();
+            }
+            for name in fleet.poll() {
+                if let Some(member) = fleet.members.iter().find(|m| m.name == name) {
+                    let code = member.exit.and_then(|s| s.code());
+                    if !live && code != Some(0) {
+                        eprintln!(
+                            "{name} exited with {code:?}; its log: {}",
+                            member.log.display()
+                        );
+                    }
+                    exits.insert(name, code);
+                }
+            }
+            for file in &mut files {
+                for line in file.read_new()? {
+                    if !live
+                        && line.at_ms >= self.started_ms
+                        && let Some(text) = plain_line(&line)
+                    {
+                        println!("{text}");
+                    }
+                    history.apply(&line);
+                }
+            }
+            if fleet.running() == 0 {
+                break;
+            }
+            if last_chain_read.elapsed() > Duration::from_secs(2) {
+                last_chain_read = Instant::now();
+                if let Ok(metagraph) = self.chain.metagraph_now() {
+                    incentives = metagraph
+                        .neurons
+                        .iter()
+                        .map(|n| (n.uid, n.incentive))
+                        .collect();
+                }
+            }
+            if let Some(dashboard) = &mut dashboard {
+                let block = self.chain.block_now().number;
+                dashboard.draw(&Snapshot {
+                    dir: &self.layout.dir,
+                    history: &history,
+                    names: &self.names,
+                    exits: &exits,
+                    block,
+                    window: self.clock.window_of(block),
+                    blocks_per_window: self.clock.blocks_per_window(),
+                    until: self.until,
+                    elapsed: started.elapsed(),
+                    stopping: handled_stops > 0,
+                    incentives: &incentives,
+                })?;
+            }
+            std::thread::sleep(TICK);
+        }
+        drop(dashboard);
+        Ok((history, handled_stops > 0))
+    }
+
+    fn announce(&self) {
+        let seconds = self.clock.blocks_per_window() * self.chain.genesis().block_time_ms / 1000;
+        let until = self
+            .until
+            .map_or("until Ctrl-C".into(), |u| format!("until window {u}"));
+        println!(
+            "templar localnet in {}: {} nodes, {seconds}-second windows, {until}; node logs in {}",
+            self.layout.dir.display(),
+            self.names.len(),
+            self.layout.dir.join("logs").display()
+        );
+    }
+}
+
+fn finish(
+    watch: &Watch,
+    mut history: History,
+    fleet: &Fleet,
+    first_window: u64,
+    interrupted: bool,
+    members: &[Member],
+) -> Result<()> {
+    let exits: BTreeMap<String, Option<i32>> = fleet
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.exit.and_then(|s| s.code())))
+        .collect();
+    report::append_run(
+        &watch.layout.runs(),
+        &RunRecord {
+            started_ms: watch.started_ms,
+            ended_ms: templar_node::node::now_ms(),
+            first_window,
+            until_window: watch.until,
+            interrupted,
+            exits: exits.clone(),
+        },
+    )?;
+    let nodes = node_entries(watch, members)?;
+    let runs = report::read_runs(&watch.layout.runs())?;
+    let report = report::build(&mut history, watch.config, watch.chain, nodes, runs)?;
+    report::write(&report, &watch.layout.dir)?;
+    let bpb = history.bits_per_byte();
+    if let (Some(first), Some(last)) = (bpb.first(), bpb.last()) {
+        println!(
+            "validation bits per byte: {:.3} (window {}) → {:.3} (window {})",
+            first.1, first.0, last.1, last.0
+        );
+    }
+    println!(
+        "report: {} (data in report.json)",
+        watch.layout.dir.join("report.html").display()
+    );
+    let failed: Vec<String> = fleet
+        .members
+        .iter()
+        .filter(|m| exits.get(&m.name) != Some(&Some(0)))
+        .map(|m| {
+            format!(
+                "{} (exit {:?}, log {})",
+                m.name,
+                exits.get(&m.name).copied().flatten(),
+                m.log.display()
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("these nodes did not exit cleanly: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn node_entries(watch: &Watch, members: &[Member]) -> Result<Vec<NodeEntry>> {
+    let metagraph = watch.chain.metagraph_now()?;
+    let wallet = Wallet::new(watch.layout.wallets(), WALLET);
+    let mut entries = Vec::new();
+    for member in members {
+        let hotkey = wallet.hotkey(&member.hotkey)?.account();
+        let Some(neuron) = metagraph
+            .uid_of(&hotkey)
+            .and_then(|uid| metagraph.neuron(uid))
+        else {
+            continue;
+        };
+        entries.push(NodeEntry {
+            name: member.name(),
+            role: match member.role {
+                Role::Miner => "miner".into(),
+                Role::Validator => "validator".into(),
+            },
+            uid: neuron.uid,
+            hotkey: hotkey.to_string(),
+            incentive: neuron.incentive,
+            stake_tao: neuron.stake as f64 / templar_chain::RAO_PER_TAO as f64,
+        });
+    }
+    Ok(entries)
+}

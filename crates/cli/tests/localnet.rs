@@ -1,0 +1,129 @@
+//! `templar localnet` end to end, as a user runs it: a real multi-process network (a validator
+//! and two miners on a LocalChain, file storage and the demo corpus), then the same folder run
+//! again, which must resume the network rather than start over. Checked through `report.json`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn localnet(dir: &Path, windows: u64) {
+    let output = Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(["localnet", "--miners", "2", "--validators", "1", "--plain"])
+        .args(["--windows", &windows.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        for log in ["validator-v1", "miner-m1", "miner-m2"] {
+            let path = dir.join("logs").join(format!("{log}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!("--- {log} (last lines, newest first)\n{}", tail.join("\n"));
+        }
+        panic!("localnet failed: {}\n{stdout}\n{stderr}", output.status);
+    }
+    assert!(stdout.contains("validation bits per byte"), "{stdout}");
+}
+
+fn report(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+/// (window, bits per byte, global step) of every validated window.
+fn validated(report: &Value) -> Vec<(u64, f64, u64)> {
+    report["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| {
+            Some((
+                w["window"].as_u64()?,
+                w["bits_per_byte"].as_f64()?,
+                w["global_step"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+fn assert_clean_exits(run: &Value) {
+    let exits = run["exits"].as_object().unwrap();
+    assert_eq!(exits.len(), 3, "{run}");
+    for (node, code) in exits {
+        assert_eq!(code.as_i64(), Some(0), "{node} exited with {code}");
+    }
+}
+
+#[test]
+fn a_localnet_trains_pays_its_miners_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+
+    localnet(&net, 4);
+    let first = report(&net);
+    assert_clean_exits(&first["runs"][0]);
+    let windows = validated(&first);
+    assert!(windows.len() >= 3, "too few validated windows: {windows:?}");
+    let (_, first_bpb, _) = windows[0];
+    let (_, last_bpb, last_step) = *windows.last().unwrap();
+    assert!(
+        last_bpb < first_bpb,
+        "bits per byte did not fall: {windows:?}"
+    );
+    for node in first["nodes"].as_array().unwrap() {
+        if node["role"] == "miner" {
+            assert!(
+                node["incentive"].as_f64().unwrap() > 0.0,
+                "{} earned no incentive",
+                node["name"]
+            );
+        }
+    }
+    for file in ["bpb.svg", "incentive.svg", "bytes.svg", "report.html"] {
+        assert!(net.join(file).exists(), "{file} is missing");
+    }
+
+    localnet(&net, 2);
+    let second = report(&net);
+    let runs = second["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_clean_exits(&runs[1]);
+    assert_eq!(identities(&second), identities(&first), "the nodes changed");
+    let until = runs[0]["until_window"].as_u64().unwrap();
+    let resumed: Vec<_> = validated(&second)
+        .into_iter()
+        .filter(|(w, _, _)| *w > until)
+        .collect();
+    assert!(!resumed.is_empty(), "the second run validated nothing");
+    // The model carried on from where the first run left it: its step count continues, and it is
+    // better than the first run's starting point.
+    assert!(
+        resumed.iter().all(|(_, _, step)| *step > last_step),
+        "global steps restarted: {resumed:?} after {last_step}"
+    );
+    assert!(resumed[0].1 < first_bpb, "the model was reset: {resumed:?}");
+    assert!(
+        validated(&second).len() > windows.len(),
+        "the report lost the first run"
+    );
+}
+
+/// (name, uid, hotkey) of every node: who the network's members are.
+fn identities(report: &Value) -> Vec<(String, u64, String)> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["uid"].as_u64().unwrap(),
+                n["hotkey"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
