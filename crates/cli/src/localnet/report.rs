@@ -147,16 +147,32 @@ fn miner_names(report: &Report) -> BTreeMap<u16, String> {
         .collect()
 }
 
+/// (window, value) points, with a NaN wherever windows are skipped (the network was stopped), so
+/// that the chart shows a gap instead of a line across it.
+fn points(windows: impl Iterator<Item = (u64, f64)>) -> Vec<(f64, f64)> {
+    let mut points = Vec::new();
+    let mut previous: Option<u64> = None;
+    for (window, value) in windows {
+        if previous.is_some_and(|p| window > p + 1) {
+            points.push((window as f64 - 0.5, f64::NAN));
+        }
+        points.push((window as f64, value));
+        previous = Some(window);
+    }
+    points
+}
+
 fn per_miner(report: &Report, field: impl Fn(&WindowRecord, u16) -> Option<f64>) -> Vec<Series> {
     miner_names(report)
         .into_iter()
         .map(|(uid, name)| Series {
             name,
-            points: report
-                .windows
-                .iter()
-                .filter_map(|w| Some((w.window as f64, field(w, uid)?)))
-                .collect(),
+            points: points(
+                report
+                    .windows
+                    .iter()
+                    .filter_map(|w| Some((w.window, field(w, uid)?))),
+            ),
             dashed: false,
         })
         .collect()
@@ -169,11 +185,12 @@ pub fn charts(report: &Report) -> Vec<(&'static str, String)> {
         y_label: "bits per byte".into(),
         series: vec![Series {
             name: "validation".into(),
-            points: report
-                .windows
-                .iter()
-                .filter_map(|w| Some((w.window as f64, w.bits_per_byte?)))
-                .collect(),
+            points: points(
+                report
+                    .windows
+                    .iter()
+                    .filter_map(|w| Some((w.window, w.bits_per_byte?))),
+            ),
             dashed: false,
         }],
         log_y: false,
@@ -199,8 +216,22 @@ pub fn charts(report: &Report) -> Vec<(&'static str, String)> {
             dashed: true,
         });
     }
+    let sizes: Vec<u64> = report
+        .windows
+        .iter()
+        .flat_map(|w| w.miners.values().filter_map(|m| m.payload_bytes))
+        .collect();
+    let title = match sizes.iter().sum::<u64>().checked_div(sizes.len() as u64) {
+        Some(mean) if mean > 0 => format!(
+            "Bytes per payload: {} against {} dense ({:.0}× smaller)",
+            human_bytes(mean),
+            human_bytes(report.dense_fp32_bytes),
+            report.dense_fp32_bytes as f64 / mean as f64
+        ),
+        _ => "Bytes per payload".into(),
+    };
     let bytes = Chart {
-        title: "Bytes on the wire per payload".into(),
+        title,
         x_label: "window".into(),
         y_label: "bytes".into(),
         series: bytes_series,
@@ -309,6 +340,14 @@ mod tests {
         assert_eq!(page.matches("<svg").count(), 3);
         // Mean payload 200 bytes against 4000 dense.
         assert!(page.contains("<td>200 B</td><td>20×</td>"));
+    }
+
+    #[test]
+    fn skipped_windows_leave_a_gap() {
+        let p = points([(1, 5.0), (2, 4.0), (7, 3.0)].into_iter());
+        assert_eq!(p.len(), 4);
+        assert!(p[2].1.is_nan());
+        assert_eq!(p[3], (7.0, 3.0));
     }
 
     #[test]

@@ -142,32 +142,34 @@ impl Chart {
 }
 
 fn draw_series(svg: &mut String, frame: &Frame, series: &Series, color: &str, index: usize) {
-    let points: Vec<(f64, f64)> = series
-        .points
-        .iter()
-        .filter(|&&(x, y)| x.is_finite() && y.is_finite() && (!frame.log_y || y > 0.0))
-        .map(|&(x, y)| (frame.px(x), frame.py(y)))
-        .collect();
-    let path: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{x:.1},{y:.1}"))
-        .collect();
     let dash = if series.dashed {
         r#" stroke-dasharray="6 4""#
     } else {
         ""
     };
-    let _ = write!(
-        svg,
-        r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
-        path.join(" ")
-    );
-    if !series.dashed {
-        for (x, y) in &points {
-            let _ = write!(
-                svg,
-                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
-            );
+    // A point with a non-finite y ends a line: gaps in the data stay gaps.
+    for segment in series.points.split(|&(_, y)| !y.is_finite()) {
+        let points: Vec<(f64, f64)> = segment
+            .iter()
+            .filter(|&&(x, y)| x.is_finite() && (!frame.log_y || y > 0.0))
+            .map(|&(x, y)| (frame.px(x), frame.py(y)))
+            .collect();
+        let path: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
+            path.join(" ")
+        );
+        if !series.dashed {
+            for (x, y) in &points {
+                let _ = write!(
+                    svg,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
+                );
+            }
         }
     }
     let ly = TOP + 10.0 + 20.0 * index as f64;
@@ -219,8 +221,15 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
-/// A tick label without float noise: 0.30000000000000004 → "0.3", 1e6 → "1000000".
+/// A tick label without float noise (0.30000000000000004 → "0.3") and short for large values
+/// (25000 → "25k", 1e7 → "10M").
 fn label(value: f64) -> String {
+    for (scale, suffix) in [(1e9, "G"), (1e6, "M"), (1e4, "k")] {
+        if value.abs() >= scale {
+            let divisor = if suffix == "k" { 1e3 } else { scale };
+            return format!("{}{suffix}", label(value / divisor));
+        }
+    }
     let text = format!("{value:.6}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     if text == "-0" {
@@ -247,7 +256,8 @@ mod tests {
             nice_ticks(0.0, 10.0, 5),
             vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
         );
-        assert_eq!(nice_ticks(3.2, 8.4, 5), vec![4.0, 5.0, 6.0, 7.0, 8.0]);
+        // (8.4 − 3.2) / 5 = 1.04 rounds up to a step of 2.
+        assert_eq!(nice_ticks(3.2, 8.4, 5), vec![4.0, 6.0, 8.0]);
         assert_eq!(nice_ticks(0.01, 0.045, 4), vec![0.01, 0.02, 0.03, 0.04]);
         assert!(nice_ticks(1.0, 1.0, 5).is_empty());
     }
@@ -255,7 +265,9 @@ mod tests {
     #[test]
     fn labels_drop_float_noise() {
         assert_eq!(label(0.1 + 0.2), "0.3");
-        assert_eq!(label(1e6), "1000000");
+        assert_eq!(label(1e6), "1M");
+        assert_eq!(label(25_000.0), "25k");
+        assert_eq!(label(9_000.0), "9000");
         assert_eq!(label(-0.0), "0");
     }
 
@@ -276,6 +288,24 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("BpB &lt;falling&gt;"));
         assert!(svg.contains(">validation</text>"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+    }
+
+    #[test]
+    fn a_non_finite_point_breaks_the_line() {
+        let chart = Chart {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![Series {
+                name: "gappy".into(),
+                points: vec![(1.0, 1.0), (2.0, 2.0), (3.0, f64::NAN), (9.0, 3.0)],
+                dashed: false,
+            }],
+            log_y: false,
+        };
+        let svg = chart.to_svg();
+        assert_eq!(svg.matches("<polyline").count(), 2);
         assert_eq!(svg.matches("<circle").count(), 3);
     }
 
