@@ -139,7 +139,7 @@ fn localnet_config(preset: Preset, manifest: &Manifest, blocks_per_window: u64) 
     // At this scale an honest update's own-data advantage is below measurement noise (see
     // docs/localnet.md): miners start trusted and a run of −1 indicators takes it away.
     config.gauntlet.binary_ma_initial = 1.0;
-    config.gauntlet.binary_ma_alpha = 0.2;
+    config.gauntlet.binary_ma_alpha = 0.1;
     config.gauntlet.windows_per_weights = 1;
     config.gauntlet.validation_samples = 32;
     config.checkpoints.every = 5;
