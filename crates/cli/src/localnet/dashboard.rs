@@ -16,7 +16,7 @@ use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Paragraph, Row, T
 use templar_node::Role;
 use templar_node::events::{Event, Phase};
 
-use super::history::{EventLine, History, human_bytes};
+use super::history::{EventLine, History, human_bytes, window_of};
 
 /// Everything a frame shows.
 pub struct Snapshot<'a> {
@@ -334,19 +334,7 @@ pub fn plain_line(line: &EventLine) -> Option<String> {
         | Event::Scores { .. }
         | Event::ManifestPublished { .. } => return None,
     };
-    let window = match &line.event {
-        Event::CaughtUp { to, .. } => *to,
-        Event::Started { window, .. }
-        | Event::Trained { window, .. }
-        | Event::Uploaded { window, .. }
-        | Event::Skipped { window, .. }
-        | Event::Gathered { window, .. }
-        | Event::WeightsSet { window, .. }
-        | Event::Validation { window, .. }
-        | Event::CheckpointPublished { window }
-        | Event::OutOfSync { window, .. } => *window,
-        _ => return None,
-    };
+    let window = window_of(&line.event);
     Some(format!("[window {window}] {}: {text}", line.node))
 }
 

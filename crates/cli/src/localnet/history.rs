@@ -75,9 +75,8 @@ impl History {
     pub fn apply(&mut self, line: &EventLine) {
         let status = self.nodes.entry(line.node.clone()).or_default();
         status.updated_ms = line.at_ms;
-        if let Some(window) = window_of(&line.event) {
-            status.window = Some(status.window.map_or(window, |w| w.max(window)));
-        }
+        let window = window_of(&line.event);
+        status.window = Some(status.window.map_or(window, |w| w.max(window)));
         let role = status.role;
         let uid = status.uid;
         match &line.event {
@@ -250,7 +249,8 @@ impl History {
     }
 }
 
-fn window_of(event: &Event) -> Option<u64> {
+/// The window an event is about (for a catch-up, the window it reached).
+pub fn window_of(event: &Event) -> u64 {
     match event {
         Event::Started { window, .. }
         | Event::Phase { window, .. }
@@ -265,8 +265,8 @@ fn window_of(event: &Event) -> Option<u64> {
         | Event::Validation { window, .. }
         | Event::ManifestPublished { window }
         | Event::CheckpointPublished { window }
-        | Event::OutOfSync { window, .. } => Some(*window),
-        Event::CaughtUp { to, .. } => Some(*to),
+        | Event::OutOfSync { window, .. } => *window,
+        Event::CaughtUp { to, .. } => *to,
     }
 }
 
