@@ -217,15 +217,27 @@ struct Watch<'a> {
     started_ms: u64,
 }
 
+/// What the watch loop keeps between ticks.
+#[derive(Default)]
+struct Progress {
+    history: History,
+    exits: BTreeMap<String, Option<i32>>,
+    incentives: BTreeMap<u16, f64>,
+    stops_handled: usize,
+    /// When nodes asked to stop are killed.
+    deadline: Option<Instant>,
+    last_chain_read: Option<Instant>,
+}
+
 impl Watch<'_> {
     /// Follows the nodes until all have exited; returns what they reported and whether the
     /// user stopped them.
     fn run(&self, fleet: &mut Fleet, live: bool) -> Result<(History, bool)> {
-        let stops = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
+        let stops = Arc::new(AtomicUsize::new(0));
         let counter = stops.clone();
         runtime.spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
@@ -237,7 +249,6 @@ impl Watch<'_> {
             .iter()
             .map(|n| EventFile::new(self.layout.events(n)))
             .collect();
-        let mut history = History::default();
         let mut dashboard = if live {
             Some(Dashboard::start()?)
         } else {
@@ -247,50 +258,15 @@ impl Watch<'_> {
             self.announce();
         }
         let started = Instant::now();
-        let mut handled_stops = 0;
-        let mut deadline: Option<Instant> = None;
-        let mut incentives = BTreeMap::new();
-        let mut exits = BTreeMap::new();
-        let mut last_chain_read = Instant::now() - Duration::from_secs(60);
+        let mut progress = Progress::default();
         loop {
             if let Some(dashboard) = &dashboard
                 && dashboard.stop_pressed()?
             {
                 stops.fetch_add(1, Ordering::SeqCst);
             }
-            let requested = stops.load(Ordering::SeqCst);
-            if requested > handled_stops {
-                handled_stops = requested;
-                fleet.interrupt();
-                if deadline.is_none() {
-                    let window_ms =
-                        self.clock.blocks_per_window() * self.chain.genesis().block_time_ms;
-                    let grace =
-                        Duration::from_millis(2 * window_ms + self.config.window.upload_grace_ms)
-                            + Duration::from_secs(30);
-                    deadline = Some(Instant::now() + grace);
-                    if !live {
-                        eprintln!(
-                            "stopping: each node finishes its window (Ctrl-C again to abandon it)"
-                        );
-                    }
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                fleet.kill();
-            }
-            for name in fleet.poll() {
-                if let Some(member) = fleet.members.iter().find(|m| m.name == name) {
-                    let code = member.exit.and_then(|s| s.code());
-                    if !live && code != Some(0) {
-                        eprintln!(
-                            "{name} exited with {code:?}; its log: {}",
-                            member.log.display()
-                        );
-                    }
-                    exits.insert(name, code);
-                }
-            }
+            self.handle_stops(stops.load(Ordering::SeqCst), &mut progress, fleet, live);
+            reap(fleet, &mut progress.exits, live);
             for file in &mut files {
                 for line in file.read_new()? {
                     if !live
@@ -299,42 +275,78 @@ impl Watch<'_> {
                     {
                         println!("{text}");
                     }
-                    history.apply(&line);
+                    progress.history.apply(&line);
                 }
             }
             if fleet.running() == 0 {
                 break;
             }
-            if last_chain_read.elapsed() > Duration::from_secs(2) {
-                last_chain_read = Instant::now();
-                if let Ok(metagraph) = self.chain.metagraph_now() {
-                    incentives = metagraph
-                        .neurons
-                        .iter()
-                        .map(|n| (n.uid, n.incentive))
-                        .collect();
-                }
-            }
+            self.refresh_incentives(&mut progress);
             if let Some(dashboard) = &mut dashboard {
                 let block = self.chain.block_now().number;
                 dashboard.draw(&Snapshot {
                     dir: &self.layout.dir,
-                    history: &history,
+                    history: &progress.history,
                     names: &self.names,
-                    exits: &exits,
+                    exits: &progress.exits,
                     block,
                     window: self.clock.window_of(block),
                     blocks_per_window: self.clock.blocks_per_window(),
                     until: self.until,
                     elapsed: started.elapsed(),
-                    stopping: handled_stops > 0,
-                    incentives: &incentives,
+                    stopping: progress.stops_handled > 0,
+                    incentives: &progress.incentives,
                 })?;
             }
             std::thread::sleep(TICK);
         }
         drop(dashboard);
-        Ok((history, handled_stops > 0))
+        Ok((progress.history, progress.stops_handled > 0))
+    }
+
+    /// Forwards each new stop request to the nodes; kills them once the deadline passes.
+    fn handle_stops(
+        &self,
+        requested: usize,
+        progress: &mut Progress,
+        fleet: &mut Fleet,
+        live: bool,
+    ) {
+        if requested > progress.stops_handled {
+            progress.stops_handled = requested;
+            fleet.interrupt();
+            if progress.deadline.is_none() {
+                let window_ms = self.clock.blocks_per_window() * self.chain.genesis().block_time_ms;
+                let grace =
+                    Duration::from_millis(2 * window_ms + self.config.window.upload_grace_ms);
+                progress.deadline = Some(Instant::now() + grace + Duration::from_secs(30));
+                if !live {
+                    eprintln!(
+                        "stopping: each node finishes its window (Ctrl-C again to abandon it)"
+                    );
+                }
+            }
+        }
+        if progress.deadline.is_some_and(|d| Instant::now() > d) {
+            fleet.kill();
+        }
+    }
+
+    fn refresh_incentives(&self, progress: &mut Progress) {
+        if progress
+            .last_chain_read
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        progress.last_chain_read = Some(Instant::now());
+        if let Ok(metagraph) = self.chain.metagraph_now() {
+            progress.incentives = metagraph
+                .neurons
+                .iter()
+                .map(|n| (n.uid, n.incentive))
+                .collect();
+        }
     }
 
     fn announce(&self) {
@@ -348,6 +360,22 @@ impl Watch<'_> {
             self.names.len(),
             self.layout.dir.join("logs").display()
         );
+    }
+}
+
+/// Records nodes that exited since the last tick (and, in plain mode, says which failed).
+fn reap(fleet: &mut Fleet, exits: &mut BTreeMap<String, Option<i32>>, live: bool) {
+    for name in fleet.poll() {
+        if let Some(member) = fleet.members.iter().find(|m| m.name == name) {
+            let code = member.exit.and_then(|s| s.code());
+            if !live && code != Some(0) {
+                eprintln!(
+                    "{name} exited with {code:?}; its log: {}",
+                    member.log.display()
+                );
+            }
+            exits.insert(name, code);
+        }
     }
 }
 
