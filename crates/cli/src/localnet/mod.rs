@@ -63,15 +63,29 @@ pub struct LocalnetArgs {
     /// Plain log lines instead of the dashboard, even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Only rebuild the report from what the folder holds (for example after the orchestrator
+    /// was killed); starts no nodes.
+    #[arg(long)]
+    report_only: bool,
 }
 
 pub fn run(args: LocalnetArgs) -> Result<()> {
     check_args(&args)?;
+    if args.report_only && !args.dir.join("network.toml").exists() {
+        bail!(
+            "{} holds no localnet (no network.toml): run `templar localnet --dir {}` first",
+            args.dir.display(),
+            args.dir.display()
+        );
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let layout = Layout { dir: dir.clone() };
     let _lock = lock(&dir)?;
+    if args.report_only {
+        return report_only(&layout);
+    }
     let members = setup::members(args.validators, args.miners);
     let new = NewNetwork {
         preset: args.preset.clone(),
@@ -381,7 +395,7 @@ fn reap(fleet: &mut Fleet, exits: &mut BTreeMap<String, Option<i32>>, live: bool
 
 fn finish(
     watch: &Watch,
-    mut history: History,
+    history: History,
     fleet: &Fleet,
     first_window: u64,
     interrupted: bool,
@@ -403,21 +417,7 @@ fn finish(
             exits: exits.clone(),
         },
     )?;
-    let nodes = node_entries(watch, members)?;
-    let runs = report::read_runs(&watch.layout.runs())?;
-    let report = report::build(&mut history, watch.config, watch.chain, nodes, runs)?;
-    report::write(&report, &watch.layout.dir)?;
-    let bpb = history.bits_per_byte();
-    if let (Some(first), Some(last)) = (bpb.first(), bpb.last()) {
-        println!(
-            "validation bits per byte: {:.3} (window {}) → {:.3} (window {})",
-            first.1, first.0, last.1, last.0
-        );
-    }
-    println!(
-        "report: {} (data in report.json)",
-        watch.layout.dir.join("report.html").display()
-    );
+    write_report(watch.layout, watch.config, watch.chain, history, members)?;
     let failed: Vec<String> = fleet
         .members
         .iter()
@@ -437,9 +437,73 @@ fn finish(
     Ok(())
 }
 
-fn node_entries(watch: &Watch, members: &[Member]) -> Result<Vec<NodeEntry>> {
-    let metagraph = watch.chain.metagraph_now()?;
-    let wallet = Wallet::new(watch.layout.wallets(), WALLET);
+/// Writes the report of everything the nodes reported so far and prints where it is.
+fn write_report(
+    layout: &Layout,
+    config: &NetworkConfig,
+    chain: &LocalChain,
+    mut history: History,
+    members: &[Member],
+) -> Result<()> {
+    let nodes = node_entries(layout, chain, members)?;
+    let runs = report::read_runs(&layout.runs())?;
+    let report = report::build(&mut history, config, chain, nodes, runs)?;
+    report::write(&report, &layout.dir)?;
+    let bpb = history.bits_per_byte();
+    if let (Some(first), Some(last)) = (bpb.first(), bpb.last()) {
+        println!(
+            "validation bits per byte: {:.3} (window {}) → {:.3} (window {})",
+            first.1, first.0, last.1, last.0
+        );
+    }
+    println!(
+        "report: {} (data in report.json)",
+        layout.dir.join("report.html").display()
+    );
+    Ok(())
+}
+
+/// `--report-only`: the report from the folder's event files, without starting nodes.
+fn report_only(layout: &Layout) -> Result<()> {
+    let config = NetworkConfig::load(&layout.config())?;
+    let chain = LocalChain::open(&layout.chain())?;
+    let members = members_with_events(layout)?;
+    let mut history = History::default();
+    for member in &members {
+        for line in EventFile::new(layout.events(&member.name())).read_new()? {
+            history.apply(&line);
+        }
+    }
+    write_report(layout, &config, &chain, history, &members)
+}
+
+/// The nodes that left an events file (`validator-v1.jsonl`, `miner-m2.jsonl`, …).
+fn members_with_events(layout: &Layout) -> Result<Vec<Member>> {
+    let dir = layout.dir.join("events");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut members = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let role = match stem.split_once('-') {
+            Some(("validator", hotkey)) => (Role::Validator, hotkey),
+            Some(("miner", hotkey)) => (Role::Miner, hotkey),
+            _ => continue,
+        };
+        members.push(Member {
+            role: role.0,
+            hotkey: role.1.to_string(),
+        });
+    }
+    members.sort_by_key(|m| (m.role == Role::Miner, m.hotkey.clone()));
+    Ok(members)
+}
+
+fn node_entries(layout: &Layout, chain: &LocalChain, members: &[Member]) -> Result<Vec<NodeEntry>> {
+    let metagraph = chain.metagraph_now()?;
+    let wallet = Wallet::new(layout.wallets(), WALLET);
     let mut entries = Vec::new();
     for member in members {
         let hotkey = wallet.hotkey(&member.hotkey)?.account();
