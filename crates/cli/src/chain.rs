@@ -188,11 +188,7 @@ fn init(args: InitArgs) -> Result<()> {
 /// A node's commitment as "role url" (read credentials are not shown), else text or hex.
 fn commitment_text(data: &[u8]) -> String {
     if let Ok(commitment) = templar_node::Commitment::decode(data) {
-        let role = match commitment.role {
-            templar_node::Role::Miner => "miner",
-            templar_node::Role::Validator => "validator",
-        };
-        return format!("{role} {}", commitment.url);
+        return format!("{} {}", commitment.role.name(), commitment.url);
     }
     match std::str::from_utf8(data) {
         Ok(text) if !text.chars().any(char::is_control) => text.to_string(),

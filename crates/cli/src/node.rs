@@ -178,7 +178,7 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     };
     let store = Store::open(&store_config)?;
     let data = Data::open(&args.data_dir, &config)?;
-    let name = format!("{}-{}", role_name(role), args.wallet.hotkey);
+    let name = format!("{}-{}", role.name(), args.wallet.hotkey);
     let events = sink(&name, args.events.as_deref())?;
     let local = !args.storage.starts_with("s3://");
     let mut node = Node::new(config, chain, hotkey, 0, store, data, events, local)?;
@@ -212,7 +212,7 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
             }
         }
     });
-    tracing::info!(uid = node.uid, network = %node.network, "starting {}", role_name(role));
+    tracing::info!(uid = node.uid, network = %node.network, "starting {}", role.name());
     node.events.emit(Event::Started {
         role,
         uid: node.uid,
@@ -223,13 +223,6 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,
     }
     Ok(())
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Miner => "miner",
-        Role::Validator => "validator",
-    }
 }
 
 /// Events go to the log, and as JSON lines to `path` when given.

@@ -28,6 +28,16 @@ pub enum Role {
     Validator = 2,
 }
 
+impl Role {
+    /// `miner` or `validator`: the subcommand, and the first part of a node's event name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Miner => "miner",
+            Role::Validator => "validator",
+        }
+    }
+}
+
 /// A node's published storage location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commitment {

@@ -183,14 +183,10 @@ fn node_args(
     until: Option<u64>,
     nodes: usize,
 ) -> Vec<OsString> {
-    let role = match member.role {
-        Role::Miner => "miner",
-        Role::Validator => "validator",
-    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / nodes).max(1);
     let mut args: Vec<OsString> = vec![
-        role.into(),
+        member.role.name().into(),
         "--config".into(),
         layout.config().into(),
         "--wallets-dir".into(),
@@ -515,10 +511,7 @@ fn node_entries(layout: &Layout, chain: &LocalChain, members: &[Member]) -> Resu
         };
         entries.push(NodeEntry {
             name: member.name(),
-            role: match member.role {
-                Role::Miner => "miner".into(),
-                Role::Validator => "validator".into(),
-            },
+            role: member.role.name().into(),
             uid: neuron.uid,
             hotkey: hotkey.to_string(),
             incentive: neuron.incentive,

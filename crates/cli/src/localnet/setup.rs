@@ -62,11 +62,7 @@ pub struct Member {
 impl Member {
     /// The name the node reports its events under (as `templar miner|validator` names it).
     pub fn name(&self) -> String {
-        let role = match self.role {
-            Role::Miner => "miner",
-            Role::Validator => "validator",
-        };
-        format!("{role}-{}", self.hotkey)
+        format!("{}-{}", self.role.name(), self.hotkey)
     }
 }
 
