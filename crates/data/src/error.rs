@@ -8,6 +8,11 @@ pub enum DataError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(
+        "{dir} holds no prepared dataset (no manifest.json): prepare it with \
+         `templar data prepare --out {dir}`, or point at the folder that holds one"
+    )]
+    NotPrepared { dir: PathBuf },
     #[error("cannot load tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("tokenizer failed on a document: {reason}")]

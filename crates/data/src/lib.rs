@@ -10,7 +10,7 @@ mod shard;
 mod tokenizer;
 
 pub use error::DataError;
-pub use manifest::{MANIFEST_FILE, Manifest, ShardManifest, SplitManifest, TokenWidth};
+pub use manifest::{Manifest, ShardManifest, SplitManifest, TokenWidth};
 pub use prepare::{PrepareOptions, PrepareOutcome, prepare};
 pub use sampler::{DataReceipt, Sampler};
 pub use shard::{Dataset, Split, SplitReader};

@@ -84,7 +84,12 @@ pub struct ShardManifest {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self, DataError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DataError::NotPrepared {
+                dir: dir.to_path_buf(),
+            },
+            _ => DataError::io(&path, e),
+        })?;
         let manifest: Self = serde_json::from_str(&text).map_err(|e| DataError::BadManifest {
             path: path.clone(),
             reason: e.to_string(),

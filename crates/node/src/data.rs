@@ -21,14 +21,6 @@ pub struct Data {
 impl Data {
     /// Opens the prepared dataset in `dir` and checks it is the one the network agreed on.
     pub fn open(dir: &Path, config: &NetworkConfig) -> Result<Data, NodeError> {
-        if !dir.join(templar_data::MANIFEST_FILE).is_file() {
-            return Err(NodeError::Config(format!(
-                "{} holds no prepared dataset (no manifest.json): prepare the network's corpus \
-                 there with `templar data prepare --out {}`, or point --data-dir at the prepared one",
-                dir.display(),
-                dir.display()
-            )));
-        }
         let manifest = Manifest::read(dir)?;
         if manifest.content_hash != config.data.manifest_hash {
             return Err(NodeError::Config(format!(

@@ -199,20 +199,10 @@ impl<C: Chain> Validator<C> {
                 control: None,
             });
         }
-        Ok(judged
-            .iter()
-            .zip(evaluations)
-            .zip(controls)
-            .map(|((g, evaluation), control)| {
-                (
-                    g.uid,
-                    Evaluation {
-                        control,
-                        ..evaluation
-                    },
-                )
-            })
-            .collect())
+        for (evaluation, control) in evaluations.iter_mut().zip(controls) {
+            evaluation.control = control;
+        }
+        Ok(judged.iter().map(|g| g.uid).zip(evaluations).collect())
     }
 
     /// A set of samples and the current model's loss on it.
@@ -275,16 +265,16 @@ impl<C: Chain> Validator<C> {
             .copied()
             .filter(|g| chosen.contains(&g.uid))
             .collect();
-        for (gathered, evaluation) in self.evaluate(window, seed, &judged, &usable, &random)? {
+        for (uid, evaluation) in self.evaluate(window, seed, &judged, &usable, &random)? {
             self.node.events.emit(Event::Evaluated {
                 window,
-                miner: gathered,
+                miner: uid,
                 score: evaluation.score(),
                 indicator: evaluation.indicator(),
                 own_advantage: evaluation.own_advantage(),
                 control_advantage: evaluation.control_advantage(),
             });
-            input.evaluations.insert(gathered, evaluation);
+            input.evaluations.insert(uid, evaluation);
         }
         let uploads: Vec<Upload<'_>> = usable
             .iter()

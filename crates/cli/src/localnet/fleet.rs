@@ -16,6 +16,13 @@ pub struct Member {
     pub exit: Option<ExitStatus>,
 }
 
+impl Member {
+    /// The exit code once exited (`None` while running or when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.exit.and_then(|s| s.code())
+    }
+}
+
 #[derive(Default)]
 pub struct Fleet {
     pub members: Vec<Member>,
@@ -50,16 +57,18 @@ impl Fleet {
         Ok(())
     }
 
-    /// Records members that have exited since the last call and returns their names.
-    pub fn poll(&mut self) -> Vec<String> {
+    /// Records members that have exited since the last call and returns them.
+    pub fn poll(&mut self) -> Vec<&Member> {
         let mut exited = Vec::new();
-        for member in self.members.iter_mut().filter(|m| m.exit.is_none()) {
-            if let Ok(Some(status)) = member.child.try_wait() {
+        for (i, member) in self.members.iter_mut().enumerate() {
+            if member.exit.is_none()
+                && let Ok(Some(status)) = member.child.try_wait()
+            {
                 member.exit = Some(status);
-                exited.push(member.name.clone());
+                exited.push(i);
             }
         }
-        exited
+        exited.into_iter().map(|i| &self.members[i]).collect()
     }
 
     pub fn running(&self) -> usize {

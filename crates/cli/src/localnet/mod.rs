@@ -375,17 +375,16 @@ impl Watch<'_> {
 
 /// Records nodes that exited since the last tick (and, in plain mode, says which failed).
 fn reap(fleet: &mut Fleet, exits: &mut BTreeMap<String, Option<i32>>, live: bool) {
-    for name in fleet.poll() {
-        if let Some(member) = fleet.members.iter().find(|m| m.name == name) {
-            let code = member.exit.and_then(|s| s.code());
-            if !live && code != Some(0) {
-                eprintln!(
-                    "{name} exited with {code:?}; its log: {}",
-                    member.log.display()
-                );
-            }
-            exits.insert(name, code);
+    for member in fleet.poll() {
+        let code = member.code();
+        if !live && code != Some(0) {
+            eprintln!(
+                "{} exited with {code:?}; its log: {}",
+                member.name,
+                member.log.display()
+            );
         }
+        exits.insert(member.name.clone(), code);
     }
 }
 
@@ -400,7 +399,7 @@ fn finish(
     let exits: BTreeMap<String, Option<i32>> = fleet
         .members
         .iter()
-        .map(|m| (m.name.clone(), m.exit.and_then(|s| s.code())))
+        .map(|m| (m.name.clone(), m.code()))
         .collect();
     report::append_run(
         &watch.layout.runs(),
@@ -410,22 +409,15 @@ fn finish(
             first_window,
             until_window: watch.until,
             interrupted,
-            exits: exits.clone(),
+            exits,
         },
     )?;
     write_report(watch.layout, watch.config, watch.chain, history, members)?;
     let failed: Vec<String> = fleet
         .members
         .iter()
-        .filter(|m| exits.get(&m.name) != Some(&Some(0)))
-        .map(|m| {
-            format!(
-                "{} (exit {:?}, log {})",
-                m.name,
-                exits.get(&m.name).copied().flatten(),
-                m.log.display()
-            )
-        })
+        .filter(|m| m.code() != Some(0))
+        .map(|m| format!("{} (exit {:?}, log {})", m.name, m.code(), m.log.display()))
         .collect();
     if !failed.is_empty() {
         bail!("these nodes did not exit cleanly: {}", failed.join("; "));

@@ -233,19 +233,18 @@ fn register(
     coldkey: &Keypair,
 ) -> Result<()> {
     let wallet = Wallet::new(layout.wallets(), WALLET);
+    let metagraph = chain.metagraph_now()?;
     for member in members {
         let hotkey = wallet.hotkey(&member.hotkey)?.account();
-        let metagraph = chain.metagraph_now()?;
-        let uid = match metagraph.uid_of(&hotkey) {
-            Some(uid) => uid,
-            None => chain
-                .submit(coldkey, Call::BurnedRegister { hotkey })?
-                .with_context(|| format!("registering {}", member.hotkey))?,
+        let staked = match metagraph.uid_of(&hotkey) {
+            Some(uid) => metagraph.neuron(uid).is_some_and(|n| n.stake > 0),
+            None => {
+                chain
+                    .submit(coldkey, Call::BurnedRegister { hotkey })?
+                    .with_context(|| format!("registering {}", member.hotkey))?;
+                false
+            }
         };
-        let staked = chain
-            .metagraph_now()?
-            .neuron(uid)
-            .is_some_and(|n| n.stake > 0);
         if member.role == Role::Validator && !staked {
             chain.submit(
                 coldkey,
