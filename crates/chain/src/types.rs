@@ -43,6 +43,8 @@ pub struct Hyperparameters {
     pub emission_per_block: u64,
     /// `set_weights` calls must carry at least this version key.
     pub weights_version: u64,
+    /// Weights are committed as a hash and revealed an epoch later (Bittensor's commit-reveal).
+    pub commit_reveal_weights_enabled: bool,
 }
 
 impl Default for Hyperparameters {
@@ -60,6 +62,7 @@ impl Default for Hyperparameters {
             bonds_moving_average: 0.9,
             emission_per_block: RAO_PER_TAO,
             weights_version: 0,
+            commit_reveal_weights_enabled: false,
         }
     }
 }
@@ -168,6 +171,20 @@ pub enum ChainError {
     Database(String),
     #[error("chain state is corrupt: {0}")]
     Corrupt(String),
+    #[error("chain connection: {0}")]
+    Rpc(String),
+    #[error("the chain refused {call}: {error}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    Refused {
+        call: String,
+        error: String,
+        reason: String,
+    },
+    #[error("the chain's runtime does not support what templar needs: {0}")]
+    Unsupported(String),
+    #[error("could not read the chain's answer: {0}")]
+    Decode(String),
+    #[error("{chain} has no subnet {netuid}: check --netuid")]
+    NoSubnet { chain: String, netuid: u16 },
 }
 
 impl From<rusqlite::Error> for ChainError {

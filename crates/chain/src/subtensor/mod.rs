@@ -1,0 +1,631 @@
+//! Bittensor's chain (subtensor) behind the [`Chain`] trait.
+//!
+//! Everything goes through JSON-RPC with the runtime's metadata read at connect time and
+//! followed across runtime upgrades: calls and storage are dynamic, so a new runtime never
+//! breaks the build, and a changed type is an error that names it. The connection reconnects
+//! with exponential backoff; a request made while it is down waits for it.
+
+mod calls;
+pub mod dev;
+mod errors;
+mod neurons;
+mod reveal;
+mod values;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use subxt::backend::legacy::LegacyRpcMethods;
+use subxt::backend::rpc::RpcClient;
+use subxt::backend::rpc::reconnecting_rpc_client::{ExponentialBackoff, RpcClient as Reconnecting};
+use subxt::config::Header;
+use subxt::dynamic::Value;
+use subxt::ext::codec::Encode;
+use subxt::tx::{DynamicPayload, Signer, TxStatus};
+use subxt::utils::{AccountId32, H256, MultiSignature};
+use subxt::{OnlineClient, PolkadotConfig};
+use templar_protocol::keys::SUBSTRATE_CONTEXT;
+use templar_protocol::{AccountId, Keypair};
+use tokio::sync::Mutex;
+
+use crate::chain::{Chain, ChainResult};
+use crate::types::{BlockInfo, ChainError, Hyperparameters, MAX_COMMITMENT_LEN, Metagraph, Neuron};
+pub use calls::Reveal;
+use calls::{COMMITMENTS, SUBTENSOR};
+use errors::{refused, rpc};
+use reveal::RevealTiming;
+
+/// Bittensor mainnet.
+pub const FINNEY: &str = "wss://entrypoint-finney.opentensor.ai:443";
+/// Bittensor's public testnet.
+pub const TESTNET: &str = "wss://test.finney.opentensor.ai:443";
+/// A subtensor node (or chopsticks) on this machine.
+pub const LOCAL: &str = "ws://127.0.0.1:9944";
+
+/// The websocket URL for `finney`, `test`, `local` or a `ws://`/`wss://` URL; `None` otherwise.
+pub fn endpoint(name: &str) -> Option<String> {
+    match name {
+        "finney" => Some(FINNEY.into()),
+        "test" | "testnet" => Some(TESTNET.into()),
+        "local" => Some(LOCAL.into()),
+        url if url.starts_with("ws://") || url.starts_with("wss://") => Some(url.into()),
+        _ => None,
+    }
+}
+
+/// How long the first connection may take before `connect` gives up with an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reconnection attempts after a lost connection, ending at 30 s apart (about 15 minutes in
+/// all); after that requests fail and the node stops with the error.
+const RECONNECT_ATTEMPTS: usize = 40;
+/// Bittensor's block time, when the runtime does not say.
+const DEFAULT_BLOCK_TIME_MS: u64 = 12_000;
+
+/// A subnet on a subtensor chain.
+pub struct Subtensor {
+    url: String,
+    netuid: u16,
+    client: OnlineClient<PolkadotConfig>,
+    rpc: LegacyRpcMethods<PolkadotConfig>,
+    block_time_ms: u64,
+    /// Weights committed on a commit-reveal subnet and not yet revealed.
+    reveals: Mutex<Vec<Reveal>>,
+    updater: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subtensor {
+    fn drop(&mut self) {
+        self.updater.abort();
+    }
+}
+
+impl Subtensor {
+    /// Connects to the chain at `url` and checks that subnet `netuid` exists.
+    pub async fn connect(url: &str, netuid: u16) -> ChainResult<Subtensor> {
+        let backoff = ExponentialBackoff::from_millis(250)
+            .max_delay(Duration::from_secs(30))
+            .take(RECONNECT_ATTEMPTS);
+        let connecting = Reconnecting::builder()
+            .retry_policy(backoff)
+            .request_timeout(Duration::from_secs(120))
+            .build(url);
+        let reconnecting = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                ChainError::Rpc(format!(
+                    "no answer from {url} within {} s: is the node running and the URL right?",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| ChainError::Rpc(format!("cannot connect to {url}: {e}")))?;
+        let rpc_client = RpcClient::new(reconnecting);
+        let client = OnlineClient::<PolkadotConfig>::from_rpc_client(rpc_client.clone())
+            .await
+            .map_err(|e| rpc(url, e))?;
+        let updater = client.updater();
+        let updater = tokio::spawn(async move {
+            if let Err(error) = updater.perform_runtime_updates().await {
+                tracing::warn!(%error, "stopped following runtime upgrades");
+            }
+        });
+        let block_time_ms = block_time_ms(&client);
+        let chain = Subtensor {
+            url: url.to_string(),
+            netuid,
+            rpc: LegacyRpcMethods::new(rpc_client),
+            client,
+            block_time_ms,
+            reveals: Mutex::new(Vec::new()),
+            updater,
+        };
+        let (_, head) = chain.head().await?;
+        if !chain.read_bool(head, SUBTENSOR, "NetworksAdded").await? {
+            return Err(ChainError::NoSubnet {
+                chain: url.to_string(),
+                netuid,
+            });
+        }
+        Ok(chain)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The best block's number and hash.
+    async fn head(&self) -> ChainResult<(u64, H256)> {
+        let header = self
+            .rpc
+            .chain_get_header(None)
+            .await
+            .map_err(|e| rpc(&self.url, e))?
+            .ok_or_else(|| ChainError::Rpc(format!("{} has no best block", self.url)))?;
+        let hash = header.hash_with(self.client.hasher());
+        Ok((header.number().into(), hash))
+    }
+
+    async fn hash_of(&self, number: u64) -> ChainResult<H256> {
+        let block = u32::try_from(number).map_err(|_| ChainError::FutureBlock {
+            block: number,
+            head: u32::MAX.into(),
+        })?;
+        self.rpc
+            .chain_get_block_hash(Some(block.into()))
+            .await
+            .map_err(|e| rpc(&self.url, e))?
+            .ok_or_else(|| {
+                ChainError::Rpc(format!(
+                    "{} does not know block {number} (pruned?)",
+                    self.url
+                ))
+            })
+    }
+
+    /// A storage value of the subnet (keyed by netuid), or the type's default when unset.
+    async fn read(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<Value<u32>> {
+        self.read_keyed(at, pallet, entry, vec![Value::u128(self.netuid.into())])
+            .await
+    }
+
+    async fn read_keyed(
+        &self,
+        at: H256,
+        pallet: &str,
+        entry: &str,
+        keys: Vec<Value>,
+    ) -> ChainResult<Value<u32>> {
+        let address = subxt::dynamic::storage(pallet, entry, keys);
+        let decode =
+            |e: &dyn std::fmt::Display| ChainError::Decode(format!("{pallet}.{entry}: {e}"));
+        let thunk = self
+            .client
+            .storage()
+            .at(at)
+            .fetch_or_default(&address)
+            .await
+            .map_err(|e| decode(&e))?;
+        thunk.to_value().map_err(|e| decode(&e))
+    }
+
+    async fn read_number(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<u64> {
+        let value = self.read(at, pallet, entry).await?;
+        values::number(&value)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| ChainError::Decode(format!("{pallet}.{entry} is not a number: {value}")))
+    }
+
+    async fn read_bool(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<bool> {
+        let value = self.read(at, pallet, entry).await?;
+        values::boolean(&value)
+            .ok_or_else(|| ChainError::Decode(format!("{pallet}.{entry} is not a bool: {value}")))
+    }
+
+    async fn timestamp_at(&self, at: H256) -> ChainResult<u64> {
+        let value = self.read_keyed(at, "Timestamp", "Now", Vec::new()).await?;
+        values::number(&value)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| ChainError::Decode(format!("Timestamp.Now is not a number: {value}")))
+    }
+
+    /// Every `(key, value)` of a map under the subnet's netuid.
+    async fn iter_subnet(
+        &self,
+        at: H256,
+        pallet: &str,
+        entry: &str,
+    ) -> ChainResult<Vec<(Vec<u8>, Value<u32>)>> {
+        let address = subxt::dynamic::storage(pallet, entry, vec![Value::u128(self.netuid.into())]);
+        let decode =
+            |e: &dyn std::fmt::Display| ChainError::Decode(format!("{pallet}.{entry}: {e}"));
+        let mut stream = self
+            .client
+            .storage()
+            .at(at)
+            .iter(address)
+            .await
+            .map_err(|e| decode(&e))?;
+        let mut out = Vec::new();
+        while let Some(pair) = stream.next().await {
+            let pair = pair.map_err(|e| decode(&e))?;
+            out.push((
+                pair.key_bytes,
+                pair.value.to_value().map_err(|e| decode(&e))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Each hotkey's stake on this subnet (`TotalHotkeyAlpha`), on runtimes with per-subnet
+    /// stake; `None` on older ones, whose `NeuronInfoLite.stake` is the stake. (Some runtimes
+    /// of the transition still fill `NeuronInfoLite.stake` from the old, now empty, map.)
+    async fn subnet_stakes(
+        &self,
+        at: H256,
+        hotkeys: &[[u8; 32]],
+    ) -> ChainResult<Option<HashMap<[u8; 32], u64>>> {
+        let has_alpha = self
+            .client
+            .metadata()
+            .pallet_by_name(SUBTENSOR)
+            .and_then(|p| p.storage())
+            .is_some_and(|s| s.entry_by_name("TotalHotkeyAlpha").is_some());
+        if !has_alpha {
+            return Ok(None);
+        }
+        let reads = hotkeys.iter().map(|hotkey| async move {
+            let keys = vec![Value::from_bytes(hotkey), Value::u128(self.netuid.into())];
+            let value = self
+                .read_keyed(at, SUBTENSOR, "TotalHotkeyAlpha", keys)
+                .await?;
+            let stake = values::number(&value)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    ChainError::Decode(format!("TotalHotkeyAlpha is not a number: {value}"))
+                })?;
+            Ok::<_, ChainError>((*hotkey, stake))
+        });
+        let stakes = subxt::ext::futures::future::try_join_all(reads).await?;
+        Ok(Some(stakes.into_iter().collect()))
+    }
+
+    /// Signs `payload` with `key`, submits it, and waits until it is in a block; returns the
+    /// block's number. A refusal (from the pool or the runtime) is decoded into its reason.
+    async fn submit(&self, key: &Keypair, what: &str, payload: DynamicPayload) -> ChainResult<u64> {
+        let signer = KeySigner(key);
+        let mut progress = self
+            .client
+            .tx()
+            .sign_and_submit_then_watch_default(&payload, &signer)
+            .await
+            .map_err(|e| refused(what, &key.account(), e))?;
+        while let Some(status) = progress.next().await {
+            match status.map_err(|e| refused(what, &key.account(), e))? {
+                TxStatus::InBestBlock(in_block) | TxStatus::InFinalizedBlock(in_block) => {
+                    in_block
+                        .wait_for_success()
+                        .await
+                        .map_err(|e| refused(what, &key.account(), e))?;
+                    let header = self
+                        .rpc
+                        .chain_get_header(Some(in_block.block_hash()))
+                        .await
+                        .map_err(|e| rpc(&self.url, e))?;
+                    return Ok(header.map_or(0, |h| h.number().into()));
+                }
+                TxStatus::Error { message }
+                | TxStatus::Invalid { message }
+                | TxStatus::Dropped { message } => {
+                    return Err(ChainError::Refused {
+                        call: what.to_string(),
+                        error: "transaction not included".into(),
+                        reason: message,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(ChainError::Rpc(format!(
+            "{}: the status of {what} stopped arriving before it was included",
+            self.url
+        )))
+    }
+
+    fn metadata_call(
+        &self,
+        build: impl FnOnce(&subxt::Metadata) -> Result<DynamicPayload, String>,
+    ) -> ChainResult<DynamicPayload> {
+        build(&self.client.metadata()).map_err(ChainError::Unsupported)
+    }
+
+    /// Commit-reveal subnets: reveal what is due, then commit these weights.
+    async fn commit_weights(
+        &self,
+        hotkey: &Keypair,
+        uids: &[u16],
+        weights: &[u16],
+        version_key: u64,
+    ) -> ChainResult<()> {
+        let (head, at) = self.head().await?;
+        let timing = RevealTiming {
+            netuid: self.netuid,
+            tempo: self.read_number(at, SUBTENSOR, "Tempo").await?,
+            reveal_period: self
+                .read_number(at, SUBTENSOR, "RevealPeriodEpochs")
+                .await?,
+        };
+        let mut pending = self.reveals.lock().await;
+        let mut kept = Vec::new();
+        for reveal in pending.drain(..) {
+            if timing.is_expired(reveal.committed_at, head) {
+                tracing::warn!(
+                    committed_at = reveal.committed_at,
+                    "weights commit expired before it could be revealed"
+                );
+            } else if !timing.is_due(reveal.committed_at, head) {
+                kept.push(reveal);
+            } else {
+                let payload =
+                    self.metadata_call(|m| calls::reveal_weights(m, &reveal, self.netuid))?;
+                match self.submit(hotkey, "reveal_weights", payload).await {
+                    Ok(block) => tracing::info!(
+                        block,
+                        committed_at = reveal.committed_at,
+                        "revealed weights"
+                    ),
+                    Err(error) => tracing::warn!(%error, "revealing weights"),
+                }
+            }
+        }
+        let mut reveal = Reveal {
+            uids: uids.to_vec(),
+            weights: weights.to_vec(),
+            salt: reveal::salt(),
+            version_key,
+            committed_at: 0,
+        };
+        let hash = reveal.commit_hash(hotkey.account().as_bytes(), self.netuid);
+        let payload = self.metadata_call(|m| calls::commit_weights(m, self.netuid, hash))?;
+        reveal.committed_at = self.submit(hotkey, "commit_weights", payload).await?;
+        kept.push(reveal);
+        *pending = kept;
+        Ok(())
+    }
+}
+
+/// The block time from the runtime's constants (Aura's slot duration, or twice Timestamp's
+/// minimum period).
+fn block_time_ms(client: &OnlineClient<PolkadotConfig>) -> u64 {
+    let constant = |pallet: &str, name: &str| {
+        client
+            .constants()
+            .at(&subxt::dynamic::constant(pallet, name))
+            .ok()
+            .and_then(|thunk| thunk.to_value().ok())
+            .and_then(|value| values::number(&value))
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|&n| n > 0)
+    };
+    constant("Aura", "SlotDuration")
+        .or_else(|| constant("Timestamp", "MinimumPeriod").map(|p| 2 * p))
+        .unwrap_or(DEFAULT_BLOCK_TIME_MS)
+}
+
+/// A templar key signing extrinsics the way a Substrate sr25519 signer does.
+struct KeySigner<'a>(&'a Keypair);
+
+impl Signer<PolkadotConfig> for KeySigner<'_> {
+    fn account_id(&self) -> AccountId32 {
+        AccountId32(self.0.account().0)
+    }
+
+    fn sign(&self, payload: &[u8]) -> MultiSignature {
+        MultiSignature::Sr25519(self.0.sign(SUBSTRATE_CONTEXT, payload).0)
+    }
+}
+
+fn fraction(part: u16) -> f64 {
+    f64::from(part) / f64::from(u16::MAX)
+}
+
+impl Chain for Subtensor {
+    fn netuid(&self) -> u16 {
+        self.netuid
+    }
+
+    async fn block(&self) -> ChainResult<BlockInfo> {
+        let (number, hash) = self.head().await?;
+        Ok(BlockInfo {
+            number,
+            timestamp_ms: self.timestamp_at(hash).await?,
+        })
+    }
+
+    async fn block_timestamp(&self, number: u64) -> ChainResult<u64> {
+        let (head, hash) = self.head().await?;
+        if number > head {
+            // Future blocks: the head's time plus one block time per block to come.
+            let now = self.timestamp_at(hash).await?;
+            return Ok(now + (number - head) * self.block_time_ms);
+        }
+        self.timestamp_at(self.hash_of(number).await?).await
+    }
+
+    async fn wait_for_block(&self, number: u64) -> ChainResult<BlockInfo> {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let head = self.block().await?;
+            if head.number >= number {
+                return Ok(head);
+            }
+            match self.client.blocks().subscribe_best().await {
+                Ok(mut blocks) => {
+                    while let Some(block) = blocks.next().await {
+                        match block {
+                            Ok(block) if u64::from(block.number()) >= number => {
+                                return self.block().await;
+                            }
+                            Ok(_) => backoff = Duration::from_millis(500),
+                            Err(error) => {
+                                tracing::warn!(%error, "block subscription interrupted; resubscribing");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "subscribing to blocks"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn hyperparameters(&self) -> ChainResult<Hyperparameters> {
+        let (_, at) = self.head().await?;
+        let number = |entry: &'static str| self.read_number(at, SUBTENSOR, entry);
+        let kappa = number("Kappa").await?;
+        let bonds = number("BondsMovingAverage").await?;
+        Ok(Hyperparameters {
+            tempo: number("Tempo").await?,
+            weights_rate_limit: number("WeightsSetRateLimit").await?,
+            activity_cutoff: number("ActivityCutoff").await?,
+            max_uids: u16::try_from(number("MaxAllowedUids").await?).unwrap_or(u16::MAX),
+            max_validators: u16::try_from(number("MaxAllowedValidators").await?)
+                .unwrap_or(u16::MAX),
+            min_validator_stake: self
+                .read_keyed(at, SUBTENSOR, "StakeThreshold", Vec::new())
+                .await
+                .ok()
+                .and_then(|v| values::number(&v))
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            burn: number("Burn").await?,
+            immunity_period: number("ImmunityPeriod").await?,
+            kappa: kappa as f64 / f64::from(u16::MAX),
+            // Subtensor stores the bonds moving average in millionths.
+            bonds_moving_average: bonds as f64 / 1e6,
+            emission_per_block: self
+                .read_keyed(at, SUBTENSOR, "BlockEmission", Vec::new())
+                .await
+                .ok()
+                .and_then(|v| values::number(&v))
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            weights_version: number("WeightsVersionKey").await?,
+            commit_reveal_weights_enabled: self
+                .read_bool(at, SUBTENSOR, "CommitRevealWeightsEnabled")
+                .await?,
+        })
+    }
+
+    async fn metagraph(&self) -> ChainResult<Metagraph> {
+        let (head, _) = self.head().await?;
+        self.metagraph_at(head).await
+    }
+
+    async fn metagraph_at(&self, block: u64) -> ChainResult<Metagraph> {
+        let (head, _) = self.head().await?;
+        if block > head {
+            return Err(ChainError::FutureBlock { block, head });
+        }
+        let at = self.hash_of(block).await?;
+        let raw = self
+            .client
+            .runtime_api()
+            .at(at)
+            .call_raw(
+                &format!("{}_{}", neurons::NEURON_API, neurons::NEURONS_LITE),
+                Some(&self.netuid.encode()),
+            )
+            .await
+            .map_err(|e| rpc(&self.url, e))?;
+        let rows =
+            neurons::decode_neurons(&self.client.metadata(), &raw).map_err(ChainError::Decode)?;
+        // Keys end with the raw account (Twox64Concat) or the raw uid (Identity).
+        let mut commitments = HashMap::new();
+        for (key, value) in self.iter_subnet(at, COMMITMENTS, "CommitmentOf").await? {
+            if let (Some(account), Some(bytes)) =
+                (key.last_chunk::<32>(), neurons::commitment_bytes(&value))
+            {
+                commitments.insert(*account, bytes);
+            }
+        }
+        let mut registered = HashMap::new();
+        for (key, value) in self
+            .iter_subnet(at, SUBTENSOR, "BlockAtRegistration")
+            .await?
+        {
+            if let (Some(uid), Some(block)) = (key.last_chunk::<2>(), values::number(&value)) {
+                registered.insert(u16::from_le_bytes(*uid), u64::try_from(block).unwrap_or(0));
+            }
+        }
+        let hotkeys: Vec<[u8; 32]> = rows.iter().map(|row| row.hotkey).collect();
+        let stakes = self.subnet_stakes(at, &hotkeys).await?;
+        let mut neurons: Vec<Neuron> = rows
+            .into_iter()
+            .map(|row| Neuron {
+                uid: row.uid,
+                hotkey: AccountId(row.hotkey),
+                coldkey: AccountId(row.coldkey),
+                stake: stakes
+                    .as_ref()
+                    .and_then(|s| s.get(&row.hotkey).copied())
+                    .unwrap_or(row.stake),
+                validator_permit: row.validator_permit,
+                rank: fraction(row.rank),
+                trust: fraction(row.trust),
+                consensus: fraction(row.consensus),
+                incentive: fraction(row.incentive),
+                dividends: fraction(row.dividends),
+                validator_trust: fraction(row.validator_trust),
+                emission: row.emission,
+                registered_at: registered.get(&row.uid).copied().unwrap_or(0),
+                last_update: row.last_update,
+                commitment: commitments.remove(&row.hotkey),
+            })
+            .collect();
+        neurons.sort_by_key(|n| n.uid);
+        Ok(Metagraph {
+            netuid: self.netuid,
+            block,
+            neurons,
+        })
+    }
+
+    async fn register(&self, coldkey: &Keypair, hotkey: &AccountId) -> ChainResult<u16> {
+        if let Some(uid) = self.metagraph().await?.uid_of(hotkey) {
+            return Err(ChainError::AlreadyRegistered(*hotkey, uid));
+        }
+        let payload = self.metadata_call(|m| calls::burned_register(m, self.netuid, hotkey.0))?;
+        self.submit(coldkey, "burned_register", payload).await?;
+        self.metagraph()
+            .await?
+            .uid_of(hotkey)
+            .ok_or(ChainError::NotRegistered(*hotkey))
+    }
+
+    async fn add_stake(&self, coldkey: &Keypair, hotkey: &AccountId, rao: u64) -> ChainResult<()> {
+        if rao == 0 {
+            return Err(ChainError::ZeroAmount);
+        }
+        let payload = self.metadata_call(|m| calls::add_stake(m, self.netuid, hotkey.0, rao))?;
+        self.submit(coldkey, "add_stake", payload).await.map(drop)
+    }
+
+    async fn commit(&self, hotkey: &Keypair, data: &[u8]) -> ChainResult<()> {
+        if data.len() > MAX_COMMITMENT_LEN {
+            return Err(ChainError::CommitmentTooLong(data.len()));
+        }
+        let payload = self.metadata_call(|m| calls::set_commitment(m, self.netuid, data))?;
+        self.submit(hotkey, "set_commitment", payload)
+            .await
+            .map(drop)
+    }
+
+    async fn set_weights(
+        &self,
+        hotkey: &Keypair,
+        uids: &[u16],
+        weights: &[u16],
+        version_key: u64,
+    ) -> ChainResult<()> {
+        if uids.len() != weights.len() {
+            return Err(ChainError::BadWeights(format!(
+                "{} uids but {} weights",
+                uids.len(),
+                weights.len()
+            )));
+        }
+        let (_, at) = self.head().await?;
+        if self
+            .read_bool(at, SUBTENSOR, "CommitRevealWeightsEnabled")
+            .await?
+        {
+            return self
+                .commit_weights(hotkey, uids, weights, version_key)
+                .await;
+        }
+        let payload =
+            self.metadata_call(|m| calls::set_weights(m, self.netuid, uids, weights, version_key))?;
+        self.submit(hotkey, "set_weights", payload).await.map(drop)
+    }
+}

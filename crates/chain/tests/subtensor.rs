@@ -1,0 +1,223 @@
+//! The subtensor backend against a real subtensor runtime (`raonet.json`, spec 218), executed
+//! offline by chopsticks: register, stake, commit, set weights directly and by commit-reveal,
+//! and read it all back through the metagraph.
+//!
+//! Needs chopsticks, which `scripts/setup` installs from npm. When npm cannot reach it,
+//! `scripts/test` skips this binary and says so; run directly, it fails naming the fix.
+
+mod chopsticks;
+
+use chopsticks::Chopsticks;
+use templar_chain::subtensor::dev::DevRpc;
+use templar_chain::{Chain, ChainError, RAO_PER_TAO, Subtensor};
+use templar_protocol::Keypair;
+
+/// The subnet `raonet.json` creates at genesis, with one neuron.
+const NETUID: u16 = 1;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chopsticks_register_commit_stake_and_set_weights() {
+    let node = Chopsticks::start();
+    let chain = Subtensor::connect(&node.url, NETUID)
+        .await
+        .expect("connect");
+    let dev = DevRpc::connect(&node.url).await.expect("dev rpc");
+
+    let missing = Subtensor::connect(&node.url, 9)
+        .await
+        .err()
+        .expect("no subnet 9");
+    assert!(
+        matches!(missing, ChainError::NoSubnet { netuid: 9, .. }),
+        "{missing}"
+    );
+
+    let genesis = chain.metagraph().await.expect("metagraph");
+    assert_eq!(genesis.neurons.len(), 1, "raonet starts with one neuron");
+    let before_registration = genesis.block;
+
+    let coldkey = Keypair::generate();
+    let hotkey = Keypair::generate();
+    let poor = chain
+        .register(&coldkey, &hotkey.account())
+        .await
+        .expect_err("no balance");
+    assert!(poor.to_string().contains("burned_register"), "{poor}");
+    dev.fund(&coldkey.account(), 1_000 * RAO_PER_TAO)
+        .await
+        .expect("fund");
+
+    let uid = chain
+        .register(&coldkey, &hotkey.account())
+        .await
+        .expect("register");
+    assert_eq!(uid, 1);
+    let again = chain
+        .register(&coldkey, &hotkey.account())
+        .await
+        .expect_err("twice");
+    assert!(
+        matches!(again, ChainError::AlreadyRegistered(_, 1)),
+        "{again}"
+    );
+    let metagraph = chain.metagraph().await.expect("metagraph");
+    let neuron = metagraph.neuron(uid).expect("registered neuron");
+    assert_eq!(neuron.hotkey, hotkey.account());
+    assert_eq!(neuron.coldkey, coldkey.account());
+    assert!(neuron.registered_at > before_registration);
+    // The past stays as it was: the peer set of an old window must not change.
+    let then = chain
+        .metagraph_at(before_registration)
+        .await
+        .expect("history");
+    assert_eq!(then.neurons.len(), 1);
+
+    // raonet's subnet pool holds almost no alpha, which would make alpha cost nearly all the
+    // TAO there is: give it a 1:1 price so that stake buys a visible amount.
+    dev.set_subnet_value(
+        NETUID,
+        "SubnetAlphaIn",
+        serde_json::json!(11_000_000_000u64),
+    )
+    .await
+    .expect("pool");
+    chain
+        .add_stake(&coldkey, &hotkey.account(), 10 * RAO_PER_TAO)
+        .await
+        .expect("stake");
+    let staked = chain.metagraph().await.expect("metagraph");
+    assert!(
+        staked.neuron(uid).expect("neuron").stake > 0,
+        "stake shows in the metagraph"
+    );
+
+    let location = b"s3://templar-test/miner-1?region=auto";
+    chain.commit(&hotkey, location).await.expect("commit");
+    let metagraph = chain.metagraph().await.expect("metagraph");
+    assert_eq!(
+        metagraph.neuron(uid).and_then(|n| n.commitment.clone()),
+        Some(location.to_vec())
+    );
+    let long = chain
+        .commit(&hotkey, &[0u8; 129])
+        .await
+        .expect_err("too long");
+    assert!(matches!(long, ChainError::CommitmentTooLong(129)));
+
+    // The rate limit counts from registration: the first call is refused, readably.
+    let fast = chain
+        .set_weights(&hotkey, &[0, uid], &[65535, 32768], 0)
+        .await
+        .expect_err("rate limited");
+    assert!(fast.to_string().contains("SettingWeightsTooFast"), "{fast}");
+    let limit = chain
+        .hyperparameters()
+        .await
+        .expect("hyperparameters")
+        .weights_rate_limit;
+    dev.new_blocks(limit as u32 + 1).await.expect("blocks");
+    let head = chain.block().await.expect("head").number;
+    chain
+        .set_weights(&hotkey, &[0, uid], &[65535, 32768], 0)
+        .await
+        .expect("weights");
+    let neuron = chain
+        .metagraph()
+        .await
+        .expect("metagraph")
+        .neuron(uid)
+        .cloned()
+        .expect("neuron");
+    assert!(
+        neuron.last_update > head,
+        "last_update {} after block {head}",
+        neuron.last_update
+    );
+
+    // Block times come from the chain; future ones are extrapolated at the runtime's block
+    // time, which is the pace the chain keeps.
+    let now = chain.block().await.expect("head");
+    let earlier = chain
+        .block_timestamp(now.number - 1)
+        .await
+        .expect("timestamp");
+    assert!(earlier < now.timestamp_ms);
+    let block_time = now.timestamp_ms - earlier;
+    let later = chain
+        .block_timestamp(now.number + 10)
+        .await
+        .expect("future");
+    assert_eq!(later, now.timestamp_ms + 10 * block_time);
+    let waiter = chain.wait_for_block(now.number + 2);
+    let (reached, made) = tokio::join!(waiter, dev.new_blocks(2));
+    made.expect("blocks");
+    assert!(reached.expect("waited").number >= now.number + 2);
+    let future = chain
+        .metagraph_at(now.number + 1_000)
+        .await
+        .expect_err("future");
+    assert!(matches!(future, ChainError::FutureBlock { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chopsticks_commit_reveal_weights() {
+    let node = Chopsticks::start();
+    let dev = DevRpc::connect(&node.url).await.expect("dev rpc");
+    // A short epoch and no rate limit, so that a reveal comes due within a few blocks.
+    for (entry, value) in [
+        ("Tempo", serde_json::json!(9)),
+        ("WeightsSetRateLimit", serde_json::json!(1)),
+        ("CommitRevealWeightsEnabled", serde_json::json!(true)),
+    ] {
+        dev.set_subnet_value(NETUID, entry, value)
+            .await
+            .expect(entry);
+    }
+    dev.new_blocks(1).await.expect("block");
+    let chain = Subtensor::connect(&node.url, NETUID)
+        .await
+        .expect("connect");
+    let hyperparameters = chain.hyperparameters().await.expect("hyperparameters");
+    assert!(hyperparameters.commit_reveal_weights_enabled);
+    assert_eq!(hyperparameters.tempo, 9, "{hyperparameters:?}");
+    assert_eq!(hyperparameters.weights_rate_limit, 1, "{hyperparameters:?}");
+
+    let coldkey = Keypair::generate();
+    let hotkey = Keypair::generate();
+    dev.fund(&coldkey.account(), 1_000 * RAO_PER_TAO)
+        .await
+        .expect("fund");
+    let uid = chain
+        .register(&coldkey, &hotkey.account())
+        .await
+        .expect("register");
+
+    // Commits go in; the weights only reach the chain when revealed an epoch later.
+    chain
+        .set_weights(&hotkey, &[0, uid], &[65535, 1], 0)
+        .await
+        .expect("commit");
+    let committed = chain
+        .metagraph()
+        .await
+        .expect("metagraph")
+        .neuron(uid)
+        .expect("neuron")
+        .last_update;
+    dev.new_blocks(10).await.expect("an epoch");
+    chain
+        .set_weights(&hotkey, &[0, uid], &[65535, 2], 0)
+        .await
+        .expect("reveal and commit");
+    let revealed = chain
+        .metagraph()
+        .await
+        .expect("metagraph")
+        .neuron(uid)
+        .expect("neuron")
+        .last_update;
+    assert!(
+        revealed > committed,
+        "the reveal set weights: last_update {committed} → {revealed}"
+    );
+}
