@@ -6,6 +6,7 @@
 //! Yuma epochs); [`Subtensor`] is Bittensor itself (finney, testnet or a local subtensor); [`yuma`] is consensus as a pure function; [`wallet`] reads and writes keys in
 //! Bittensor's wallet layout.
 
+mod any;
 mod chain;
 pub mod local;
 pub mod subtensor;
@@ -13,6 +14,7 @@ mod types;
 pub mod wallet;
 pub mod yuma;
 
+pub use any::{AnyChain, ChainTarget};
 pub use chain::{Chain, ChainResult};
 pub use local::{Genesis, LocalChain};
 pub use subtensor::Subtensor;

@@ -183,6 +183,8 @@ pub enum ChainError {
     Unsupported(String),
     #[error("could not read the chain's answer: {0}")]
     Decode(String),
+    #[error("{0} is a subtensor: say which subnet with --netuid")]
+    NetuidRequired(String),
     #[error("{chain} has no subnet {netuid}: check --netuid")]
     NoSubnet { chain: String, netuid: u16 },
 }

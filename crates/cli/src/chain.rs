@@ -1,11 +1,13 @@
-//! `templar chain …`: a LocalChain file (the embedded chain).
+//! `templar chain …`: create a LocalChain, and read or write any chain (a LocalChain file or a
+//! subtensor such as Bittensor's finney).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use templar_chain::local::Call;
-use templar_chain::{Genesis, Hyperparameters, LocalChain, Metagraph, RAO_PER_TAO, tao};
+use templar_chain::{
+    AnyChain, Chain, ChainTarget, Genesis, Hyperparameters, LocalChain, Metagraph, RAO_PER_TAO, tao,
+};
 use templar_protocol::AccountId;
 use templar_protocol::keys::encode_hex;
 
@@ -13,20 +15,27 @@ use crate::wallet::WalletArgs;
 
 #[derive(Args, Clone)]
 pub struct ChainPath {
-    /// The LocalChain database file.
+    /// The chain: a LocalChain file, or a subtensor (finney, test, local, ws://…, wss://…).
     #[arg(long, env = "TEMPLAR_CHAIN", default_value = "localchain.sqlite")]
-    chain: PathBuf,
+    chain: String,
+    /// The subnet (required on a subtensor; a LocalChain knows its own).
+    #[arg(long, env = "TEMPLAR_NETUID")]
+    netuid: Option<u16>,
 }
 
 impl ChainPath {
-    fn open(&self) -> Result<LocalChain> {
-        Ok(LocalChain::open(&self.chain)?)
+    fn target(&self) -> ChainTarget {
+        ChainTarget::parse(&self.chain)
+    }
+
+    async fn open(&self) -> Result<AnyChain> {
+        Ok(AnyChain::open(&self.target(), self.netuid).await?)
     }
 }
 
 #[derive(Subcommand)]
 pub enum ChainCommand {
-    /// Create a LocalChain file with a subnet and initial balances.
+    /// Create a LocalChain file with a subnet and initial balances (a subtensor has its own genesis).
     Init(InitArgs),
     /// Print the block and the metagraph.
     Status {
@@ -70,12 +79,13 @@ pub enum ChainCommand {
     },
 }
 
+/// The subnet a new LocalChain hosts unless `--netuid` says otherwise (Templar's on Bittensor).
+const DEFAULT_NETUID: u16 = 3;
+
 #[derive(Args)]
 pub struct InitArgs {
     #[command(flatten)]
     chain: ChainPath,
-    #[arg(long, default_value_t = 3)]
-    netuid: u16,
     /// Milliseconds per block (Bittensor: 12000).
     #[arg(long, default_value_t = 12_000)]
     block_time_ms: u64,
@@ -106,14 +116,24 @@ fn tao_to_rao(amount: f64) -> Result<u64, String> {
 }
 
 pub fn run(command: ChainCommand) -> Result<()> {
+    if let ChainCommand::Init(args) = command {
+        return init(args);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_on_chain(command))
+}
+
+async fn run_on_chain(command: ChainCommand) -> Result<()> {
     match command {
         ChainCommand::Init(args) => init(args),
-        ChainCommand::Status { chain, json } => status(&chain.open()?, json),
+        ChainCommand::Status { chain, json } => status(&chain, json).await,
         ChainCommand::Register { chain, wallet } => {
-            let chain = chain.open()?;
             let hotkey = wallet.hotkey()?.account();
-            let uid = chain.submit(&wallet.coldkey()?, Call::BurnedRegister { hotkey })?;
-            println!("registered {hotkey} as uid {}", uid.unwrap_or_default());
+            let coldkey = wallet.coldkey()?;
+            let uid = chain.open().await?.register(&coldkey, &hotkey).await?;
+            println!("registered {hotkey} as uid {uid}");
             Ok(())
         }
         ChainCommand::Stake {
@@ -121,10 +141,14 @@ pub fn run(command: ChainCommand) -> Result<()> {
             wallet,
             amount,
         } => {
-            let chain = chain.open()?;
             let hotkey = wallet.hotkey()?.account();
             let amount = tao_to_rao(amount).map_err(anyhow::Error::msg)?;
-            chain.submit(&wallet.coldkey()?, Call::AddStake { hotkey, amount })?;
+            let coldkey = wallet.coldkey()?;
+            chain
+                .open()
+                .await?
+                .add_stake(&coldkey, &hotkey, amount)
+                .await?;
             println!("staked {} TAO on {hotkey}", tao(amount));
             Ok(())
         }
@@ -135,13 +159,19 @@ pub fn run(command: ChainCommand) -> Result<()> {
             weights,
             version_key,
         } => {
+            if uids.len() != weights.len() {
+                bail!(
+                    "{} uids but {} weights: give one weight per uid",
+                    uids.len(),
+                    weights.len()
+                );
+            }
             let weights = scale_weights(&weights)?;
-            let call = Call::SetWeights {
-                uids: uids.clone(),
-                weights: weights.clone(),
-                version_key,
-            };
-            chain.open()?.submit(&wallet.hotkey()?, call)?;
+            let hotkey = wallet.hotkey()?;
+            let chain = chain.open().await?;
+            chain
+                .set_weights(&hotkey, &uids, &weights, version_key)
+                .await?;
             println!("weights set: {uids:?} -> {weights:?}");
             Ok(())
         }
@@ -172,9 +202,19 @@ fn init(args: InitArgs) -> Result<()> {
         }
         None => Hyperparameters::default(),
     };
-    let mut genesis = Genesis::now(args.netuid, args.block_time_ms, hyperparameters);
+    let mut genesis = Genesis::now(
+        args.chain.netuid.unwrap_or(DEFAULT_NETUID),
+        args.block_time_ms,
+        hyperparameters,
+    );
     genesis.balances = args.fund;
-    let chain = LocalChain::create(&args.chain.chain, &genesis)?;
+    let ChainTarget::Local(path) = args.chain.target() else {
+        bail!(
+            "{} is a subtensor, which has its own genesis: init creates LocalChain files only",
+            args.chain.chain
+        );
+    };
+    let chain = LocalChain::create(&path, &genesis)?;
     println!(
         "created LocalChain {} (netuid {}, {} ms blocks, tempo {})",
         chain.path().display(),
@@ -196,20 +236,21 @@ fn commitment_text(data: &[u8]) -> String {
     }
 }
 
-fn status(chain: &LocalChain, json: bool) -> Result<()> {
-    let metagraph = chain.metagraph_now()?;
+async fn status(target: &ChainPath, json: bool) -> Result<()> {
+    let chain = target.open().await?;
+    let metagraph = chain.metagraph().await?;
     if json {
+        let timestamp_ms = chain.block_timestamp(metagraph.block).await?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&metagraph_json(chain, &metagraph))?
+            serde_json::to_string_pretty(&metagraph_json(timestamp_ms, &metagraph))?
         );
         return Ok(());
     }
-    let block = chain.block_now();
     println!(
         "{}  block {}  netuid {}  {} uids",
-        chain.path().display(),
-        block.number,
+        target.target(),
+        metagraph.block,
         metagraph.netuid,
         metagraph.neurons.len()
     );
@@ -237,7 +278,7 @@ fn status(chain: &LocalChain, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn metagraph_json(chain: &LocalChain, metagraph: &Metagraph) -> serde_json::Value {
+fn metagraph_json(timestamp_ms: u64, metagraph: &Metagraph) -> serde_json::Value {
     let neurons: Vec<serde_json::Value> = metagraph
         .neurons
         .iter()
@@ -264,7 +305,7 @@ fn metagraph_json(chain: &LocalChain, metagraph: &Metagraph) -> serde_json::Valu
     serde_json::json!({
         "netuid": metagraph.netuid,
         "block": metagraph.block,
-        "timestamp_ms": chain.timestamp_of(metagraph.block),
+        "timestamp_ms": timestamp_ms,
         "stake_unit": "rao",
         "neurons": neurons,
     })

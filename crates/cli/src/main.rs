@@ -75,3 +75,13 @@ fn main() -> Result<()> {
         Command::Validator(args) => node::run(templar_node::Role::Validator, args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use templar_chain::{Chain, LocalChain};
+use templar_chain::{AnyChain, Chain, ChainTarget};
 use templar_data::Manifest;
 use templar_engine::{DeviceChoice, Preset};
 use templar_node::data::Data;
@@ -42,9 +42,12 @@ pub struct NodeArgs {
     read_access_key_id: Option<String>,
     #[arg(long, env = "TEMPLAR_READ_SECRET_ACCESS_KEY")]
     read_secret_access_key: Option<String>,
-    /// The LocalChain database file.
+    /// The chain: a LocalChain file, or a subtensor (finney, test, local, ws://…, wss://…).
     #[arg(long, env = "TEMPLAR_CHAIN", default_value = "localchain.sqlite")]
-    chain: PathBuf,
+    chain: String,
+    /// The subnet (required on a subtensor; a LocalChain knows its own).
+    #[arg(long, env = "TEMPLAR_NETUID")]
+    netuid: Option<u16>,
     /// The prepared dataset (`templar data prepare`).
     #[arg(long, env = "TEMPLAR_DATA_DIR")]
     data_dir: PathBuf,
@@ -166,7 +169,7 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
 async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     let config = NetworkConfig::load(&args.config)?;
     let hotkey = args.wallet.hotkey()?;
-    let chain = LocalChain::open(&args.chain)?;
+    let chain = AnyChain::open(&ChainTarget::parse(&args.chain), args.netuid).await?;
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
     let store_config = StoreConfig {
         s3: S3Settings {
