@@ -5,19 +5,37 @@
 //! Needs chopsticks, which `scripts/setup` installs from npm. When npm cannot reach it,
 //! `scripts/test` skips this binary and says so; run directly, it fails naming the fix.
 
-mod chopsticks;
+use std::path::Path;
 
-use chopsticks::Chopsticks;
-use templar_chain::subtensor::dev::DevRpc;
+use templar_chain::subtensor::dev::{Chopsticks, DevRpc, installed_chopsticks};
 use templar_chain::{Chain, ChainError, RAO_PER_TAO, Subtensor};
 use templar_protocol::Keypair;
 
 /// The subnet `raonet.json` creates at genesis, with one neuron.
 const NETUID: u16 = 1;
 
+/// Chopsticks on the recorded raonet chain spec; the guard keeps its folder alive.
+fn start() -> (Chopsticks, tempfile::TempDir) {
+    let genesis =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chain-fixtures/raonet.json");
+    assert!(
+        genesis.exists(),
+        "{} is missing (the shared chain fixtures)",
+        genesis.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Chopsticks::start(
+        &installed_chopsticks(),
+        &genesis,
+        &dir.path().join("chopsticks.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (node, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chopsticks_register_commit_stake_and_set_weights() {
-    let node = Chopsticks::start();
+    let (node, _dir) = start();
     let chain = Subtensor::connect(&node.url, NETUID)
         .await
         .expect("connect");
@@ -161,7 +179,7 @@ async fn chopsticks_register_commit_stake_and_set_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chopsticks_commit_reveal_weights() {
-    let node = Chopsticks::start();
+    let (node, _dir) = start();
     let dev = DevRpc::connect(&node.url).await.expect("dev rpc");
     // A short epoch and no rate limit, so that a reveal comes due within a few blocks.
     for (entry, value) in [

@@ -1,14 +1,123 @@
-//! Chopsticks' development RPCs: funding accounts, changing storage (a subnet's
-//! hyperparameters, say) and producing blocks on a chain that has no block author. For tests and
-//! local networks on a forked or offline subtensor; a real node refuses these calls.
+//! Chopsticks, which runs a real subtensor runtime without a network (from a chain spec such as
+//! `raonet.json`, or forked from a live chain), and its development RPCs: funding accounts,
+//! changing storage (a subnet's hyperparameters, say) and producing blocks on a chain that has
+//! no block author. For tests and local networks; a real node refuses these calls.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use subxt::backend::rpc::RpcClient;
 use subxt::ext::subxt_rpcs::client::RpcParams;
 use templar_protocol::AccountId;
 
+use super::Subtensor;
 use super::errors::rpc;
-use crate::chain::ChainResult;
+use crate::chain::{Chain, ChainResult};
+use crate::types::ChainError;
+
+/// The chopsticks version `scripts/setup` installs.
+pub const CHOPSTICKS_VERSION: &str = "1.5.1";
+
+/// Where `scripts/setup` installs chopsticks: `$TEMPLAR_CACHE` or `~/.cache/templar`.
+pub fn installed_chopsticks() -> PathBuf {
+    let cache = std::env::var_os("TEMPLAR_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/templar")
+        });
+    cache.join(format!(
+        "chopsticks-{CHOPSTICKS_VERSION}/node_modules/.bin/chopsticks"
+    ))
+}
+
+/// A chopsticks process serving one chain on a free local port; killed when dropped.
+pub struct Chopsticks {
+    pub url: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Chopsticks {
+    /// Starts `executable` on the chain spec `genesis`, building a block for each transaction,
+    /// with its output in `log`; returns once it accepts connections.
+    pub fn start(executable: &Path, genesis: &Path, log: &Path) -> ChainResult<Chopsticks> {
+        let failed = |why: String| ChainError::Rpc(format!("starting chopsticks: {why}"));
+        if !executable.exists() {
+            return Err(failed(format!(
+                "{} is not installed: run scripts/setup (it needs the npm registry)",
+                executable.display()
+            )));
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| failed(format!("no free port: {e}")))?
+            .port();
+        let out =
+            std::fs::File::create(log).map_err(|e| failed(format!("{}: {e}", log.display())))?;
+        let err = out.try_clone().map_err(|e| failed(e.to_string()))?;
+        let child = Command::new(executable)
+            .arg("--genesis")
+            .arg(genesis)
+            .args(["--host", "127.0.0.1", "--build-block-mode", "Instant"])
+            .arg(format!("--port={port}"))
+            .current_dir(log.parent().unwrap_or(Path::new(".")))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| failed(format!("{}: {e}", executable.display())))?;
+        let mut node = Chopsticks {
+            url: format!("ws://127.0.0.1:{port}"),
+            child,
+            log: log.to_path_buf(),
+        };
+        node.wait_until_listening(port)?;
+        Ok(node)
+    }
+
+    fn wait_until_listening(&mut self, port: u16) -> ChainResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(self.failure(&format!("chopsticks exited ({status})")));
+            }
+            let said_so =
+                std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("RPC listening"));
+            if said_so && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(self.failure("chopsticks did not listen within 180 s"))
+    }
+
+    fn failure(&self, what: &str) -> ChainError {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        ChainError::Rpc(format!(
+            "{what}; the end of {}:\n{}",
+            self.log.display(),
+            tail.join("\n")
+        ))
+    }
+}
+
+impl Drop for Chopsticks {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 pub struct DevRpc {
     url: String,
@@ -67,4 +176,34 @@ impl DevRpc {
     pub async fn new_blocks(&self, count: u32) -> ChainResult<()> {
         self.call("dev_newBlock", json!({ "count": count })).await
     }
+
+    /// Sets the chain's clock: the next block is stamped one block time after `ms`.
+    pub async fn time_travel(&self, ms: u64) -> ChainResult<()> {
+        self.call("dev_timeTravel", json!(ms)).await
+    }
+
+    /// Produces blocks forever, each when the wall clock reaches its timestamp, as a chain with
+    /// a block author would; a chain that fell behind the wall clock jumps to it. Nodes compare
+    /// chain time with their own clocks (upload deadlines), so a chain that runs ahead or behind
+    /// would make honest uploads look early or late.
+    pub async fn keep_pace(&self, chain: &Subtensor) -> ChainResult<()> {
+        let block_time = chain.block_time_ms();
+        loop {
+            let head = chain.block().await?;
+            let next = head.timestamp_ms + block_time;
+            let now = now_ms();
+            if next > now {
+                tokio::time::sleep(Duration::from_millis(next - now)).await;
+            } else {
+                self.time_travel(now - block_time).await?;
+            }
+            self.new_blocks(1).await?;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -132,6 +132,11 @@ impl Subtensor {
         &self.url
     }
 
+    /// Milliseconds between blocks, from the runtime's constants.
+    pub fn block_time_ms(&self) -> u64 {
+        self.block_time_ms
+    }
+
     /// The best block's number and hash.
     async fn head(&self) -> ChainResult<(u64, H256)> {
         let header = self
