@@ -122,6 +122,17 @@ async fn chopsticks_register_commit_stake_and_set_weights() {
         .expect_err("too long");
     assert!(matches!(long, ChainError::CommitmentTooLong(129)));
 
+    // A hotkey without a uid is told so, by name.
+    let stranger = Keypair::generate();
+    let unregistered = chain
+        .set_weights(&stranger, &[0], &[65535], 0)
+        .await
+        .expect_err("not registered");
+    assert!(
+        matches!(unregistered, ChainError::NotRegistered(account) if account == stranger.account()),
+        "{unregistered}"
+    );
+
     // The rate limit counts from registration: the first call is refused, readably.
     let fast = chain
         .set_weights(&hotkey, &[0, uid], &[65535, 32768], 0)
