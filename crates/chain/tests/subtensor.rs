@@ -188,6 +188,11 @@ async fn chopsticks_register_commit_stake_and_set_weights() {
     assert!(matches!(future, ChainError::FutureBlock { .. }));
 }
 
+async fn last_update(chain: &Subtensor, uid: u16) -> u64 {
+    let metagraph = chain.metagraph().await.expect("metagraph");
+    metagraph.neuron(uid).expect("neuron").last_update
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chopsticks_commit_reveal_weights() {
     let (node, _dir) = start();
@@ -226,25 +231,13 @@ async fn chopsticks_commit_reveal_weights() {
         .set_weights(&hotkey, &[0, uid], &[65535, 1], 0)
         .await
         .expect("commit");
-    let committed = chain
-        .metagraph()
-        .await
-        .expect("metagraph")
-        .neuron(uid)
-        .expect("neuron")
-        .last_update;
+    let committed = last_update(&chain, uid).await;
     dev.new_blocks(10).await.expect("an epoch");
     chain
         .set_weights(&hotkey, &[0, uid], &[65535, 2], 0)
         .await
         .expect("reveal and commit");
-    let revealed = chain
-        .metagraph()
-        .await
-        .expect("metagraph")
-        .neuron(uid)
-        .expect("neuron")
-        .last_update;
+    let revealed = last_update(&chain, uid).await;
     assert!(
         revealed > committed,
         "the reveal set weights: last_update {committed} → {revealed}"

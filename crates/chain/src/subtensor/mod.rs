@@ -199,6 +199,16 @@ impl Subtensor {
             .ok_or_else(|| ChainError::Decode(format!("{pallet}.{entry} is not a number: {value}")))
     }
 
+    /// A subtensor value not keyed by subnet; 0 where the runtime has no such item.
+    async fn global_number(&self, at: H256, entry: &str) -> u64 {
+        self.read_keyed(at, SUBTENSOR, entry, Vec::new())
+            .await
+            .ok()
+            .and_then(|v| values::number(&v))
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
     async fn read_bool(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<bool> {
         let value = self.read(at, pallet, entry).await?;
         values::boolean(&value)
@@ -476,25 +486,13 @@ impl Chain for Subtensor {
             max_uids: u16::try_from(number("MaxAllowedUids").await?).unwrap_or(u16::MAX),
             max_validators: u16::try_from(number("MaxAllowedValidators").await?)
                 .unwrap_or(u16::MAX),
-            min_validator_stake: self
-                .read_keyed(at, SUBTENSOR, "StakeThreshold", Vec::new())
-                .await
-                .ok()
-                .and_then(|v| values::number(&v))
-                .and_then(|n| u64::try_from(n).ok())
-                .unwrap_or(0),
+            min_validator_stake: self.global_number(at, "StakeThreshold").await,
             burn: number("Burn").await?,
             immunity_period: number("ImmunityPeriod").await?,
             kappa: kappa as f64 / f64::from(u16::MAX),
             // Subtensor stores the bonds moving average in millionths.
             bonds_moving_average: bonds as f64 / 1e6,
-            emission_per_block: self
-                .read_keyed(at, SUBTENSOR, "BlockEmission", Vec::new())
-                .await
-                .ok()
-                .and_then(|v| values::number(&v))
-                .and_then(|n| u64::try_from(n).ok())
-                .unwrap_or(0),
+            emission_per_block: self.global_number(at, "BlockEmission").await,
             weights_version: number("WeightsVersionKey").await?,
             commit_reveal_weights_enabled: self
                 .read_bool(at, SUBTENSOR, "CommitRevealWeightsEnabled")
