@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use templar_chain::subtensor::dev::{Chopsticks, DevRpc, installed_chopsticks};
+use templar_chain::subtensor::dev::{BlockMode, Chopsticks, DevRpc, installed_chopsticks};
 use templar_chain::{Chain, ChainError, RAO_PER_TAO, Subtensor};
 use templar_protocol::Keypair;
 
@@ -27,6 +27,7 @@ fn start() -> (Chopsticks, tempfile::TempDir) {
     let node = Chopsticks::start(
         &installed_chopsticks(),
         &genesis,
+        BlockMode::Instant,
         &dir.path().join("chopsticks.log"),
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -137,3 +137,69 @@ fn identities(report: &Value) -> Vec<(String, u64, String)> {
         })
         .collect()
 }
+
+/// `templar localnet --chain chopsticks`: the same network on a real subtensor runtime
+/// (`raonet.json`, run offline by chopsticks, which scripts/setup installs; scripts/test skips
+/// this test, and says so, when npm could not install it).
+#[test]
+fn chopsticks_localnet_runs_on_a_subtensor_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    let spec =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chain-fixtures/raonet.json");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_templar"))
+            .args(["localnet", "--chain", "chopsticks", "--chain-spec"])
+            .arg(&spec)
+            .args([
+                "--miners",
+                "2",
+                "--validators",
+                "1",
+                "--windows",
+                "3",
+                "--plain",
+                "--dir",
+            ])
+            .arg(&net)
+            .output()
+            .unwrap()
+    };
+    let output = run();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let log = std::fs::read_to_string(net.join("logs/chopsticks.log")).unwrap_or_default();
+        panic!(
+            "localnet on chopsticks failed:\n{stdout}\n{}\n--- chopsticks\n{log}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report = report(&net);
+    assert_clean_exits(&report["runs"][0]);
+    let windows = validated(&report);
+    assert!(windows.len() >= 2, "too few validated windows: {windows:?}");
+    assert!(
+        windows.last().unwrap().1 < windows[0].1,
+        "bits per byte did not fall: {windows:?}"
+    );
+    let weighted = report["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| {
+            w["miners"]
+                .as_object()
+                .is_some_and(|m| m.values().any(|m| m["weight"].as_f64() > Some(0.0)))
+        })
+        .count();
+    assert!(
+        weighted >= 2,
+        "the validator set weights in {weighted} windows"
+    );
+
+    // Its chain ended with the run: the folder says so instead of starting a different chain.
+    let again = run();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("cannot be resumed"), "{stderr}");
+}

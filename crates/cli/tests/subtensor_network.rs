@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use templar_chain::subtensor::dev::{Chopsticks, DevRpc, installed_chopsticks};
+use templar_chain::subtensor::dev::{BlockMode, Chopsticks, DevRpc, installed_chopsticks};
 use templar_chain::wallet::Wallet;
 use templar_chain::{Chain, RAO_PER_TAO, Subtensor};
 
@@ -89,6 +89,7 @@ fn chopsticks_a_miner_and_a_validator_run_on_subtensor() {
     let chopsticks = Chopsticks::start(
         &installed_chopsticks(),
         &genesis,
+        BlockMode::Instant,
         &dir.path().join("chopsticks.log"),
     )
     .unwrap_or_else(|e| panic!("{e}"));

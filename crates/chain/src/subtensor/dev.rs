@@ -33,6 +33,16 @@ pub fn installed_chopsticks() -> PathBuf {
     ))
 }
 
+/// When chopsticks builds blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockMode {
+    /// A block for each transaction, at once: fast tests.
+    Instant,
+    /// Only on `dev_newBlock`; transactions wait in the pool for it, as on a chain with a block
+    /// author (with [`DevRpc::keep_pace`], chain time then follows the wall clock exactly).
+    Manual,
+}
+
 /// A chopsticks process serving one chain on a free local port; killed when dropped.
 pub struct Chopsticks {
     pub url: String,
@@ -41,9 +51,26 @@ pub struct Chopsticks {
 }
 
 impl Chopsticks {
-    /// Starts `executable` on the chain spec `genesis`, building a block for each transaction,
-    /// with its output in `log`; returns once it accepts connections.
-    pub fn start(executable: &Path, genesis: &Path, log: &Path) -> ChainResult<Chopsticks> {
+    /// Starts `executable` on the chain spec `genesis`, with its output in `log`; returns once it
+    /// accepts connections.
+    pub fn start(
+        executable: &Path,
+        genesis: &Path,
+        mode: BlockMode,
+        log: &Path,
+    ) -> ChainResult<Chopsticks> {
+        Self::start_with(executable, genesis, mode, log, |_| {})
+    }
+
+    /// [`Chopsticks::start`], with `prepare` adjusting the process before it starts (its own
+    /// process group, say, so that a terminal's Ctrl-C reaches only its supervisor).
+    pub fn start_with(
+        executable: &Path,
+        genesis: &Path,
+        mode: BlockMode,
+        log: &Path,
+        prepare: impl FnOnce(&mut Command),
+    ) -> ChainResult<Chopsticks> {
         let failed = |why: String| ChainError::Rpc(format!("starting chopsticks: {why}"));
         if !executable.exists() {
             return Err(failed(format!(
@@ -58,15 +85,22 @@ impl Chopsticks {
         let out =
             std::fs::File::create(log).map_err(|e| failed(format!("{}: {e}", log.display())))?;
         let err = out.try_clone().map_err(|e| failed(e.to_string()))?;
-        let child = Command::new(executable)
+        let mut command = Command::new(executable);
+        command
             .arg("--genesis")
             .arg(genesis)
-            .args(["--host", "127.0.0.1", "--build-block-mode", "Instant"])
+            .args(["--host", "127.0.0.1", "--build-block-mode"])
+            .arg(match mode {
+                BlockMode::Instant => "Instant",
+                BlockMode::Manual => "Manual",
+            })
             .arg(format!("--port={port}"))
             .current_dir(log.parent().unwrap_or(Path::new(".")))
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        prepare(&mut command);
+        let child = command
             .spawn()
             .map_err(|e| failed(format!("{}: {e}", executable.display())))?;
         let mut node = Chopsticks {

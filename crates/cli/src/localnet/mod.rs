@@ -1,10 +1,12 @@
-//! `templar localnet`: a whole network on one machine — a LocalChain, file storage, the demo
-//! data, a validator and miners, each node its own OS process — watched live on a dashboard
-//! and summed up in a report. Running it again on the same folder resumes the network.
+//! `templar localnet`: a whole network on one machine — a LocalChain (or a real subtensor
+//! runtime under chopsticks), file storage, the demo data, a validator and miners, each node its
+//! own OS process — watched live on a dashboard and summed up in a report. Running it again on
+//! the same folder resumes the network.
 
 mod dashboard;
 mod fleet;
 mod history;
+mod net_chain;
 mod report;
 mod setup;
 mod svg;
@@ -28,8 +30,9 @@ use templar_protocol::WindowClock;
 use dashboard::{Dashboard, Snapshot, plain_line};
 use fleet::Fleet;
 use history::History;
+use net_chain::NetChain;
 use report::{NodeEntry, RunRecord};
-use setup::{Layout, Member, NewNetwork, WALLET};
+use setup::{ChainChoice, Layout, Member, NewNetwork, WALLET};
 use tail::EventFile;
 
 const BLOCK_TIME_MS: u64 = 500;
@@ -67,6 +70,23 @@ pub struct LocalnetArgs {
     /// was killed); starts no nodes.
     #[arg(long)]
     report_only: bool,
+    /// The chain: `embedded` (a LocalChain file in the folder) or `chopsticks` (a real subtensor
+    /// runtime, from --chain-spec, run offline by chopsticks; scripts/setup installs it).
+    #[arg(long, value_enum, default_value = "embedded")]
+    chain: ChainKind,
+    /// With --chain chopsticks: a raw subtensor chain spec that includes the runtime (such as
+    /// subtensor's scripts/specs/raonet.json).
+    #[arg(long, required_if_eq("chain", "chopsticks"))]
+    chain_spec: Option<PathBuf>,
+    /// With --chain chopsticks: the subnet the network runs on.
+    #[arg(long, default_value_t = 1)]
+    netuid: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ChainKind {
+    Embedded,
+    Chopsticks,
 }
 
 pub fn run(args: LocalnetArgs) -> Result<()> {
@@ -87,16 +107,26 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
         return report_only(&layout);
     }
     let members = setup::members(args.validators, args.miners);
+    let chain = match (args.chain, &args.chain_spec) {
+        (ChainKind::Chopsticks, Some(spec)) => ChainChoice::Chopsticks {
+            spec: spec
+                .canonicalize()
+                .with_context(|| format!("the chain spec {}", spec.display()))?,
+            netuid: args.netuid,
+        },
+        _ => ChainChoice::Embedded,
+    };
     let new = NewNetwork {
         preset: args.preset.clone(),
         block_time_ms: BLOCK_TIME_MS,
-        blocks_per_window: args.window_secs * 1000 / BLOCK_TIME_MS,
+        window_secs: args.window_secs,
         corpus: args.corpus.clone().unwrap_or_else(default_corpus),
+        chain,
     };
     let prepared = setup::prepare_network(&layout, &members, &new)?;
     let clock = WindowClock::new(prepared.config.window.blocks_per_window)
         .context("network.toml: window.blocks_per_window must be positive")?;
-    let first_window = clock.window_of(prepared.chain.block_now().number);
+    let first_window = clock.window_of(prepared.chain.head()?);
     let until = args.windows.map(|n| first_window + n);
     if prepared.resumed {
         eprintln!(
@@ -107,7 +137,8 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
     let started_ms = templar_node::node::now_ms();
     let mut fleet = Fleet::default();
     for member in &members {
-        let node_args = node_args(&layout, member, &args.device, until, members.len());
+        let mut node_args = node_args(&layout, member, &args.device, until, members.len());
+        node_args.extend(prepared.chain.node_args(&layout.chain()));
         fleet.spawn(&member.name(), &node_args, &layout.log(&member.name()))?;
     }
     let watch = Watch {
@@ -175,7 +206,7 @@ fn default_corpus() -> PathBuf {
     cache.join("corpus/text")
 }
 
-/// The command line of one node.
+/// The command line of one node, but for its chain options (`NetChain::node_args`).
 fn node_args(
     layout: &Layout,
     member: &Member,
@@ -197,8 +228,6 @@ fn node_args(
         member.hotkey.clone().into(),
         "--storage".into(),
         format!("file://{}", layout.storage(&member.hotkey).display()).into(),
-        "--chain".into(),
-        layout.chain().into(),
         "--data-dir".into(),
         layout.data().into(),
         "--state-dir".into(),
@@ -220,7 +249,7 @@ fn node_args(
 struct Watch<'a> {
     layout: &'a Layout,
     config: &'a NetworkConfig,
-    chain: &'a LocalChain,
+    chain: &'a NetChain,
     clock: WindowClock,
     names: Vec<String>,
     until: Option<u64>,
@@ -292,8 +321,9 @@ impl Watch<'_> {
                 break;
             }
             self.refresh_incentives(&mut progress);
-            if let Some(dashboard) = &mut dashboard {
-                let block = self.chain.block_now().number;
+            if let Some(dashboard) = &mut dashboard
+                && let Ok(block) = self.chain.head()
+            {
                 dashboard.draw(&Snapshot {
                     dir: &self.layout.dir,
                     history: &progress.history,
@@ -326,7 +356,7 @@ impl Watch<'_> {
             progress.stops_handled = requested;
             fleet.interrupt();
             if progress.deadline.is_none() {
-                let window_ms = self.clock.blocks_per_window() * self.chain.genesis().block_time_ms;
+                let window_ms = self.clock.blocks_per_window() * self.chain.block_time_ms();
                 let grace =
                     Duration::from_millis(2 * window_ms + self.config.window.upload_grace_ms);
                 progress.deadline = Some(Instant::now() + grace + Duration::from_secs(30));
@@ -360,7 +390,7 @@ impl Watch<'_> {
     }
 
     fn announce(&self) {
-        let seconds = self.clock.blocks_per_window() * self.chain.genesis().block_time_ms / 1000;
+        let seconds = self.clock.blocks_per_window() * self.chain.block_time_ms() / 1000;
         let until = self
             .until
             .map_or("until Ctrl-C".into(), |u| format!("until window {u}"));
@@ -429,7 +459,7 @@ fn finish(
 fn write_report(
     layout: &Layout,
     config: &NetworkConfig,
-    chain: &LocalChain,
+    chain: &NetChain,
     mut history: History,
     members: &[Member],
 ) -> Result<()> {
@@ -454,7 +484,14 @@ fn write_report(
 /// `--report-only`: the report from the folder's event files, without starting nodes.
 fn report_only(layout: &Layout) -> Result<()> {
     let config = NetworkConfig::load(&layout.config())?;
-    let chain = LocalChain::open(&layout.chain())?;
+    if !layout.chain().exists() {
+        bail!(
+            "{} ran on chopsticks, whose chain ended with its run: the report written then stands \
+             and cannot be rebuilt",
+            layout.dir.display()
+        );
+    }
+    let chain = NetChain::Embedded(LocalChain::open(&layout.chain())?);
     let members = members_with_events(layout)?;
     let mut history = History::default();
     for member in &members {
@@ -489,7 +526,7 @@ fn members_with_events(layout: &Layout) -> Result<Vec<Member>> {
     Ok(members)
 }
 
-fn node_entries(layout: &Layout, chain: &LocalChain, members: &[Member]) -> Result<Vec<NodeEntry>> {
+fn node_entries(layout: &Layout, chain: &NetChain, members: &[Member]) -> Result<Vec<NodeEntry>> {
     let metagraph = chain.metagraph_now()?;
     let wallet = Wallet::new(layout.wallets(), WALLET);
     let mut entries = Vec::new();

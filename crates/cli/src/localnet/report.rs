@@ -7,11 +7,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use templar_chain::LocalChain;
 use templar_node::NetworkConfig;
 use templar_protocol::WindowClock;
 
 use super::history::{History, WindowRecord, human_bytes};
+use super::net_chain::NetChain;
 use super::svg::{Chart, Series, escape};
 
 /// One invocation of `templar localnet`, appended to `runs.jsonl` when it ends.
@@ -56,13 +56,13 @@ pub struct Report {
 pub fn build(
     history: &mut History,
     config: &NetworkConfig,
-    chain: &LocalChain,
+    chain: &NetChain,
     nodes: Vec<NodeEntry>,
     runs: Vec<RunRecord>,
 ) -> Result<Report> {
     let clock = WindowClock::new(config.window.blocks_per_window)
         .context("network.toml has no window length")?;
-    let head = chain.block_now().number;
+    let head = chain.head()?;
     let miners: Vec<u16> = nodes
         .iter()
         .filter(|n| n.role == "miner")

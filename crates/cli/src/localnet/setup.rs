@@ -1,18 +1,20 @@
 //! Everything a localnet needs before its nodes start, made idempotent so that running
 //! `templar localnet` again on the same folder resumes the network: the demo data, the
-//! network's configuration, wallets, the LocalChain, registrations and stake. Each step is
-//! skipped when its result exists.
+//! network's configuration, wallets, the chain, registrations and stake. Each step is
+//! skipped when its result exists. (A chopsticks chain lives only as long as its run, so a
+//! network on one cannot be resumed.)
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use templar_chain::local::Call;
 use templar_chain::wallet::{Wallet, generate_key};
 use templar_chain::{Genesis, Hyperparameters, LocalChain, RAO_PER_TAO};
 use templar_data::{Manifest, PrepareOptions, TokenizerSpec, prepare};
 use templar_engine::Preset;
 use templar_node::{NetworkConfig, Role};
 use templar_protocol::Keypair;
+
+use super::net_chain::{Chopsticked, NetChain};
 
 /// Where a localnet keeps its parts, all under one folder.
 #[derive(Clone)]
@@ -81,14 +83,25 @@ pub fn members(validators: usize, miners: usize) -> Vec<Member> {
 /// Settings that shape a new network; an existing one keeps its own.
 pub struct NewNetwork {
     pub preset: String,
+    /// The LocalChain's block time (a chopsticks chain has its runtime's).
     pub block_time_ms: u64,
-    pub blocks_per_window: u64,
+    pub window_secs: u64,
     pub corpus: PathBuf,
+    pub chain: ChainChoice,
+}
+
+/// Where the network's chain comes from.
+#[derive(Clone, Debug)]
+pub enum ChainChoice {
+    /// A LocalChain file in the folder.
+    Embedded,
+    /// A subtensor runtime from this chain spec, run by chopsticks, on this subnet.
+    Chopsticks { spec: PathBuf, netuid: u16 },
 }
 
 pub struct Prepared {
     pub config: NetworkConfig,
-    pub chain: LocalChain,
+    pub chain: NetChain,
     /// The folder already held a network.
     pub resumed: bool,
 }
@@ -97,6 +110,22 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
     std::fs::create_dir_all(&layout.dir)
         .with_context(|| format!("creating {}", layout.dir.display()))?;
     let resumed = layout.config().exists();
+    check_resumable(layout, &new.chain, resumed)?;
+    let chopsticks = match &new.chain {
+        ChainChoice::Embedded => None,
+        ChainChoice::Chopsticks { spec, netuid } => {
+            std::fs::create_dir_all(layout.dir.join("logs"))?;
+            Some(Chopsticked::start(
+                spec,
+                *netuid,
+                &layout.log("chopsticks"),
+            )?)
+        }
+    };
+    let block_time_ms = chopsticks
+        .as_ref()
+        .map_or(new.block_time_ms, Chopsticked::block_time_ms);
+    let blocks_per_window = (new.window_secs * 1000 / block_time_ms).max(2);
     let config = if resumed {
         let config = NetworkConfig::load(&layout.config())?;
         check_data(layout, &config)?;
@@ -104,13 +133,24 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
     } else {
         let preset = Preset::load(&new.preset)?;
         let manifest = prepare_data(layout, &new.corpus, &preset)?;
-        let config = localnet_config(preset, &manifest, new.blocks_per_window);
+        let config = localnet_config(preset, &manifest, blocks_per_window);
         crate::node::write_network_config(&config, &layout.config())?;
         config
     };
     let coldkey = wallets(layout, members)?;
-    let chain = chain(layout, &config, new, &coldkey)?;
-    register(&chain, layout, members, &coldkey)?;
+    let chain = match chopsticks {
+        Some(node) => {
+            node.configure(config.window.blocks_per_window, &coldkey.account())?;
+            NetChain::Chopsticks(Box::new(node))
+        }
+        None => NetChain::Embedded(local_chain(layout, &config, new, &coldkey)?),
+    };
+    let wallet = Wallet::new(layout.wallets(), WALLET);
+    let hotkeys = members
+        .iter()
+        .map(|m| Ok((m.role, wallet.hotkey(&m.hotkey)?.account())))
+        .collect::<Result<Vec<_>>>()?;
+    chain.register(&hotkeys, &coldkey)?;
     for folder in ["events", "logs", "storage", "state"] {
         std::fs::create_dir_all(layout.dir.join(folder))?;
     }
@@ -119,6 +159,27 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
         chain,
         resumed,
     })
+}
+
+/// A network on chopsticks cannot be resumed (its chain ended with its run), and a folder's
+/// network stays on the chain it started on.
+fn check_resumable(layout: &Layout, chain: &ChainChoice, resumed: bool) -> Result<()> {
+    if !resumed {
+        return Ok(());
+    }
+    match chain {
+        ChainChoice::Chopsticks { .. } => bail!(
+            "{} already holds a network; a chopsticks chain lives only as long as its run, so it cannot be \
+             resumed: choose a new --dir (or remove this one)",
+            layout.dir.display()
+        ),
+        ChainChoice::Embedded if !layout.chain().exists() => bail!(
+            "{} holds a network that ran on chopsticks, whose chain is gone: choose a new --dir \
+             (or remove this one)",
+            layout.dir.display()
+        ),
+        ChainChoice::Embedded => Ok(()),
+    }
 }
 
 /// The network's settings: the preset, with a window and a Gauntlet tuned so that a laptop sees
@@ -202,7 +263,7 @@ fn wallets(layout: &Layout, members: &[Member]) -> Result<Keypair> {
     Ok(wallet.coldkey(|| None)?)
 }
 
-fn chain(
+fn local_chain(
     layout: &Layout,
     config: &NetworkConfig,
     new: &NewNetwork,
@@ -223,39 +284,6 @@ fn chain(
     let mut genesis = Genesis::now(3, new.block_time_ms, hyperparameters);
     genesis.balances = vec![(coldkey.account(), 1_000 * RAO_PER_TAO)];
     Ok(LocalChain::create(&path, &genesis)?)
-}
-
-/// Registers every hotkey not yet registered and stakes validators that have no stake.
-fn register(
-    chain: &LocalChain,
-    layout: &Layout,
-    members: &[Member],
-    coldkey: &Keypair,
-) -> Result<()> {
-    let wallet = Wallet::new(layout.wallets(), WALLET);
-    let metagraph = chain.metagraph_now()?;
-    for member in members {
-        let hotkey = wallet.hotkey(&member.hotkey)?.account();
-        let staked = match metagraph.uid_of(&hotkey) {
-            Some(uid) => metagraph.neuron(uid).is_some_and(|n| n.stake > 0),
-            None => {
-                chain
-                    .submit(coldkey, Call::BurnedRegister { hotkey })?
-                    .with_context(|| format!("registering {}", member.hotkey))?;
-                false
-            }
-        };
-        if member.role == Role::Validator && !staked {
-            chain.submit(
-                coldkey,
-                Call::AddStake {
-                    hotkey,
-                    amount: 100 * RAO_PER_TAO,
-                },
-            )?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
