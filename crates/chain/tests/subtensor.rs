@@ -189,6 +189,25 @@ async fn chopsticks_register_commit_stake_and_set_weights() {
     assert!(matches!(future, ChainError::FutureBlock { .. }));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chopsticks_reads_survive_a_restarted_endpoint() {
+    let (mut node, _dir) = start();
+    let chain = Subtensor::connect(&node.url, NETUID)
+        .await
+        .expect("connect");
+    let before = chain.metagraph().await.expect("metagraph");
+    // The node goes away and comes back (a fresh chain from the same spec, same URL): the
+    // client reconnects by itself and the next reads are answered.
+    tokio::task::block_in_place(|| node.restart()).expect("restart");
+    let head = chain.block().await.expect("the head after a reconnect");
+    assert!(head.timestamp_ms > 0);
+    let after = chain
+        .metagraph()
+        .await
+        .expect("the metagraph after a reconnect");
+    assert_eq!(after.neurons.len(), before.neurons.len());
+}
+
 async fn last_update(chain: &Subtensor, uid: u16) -> u64 {
     let metagraph = chain.metagraph().await.expect("metagraph");
     metagraph.neuron(uid).expect("neuron").last_update

@@ -46,8 +46,12 @@ pub enum BlockMode {
 /// A chopsticks process serving one chain on a free local port; killed when dropped.
 pub struct Chopsticks {
     pub url: String,
+    port: u16,
+    command: Command,
     child: Child,
     log: PathBuf,
+    /// How many times it was started (each start logs one "RPC listening").
+    starts: usize,
 }
 
 impl Chopsticks {
@@ -105,21 +109,38 @@ impl Chopsticks {
             .map_err(|e| failed(format!("{}: {e}", executable.display())))?;
         let mut node = Chopsticks {
             url: format!("ws://127.0.0.1:{port}"),
+            port,
+            command,
             child,
             log: log.to_path_buf(),
+            starts: 1,
         };
-        node.wait_until_listening(port)?;
+        node.wait_until_listening()?;
         Ok(node)
     }
 
-    fn wait_until_listening(&mut self, port: u16) -> ChainResult<()> {
+    /// Kills the process and starts it again on the same port: a fresh chain from the same
+    /// spec, behind the same URL (what a client sees when its node restarts).
+    pub fn restart(&mut self) -> ChainResult<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = self
+            .command
+            .spawn()
+            .map_err(|e| ChainError::Rpc(format!("restarting chopsticks: {e}")))?;
+        self.starts += 1;
+        self.wait_until_listening()
+    }
+
+    fn wait_until_listening(&mut self) -> ChainResult<()> {
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(self.failure(&format!("chopsticks exited ({status})")));
             }
-            let said_so =
-                std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("RPC listening"));
+            let said_so = std::fs::read_to_string(&self.log)
+                .is_ok_and(|l| l.matches("RPC listening").count() >= self.starts);
             if said_so && TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(());
             }

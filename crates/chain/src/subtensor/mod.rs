@@ -9,6 +9,7 @@ mod calls;
 pub mod dev;
 mod errors;
 mod neurons;
+mod retry;
 mod reveal;
 mod values;
 
@@ -102,10 +103,15 @@ impl Subtensor {
         let client = OnlineClient::<PolkadotConfig>::from_rpc_client(rpc_client.clone())
             .await
             .map_err(|e| rpc(url, e))?;
-        let updater = client.updater();
+        // Follow runtime upgrades for as long as the connection lives; the subscription ends
+        // when the connection drops, so it is made again once it is back.
+        let updating = client.clone();
         let updater = tokio::spawn(async move {
-            if let Err(error) = updater.perform_runtime_updates().await {
-                tracing::warn!(%error, "stopped following runtime upgrades");
+            loop {
+                if let Err(error) = updating.updater().perform_runtime_updates().await {
+                    tracing::warn!(%error, "following runtime upgrades; resubscribing");
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
         let block_time_ms = block_time_ms(&client);
@@ -139,9 +145,7 @@ impl Subtensor {
 
     /// The best block's number and hash.
     async fn head(&self) -> ChainResult<(u64, H256)> {
-        let header = self
-            .rpc
-            .chain_get_header(None)
+        let header = retry::read("the best block", || self.rpc.chain_get_header(None))
             .await
             .map_err(|e| rpc(&self.url, e))?
             .ok_or_else(|| ChainError::Rpc(format!("{} has no best block", self.url)))?;
@@ -154,16 +158,17 @@ impl Subtensor {
             block: number,
             head: u32::MAX.into(),
         })?;
-        self.rpc
-            .chain_get_block_hash(Some(block.into()))
-            .await
-            .map_err(|e| rpc(&self.url, e))?
-            .ok_or_else(|| {
-                ChainError::Rpc(format!(
-                    "{} does not know block {number} (pruned?)",
-                    self.url
-                ))
-            })
+        retry::read("a block hash", || {
+            self.rpc.chain_get_block_hash(Some(block.into()))
+        })
+        .await
+        .map_err(|e| rpc(&self.url, e))?
+        .ok_or_else(|| {
+            ChainError::Rpc(format!(
+                "{} does not know block {number} (pruned?)",
+                self.url
+            ))
+        })
     }
 
     /// A storage value of the subnet (keyed by netuid), or the type's default when unset.
@@ -179,17 +184,15 @@ impl Subtensor {
         entry: &str,
         keys: Vec<Value>,
     ) -> ChainResult<Value<u32>> {
-        let address = subxt::dynamic::storage(pallet, entry, keys);
-        let decode =
-            |e: &dyn std::fmt::Display| ChainError::Decode(format!("{pallet}.{entry}: {e}"));
-        let thunk = self
-            .client
-            .storage()
-            .at(at)
-            .fetch_or_default(&address)
-            .await
-            .map_err(|e| decode(&e))?;
-        thunk.to_value().map_err(|e| decode(&e))
+        let address = &subxt::dynamic::storage(pallet, entry, keys);
+        let thunk = retry::read(entry, || async move {
+            self.client.storage().at(at).fetch_or_default(address).await
+        })
+        .await
+        .map_err(|e| self.read_error(pallet, entry, e))?;
+        thunk
+            .to_value()
+            .map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}")))
     }
 
     async fn read_number(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<u64> {
@@ -229,25 +232,38 @@ impl Subtensor {
         pallet: &str,
         entry: &str,
     ) -> ChainResult<Vec<(Vec<u8>, Value<u32>)>> {
-        let address = subxt::dynamic::storage(pallet, entry, vec![Value::u128(self.netuid.into())]);
-        let decode =
-            |e: &dyn std::fmt::Display| ChainError::Decode(format!("{pallet}.{entry}: {e}"));
-        let mut stream = self
-            .client
-            .storage()
-            .at(at)
-            .iter(address)
-            .await
-            .map_err(|e| decode(&e))?;
-        let mut out = Vec::new();
-        while let Some(pair) = stream.next().await {
-            let pair = pair.map_err(|e| decode(&e))?;
-            out.push((
-                pair.key_bytes,
-                pair.value.to_value().map_err(|e| decode(&e))?,
-            ));
+        let netuid = self.netuid;
+        let pairs = retry::read(entry, || async move {
+            let address = subxt::dynamic::storage(pallet, entry, vec![Value::u128(netuid.into())]);
+            let mut stream = self.client.storage().at(at).iter(address).await?;
+            let mut pairs = Vec::new();
+            while let Some(pair) = stream.next().await {
+                let pair = pair?;
+                pairs.push((pair.key_bytes, pair.value));
+            }
+            Ok(pairs)
+        })
+        .await
+        .map_err(|e| self.read_error(pallet, entry, e))?;
+        pairs
+            .into_iter()
+            .map(|(key, value)| {
+                let value = value
+                    .to_value()
+                    .map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}")))?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    /// A failed storage read: the connection's fault, or an answer templar cannot read.
+    fn read_error(&self, pallet: &str, entry: &str, error: subxt::Error) -> ChainError {
+        match error {
+            subxt::Error::Rpc(_) | subxt::Error::Io(_) => {
+                rpc(&self.url, format!("{pallet}.{entry}: {error}"))
+            }
+            other => ChainError::Decode(format!("{pallet}.{entry}: {other}")),
         }
-        Ok(out)
     }
 
     /// Each hotkey's stake on this subnet (`TotalHotkeyAlpha`), on runtimes with per-subnet
@@ -511,16 +527,16 @@ impl Chain for Subtensor {
             return Err(ChainError::FutureBlock { block, head });
         }
         let at = self.hash_of(block).await?;
-        let raw = self
-            .client
-            .runtime_api()
-            .at(at)
-            .call_raw(
-                &format!("{}_{}", neurons::NEURON_API, neurons::NEURONS_LITE),
-                Some(&self.netuid.encode()),
-            )
-            .await
-            .map_err(|e| rpc(&self.url, e))?;
+        let method = &format!("{}_{}", neurons::NEURON_API, neurons::NEURONS_LITE);
+        let args = &self.netuid.encode();
+        let raw = retry::read(method, || {
+            self.client
+                .runtime_api()
+                .at(at)
+                .call_raw(method, Some(args))
+        })
+        .await
+        .map_err(|e| rpc(&self.url, e))?;
         let rows =
             neurons::decode_neurons(&self.client.metadata(), &raw).map_err(ChainError::Decode)?;
         // Keys end with the raw account (Twox64Concat) or the raw uid (Identity).
