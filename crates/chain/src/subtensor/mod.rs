@@ -21,7 +21,6 @@ use subxt::backend::rpc::RpcClient;
 use subxt::backend::rpc::reconnecting_rpc_client::{ExponentialBackoff, RpcClient as Reconnecting};
 use subxt::config::Header;
 use subxt::dynamic::Value;
-use subxt::ext::codec::Encode;
 use subxt::tx::{DynamicPayload, Signer, TxStatus};
 use subxt::utils::{AccountId32, H256, MultiSignature};
 use subxt::{OnlineClient, PolkadotConfig};
@@ -527,8 +526,7 @@ impl Chain for Subtensor {
             return Err(ChainError::FutureBlock { block, head });
         }
         let at = self.hash_of(block).await?;
-        let method = &format!("{}_{}", neurons::NEURON_API, neurons::NEURONS_LITE);
-        let args = &self.netuid.encode();
+        let (method, args) = &neurons::neurons_lite_call(self.netuid);
         let raw = retry::read(method, || {
             self.client
                 .runtime_api()

@@ -6,7 +6,7 @@
 //! content is decoded with the `NeuronInfoLite` layout those runtimes shipped.
 
 use subxt::Metadata;
-use subxt::ext::codec::{Compact, Decode};
+use subxt::ext::codec::{Compact, Decode, Encode};
 use subxt::ext::scale_value::Value;
 
 use super::values::{account, boolean, bytes, field, items, number, variant};
@@ -32,6 +32,11 @@ pub struct NeuronRow {
 
 pub const NEURON_API: &str = "NeuronInfoRuntimeApi";
 pub const NEURONS_LITE: &str = "get_neurons_lite";
+
+/// The runtime-API call's name and SCALE-encoded arguments for the subnet's rows.
+pub fn neurons_lite_call(netuid: u16) -> (String, Vec<u8>) {
+    (format!("{NEURON_API}_{NEURONS_LITE}"), netuid.encode())
+}
 
 /// Decodes the SCALE bytes `get_neurons_lite` returned, by the output type `metadata` gives.
 pub fn decode_neurons(metadata: &Metadata, mut raw: &[u8]) -> Result<Vec<NeuronRow>, String> {
@@ -184,7 +189,6 @@ pub fn commitment_bytes<T>(registration: &Value<T>) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use subxt::ext::codec::Encode;
     use subxt::ext::scale_value::Composite;
 
     use super::*;
@@ -260,6 +264,20 @@ pub(crate) mod tests {
         // An older runtime wraps the same bytes in an opaque Vec<u8>.
         let opaque = decode_opaque(&wire).expect("opaque");
         assert_eq!(opaque, vec![first, second]);
+    }
+
+    #[test]
+    fn the_runtime_api_call_matches_the_recorded_arguments() {
+        // shared/chain-fixtures/README.md: get_neurons_lite(3) argument bytes → 0x0300.
+        let (method, args) = neurons_lite_call(3);
+        assert_eq!(method, "NeuronInfoRuntimeApi_get_neurons_lite");
+        assert_eq!(args, [0x03, 0x00]);
+        // And finney's metadata agrees on the argument's type.
+        let metadata = finney_metadata();
+        let api = metadata.runtime_api_trait_by_name(NEURON_API).expect("api");
+        let method = api.method_by_name(NEURONS_LITE).expect("method");
+        let inputs: Vec<_> = method.inputs().map(|i| i.name.clone()).collect();
+        assert_eq!(inputs, ["netuid"]);
     }
 
     #[test]
