@@ -9,9 +9,11 @@ mod calls;
 pub mod dev;
 mod errors;
 mod neurons;
+mod reads;
 mod retry;
 mod reveal;
 mod values;
+mod writes;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,12 +21,7 @@ use std::time::Duration;
 use subxt::backend::legacy::LegacyRpcMethods;
 use subxt::backend::rpc::RpcClient;
 use subxt::backend::rpc::reconnecting_rpc_client::{ExponentialBackoff, RpcClient as Reconnecting};
-use subxt::config::Header;
-use subxt::dynamic::Value;
-use subxt::tx::{DynamicPayload, Signer, TxStatus};
-use subxt::utils::{AccountId32, H256, MultiSignature};
 use subxt::{OnlineClient, PolkadotConfig};
-use templar_protocol::keys::SUBSTRATE_CONTEXT;
 use templar_protocol::{AccountId, Keypair};
 use tokio::sync::Mutex;
 
@@ -32,8 +29,7 @@ use crate::chain::{Chain, ChainResult};
 use crate::types::{BlockInfo, ChainError, Hyperparameters, MAX_COMMITMENT_LEN, Metagraph, Neuron};
 pub use calls::Reveal;
 use calls::{COMMITMENTS, SUBTENSOR};
-use errors::{refused, rpc};
-use reveal::RevealTiming;
+use errors::rpc;
 
 /// Bittensor mainnet.
 pub const FINNEY: &str = "wss://entrypoint-finney.opentensor.ai:443";
@@ -141,265 +137,6 @@ impl Subtensor {
     pub fn block_time_ms(&self) -> u64 {
         self.block_time_ms
     }
-
-    /// The best block's number and hash.
-    async fn head(&self) -> ChainResult<(u64, H256)> {
-        let header = retry::read("the best block", || self.rpc.chain_get_header(None))
-            .await
-            .map_err(|e| rpc(&self.url, e))?
-            .ok_or_else(|| ChainError::Rpc(format!("{} has no best block", self.url)))?;
-        let hash = header.hash_with(self.client.hasher());
-        Ok((header.number().into(), hash))
-    }
-
-    async fn hash_of(&self, number: u64) -> ChainResult<H256> {
-        let block = u32::try_from(number).map_err(|_| ChainError::FutureBlock {
-            block: number,
-            head: u32::MAX.into(),
-        })?;
-        retry::read("a block hash", || {
-            self.rpc.chain_get_block_hash(Some(block.into()))
-        })
-        .await
-        .map_err(|e| rpc(&self.url, e))?
-        .ok_or_else(|| {
-            ChainError::Rpc(format!(
-                "{} does not know block {number} (pruned?)",
-                self.url
-            ))
-        })
-    }
-
-    /// A storage value of the subnet (keyed by netuid), or the type's default when unset.
-    async fn read(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<Value<u32>> {
-        self.read_keyed(at, pallet, entry, vec![Value::u128(self.netuid.into())])
-            .await
-    }
-
-    async fn read_keyed(
-        &self,
-        at: H256,
-        pallet: &str,
-        entry: &str,
-        keys: Vec<Value>,
-    ) -> ChainResult<Value<u32>> {
-        let address = &subxt::dynamic::storage(pallet, entry, keys);
-        let thunk = retry::read(entry, || async move {
-            self.client.storage().at(at).fetch_or_default(address).await
-        })
-        .await
-        .map_err(|e| self.read_error(pallet, entry, e))?;
-        thunk
-            .to_value()
-            .map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}")))
-    }
-
-    async fn read_number(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<u64> {
-        let value = self.read(at, pallet, entry).await?;
-        values::number(&value)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| ChainError::Decode(format!("{pallet}.{entry} is not a number: {value}")))
-    }
-
-    /// A subtensor value not keyed by subnet; 0 where the runtime has no such item.
-    async fn global_number(&self, at: H256, entry: &str) -> u64 {
-        self.read_keyed(at, SUBTENSOR, entry, Vec::new())
-            .await
-            .ok()
-            .and_then(|v| values::number(&v))
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0)
-    }
-
-    async fn read_bool(&self, at: H256, pallet: &str, entry: &str) -> ChainResult<bool> {
-        let value = self.read(at, pallet, entry).await?;
-        values::boolean(&value)
-            .ok_or_else(|| ChainError::Decode(format!("{pallet}.{entry} is not a bool: {value}")))
-    }
-
-    async fn timestamp_at(&self, at: H256) -> ChainResult<u64> {
-        let value = self.read_keyed(at, "Timestamp", "Now", Vec::new()).await?;
-        values::number(&value)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| ChainError::Decode(format!("Timestamp.Now is not a number: {value}")))
-    }
-
-    /// Every `(key, value)` of a map under the subnet's netuid.
-    async fn iter_subnet(
-        &self,
-        at: H256,
-        pallet: &str,
-        entry: &str,
-    ) -> ChainResult<Vec<(Vec<u8>, Value<u32>)>> {
-        let netuid = self.netuid;
-        let pairs = retry::read(entry, || async move {
-            let address = subxt::dynamic::storage(pallet, entry, vec![Value::u128(netuid.into())]);
-            let mut stream = self.client.storage().at(at).iter(address).await?;
-            let mut pairs = Vec::new();
-            while let Some(pair) = stream.next().await {
-                let pair = pair?;
-                pairs.push((pair.key_bytes, pair.value));
-            }
-            Ok(pairs)
-        })
-        .await
-        .map_err(|e| self.read_error(pallet, entry, e))?;
-        pairs
-            .into_iter()
-            .map(|(key, value)| {
-                let value = value
-                    .to_value()
-                    .map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}")))?;
-                Ok((key, value))
-            })
-            .collect()
-    }
-
-    /// A failed storage read: the connection's fault, or an answer templar cannot read.
-    fn read_error(&self, pallet: &str, entry: &str, error: subxt::Error) -> ChainError {
-        match error {
-            subxt::Error::Rpc(_) | subxt::Error::Io(_) => {
-                rpc(&self.url, format!("{pallet}.{entry}: {error}"))
-            }
-            other => ChainError::Decode(format!("{pallet}.{entry}: {other}")),
-        }
-    }
-
-    /// Each hotkey's stake on this subnet (`TotalHotkeyAlpha`), on runtimes with per-subnet
-    /// stake; `None` on older ones, whose `NeuronInfoLite.stake` is the stake. (Some runtimes
-    /// of the transition still fill `NeuronInfoLite.stake` from the old, now empty, map.)
-    async fn subnet_stakes(
-        &self,
-        at: H256,
-        hotkeys: &[[u8; 32]],
-    ) -> ChainResult<Option<HashMap<[u8; 32], u64>>> {
-        let has_alpha = self
-            .client
-            .metadata()
-            .pallet_by_name(SUBTENSOR)
-            .and_then(|p| p.storage())
-            .is_some_and(|s| s.entry_by_name("TotalHotkeyAlpha").is_some());
-        if !has_alpha {
-            return Ok(None);
-        }
-        let reads = hotkeys.iter().map(|hotkey| async move {
-            let keys = vec![Value::from_bytes(hotkey), Value::u128(self.netuid.into())];
-            let value = self
-                .read_keyed(at, SUBTENSOR, "TotalHotkeyAlpha", keys)
-                .await?;
-            let stake = values::number(&value)
-                .and_then(|n| u64::try_from(n).ok())
-                .ok_or_else(|| {
-                    ChainError::Decode(format!("TotalHotkeyAlpha is not a number: {value}"))
-                })?;
-            Ok::<_, ChainError>((*hotkey, stake))
-        });
-        let stakes = subxt::ext::futures::future::try_join_all(reads).await?;
-        Ok(Some(stakes.into_iter().collect()))
-    }
-
-    /// Signs `payload` with `key`, submits it, and waits until it is in a block; returns the
-    /// block's number. A refusal (from the pool or the runtime) is decoded into its reason.
-    async fn submit(&self, key: &Keypair, what: &str, payload: DynamicPayload) -> ChainResult<u64> {
-        let signer = KeySigner(key);
-        let mut progress = self
-            .client
-            .tx()
-            .sign_and_submit_then_watch_default(&payload, &signer)
-            .await
-            .map_err(|e| refused(what, &key.account(), e))?;
-        while let Some(status) = progress.next().await {
-            match status.map_err(|e| refused(what, &key.account(), e))? {
-                TxStatus::InBestBlock(in_block) | TxStatus::InFinalizedBlock(in_block) => {
-                    in_block
-                        .wait_for_success()
-                        .await
-                        .map_err(|e| refused(what, &key.account(), e))?;
-                    let header = self
-                        .rpc
-                        .chain_get_header(Some(in_block.block_hash()))
-                        .await
-                        .map_err(|e| rpc(&self.url, e))?;
-                    return Ok(header.map_or(0, |h| h.number().into()));
-                }
-                TxStatus::Error { message }
-                | TxStatus::Invalid { message }
-                | TxStatus::Dropped { message } => {
-                    return Err(ChainError::Refused {
-                        call: what.to_string(),
-                        error: "transaction not included".into(),
-                        reason: message,
-                    });
-                }
-                _ => {}
-            }
-        }
-        Err(ChainError::Rpc(format!(
-            "{}: the status of {what} stopped arriving before it was included",
-            self.url
-        )))
-    }
-
-    fn metadata_call(
-        &self,
-        build: impl FnOnce(&subxt::Metadata) -> Result<DynamicPayload, String>,
-    ) -> ChainResult<DynamicPayload> {
-        build(&self.client.metadata()).map_err(ChainError::Unsupported)
-    }
-
-    /// Commit-reveal subnets: reveal what is due, then commit these weights.
-    async fn commit_weights(
-        &self,
-        hotkey: &Keypair,
-        uids: &[u16],
-        weights: &[u16],
-        version_key: u64,
-    ) -> ChainResult<()> {
-        let (head, at) = self.head().await?;
-        let timing = RevealTiming {
-            netuid: self.netuid,
-            tempo: self.read_number(at, SUBTENSOR, "Tempo").await?,
-            reveal_period: self
-                .read_number(at, SUBTENSOR, "RevealPeriodEpochs")
-                .await?,
-        };
-        let mut pending = self.reveals.lock().await;
-        let mut kept = Vec::new();
-        for reveal in pending.drain(..) {
-            if timing.is_expired(reveal.committed_at, head) {
-                tracing::warn!(
-                    committed_at = reveal.committed_at,
-                    "weights commit expired before it could be revealed"
-                );
-            } else if !timing.is_due(reveal.committed_at, head) {
-                kept.push(reveal);
-            } else {
-                let payload =
-                    self.metadata_call(|m| calls::reveal_weights(m, &reveal, self.netuid))?;
-                match self.submit(hotkey, "reveal_weights", payload).await {
-                    Ok(block) => tracing::info!(
-                        block,
-                        committed_at = reveal.committed_at,
-                        "revealed weights"
-                    ),
-                    Err(error) => tracing::warn!(%error, "revealing weights"),
-                }
-            }
-        }
-        let mut reveal = Reveal {
-            uids: uids.to_vec(),
-            weights: weights.to_vec(),
-            salt: reveal::salt(),
-            version_key,
-            committed_at: 0,
-        };
-        let hash = reveal.commit_hash(hotkey.account().as_bytes(), self.netuid);
-        let payload = self.metadata_call(|m| calls::commit_weights(m, self.netuid, hash))?;
-        reveal.committed_at = self.submit(hotkey, "commit_weights", payload).await?;
-        kept.push(reveal);
-        *pending = kept;
-        Ok(())
-    }
 }
 
 /// The block time from the runtime's constants (Aura's slot duration, or twice Timestamp's
@@ -418,19 +155,6 @@ fn block_time_ms(client: &OnlineClient<PolkadotConfig>) -> u64 {
     constant("Aura", "SlotDuration")
         .or_else(|| constant("Timestamp", "MinimumPeriod").map(|p| 2 * p))
         .unwrap_or(DEFAULT_BLOCK_TIME_MS)
-}
-
-/// A templar key signing extrinsics the way a Substrate sr25519 signer does.
-struct KeySigner<'a>(&'a Keypair);
-
-impl Signer<PolkadotConfig> for KeySigner<'_> {
-    fn account_id(&self) -> AccountId32 {
-        AccountId32(self.0.account().0)
-    }
-
-    fn sign(&self, payload: &[u8]) -> MultiSignature {
-        MultiSignature::Sr25519(self.0.sign(SUBSTRATE_CONTEXT, payload).0)
-    }
 }
 
 fn fraction(part: u16) -> f64 {
