@@ -5,8 +5,6 @@
 //! Needs chopsticks, which `scripts/setup` installs from npm. When npm cannot reach it,
 //! `scripts/test` skips this binary and says so; run directly, it fails naming the fix.
 
-use std::path::Path;
-
 use templar_chain::subtensor::dev::{BlockMode, Chopsticks, DevRpc, installed_chopsticks};
 use templar_chain::{Chain, ChainError, RAO_PER_TAO, Subtensor};
 use templar_protocol::Keypair;
@@ -17,7 +15,8 @@ const NETUID: u16 = 1;
 /// Chopsticks on the recorded raonet chain spec; the guard keeps its folder alive.
 fn start() -> (Chopsticks, tempfile::TempDir) {
     let genesis =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chain-fixtures/raonet.json");
+        templar_chain::subtensor::dev::chain_fixture("raonet.json")
+        .expect("the recorded chain fixture raonet.json (shared/chain-fixtures, or $TEMPLAR_CHAIN_FIXTURES)");
     assert!(
         genesis.exists(),
         "{} is missing (the shared chain fixtures)",

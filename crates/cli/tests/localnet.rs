@@ -146,7 +146,8 @@ fn chopsticks_localnet_runs_on_a_subtensor_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("net");
     let spec =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chain-fixtures/raonet.json");
+        templar_chain::subtensor::dev::chain_fixture("raonet.json")
+        .expect("the recorded chain fixture raonet.json (shared/chain-fixtures, or $TEMPLAR_CHAIN_FIXTURES)");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_templar"))
             .args(["localnet", "--chain", "chopsticks", "--chain-spec"])

@@ -85,7 +85,8 @@ fn chopsticks_a_miner_and_a_validator_run_on_subtensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let genesis =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chain-fixtures/raonet.json");
+        templar_chain::subtensor::dev::chain_fixture("raonet.json")
+        .expect("the recorded chain fixture raonet.json (shared/chain-fixtures, or $TEMPLAR_CHAIN_FIXTURES)");
     let chopsticks = Chopsticks::start(
         &installed_chopsticks(),
         &genesis,

@@ -205,7 +205,7 @@ mod tests {
 
     // The golden values are those listed in shared/chain-fixtures/README.md.
     #[test]
-    fn set_weights_matches_the_recorded_call_data() {
+    fn finney_set_weights_matches_the_recorded_call_data() {
         let metadata = finney_metadata();
         let payload = set_weights(&metadata, 3, &[0, 1], &[65535, 32768], 1).expect("call");
         assert_eq!(
@@ -215,14 +215,14 @@ mod tests {
     }
 
     #[test]
-    fn set_commitment_matches_the_recorded_call_data() {
+    fn finney_set_commitment_matches_the_recorded_call_data() {
         let metadata = finney_metadata();
         let payload = set_commitment(&metadata, 3, b"hello").expect("call");
         assert_eq!(call_data(&payload, &metadata), "12000300040668656c6c6f");
     }
 
     #[test]
-    fn register_and_stake_encode_their_accounts() {
+    fn finney_register_and_stake_encode_their_accounts() {
         let metadata = finney_metadata();
         let hotkey = [0xAB; 32];
         let register = call_data(
@@ -245,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_calls_and_unfilled_fields_are_named() {
+    fn finney_unknown_calls_and_unfilled_fields_are_named() {
         let metadata = finney_metadata();
         let missing = call(
             &metadata,

@@ -43,6 +43,19 @@ pub enum BlockMode {
     Manual,
 }
 
+/// A recorded chain fixture (`raonet.json`, `finney-spec393.scale`): under
+/// `$TEMPLAR_CHAIN_FIXTURES`, else in the nearest `shared/chain-fixtures` beside the checkout or
+/// one of its parents. `None` when it is nowhere; `scripts/test` then skips the tests that need it.
+pub fn chain_fixture(name: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TEMPLAR_CHAIN_FIXTURES") {
+        return Some(PathBuf::from(dir).join(name)).filter(|p| p.exists());
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("shared/chain-fixtures").join(name))
+        .find(|path| path.exists())
+}
+
 /// A chopsticks process serving one chain on a free local port; killed when dropped.
 pub struct Chopsticks {
     pub url: String,

@@ -194,12 +194,9 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn finney_metadata() -> Metadata {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/chain-fixtures/finney-spec393.scale"
-        );
-        let raw = std::fs::read(path)
-            .unwrap_or_else(|e| panic!("{path}: {e} (the shared chain fixtures)"));
+        let path = crate::subtensor::dev::chain_fixture("finney-spec393.scale")
+            .expect("the recorded chain fixture finney-spec393.scale (shared/chain-fixtures, or $TEMPLAR_CHAIN_FIXTURES)");
+        let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Metadata::decode(&mut raw.as_slice()).expect("finney metadata decodes")
     }
 
@@ -253,7 +250,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn typed_and_opaque_outputs_decode_to_the_same_rows() {
+    fn finney_typed_and_opaque_outputs_decode_to_the_same_rows() {
         let mut first = row(0);
         first.stake = 300 + 45;
         let second = row(1);
@@ -267,7 +264,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_runtime_api_call_matches_the_recorded_arguments() {
+    fn finney_the_runtime_api_call_matches_the_recorded_arguments() {
         // shared/chain-fixtures/README.md: get_neurons_lite(3) argument bytes → 0x0300.
         let (method, args) = neurons_lite_call(3);
         assert_eq!(method, "NeuronInfoRuntimeApi_get_neurons_lite");
