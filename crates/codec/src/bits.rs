@@ -47,6 +47,22 @@ impl BitWriter {
     }
 }
 
+/// The 57 or more bits of `bytes` from bit `pos`, low bit first; zeros past the end.
+#[inline]
+pub fn peek_at(bytes: &[u8], pos: u64) -> u64 {
+    let byte = (pos / 8) as usize;
+    let word = match bytes.get(byte..byte + 8) {
+        Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        None => {
+            let mut buf = [0u8; 8];
+            let rest = bytes.get(byte..).unwrap_or(&[]);
+            buf[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(buf)
+        }
+    };
+    word >> (pos % 8)
+}
+
 /// Reads a bit stream; reading past the end yields zero bits, and [`BitReader::overrun`] says so.
 pub struct BitReader<'a> {
     bytes: &'a [u8],
@@ -58,21 +74,15 @@ impl<'a> BitReader<'a> {
         BitReader { bytes, pos: 0 }
     }
 
+    /// Starts reading at bit `pos`.
+    pub fn at(bytes: &'a [u8], pos: u64) -> BitReader<'a> {
+        BitReader { bytes, pos }
+    }
+
     /// The next 57 or more bits, low bit first, without consuming them.
     #[inline]
     pub fn peek(&self) -> u64 {
-        let byte = (self.pos / 8) as usize;
-        let shift = (self.pos % 8) as u32;
-        let word = match self.bytes.get(byte..byte + 8) {
-            Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            None => {
-                let mut buf = [0u8; 8];
-                let rest = self.bytes.get(byte..).unwrap_or(&[]);
-                buf[..rest.len()].copy_from_slice(rest);
-                u64::from_le_bytes(buf)
-            }
-        };
-        word >> shift
+        peek_at(self.bytes, self.pos)
     }
 
     #[inline]
