@@ -36,9 +36,13 @@ pub fn unpack(
     let codes = match bits {
         8 => bytes.to_vec(),
         2 => {
-            let mut out = Vec::with_capacity(n + 3);
-            for &b in bytes {
-                out.extend_from_slice(&[b & 3, (b >> 2) & 3, (b >> 4) & 3, b >> 6]);
+            // Four codes a byte, spread into a u32 at once: pushing them one by one checked the
+            // vector's capacity for every code.
+            let mut out = vec![0u8; bytes.len() * 4];
+            for (quad, &b) in out.chunks_exact_mut(4).zip(bytes) {
+                let b = b as u32;
+                let spread = (b & 3) | (b >> 2 & 3) << 8 | (b >> 4 & 3) << 16 | (b >> 6) << 24;
+                quad.copy_from_slice(&spread.to_le_bytes());
             }
             if out[n..].iter().any(|&q| q != 0) {
                 return Err(padding(tensor));
