@@ -237,20 +237,71 @@ fn merge_band(
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    streaming::fence();
 }
 
-/// `out = sum / max(count, 1)` (0 where no peer chose the coordinate), then clears `sum` and
-/// `count`. Written branch-free over equal-length slices so it vectorises.
+/// `out = sum / max(count, 1)` (0 where no peer chose the coordinate), clearing `sum` and `count`
+/// in the same pass: clearing them with `fill` afterwards called memset twice for every 64-value
+/// row, which cost more than the means.
 #[inline]
 fn write_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
     let n = out.len().min(sum.len()).min(count.len());
     let (out, sum, count) = (&mut out[..n], &mut sum[..n], &mut count[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(4) && (out.as_ptr() as usize).is_multiple_of(16) {
+        streaming::write_means(out, sum, count);
+        return;
+    }
+    portable_means(out, sum, count);
+}
+
+fn portable_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
+    let n = out.len().min(sum.len()).min(count.len());
     for i in 0..n {
         let c = count[i];
         out[i] = sum[i] / if c > 1.0 { c } else { 1.0 };
+        sum[i] = 0.0;
+        count[i] = 0.0;
     }
-    sum.fill(0.0);
-    count.fill(0.0);
+}
+
+/// The dense output is written once and not read again here, so its stores bypass the cache:
+/// ordinary stores first read every output line from memory, which made writing the 64 MB update
+/// of a 4096×4096 tensor a third of the merge. SSE is part of x86-64, so no run-time detection is
+/// needed; division is exact in any width, so the result is bit-identical to the portable loop.
+#[cfg(target_arch = "x86_64")]
+mod streaming {
+    use std::arch::x86_64::{
+        _mm_div_ps, _mm_loadu_ps, _mm_max_ps, _mm_set1_ps, _mm_setzero_ps, _mm_sfence,
+        _mm_storeu_ps, _mm_stream_ps,
+    };
+
+    /// As the portable loop; `out` must be 16-byte aligned and all three of one length, a
+    /// multiple of 4.
+    pub(super) fn write_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
+        let n = out.len();
+        assert!(sum.len() == n && count.len() == n && n.is_multiple_of(4));
+        assert!((out.as_ptr() as usize).is_multiple_of(16));
+        for i in (0..n).step_by(4) {
+            // SAFETY: i + 4 ≤ n for all three slices (asserted above), and `out + i` is 16-byte
+            // aligned because `out` is and i is a multiple of 4 floats.
+            unsafe {
+                let s = _mm_loadu_ps(sum.as_ptr().add(i));
+                let c = _mm_max_ps(_mm_loadu_ps(count.as_ptr().add(i)), _mm_set1_ps(1.0));
+                _mm_stream_ps(out.as_mut_ptr().add(i), _mm_div_ps(s, c));
+                _mm_storeu_ps(sum.as_mut_ptr().add(i), _mm_setzero_ps());
+                _mm_storeu_ps(count.as_mut_ptr().add(i), _mm_setzero_ps());
+            }
+        }
+    }
+
+    /// Orders the streamed stores before whatever this thread writes next, such as the flag
+    /// that tells another thread the work is done.
+    pub(super) fn fence() {
+        // SAFETY: sfence has no preconditions.
+        unsafe { _mm_sfence() }
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +314,36 @@ mod tests {
         assert_eq!(lower_median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
         assert_eq!(lower_median(&[5.0]), 5.0);
         assert_eq!(lower_median(&[]), 0.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn streamed_means_are_bit_identical_to_the_portable_loop() {
+        let n = 4096;
+        let sum: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect();
+        let count: Vec<f32> = (0..n).map(|i| (i * 7 % 6) as f32).collect();
+        let (mut s1, mut c1, mut s2, mut c2) = (sum.clone(), count.clone(), sum, count);
+        let (mut portable, mut streamed) = (vec![9.0f32; n], vec![9.0f32; n]);
+        portable_means(&mut portable, &mut s1, &mut c1);
+        // A Vec of this size is at least 16-byte aligned with every allocator Rust ships for.
+        assert!((streamed.as_ptr() as usize).is_multiple_of(16));
+        streaming::write_means(&mut streamed, &mut s2, &mut c2);
+        streaming::fence();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&portable), bits(&streamed));
+        assert!(
+            s1.iter()
+                .chain(&c1)
+                .chain(&s2)
+                .chain(&c2)
+                .all(|&x| x == 0.0)
+        );
+        assert_eq!(portable[3], sum3_over_3());
+    }
+
+    /// Coordinate 3 above: count (3·7 mod 6) = 3, a true division.
+    fn sum3_over_3() -> f32 {
+        (3.0f32 * 0.37).sin() * 1e-3 / 3.0
     }
 
     #[test]
