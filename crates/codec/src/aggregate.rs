@@ -157,45 +157,77 @@ impl<'a> PeerValues<'a> {
 /// reads would hop between 2·peers streams, more than hardware prefetchers follow.
 struct Accumulator {
     group: usize,
-    sum: Vec<f32>,
-    count: Vec<f32>,
+    /// `[sum, count]` per coordinate: side by side, adding a peer's value touches one cache
+    /// line, where separate sum and count arrays touched two.
+    cells: Vec<Cell>,
+    /// One chunk's means, for the inverse DCT, which needs them contiguous.
+    scratch: Vec<f32>,
     dct: Option<Dct2>,
 }
+
+type Cell = [f32; 2];
 
 const GROUP_BYTES: usize = 256 << 10;
 
 impl Accumulator {
     fn new(plan: &ChunkPlan, transform: Transform) -> Accumulator {
-        let group = (GROUP_BYTES / (8 * plan.chunk_len())).clamp(1, plan.chunks_per_band());
+        let cell = std::mem::size_of::<Cell>();
+        let group = (GROUP_BYTES / (cell * plan.chunk_len())).clamp(1, plan.chunks_per_band());
+        let dct =
+            (transform == Transform::Dct).then(|| Dct2::new(plan.chunk_rows, plan.chunk_cols));
         Accumulator {
             group,
-            sum: vec![0.0; group * plan.chunk_len()],
-            count: vec![0.0; group * plan.chunk_len()],
-            dct: (transform == Transform::Dct).then(|| Dct2::new(plan.chunk_rows, plan.chunk_cols)),
+            cells: vec![[0.0; 2]; group * plan.chunk_len()],
+            scratch: if dct.is_some() {
+                vec![0.0; plan.chunk_len()]
+            } else {
+                Vec::new()
+            },
+            dct,
         }
     }
 
     /// Adds one peer's entries for `chunks` consecutive chunks starting at entry `at`.
     fn scatter(&mut self, peer: &PeerValues, at: usize, k: usize, chunks: usize, chunk_len: usize) {
-        let sums = self.sum.chunks_exact_mut(chunk_len);
-        let counts = self.count.chunks_exact_mut(chunk_len);
-        for (g, (sum, count)) in sums.zip(counts).take(chunks).enumerate() {
+        for (g, cells) in self
+            .cells
+            .chunks_exact_mut(chunk_len)
+            .take(chunks)
+            .enumerate()
+        {
             let at = at + g * k;
             let idx = &peer.indices[at..at + k];
             match &peer.values {
                 Scaled::Levels { codes, levels } => {
                     for (&p, &q) in idx.iter().zip(&codes[at..at + k]) {
-                        sum[p as usize] += levels[q as usize];
-                        count[p as usize] += 1.0;
+                        let cell = &mut cells[p as usize];
+                        cell[0] += levels[q as usize];
+                        cell[1] += 1.0;
                     }
                 }
                 Scaled::Dense(v) => {
                     for (&p, &x) in idx.iter().zip(&v[at..at + k]) {
-                        sum[p as usize] += x;
-                        count[p as usize] += 1.0;
+                        let cell = &mut cells[p as usize];
+                        cell[0] += x;
+                        cell[1] += 1.0;
                     }
                 }
             }
+        }
+    }
+
+    /// Replaces a chunk's cells by `[inverse DCT of the means, 1]`.
+    fn inverse_dct(&mut self, g: usize, len: usize) {
+        let Some(dct) = self.dct.as_mut() else {
+            return;
+        };
+        let cells = &mut self.cells[g * len..(g + 1) * len];
+        for (x, &[sum, count]) in self.scratch.iter_mut().zip(cells.iter()) {
+            *x = sum / count.max(1.0);
+        }
+        dct.inverse(&mut self.scratch);
+        for (cell, &x) in cells.iter_mut().zip(&self.scratch) {
+            *cell = [x, 1.0];
         }
     }
 }
@@ -216,24 +248,13 @@ fn merge_band(
             acc.scatter(peer, at, k, chunks, len);
         }
         for g in 0..chunks {
-            let sum = &mut acc.sum[g * len..(g + 1) * len];
-            let count = &mut acc.count[g * len..(g + 1) * len];
-            if let Some(dct) = acc.dct.as_mut() {
-                for (s, n) in sum.iter_mut().zip(count.iter_mut()) {
-                    *s /= n.max(1.0);
-                    *n = 1.0;
-                }
-                dct.inverse(sum);
-            }
+            acc.inverse_dct(g, len);
             // Means, written row by row as whole cache lines; the accumulator is cleared on the way.
             let c = first + g;
-            for (i, (sum, count)) in sum
-                .chunks_exact_mut(w)
-                .zip(count.chunks_exact_mut(w))
-                .enumerate()
-            {
+            let cells = &mut acc.cells[g * len..(g + 1) * len];
+            for (i, row) in cells.chunks_exact_mut(w).enumerate() {
                 let at = i * plan.cols + c * w;
-                write_means(&mut out[at..at + w], sum, count);
+                write_means(&mut out[at..at + w], row);
             }
         }
     }
@@ -241,28 +262,26 @@ fn merge_band(
     streaming::fence();
 }
 
-/// `out = sum / max(count, 1)` (0 where no peer chose the coordinate), clearing `sum` and `count`
-/// in the same pass: clearing them with `fill` afterwards called memset twice for every 64-value
-/// row, which cost more than the means.
+/// `out = sum / max(count, 1)` (0 where no peer chose the coordinate), clearing the cells in the
+/// same pass: clearing them with `fill` afterwards called memset for every 64-value row, which
+/// cost more than the means.
 #[inline]
-fn write_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
-    let n = out.len().min(sum.len()).min(count.len());
-    let (out, sum, count) = (&mut out[..n], &mut sum[..n], &mut count[..n]);
+fn write_means(out: &mut [f32], cells: &mut [Cell]) {
+    let n = out.len().min(cells.len());
+    let (out, cells) = (&mut out[..n], &mut cells[..n]);
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(4) && (out.as_ptr() as usize).is_multiple_of(16) {
-        streaming::write_means(out, sum, count);
+        streaming::write_means(out, cells);
         return;
     }
-    portable_means(out, sum, count);
+    portable_means(out, cells);
 }
 
-fn portable_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
-    let n = out.len().min(sum.len()).min(count.len());
-    for i in 0..n {
-        let c = count[i];
-        out[i] = sum[i] / if c > 1.0 { c } else { 1.0 };
-        sum[i] = 0.0;
-        count[i] = 0.0;
+fn portable_means(out: &mut [f32], cells: &mut [Cell]) {
+    for (o, cell) in out.iter_mut().zip(cells) {
+        let [sum, count] = *cell;
+        *o = sum / if count > 1.0 { count } else { 1.0 };
+        *cell = [0.0; 2];
     }
 }
 
@@ -274,24 +293,31 @@ fn portable_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
 mod streaming {
     use std::arch::x86_64::{
         _mm_div_ps, _mm_loadu_ps, _mm_max_ps, _mm_set1_ps, _mm_setzero_ps, _mm_sfence,
-        _mm_storeu_ps, _mm_stream_ps,
+        _mm_shuffle_ps, _mm_storeu_ps, _mm_stream_ps,
     };
 
-    /// As the portable loop; `out` must be 16-byte aligned and all three of one length, a
-    /// multiple of 4.
-    pub(super) fn write_means(out: &mut [f32], sum: &mut [f32], count: &mut [f32]) {
+    use super::Cell;
+
+    /// As the portable loop; `out` must be 16-byte aligned, and as long as `cells`, a multiple
+    /// of 4.
+    pub(super) fn write_means(out: &mut [f32], cells: &mut [Cell]) {
         let n = out.len();
-        assert!(sum.len() == n && count.len() == n && n.is_multiple_of(4));
+        assert!(cells.len() == n && n.is_multiple_of(4));
         assert!((out.as_ptr() as usize).is_multiple_of(16));
+        let cells = cells.as_flattened_mut();
         for i in (0..n).step_by(4) {
-            // SAFETY: i + 4 ≤ n for all three slices (asserted above), and `out + i` is 16-byte
-            // aligned because `out` is and i is a multiple of 4 floats.
+            // SAFETY: cells holds 2n floats and 2i + 8 ≤ 2n; i + 4 ≤ n for `out`, whose element
+            // i is 16-byte aligned because `out` is and i is a multiple of 4 floats.
             unsafe {
-                let s = _mm_loadu_ps(sum.as_ptr().add(i));
-                let c = _mm_max_ps(_mm_loadu_ps(count.as_ptr().add(i)), _mm_set1_ps(1.0));
-                _mm_stream_ps(out.as_mut_ptr().add(i), _mm_div_ps(s, c));
-                _mm_storeu_ps(sum.as_mut_ptr().add(i), _mm_setzero_ps());
-                _mm_storeu_ps(count.as_mut_ptr().add(i), _mm_setzero_ps());
+                let front = _mm_loadu_ps(cells.as_ptr().add(2 * i));
+                let back = _mm_loadu_ps(cells.as_ptr().add(2 * i + 4));
+                // [s0 c0 s1 c1], [s2 c2 s3 c3] → [s0 s1 s2 s3] and [c0 c1 c2 c3].
+                let sums = _mm_shuffle_ps::<0b10_00_10_00>(front, back);
+                let counts = _mm_shuffle_ps::<0b11_01_11_01>(front, back);
+                let counts = _mm_max_ps(counts, _mm_set1_ps(1.0));
+                _mm_stream_ps(out.as_mut_ptr().add(i), _mm_div_ps(sums, counts));
+                _mm_storeu_ps(cells.as_mut_ptr().add(2 * i), _mm_setzero_ps());
+                _mm_storeu_ps(cells.as_mut_ptr().add(2 * i + 4), _mm_setzero_ps());
             }
         }
     }
@@ -320,30 +346,23 @@ mod tests {
     #[test]
     fn streamed_means_are_bit_identical_to_the_portable_loop() {
         let n = 4096;
-        let sum: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 1e-3).collect();
-        let count: Vec<f32> = (0..n).map(|i| (i * 7 % 6) as f32).collect();
-        let (mut s1, mut c1, mut s2, mut c2) = (sum.clone(), count.clone(), sum, count);
+        let cells: Vec<Cell> = (0..n)
+            .map(|i| [(i as f32 * 0.37).sin() * 1e-3, (i * 7 % 6) as f32])
+            .collect();
+        let (mut c1, mut c2) = (cells.clone(), cells);
         let (mut portable, mut streamed) = (vec![9.0f32; n], vec![9.0f32; n]);
-        portable_means(&mut portable, &mut s1, &mut c1);
+        portable_means(&mut portable, &mut c1);
         // A Vec of this size is at least 16-byte aligned with every allocator Rust ships for.
         assert!((streamed.as_ptr() as usize).is_multiple_of(16));
-        streaming::write_means(&mut streamed, &mut s2, &mut c2);
+        streaming::write_means(&mut streamed, &mut c2);
         streaming::fence();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&portable), bits(&streamed));
-        assert!(
-            s1.iter()
-                .chain(&c1)
-                .chain(&s2)
-                .chain(&c2)
-                .all(|&x| x == 0.0)
-        );
-        assert_eq!(portable[3], sum3_over_3());
-    }
-
-    /// Coordinate 3 above: count (3·7 mod 6) = 3, a true division.
-    fn sum3_over_3() -> f32 {
-        (3.0f32 * 0.37).sin() * 1e-3 / 3.0
+        assert!(c1.iter().chain(&c2).all(|&c| c == [0.0; 2]));
+        // Coordinate 3: count 3·7 mod 6 = 3, a true division.
+        assert_eq!(portable[3], (3.0f32 * 0.37).sin() * 1e-3 / 3.0);
+        // Coordinate 0: count 0, so the (zero) sum is written as it is.
+        assert_eq!(portable[0], 0.0);
     }
 
     #[test]
