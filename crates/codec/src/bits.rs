@@ -53,14 +53,20 @@ pub fn peek_at(bytes: &[u8], pos: u64) -> u64 {
     let byte = (pos / 8) as usize;
     let word = match bytes.get(byte..byte + 8) {
         Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-        None => {
-            let mut buf = [0u8; 8];
-            let rest = bytes.get(byte..).unwrap_or(&[]);
-            buf[..rest.len()].copy_from_slice(rest);
-            u64::from_le_bytes(buf)
-        }
+        None => tail_word(bytes, byte),
     };
     word >> (pos % 8)
+}
+
+/// The last bytes of a stream, padded with zeros. Out of line: its copy is a memcpy call, and
+/// inlined into a decoding loop the call's clobbers pushed the loop's state onto the stack.
+#[cold]
+#[inline(never)]
+fn tail_word(bytes: &[u8], byte: usize) -> u64 {
+    let mut buf = [0u8; 8];
+    let rest = bytes.get(byte..).unwrap_or(&[]);
+    buf[..rest.len()].copy_from_slice(rest);
+    u64::from_le_bytes(buf)
 }
 
 /// Reads a bit stream; reading past the end yields zero bits, and [`BitReader::overrun`] says so.

@@ -8,7 +8,7 @@
 //! **Packed12** (upstream's layout): indices in order, pairs `(a, b)` packed into 3 bytes
 //! `[a & 0xFF, (a >> 8) & 0xF | (b & 0xF) << 4, (b >> 4) & 0xFF]`; an odd count pads `b = 0`.
 
-use crate::bits::{BitReader, BitWriter};
+use crate::bits::{BitReader, BitWriter, peek_at};
 use crate::error::DecodeError;
 use crate::plan::ChunkPlan;
 
@@ -150,35 +150,20 @@ const REFILL_EVERY: usize = 4;
 fn read_gaps(bytes: &[u8], b: u32, chunk_len: u32, k: usize, out: &mut [u16]) -> GapsEnd {
     let total = bytes.len() as u64 * 8;
     let mask = (1u64 << b) - 1;
-    // Eight zero bytes after the stream let every reload be one plain load: reading the stream's
-    // last bytes otherwise called memcpy, and the call's clobbers pushed the loop's state out of
-    // registers onto the stack.
-    let mut padded = Vec::with_capacity(bytes.len() + 8);
-    padded.extend_from_slice(bytes);
-    padded.resize(bytes.len() + 8, 0);
-    let peek_at = |pos: u64| {
-        let byte = (pos / 8) as usize;
-        // Out of `padded` means past the stream's end, where every bit is zero.
-        let word = padded
-            .get(byte..byte + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map_or(0, u64::from_le_bytes);
-        word >> (pos % 8)
-    };
     let mut pos = 0u64;
-    let mut window = peek_at(0);
+    let mut window = peek_at(bytes, 0);
     // Stream bits in `window`; at most 63, so consuming all of them never shifts a u64 by 64.
     let mut left = 63u32;
     for (chunk, dst) in out.chunks_exact_mut(k.max(1)).enumerate() {
         let mut base = 0u32;
         for (j, slot) in dst.iter_mut().enumerate() {
             if j % REFILL_EVERY == 0 {
-                window = peek_at(pos);
+                window = peek_at(bytes, pos);
                 left = 63 - (pos % 8) as u32;
             }
             let mut zeros = window.trailing_zeros();
             if zeros + 1 + b > left {
-                window = peek_at(pos);
+                window = peek_at(bytes, pos);
                 left = 63 - (pos % 8) as u32;
                 zeros = window.trailing_zeros();
             }
@@ -192,7 +177,7 @@ fn read_gaps(bytes: &[u8], b: u32, chunk_len: u32, k: usize, out: &mut [u16]) ->
             } else {
                 let gap;
                 (gap, pos) = long_gap(bytes, pos, b, chunk_len);
-                window = peek_at(pos);
+                window = peek_at(bytes, pos);
                 left = 63 - (pos % 8) as u32;
                 gap
             };
