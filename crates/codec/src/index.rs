@@ -135,11 +135,6 @@ enum GapsEnd {
     Overrun,
 }
 
-/// Fills `out` (`k` per chunk) from a Rice stream. Gaps are read out of a 64-bit window held in
-/// a register, which goes back to memory only when the next gap runs past what is left of it:
-/// about once every seven gaps at k = 64 of 4096. Loading afresh for every gap put a memory load
-/// on the critical path of each one. State lives in locals, not a struct, so it stays in
-/// registers.
 /// The window is also reloaded every few gaps, whether or not the next one fits: four gaps
 /// (≈30 bits at k = 64 of 4096) nearly always fit in what a reload gives, so the check for a
 /// gap that does not fit is almost never taken, and a branch taken every fourth gap is one the
@@ -147,24 +142,27 @@ enum GapsEnd {
 /// which cost more than the reloads (≈13 against ≈16 ms for 20 peers on one core).
 const REFILL_EVERY: usize = 4;
 
+/// Fills `out` (`k` per chunk) from a Rice stream. Gaps are read out of a 64-bit window held in
+/// a register, reloaded every [`REFILL_EVERY`] gaps or when the next gap runs past what is left
+/// of it. Loading afresh for every gap put a memory load on the critical path of each one. State
+/// lives in locals, not a struct, so it stays in registers.
 fn read_gaps(bytes: &[u8], b: u32, chunk_len: u32, k: usize, out: &mut [u16]) -> GapsEnd {
     let total = bytes.len() as u64 * 8;
     let mask = (1u64 << b) - 1;
+    // The window at `pos`, and how many of its bits are stream bits: at most 63, so consuming
+    // all of them never shifts a u64 by 64.
+    let reload = |pos: u64| (peek_at(bytes, pos), 63 - (pos % 8) as u32);
     let mut pos = 0u64;
-    let mut window = peek_at(bytes, 0);
-    // Stream bits in `window`; at most 63, so consuming all of them never shifts a u64 by 64.
-    let mut left = 63u32;
+    let (mut window, mut left) = reload(pos);
     for (chunk, dst) in out.chunks_exact_mut(k.max(1)).enumerate() {
         let mut base = 0u32;
         for (j, slot) in dst.iter_mut().enumerate() {
             if j % REFILL_EVERY == 0 {
-                window = peek_at(bytes, pos);
-                left = 63 - (pos % 8) as u32;
+                (window, left) = reload(pos);
             }
             let mut zeros = window.trailing_zeros();
             if zeros + 1 + b > left {
-                window = peek_at(bytes, pos);
-                left = 63 - (pos % 8) as u32;
+                (window, left) = reload(pos);
                 zeros = window.trailing_zeros();
             }
             let gap = if zeros + 1 + b <= left {
@@ -177,8 +175,7 @@ fn read_gaps(bytes: &[u8], b: u32, chunk_len: u32, k: usize, out: &mut [u16]) ->
             } else {
                 let gap;
                 (gap, pos) = long_gap(bytes, pos, b, chunk_len);
-                window = peek_at(bytes, pos);
-                left = 63 - (pos % 8) as u32;
+                (window, left) = reload(pos);
                 gap
             };
             let i = base.saturating_add(gap);
