@@ -6,9 +6,11 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chain;
 mod data;
+mod experiment;
 mod localnet;
 mod model;
 mod node;
+mod svg;
 mod wallet;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
@@ -38,6 +40,9 @@ enum Command {
     /// Inspect model presets.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Research runs on templar's own code: the convergence study.
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
     /// Create and inspect keys (Bittensor's wallet layout).
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Experiment(cmd) => experiment::run(cmd),
         Command::Model(cmd) => model::run(cmd),
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::Chain(cmd) => chain::run(cmd),
@@ -74,6 +80,17 @@ fn main() -> Result<()> {
         Command::Miner(args) => node::run(templar_node::Role::Miner, args),
         Command::Validator(args) => node::run(templar_node::Role::Validator, args),
     }
+}
+
+/// The demo corpus `scripts/setup` installs: `$TEMPLAR_CACHE/corpus/text`, by default under
+/// `~/.cache/templar`.
+pub(crate) fn default_corpus() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let cache = std::env::var_os("TEMPLAR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
+        .unwrap_or_else(|| PathBuf::from(".cache/templar"));
+    cache.join("corpus/text")
 }
 
 #[cfg(test)]

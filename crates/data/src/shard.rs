@@ -168,6 +168,18 @@ impl SplitReader {
         Ok(())
     }
 
+    /// Appends the tokens of every sample in `ids` to `out`, in that order, and returns the text
+    /// bytes behind their target tokens (what bits per byte divides by).
+    pub fn read_samples(&self, ids: &[u64], out: &mut Vec<i64>) -> Result<u64, DataError> {
+        out.reserve(ids.len() * self.seq_len);
+        let mut bytes = 0;
+        for &id in ids {
+            self.read_tokens(id, out)?;
+            bytes += u64::from(self.target_bytes(id)?);
+        }
+        Ok(bytes)
+    }
+
     /// Text bytes behind sample `index`'s target tokens (tokens 1..seq_len).
     pub fn target_bytes(&self, index: u64) -> Result<u32, DataError> {
         let (shard, local) = self.locate(index)?;

@@ -25,4 +25,4 @@ pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, learning_rate};
 pub use params::{NamedBuffer, Parameters, parameter_shapes};
 pub use tch::Device;
-pub use train::{Batch, StepStats, Trainer};
+pub use train::{Batch, Gradients, StepStats, Trainer};

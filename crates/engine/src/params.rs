@@ -111,6 +111,18 @@ impl Parameters {
         read_into(&self.tensors[index], out)
     }
 
+    /// Reads the gradient of parameter `index` into `out`; zeros when no gradient was computed
+    /// (a parameter the loss does not reach).
+    pub fn read_gradient(&self, index: usize, out: &mut [f32]) -> Result<(), EngineError> {
+        let grad = self.tensors[index].grad();
+        if grad.defined() {
+            read_into(&grad, out)
+        } else {
+            out.fill(0.0);
+            Ok(())
+        }
+    }
+
     /// Overwrites every parameter from buffers that must match in name, order and shape.
     pub fn write(&mut self, buffers: &[NamedBuffer]) -> Result<(), EngineError> {
         self.check_layout(

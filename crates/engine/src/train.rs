@@ -81,6 +81,16 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
+/// What one gradient pass measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gradients {
+    /// Mean loss over the batch's predicted positions, in nats.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens: usize,
+}
+
 /// A model with its inner optimizer.
 pub struct Trainer {
     pub model: Llama,
@@ -100,6 +110,21 @@ impl Trainer {
 
     /// One optimizer step over `batch`, split into micro-batches of `micro_batch_size` samples.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+        let gradients = self.compute_gradients(batch)?;
+        let lr = learning_rate(&self.config, self.optimizer.steps());
+        self.optimizer.step(&mut self.model.params, lr)?;
+        Ok(StepStats {
+            loss: gradients.loss,
+            grad_norm: gradients.grad_norm,
+            lr,
+            tokens: gradients.tokens,
+        })
+    }
+
+    /// The clipped gradient of the batch's mean loss, left on the parameters (read it with
+    /// [`Parameters::read_gradient`](crate::Parameters::read_gradient)); no optimizer step. For
+    /// optimizers that live outside the engine, such as a DeMo-style sign step.
+    pub fn compute_gradients(&mut self, batch: &Batch) -> Result<Gradients, EngineError> {
         let device = self.model.device();
         for param in &mut self.model.params.tensors {
             param.zero_grad();
@@ -125,12 +150,9 @@ impl Trainer {
             loss_sum += f64::try_from(&loss)?;
         }
         let grad_norm = self.clip_gradients()?;
-        let lr = learning_rate(&self.config, self.optimizer.steps());
-        self.optimizer.step(&mut self.model.params, lr)?;
-        Ok(StepStats {
+        Ok(Gradients {
             loss: loss_sum / predicted as f64,
             grad_norm,
-            lr,
             tokens: batch.rows() * batch.input_ids.size()[1] as usize,
         })
     }

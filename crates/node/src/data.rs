@@ -62,12 +62,8 @@ impl Data {
     /// A batch of the given samples and the text bytes behind its predicted tokens.
     pub fn batch(&self, split: Split, ids: &[u64]) -> Result<(Batch, u64), NodeError> {
         let reader = self.dataset.split(split);
-        let mut tokens = Vec::with_capacity(ids.len() * reader.seq_len());
-        let mut bytes = 0;
-        for &id in ids {
-            reader.read_tokens(id, &mut tokens)?;
-            bytes += u64::from(reader.target_bytes(id)?);
-        }
+        let mut tokens = Vec::new();
+        let bytes = reader.read_samples(ids, &mut tokens)?;
         let batch = Batch::from_tokens(&tokens, ids.len(), reader.seq_len(), self.vocab_size)?;
         Ok((batch, bytes))
     }

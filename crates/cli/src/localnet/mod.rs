@@ -9,7 +9,6 @@ mod history;
 mod net_chain;
 mod report;
 mod setup;
-mod svg;
 mod tail;
 
 use std::collections::BTreeMap;
@@ -120,7 +119,7 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
         preset: args.preset.clone(),
         block_time_ms: BLOCK_TIME_MS,
         window_secs: args.window_secs,
-        corpus: args.corpus.clone().unwrap_or_else(default_corpus),
+        corpus: args.corpus.clone().unwrap_or_else(crate::default_corpus),
         chain,
     };
     let prepared = setup::prepare_network(&layout, &members, &new)?;
@@ -196,14 +195,6 @@ fn lock(dir: &Path) -> Result<std::fs::File> {
             Err(e).context(format!("locking {}", path.display()))
         }
     }
-}
-
-fn default_corpus() -> PathBuf {
-    let cache = std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
-        .unwrap_or_else(|| PathBuf::from(".cache/templar"));
-    cache.join("corpus/text")
 }
 
 /// The command line of one node, but for its chain options (`NetChain::node_args`).

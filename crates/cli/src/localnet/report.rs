@@ -12,7 +12,7 @@ use templar_protocol::WindowClock;
 
 use super::history::{History, WindowRecord, human_bytes};
 use super::net_chain::NetChain;
-use super::svg::{Chart, Series, escape};
+use crate::svg::{Chart, Series, escape};
 
 /// One invocation of `templar localnet`, appended to `runs.jsonl` when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +193,7 @@ pub fn charts(report: &Report) -> Vec<(&'static str, String)> {
             ),
             dashed: false,
         }],
+        log_x: false,
         log_y: false,
     };
     let incentive = Chart {
@@ -200,6 +201,7 @@ pub fn charts(report: &Report) -> Vec<(&'static str, String)> {
         x_label: "window".into(),
         y_label: "incentive".into(),
         series: per_miner(report, |w, uid| w.miners.get(&uid)?.incentive),
+        log_x: false,
         log_y: false,
     };
     let mut bytes_series = per_miner(report, |w, uid| {
@@ -235,6 +237,7 @@ pub fn charts(report: &Report) -> Vec<(&'static str, String)> {
         x_label: "window".into(),
         y_label: "bytes".into(),
         series: bytes_series,
+        log_x: false,
         log_y: true,
     };
     vec![

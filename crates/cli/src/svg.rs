@@ -9,8 +9,9 @@ const LEFT: f64 = 72.0;
 const RIGHT: f64 = 160.0;
 const TOP: f64 = 44.0;
 const BOTTOM: f64 = 52.0;
-const COLORS: [&str; 8] = [
+const COLORS: [&str; 14] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22", "#393b79", "#e7969c", "#637939", "#ad494a",
 ];
 
 pub struct Series {
@@ -25,51 +26,90 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
-    /// Logarithmic y axis (values ≤ 0 are left out).
+    /// Logarithmic axes (values ≤ 0 are left out).
+    pub log_x: bool,
     pub log_y: bool,
+}
+
+/// One axis: the data range it shows, linear or in decades.
+struct Scale {
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+impl Scale {
+    /// A linear scale padded around the values, or a log scale over whole decades.
+    fn fit(values: impl Iterator<Item = f64>, log: bool) -> Scale {
+        if !log {
+            let (lo, hi) = padded(range(values));
+            return Scale { lo, hi, log };
+        }
+        let (lo, hi) = match range(values.map(f64::log10)) {
+            (lo, hi) if lo.is_finite() => (lo.floor(), hi.ceil().max(lo.floor() + 1.0)),
+            _ => (0.0, 1.0),
+        };
+        Scale { lo, hi, log }
+    }
+
+    /// Where `value` falls, 0 at the low end and 1 at the high end.
+    fn fraction(&self, value: f64) -> f64 {
+        let v = if self.log { value.log10() } else { value };
+        (v - self.lo) / (self.hi - self.lo)
+    }
+
+    fn shows(&self, value: f64) -> bool {
+        shows(value, self.log)
+    }
+
+    fn ticks(&self, target: usize) -> Vec<(f64, String)> {
+        if self.log {
+            (self.lo as i32..=self.hi as i32)
+                .map(|p| (10f64.powi(p), label(10f64.powi(p))))
+                .collect()
+        } else {
+            nice_ticks(self.lo, self.hi, target)
+                .into_iter()
+                .map(|t| (t, label(t)))
+                .collect()
+        }
+    }
+}
+
+/// Whether a value can be drawn: finite, and positive on a log axis.
+fn shows(value: f64, log: bool) -> bool {
+    value.is_finite() && (!log || value > 0.0)
 }
 
 /// Maps data coordinates onto the plot area.
 struct Frame {
-    x: (f64, f64),
-    y: (f64, f64),
-    log_y: bool,
+    x: Scale,
+    y: Scale,
 }
 
 impl Frame {
     fn px(&self, x: f64) -> f64 {
-        LEFT + (x - self.x.0) / (self.x.1 - self.x.0) * (WIDTH - LEFT - RIGHT)
+        LEFT + self.x.fraction(x) * (WIDTH - LEFT - RIGHT)
     }
     fn py(&self, y: f64) -> f64 {
-        let y = if self.log_y { y.log10() } else { y };
-        HEIGHT - BOTTOM - (y - self.y.0) / (self.y.1 - self.y.0) * (HEIGHT - TOP - BOTTOM)
+        HEIGHT - BOTTOM - self.y.fraction(y) * (HEIGHT - TOP - BOTTOM)
+    }
+    fn shows(&self, (x, y): (f64, f64)) -> bool {
+        self.x.shows(x) && self.y.shows(y)
     }
 }
 
 impl Chart {
     pub fn to_svg(&self) -> String {
-        let points: Vec<(f64, f64)> = self
+        let shown: Vec<(f64, f64)> = self
             .series
             .iter()
             .flat_map(|s| s.points.iter().copied())
-            .filter(|&(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0))
+            .filter(|&(x, y)| shows(x, self.log_x) && shows(y, self.log_y))
             .collect();
-        let x = padded(range(points.iter().map(|p| p.0)));
-        let y_values = points
-            .iter()
-            .map(|p| if self.log_y { p.1.log10() } else { p.1 });
-        let y = if self.log_y {
-            match range(y_values) {
-                (lo, hi) if lo.is_finite() => (lo.floor(), hi.ceil().max(lo.floor() + 1.0)),
-                _ => (0.0, 1.0),
-            }
-        } else {
-            padded(range(y_values))
-        };
         let frame = Frame {
-            x,
-            y,
-            log_y: self.log_y,
+            x: Scale::fit(shown.iter().map(|p| p.0), self.log_x),
+            y: Scale::fit(shown.iter().map(|p| p.1), self.log_y),
         };
         let mut svg = String::new();
         let _ = write!(
@@ -99,27 +139,17 @@ impl Chart {
             x1 - x0,
             y0 - y1
         );
-        for tick in nice_ticks(frame.x.0, frame.x.1, 8) {
+        for (tick, text) in frame.x.ticks(8) {
             let px = frame.px(tick);
             let _ = write!(
                 svg,
                 r##"<line x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{}" stroke="#444"/><text x="{px:.1}" y="{}" text-anchor="middle">{}</text>"##,
                 y0 + 5.0,
                 y0 + 18.0,
-                label(tick)
+                text
             );
         }
-        let y_ticks: Vec<(f64, String)> = if frame.log_y {
-            let (lo, hi) = (frame.y.0 as i32, frame.y.1 as i32);
-            (lo..=hi)
-                .map(|p| (10f64.powi(p), label(10f64.powi(p))))
-                .collect()
-        } else {
-            nice_ticks(frame.y.0, frame.y.1, 6)
-                .into_iter()
-                .map(|t| (t, label(t)))
-                .collect()
-        };
+        let y_ticks = frame.y.ticks(6);
         for (tick, text) in y_ticks {
             let py = frame.py(tick);
             let _ = write!(
@@ -151,7 +181,7 @@ fn draw_series(svg: &mut String, frame: &Frame, series: &Series, color: &str, in
     for segment in series.points.split(|&(_, y)| !y.is_finite()) {
         let points: Vec<(f64, f64)> = segment
             .iter()
-            .filter(|&&(x, y)| x.is_finite() && (!frame.log_y || y > 0.0))
+            .filter(|&&p| frame.shows(p))
             .map(|&(x, y)| (frame.px(x), frame.py(y)))
             .collect();
         let path: Vec<String> = points
@@ -282,6 +312,7 @@ mod tests {
                 points: vec![(1.0, 8.0), (2.0, 6.5), (3.0, 5.0)],
                 dashed: false,
             }],
+            log_x: false,
             log_y: false,
         };
         let svg = chart.to_svg();
@@ -302,6 +333,7 @@ mod tests {
                 points: vec![(1.0, 1.0), (2.0, 2.0), (3.0, f64::NAN), (9.0, 3.0)],
                 dashed: false,
             }],
+            log_x: false,
             log_y: false,
         };
         let svg = chart.to_svg();
@@ -320,6 +352,7 @@ mod tests {
                 points: vec![(5.0, 0.0)],
                 dashed: false,
             }],
+            log_x: false,
             log_y: true,
         };
         let svg = chart.to_svg();

@@ -1,0 +1,163 @@
+//! The sparse methods, which exchange the codec's encoded payloads: DeMo every step, SparseLoCo
+//! every `inner_steps` steps. Payloads go through `encode` and `decode` as on the network, so the
+//! bytes counted are the bytes a node would upload.
+
+use templar_codec::aggregate::merge_tensor;
+use templar_codec::{
+    CodecConfig, ErrorFeedback, IndexCoding, Payload, Schema, SparseTensor, TensorSpec, Transform,
+    ValueCoding, aggregate, compress, decode, encode,
+};
+use templar_engine::{ModelConfig, learning_rate, parameter_shapes};
+
+use crate::dense::pseudo_gradient;
+use crate::error::ExperimentError;
+use crate::outer::{descend, sign_step};
+use crate::run::{Study, Tracker, read, write};
+
+/// The codec schema of the study's model.
+fn schema(model: &ModelConfig, config: CodecConfig) -> Result<Schema, ExperimentError> {
+    let specs = parameter_shapes(model)
+        .into_iter()
+        .map(|(name, shape)| {
+            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            TensorSpec::new(name, &shape)
+        })
+        .collect();
+    Schema::new(specs, config).map_err(ExperimentError::codec)
+}
+
+/// Zeroed buffers, one per schema tensor.
+fn zeros(schema: &Schema) -> Vec<Vec<f32>> {
+    (0..schema.len())
+        .map(|i| vec![0f32; schema.plan(i).numel()])
+        .collect()
+}
+
+/// Compresses with `error_feedback`, encodes, and decodes what a peer would receive.
+fn send(
+    schema: &Schema,
+    error_feedback: &mut [Vec<f32>],
+    delta: &[Vec<f32>],
+) -> Result<(Payload, u64), ExperimentError> {
+    let payload = compress(schema, error_feedback, delta).map_err(ExperimentError::codec)?;
+    let bytes = encode(schema, &payload, IndexCoding::Rice);
+    let received = decode(schema, &bytes).map_err(ExperimentError::codec)?;
+    Ok((received, bytes.len() as u64))
+}
+
+/// SparseLoCo as templar's miners run it: `inner_steps` AdamW steps, `Δ = θ_shared − θ_local`
+/// through error feedback, top-k per chunk and 2-bit values; the median-norm-clipped mean over
+/// choosers, applied as `θ ← θ − lr · aggregate` (a non-finite tensor is skipped, as on a node).
+pub(crate) fn sparseloco(
+    study: &Study,
+    inner_steps: u64,
+    topk: usize,
+    tracker: &mut Tracker,
+) -> Result<(), ExperimentError> {
+    let (replicas, rows) = (study.settings.replicas, study.settings.batch_size);
+    let o = &study.settings.outer;
+    let config = CodecConfig {
+        target_chunk: o.chunk,
+        topk,
+        error_feedback: ErrorFeedback {
+            beta: o.error_feedback_beta,
+            lr: 1.0,
+        },
+        ..CodecConfig::default()
+    };
+    let schema = schema(&study.preset.model, config)?;
+    let mut trainers = (0..replicas)
+        .map(|_| study.trainer(rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut error_feedback: Vec<Vec<Vec<f32>>> = (0..replicas).map(|_| zeros(&schema)).collect();
+    let mut shared = read(&trainers[0])?;
+    let mut update = zeros(&schema);
+    tracker.synced(0, &trainers[0].model)?;
+    for round in 0..study.rounds(inner_steps) {
+        let steps = study.round_steps(round, inner_steps);
+        let mut received = Vec::with_capacity(replicas);
+        let mut sizes = Vec::with_capacity(replicas);
+        for (replica, trainer) in trainers.iter_mut().enumerate() {
+            for step in steps.clone() {
+                let batch = study.data.train_batch(replica, step, rows)?;
+                tracker.record_loss(trainer.train_step(&batch)?.loss);
+            }
+            let delta = pseudo_gradient(&shared, &read(trainer)?);
+            let (payload, size) = send(&schema, &mut error_feedback[replica], &delta)?;
+            received.push(payload);
+            sizes.push(size);
+        }
+        let peers: Vec<&Payload> = received.iter().collect();
+        aggregate(&schema, &peers, &mut update).map_err(ExperimentError::codec)?;
+        for (buffer, tensor) in shared.iter_mut().zip(&update) {
+            if tensor.iter().all(|v| v.is_finite()) {
+                descend(&mut buffer.data, tensor, o.sparseloco_lr);
+            }
+        }
+        for trainer in &mut trainers {
+            write(trainer, &shared)?;
+        }
+        tracker.payload_exchange(&sizes);
+        tracker.synced(steps.end, &trainers[0].model)?;
+    }
+    Ok(())
+}
+
+/// DeMo: no inner optimizer. Every step each replica folds its gradient into its momentum
+/// (`m = decay·m + g`), sends the top-k DCT coefficients per chunk and keeps the rest; everyone
+/// steps `lr` against the sign of the mean over choosers, after decoupled weight decay. Values go
+/// as bf16, as DeMo sends them from the GPU.
+pub(crate) fn demo(
+    study: &Study,
+    topk: usize,
+    tracker: &mut Tracker,
+) -> Result<(), ExperimentError> {
+    let (replicas, rows) = (study.settings.replicas, study.settings.batch_size);
+    let o = &study.settings.outer;
+    let config = CodecConfig {
+        target_chunk: o.chunk,
+        topk,
+        transform: Transform::Dct,
+        values: ValueCoding::Bf16,
+        error_feedback: ErrorFeedback {
+            beta: o.demo_decay,
+            lr: 1.0,
+        },
+        ..CodecConfig::default()
+    };
+    let schema = schema(&study.preset.model, config)?;
+    let mut trainer = study.trainer(rows)?;
+    let weight_decay = trainer.config.weight_decay as f32;
+    let mut momentum: Vec<Vec<Vec<f32>>> = (0..replicas).map(|_| zeros(&schema)).collect();
+    let mut gradient = zeros(&schema);
+    let mut update = zeros(&schema);
+    let everyone = vec![1.0f32; replicas];
+    tracker.synced(0, &trainer.model)?;
+    for step in 0..study.steps() {
+        let mut received = Vec::with_capacity(replicas);
+        let mut sizes = Vec::with_capacity(replicas);
+        for (replica, momentum) in momentum.iter_mut().enumerate() {
+            let batch = study.data.train_batch(replica, step, rows)?;
+            tracker.record_loss(trainer.compute_gradients(&batch)?.loss);
+            for (i, g) in gradient.iter_mut().enumerate() {
+                trainer.model.params.read_gradient(i, g)?;
+            }
+            let (payload, size) = send(&schema, momentum, &gradient)?;
+            received.push(payload);
+            sizes.push(size);
+        }
+        for (i, out) in update.iter_mut().enumerate() {
+            let peers: Vec<&SparseTensor> = received.iter().map(|p| &p.tensors[i]).collect();
+            merge_tensor(&schema, i, &peers, &everyone, out).map_err(ExperimentError::codec)?;
+        }
+        let lr = learning_rate(&trainer.config, step) as f32;
+        let mut weights = read(&trainer)?;
+        for (buffer, tensor) in weights.iter_mut().zip(&update) {
+            sign_step(&mut buffer.data, tensor, lr, weight_decay);
+        }
+        write(&mut trainer, &weights)?;
+        tracker.payload_exchange(&sizes);
+        tracker.synced(step + 1, &trainer.model)?;
+    }
+    Ok(())
+}
