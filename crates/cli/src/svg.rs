@@ -323,6 +323,27 @@ mod tests {
     }
 
     #[test]
+    fn a_log_x_axis_ticks_whole_decades_and_drops_non_positive_x() {
+        let chart = Chart {
+            title: "t".into(),
+            x_label: "bytes".into(),
+            y_label: "y".into(),
+            series: vec![Series {
+                name: "s".into(),
+                points: vec![(0.0, 1.0), (2e3, 2.0), (5e5, 3.0)],
+                dashed: false,
+            }],
+            log_x: true,
+            log_y: false,
+        };
+        let svg = chart.to_svg();
+        for decade in [">1000<", ">10k<", ">100k<", ">1M<"] {
+            assert!(svg.contains(decade), "{decade} missing");
+        }
+        assert_eq!(svg.matches("<circle").count(), 2);
+    }
+
+    #[test]
     fn a_non_finite_point_breaks_the_line() {
         let chart = Chart {
             title: "t".into(),

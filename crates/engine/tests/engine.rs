@@ -209,3 +209,30 @@ fn corrupt_checkpoint_is_a_clear_error() {
         .to_string();
     assert!(error.contains("model.safetensors"), "{error}");
 }
+
+#[test]
+fn a_gradient_pass_gives_a_descent_direction_and_leaves_the_model_alone() {
+    let mut t = trainer(3);
+    let b = batch(0, &t.model.config, &t.config);
+    let before = bits(&t);
+    let loss = t.compute_gradients(&b).unwrap().loss;
+    assert_eq!(bits(&t), before);
+    assert_eq!(t.optimizer.steps(), 0);
+    let mut weights = t.model.params.read().unwrap();
+    let mut nonzero = false;
+    for (i, w) in weights.iter_mut().enumerate() {
+        let mut gradient = vec![0f32; w.data.len()];
+        t.model.params.read_gradient(i, &mut gradient).unwrap();
+        nonzero |= gradient.iter().any(|&g| g != 0.0);
+        for (x, g) in w.data.iter_mut().zip(&gradient) {
+            *x -= 0.1 * g;
+        }
+    }
+    assert!(nonzero);
+    t.model.params.write(&weights).unwrap();
+    let after = t.compute_gradients(&b).unwrap().loss;
+    assert!(
+        after < loss,
+        "a step against the gradient took the loss from {loss} to {after}"
+    );
+}
