@@ -20,8 +20,9 @@ pub struct Settings {
     pub outer: OuterSettings,
 }
 
-/// The outer optimizers' and codecs' settings.
+/// The outer optimizers' and codecs' settings. Fields missing from a saved run take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OuterSettings {
     /// DiLoCo's outer Nesterov learning rate and momentum (the DiLoCo paper's 0.7 and 0.9).
     pub diloco_lr: f32,
@@ -34,6 +35,8 @@ pub struct OuterSettings {
     pub demo_decay: f32,
     /// Upper bound on each chunk side: 64 makes the 4096-value chunks that k counts against.
     pub chunk: usize,
+    /// SparseLoCo's quantizer levels: 4 (2-bit values, the network's setting) or 256 (8-bit).
+    pub quantizer_bins: u16,
 }
 
 impl Default for OuterSettings {
@@ -45,6 +48,7 @@ impl Default for OuterSettings {
             error_feedback_beta: 0.95,
             demo_decay: 0.999,
             chunk: 64,
+            quantizer_bins: 4,
         }
     }
 }
@@ -91,6 +95,15 @@ impl Settings {
         let unit = [o.diloco_momentum, o.error_feedback_beta, o.demo_decay];
         if !unit.iter().all(|v| (0.0..1.0).contains(v)) {
             return Err("momentum and decay factors must lie in [0, 1)".into());
+        }
+        if o.chunk < 2 {
+            return Err(format!("--chunk must be at least 2, got {}", o.chunk));
+        }
+        if ![4, 256].contains(&o.quantizer_bins) {
+            return Err(format!(
+                "--quantizer-bins must be 4 (2-bit values) or 256 (8-bit), got {}",
+                o.quantizer_bins
+            ));
         }
         Ok(())
     }

@@ -59,6 +59,11 @@ pub(crate) fn sparseloco(
     let config = CodecConfig {
         target_chunk: o.chunk,
         topk,
+        values: if o.quantizer_bins == 256 {
+            ValueCoding::EIGHT_BIT
+        } else {
+            ValueCoding::TWO_BIT
+        },
         error_feedback: ErrorFeedback {
             beta: o.error_feedback_beta,
             lr: 1.0,

@@ -33,7 +33,7 @@ pub struct ConvergenceArgs {
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
     /// Runs to make, comma-separated: ddp, diloco:H, demo:K, sparseloco:H:K
-    /// [default: ddp, demo:32, diloco:10, diloco:30, sparseloco:10:{32,64,128}, sparseloco:30:64].
+    /// [default: ddp, demo:32, diloco:10, diloco:30, sparseloco:10:32, sparseloco:10:64, sparseloco:30:64].
     #[arg(long, value_delimiter = ',', conflicts_with = "sweep")]
     runs: Vec<Method>,
     /// Every setting of the study: sparseloco over H ∈ {10, 30, 50} × k ∈ {32, 64, 128}, diloco
@@ -61,6 +61,12 @@ pub struct ConvergenceArgs {
     /// DiLoCo's outer Nesterov momentum.
     #[arg(long, default_value_t = OuterSettings::default().diloco_momentum)]
     diloco_momentum: f32,
+    /// SparseLoCo's quantizer levels: 4 (2-bit values) or 256 (8-bit).
+    #[arg(long, default_value_t = OuterSettings::default().quantizer_bins)]
+    quantizer_bins: u16,
+    /// Upper bound on each chunk side of the sparse codecs (k counts per chunk).
+    #[arg(long, default_value_t = OuterSettings::default().chunk)]
+    chunk: usize,
     /// DeMo's momentum decay.
     #[arg(long, default_value_t = OuterSettings::default().demo_decay)]
     demo_decay: f32,
@@ -177,7 +183,8 @@ fn settings(args: &ConvergenceArgs) -> Settings {
             sparseloco_lr: args.sparseloco_lr,
             error_feedback_beta: args.error_feedback_beta,
             demo_decay: args.demo_decay,
-            ..OuterSettings::default()
+            chunk: args.chunk,
+            quantizer_bins: args.quantizer_bins,
         },
     }
 }
