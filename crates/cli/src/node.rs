@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use templar_chain::{AnyChain, Chain, ChainTarget};
 use templar_data::Manifest;
 use templar_engine::{DeviceChoice, Preset};
+use templar_node::behavior::Behavior;
 use templar_node::data::Data;
 use templar_node::miner::Stop;
 use templar_node::node::Node;
@@ -69,6 +70,11 @@ pub struct NodeArgs {
     /// Also append every event as a JSON line to this file.
     #[arg(long)]
     events: Option<PathBuf>,
+    /// TEST AND RESEARCH NETWORKS ONLY (refused on finney): make this miner attack the network
+    /// on purpose — noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay,
+    /// other-data[:UID], lazy, late, malformed, nan or oversize. See docs/robustness.md.
+    #[arg(long, value_name = "BEHAVIOR")]
+    behavior: Option<Behavior>,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +173,15 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
 }
 
 async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
+    let behavior = args.behavior.unwrap_or_default();
+    if !behavior.is_honest() {
+        if role != Role::Miner {
+            bail!("--behavior is a miner option: validators cannot be told to misbehave");
+        }
+        if ChainTarget::parse(&args.chain) == ChainTarget::parse("finney") {
+            bail!("--behavior {behavior} is for test networks: it is refused on finney");
+        }
+    }
     let config = NetworkConfig::load(&args.config)?;
     let hotkey = args.wallet.hotkey()?;
     let chain = AnyChain::open(&ChainTarget::parse(&args.chain), args.netuid).await?;
@@ -222,7 +237,12 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         window,
     });
     match role {
-        Role::Miner => Miner::new(node, device, state_dir)?.run(stop).await?,
+        Role::Miner => {
+            Miner::new(node, device, state_dir)?
+                .with_behavior(behavior)
+                .run(stop)
+                .await?
+        }
         Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,
     }
     Ok(())

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
-use templar_codec::{compress, encode};
+use templar_codec::{Payload, compress, encode};
 use templar_data::{DataReceipt, Split};
 use templar_engine::{Device, load_model, load_optimizer, save_model, save_optimizer};
 use templar_protocol::{Kind, SlotCheck};
 
+use crate::adversary::Adversary;
+use crate::behavior::Behavior;
 use crate::catchup::{self, Position};
 use crate::error::NodeError;
 use crate::events::{Event, Phase};
@@ -43,16 +45,19 @@ impl Stop {
 }
 
 pub struct Miner<C> {
-    node: Node<C>,
-    replica: Replica,
+    pub(crate) node: Node<C>,
+    pub(crate) replica: Replica,
     error_feedback: Vec<Vec<f32>>,
     state: StateDir,
-    position: Position,
+    pub(crate) position: Position,
     /// Running estimate of one inner step, for stopping before the deadline.
     step_seconds: f64,
     device: Device,
     /// The model after the previous window, to compare with the validators' manifest.
     previous: Option<(u64, Fingerprint)>,
+    /// Honest, or an attack on a test network (see [`crate::behavior`]).
+    pub(crate) behavior: Behavior,
+    pub(crate) adversary: Adversary,
 }
 
 impl<C: Chain> Miner<C> {
@@ -93,7 +98,18 @@ impl<C: Chain> Miner<C> {
             step_seconds: 0.0,
             device,
             previous: None,
+            behavior: Behavior::Honest,
+            adversary: Adversary::default(),
         })
+    }
+
+    /// Makes this miner misbehave: for test and research networks only.
+    pub fn with_behavior(mut self, behavior: Behavior) -> Miner<C> {
+        if !behavior.is_honest() {
+            tracing::warn!(%behavior, "this miner attacks the network on purpose (a test behaviour)");
+        }
+        self.behavior = behavior;
+        self
     }
 
     pub fn position(&self) -> Position {
@@ -141,10 +157,18 @@ impl<C: Chain> Miner<C> {
             .block_timestamp(self.node.clock.end_block(window))
             .await?;
         self.node.phase(window, Phase::Training);
-        match self.train(window, train_until, train_until.saturating_sub(starts))? {
-            Some((header, codec_bytes)) => {
+        let span = train_until.saturating_sub(starts);
+        let contribution = if self.behavior.is_honest() {
+            self.train(window, self.node.uid, train_until, span)?
+                .map(|(header, payload)| header.encode(&self.encode(&payload)))
+                .ok_or_else(|| "no time left to train before the window ended".to_string())
+        } else {
+            self.misbehave(window, &peers, slot, train_until, span)
+                .await?
+        };
+        match contribution {
+            Ok(message) => {
                 self.node.phase(window, Phase::Uploading);
-                let message = header.encode(&codec_bytes);
                 let info = self
                     .node
                     .store
@@ -164,10 +188,7 @@ impl<C: Chain> Miner<C> {
                     in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
                 });
             }
-            None => self.node.events.emit(Event::Skipped {
-                window,
-                reason: "no time left to train before the window ended".into(),
-            }),
+            Err(reason) => self.node.events.emit(Event::Skipped { window, reason }),
         }
         self.node.phase(window, Phase::Waiting);
         self.node
@@ -185,6 +206,9 @@ impl<C: Chain> Miner<C> {
         let (chosen, gathered) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
         let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
+        if !self.behavior.is_honest() {
+            self.observe(&verdicts, &payloads)?;
+        }
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
@@ -252,16 +276,18 @@ impl<C: Chain> Miner<C> {
         Ok(())
     }
 
-    /// Inner steps on this window's assignment until done or `train_until` (chain ms) is near;
-    /// then the pseudo-gradient through error feedback and the codec. `None`: nothing trained.
-    fn train(
+    /// Inner steps on the assignment of `data_uid` (this miner's own, but for an attack) for
+    /// this window until done or `train_until` (chain ms) is near; then the pseudo-gradient
+    /// through error feedback and the codec. `None`: nothing trained.
+    pub(crate) fn train(
         &mut self,
         window: u64,
+        data_uid: u16,
         train_until: u64,
         window_ms: u64,
-    ) -> Result<Option<(GradientHeader, Vec<u8>)>, NodeError> {
+    ) -> Result<Option<(GradientHeader, Payload)>, NodeError> {
         let data = &self.node.data;
-        let assignment = data.assignment(self.node.uid, window);
+        let assignment = data.assignment(data_uid, window);
         let before = self.replica.read()?;
         let started = Instant::now();
         let (mut steps, mut loss_sum) = (0u32, 0.0);
@@ -313,11 +339,6 @@ impl<C: Chain> Miner<C> {
                 )));
             }
         };
-        let codec_bytes = encode(
-            &self.replica.schema,
-            &payload,
-            self.node.config.codec.index_coding,
-        );
         let samples = steps as usize * data.batch_size;
         let header = GradientHeader {
             receipt: DataReceipt::of(&assignment[..samples]).0,
@@ -325,7 +346,16 @@ impl<C: Chain> Miner<C> {
             base_window: self.position.last_window.unwrap_or(u64::MAX),
             base_fingerprint: Fingerprint::of(&before),
         };
-        Ok(Some((header, codec_bytes)))
+        Ok(Some((header, payload)))
+    }
+
+    /// The payload's bytes on the wire.
+    pub(crate) fn encode(&self, payload: &Payload) -> Vec<u8> {
+        encode(
+            &self.replica.schema,
+            payload,
+            self.node.config.codec.index_coding,
+        )
     }
 
     fn persist(&self, window: u64) -> Result<(), NodeError> {

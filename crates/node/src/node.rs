@@ -197,14 +197,24 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> BTreeMap<u16, Verdict> {
-        let reads = uids.iter().map(|&uid| async move {
-            let verdict = match peers.candidates.iter().find(|c| c.uid == uid) {
-                Some(candidate) => self.read_payload(window, candidate, slot).await,
-                None => Verdict::rejected(PayloadStatus::Missing, "missing", "not a miner"),
-            };
-            (uid, verdict)
-        });
+        let reads = uids
+            .iter()
+            .map(|&uid| async move { (uid, self.fetch(window, uid, peers, slot).await) });
         futures::future::join_all(reads).await.into_iter().collect()
+    }
+
+    /// One peer's payload for `window`, checked as [`Node::gather`] checks it.
+    pub async fn fetch(
+        &self,
+        window: u64,
+        uid: u16,
+        peers: &WindowPeers,
+        slot: Option<UploadSlot>,
+    ) -> Verdict {
+        match peers.candidates.iter().find(|c| c.uid == uid) {
+            Some(candidate) => self.read_payload(window, candidate, slot).await,
+            None => Verdict::rejected(PayloadStatus::Missing, "missing", "not a miner"),
+        }
     }
 
     async fn read_payload(

@@ -56,6 +56,18 @@ impl Replica {
         if payloads.is_empty() {
             return Ok(());
         }
+        let update = self.aggregate(payloads)?;
+        let refs: Vec<&[f32]> = update.iter().map(Vec::as_slice).collect();
+        Ok(self
+            .trainer
+            .model
+            .params
+            .apply_update(&refs, self.outer_lr)?)
+    }
+
+    /// The dense aggregate of `payloads` (ascending uid order), with any tensor that is not
+    /// finite zeroed.
+    pub fn aggregate(&self, payloads: &[&Payload]) -> Result<Vec<Vec<f32>>, NodeError> {
         let mut update: Vec<Vec<f32>> = (0..self.schema.len())
             .map(|i| vec![0f32; self.schema.plan(i).numel()])
             .collect();
@@ -66,12 +78,7 @@ impl Replica {
                 tensor.fill(0.0);
             }
         }
-        let refs: Vec<&[f32]> = update.iter().map(Vec::as_slice).collect();
-        Ok(self
-            .trainer
-            .model
-            .params
-            .apply_update(&refs, self.outer_lr)?)
+        Ok(update)
     }
 
     /// `θ ← θ − scale · g` where `g` is one peer's update clipped, tensor by tensor, to the lower
