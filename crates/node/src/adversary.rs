@@ -13,6 +13,7 @@ use templar_protocol::UploadSlot;
 use crate::behavior::{self, Behavior, Rng};
 use crate::error::NodeError;
 use crate::fingerprint::Fingerprint;
+use crate::gauntlet::norms::median_norms;
 use crate::gauntlet::selection::mix;
 use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
 use crate::miner::Miner;
@@ -163,8 +164,8 @@ impl<C: Chain> Miner<C> {
             .filter(|g| g.uid != self.node.uid)
             .map(|g| &g.payload)
             .collect();
-        if let Some(norms) = behavior::median_norms(&accepted) {
-            self.adversary.reference_norms = Some(norms);
+        if !accepted.is_empty() {
+            self.adversary.reference_norms = Some(median_norms(&accepted));
         }
         if self.behavior == Behavior::Lazy && !included.is_empty() {
             self.adversary.last_aggregate = Some(self.replica.aggregate(included)?);

@@ -180,26 +180,6 @@ pub fn tensor_norms(payload: &Payload) -> Vec<f64> {
     payload.tensors.iter().map(|t| t.values.norm()).collect()
 }
 
-/// Per tensor, the lower median of the payloads' norms: what an honest payload looks like (and
-/// what the aggregate clips to). `None` without payloads.
-pub fn median_norms(payloads: &[&Payload]) -> Option<Vec<f64>> {
-    let first = payloads.first()?;
-    let medians = (0..first.tensors.len())
-        .map(|i| {
-            let mut norms: Vec<f64> = payloads
-                .iter()
-                .filter_map(|p| Some(p.tensors.get(i)?.values.norm()))
-                .collect();
-            norms.sort_by(f64::total_cmp);
-            norms
-                .get((norms.len().max(1) - 1) / 2)
-                .copied()
-                .unwrap_or(0.0)
-        })
-        .collect();
-    Some(medians)
-}
-
 /// Multiplies every kept value of `tensor` by `factor`.
 pub fn scale_tensor(tensor: &mut SparseTensor, factor: f32) {
     match &mut tensor.values {
@@ -424,9 +404,8 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Payload> = payloads.iter().collect();
-        let medians = median_norms(&refs).unwrap();
+        let medians = crate::gauntlet::norms::median_norms(&refs);
         assert!((medians[0] - 2.0).abs() < 1e-3, "{medians:?}");
-        assert_eq!(median_norms(&[]), None);
     }
 
     #[test]

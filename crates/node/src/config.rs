@@ -95,6 +95,14 @@ pub struct GauntletSettings {
     pub burn_uid: Option<u16>,
     /// Index overlap at or above which the later of two uploaders is treated as a copier.
     pub overlap_threshold: f64,
+    /// A payload whose norm exceeds this many times the window's lower median in most tensors
+    /// did not come from the agreed training (the aggregate clips it anyway): its score is zeroed.
+    #[serde(default = "default_norm_outlier_ratio")]
+    pub norm_outlier_ratio: f64,
+    /// Weights go only to miners whose final score is at least this share of the best one: a
+    /// rank ramp would otherwise pay a miner whose score is a rounding error half of the top.
+    #[serde(default = "default_min_score_ratio")]
+    pub min_score_ratio: f64,
     /// Multiplier on score and moving average for a missing, late or early payload.
     pub missing_slash: f64,
     /// Multiplier for a miner more than `sync_max_steps_behind` windows behind.
@@ -103,6 +111,14 @@ pub struct GauntletSettings {
     pub inactivity_windows: u64,
     /// Samples of the validation split scored after every window (the network's progress).
     pub validation_samples: usize,
+}
+
+fn default_norm_outlier_ratio() -> f64 {
+    5.0
+}
+
+fn default_min_score_ratio() -> f64 {
+    0.05
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,7 +214,15 @@ impl NetworkConfig {
     fn check(&self) -> Result<(), String> {
         let w = &self.window;
         let g = &self.gauntlet;
-        let rules: [(bool, &str); 13] = [
+        let rules: [(bool, &str); 15] = [
+            (
+                g.norm_outlier_ratio > 1.0,
+                "gauntlet.norm_outlier_ratio must be above 1",
+            ),
+            (
+                (0.0..=1.0).contains(&g.min_score_ratio),
+                "gauntlet.min_score_ratio must be in [0, 1]",
+            ),
             (
                 w.blocks_per_window > 0,
                 "window.blocks_per_window must be positive",
@@ -297,6 +321,8 @@ impl NetworkConfig {
                 burn_rate: 0.0,
                 burn_uid: None,
                 overlap_threshold: 0.9,
+                norm_outlier_ratio: default_norm_outlier_ratio(),
+                min_score_ratio: default_min_score_ratio(),
                 missing_slash: 0.75,
                 sync_slash: 0.75,
                 inactivity_windows: 3,

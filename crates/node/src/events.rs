@@ -31,6 +31,31 @@ pub struct PeerReport {
     pub bytes: u64,
 }
 
+/// Why a usable payload was penalised.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Flag {
+    /// It shares `overlap` of its kept indices with a payload uploaded earlier in the window.
+    Copy { overlap: f64 },
+    /// Its norm is `ratio` times the window's median (see `gauntlet::norms`).
+    NormOutlier { ratio: f64 },
+}
+
+impl std::fmt::Display for Flag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Flag::Copy { overlap } => {
+                write!(
+                    f,
+                    "copies an earlier upload ({:.0}% index overlap)",
+                    overlap * 100.0
+                )
+            }
+            Flag::NormOutlier { ratio } => write!(f, "norm {ratio:.1}× the window's median"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -82,6 +107,18 @@ pub enum Event {
         /// same for another miner's update on those samples (the indicator compares the two).
         own_advantage: f64,
         control_advantage: Option<f64>,
+    },
+    /// Each usable payload's largest index overlap with another of the window: (uid, overlap),
+    /// ascending uid. (A list, not a map: integer map keys do not survive a tagged enum in JSON.)
+    Overlaps {
+        window: u64,
+        largest: Vec<(u16, f64)>,
+    },
+    /// The validator zeroed a miner's score and moving average for a usable payload.
+    Flagged {
+        window: u64,
+        miner: u16,
+        flag: Flag,
     },
     Scores {
         window: u64,
@@ -159,8 +196,10 @@ impl EventSink {
 
     pub fn emit(&self, event: Event) {
         match &event {
-            Event::Phase { .. } => tracing::debug!(node = %self.who, ?event),
-            Event::Skipped { .. } | Event::OutOfSync { .. } => {
+            Event::Phase { .. } | Event::Overlaps { .. } => {
+                tracing::debug!(node = %self.who, ?event)
+            }
+            Event::Skipped { .. } | Event::OutOfSync { .. } | Event::Flagged { .. } => {
                 tracing::warn!(node = %self.who, ?event)
             }
             _ => tracing::info!(node = %self.who, ?event),

@@ -46,8 +46,17 @@ pub fn candidates(metagraph: &Metagraph) -> Vec<Candidate> {
 
 /// Miners ordered by incentive (highest first, ties by uid); before anyone has incentive that is
 /// simply uid order. The first `peer_count` are peers, the next `reserve_count` reserves.
+///
+/// Once anyone has incentive, miners without any are left out: the validators have judged them
+/// and paid them nothing, so their payloads do not shape the model (they are still evaluated,
+/// and join the set when they earn). Upstream padded the set with unpaid miners, which let a
+/// miner publishing noise or zeros into every aggregate of a small network.
 pub fn peer_set(candidates: &[Candidate], settings: &GatherSettings) -> PeerSet {
-    let mut ordered: Vec<&Candidate> = candidates.iter().collect();
+    let anyone_paid = candidates.iter().any(|c| c.incentive > 0.0);
+    let mut ordered: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !anyone_paid || c.incentive > 0.0)
+        .collect();
     ordered.sort_by(|a, b| b.incentive.total_cmp(&a.incentive).then(a.uid.cmp(&b.uid)));
     let mut uids = ordered.iter().map(|c| c.uid);
     let peers = uids.by_ref().take(settings.peer_count).collect();
@@ -112,6 +121,14 @@ mod tests {
         let set = peer_set(&all, &settings(3, 1));
         assert_eq!(set.peers, vec![2, 7, 1]);
         assert_eq!(set.reserves, vec![3]);
+    }
+
+    #[test]
+    fn once_anyone_is_paid_unpaid_miners_are_left_out() {
+        let all = [candidate(1, 0.0), candidate(2, 0.6), candidate(3, 0.4)];
+        let set = peer_set(&all, &settings(2, 5));
+        assert_eq!(set.peers, vec![2, 3]);
+        assert!(set.reserves.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
+use templar_codec::Payload;
 use templar_data::Split;
 use templar_engine::{Batch, Device, load_model, save_model};
 use templar_protocol::Kind;
@@ -14,9 +15,10 @@ use templar_protocol::Kind;
 use crate::catchup::{self, Position};
 use crate::checkpoint;
 use crate::error::NodeError;
-use crate::events::{Event, MinerScore, Phase};
+use crate::events::{Event, Flag, MinerScore, Phase};
 use crate::fingerprint::Fingerprint;
-use crate::gauntlet::overlap::{Upload, copiers};
+use crate::gauntlet::norms::norm_outliers;
+use crate::gauntlet::overlap::{Upload, copiers_of, largest_overlaps, pair_overlaps};
 use crate::gauntlet::score::{self, Control, Evaluation, Ledger, PayloadStatus, WindowInput};
 use crate::gauntlet::selection::{fair_sample, mix};
 use crate::gauntlet::weights::{to_u16, weights};
@@ -284,10 +286,26 @@ impl<C: Chain> Validator<C> {
                 payload: &g.payload,
             })
             .collect();
-        let threshold = self.node.config.gauntlet.overlap_threshold;
-        for (uid, overlap) in copiers(&self.replica.schema, &uploads, threshold) {
-            tracing::warn!(uid, overlap, "payload copies another uploaded earlier");
-            input.copiers.push(uid);
+        let settings = &self.node.config.gauntlet;
+        let pairs = pair_overlaps(&self.replica.schema, &uploads);
+        self.node.events.emit(Event::Overlaps {
+            window,
+            largest: largest_overlaps(&uploads, &pairs),
+        });
+        let copies = copiers_of(&uploads, &pairs, settings.overlap_threshold)
+            .into_iter()
+            .map(|(uid, overlap)| (uid, Flag::Copy { overlap }));
+        let payloads: Vec<(u16, &Payload)> = usable.iter().map(|g| (g.uid, &g.payload)).collect();
+        let inflated = norm_outliers(&payloads, settings.norm_outlier_ratio)
+            .into_iter()
+            .map(|(uid, ratio)| (uid, Flag::NormOutlier { ratio }));
+        for (uid, flag) in copies.chain(inflated) {
+            self.node.events.emit(Event::Flagged {
+                window,
+                miner: uid,
+                flag,
+            });
+            input.flagged.push(uid);
         }
         Ok(input)
     }

@@ -328,10 +328,12 @@ pub fn plain_line(line: &EventLine) -> Option<String> {
             ..
         } => format!("caught up to window {to} ({replayed} replayed, checkpoint {checkpoint:?})"),
         Event::OutOfSync { .. } => "model out of sync with the manifest: rebuilding".into(),
+        Event::Flagged { miner, flag, .. } => format!("uid {miner} flagged: {flag}"),
         Event::Phase { .. }
         | Event::Applied { .. }
         | Event::Evaluated { .. }
         | Event::Scores { .. }
+        | Event::Overlaps { .. }
         | Event::ManifestPublished { .. } => return None,
     };
     let window = window_of(&line.event);

@@ -168,6 +168,13 @@ impl History {
                     miner.weight = Some(score.weight);
                 }
             }
+            Event::Flagged {
+                window,
+                miner,
+                flag,
+            } => {
+                self.notice(&line.node, *window, format!("uid {miner} flagged: {flag}"));
+            }
             Event::WeightsSet { uids, .. } => {
                 status.last = format!("set weights on {} uids", uids.len());
             }
@@ -181,7 +188,7 @@ impl History {
                 record.validation_loss = Some(*loss);
                 record.bits_per_byte = Some(*bits_per_byte);
             }
-            Event::ManifestPublished { .. } => {}
+            Event::ManifestPublished { .. } | Event::Overlaps { .. } => {}
             Event::CheckpointPublished { window } => {
                 status.last = format!("published the checkpoint of window {window}");
             }
@@ -261,6 +268,8 @@ pub fn window_of(event: &Event) -> u64 {
         | Event::Applied { window, .. }
         | Event::Evaluated { window, .. }
         | Event::Scores { window, .. }
+        | Event::Flagged { window, .. }
+        | Event::Overlaps { window, .. }
         | Event::WeightsSet { window, .. }
         | Event::Validation { window, .. }
         | Event::ManifestPublished { window }

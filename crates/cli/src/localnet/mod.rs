@@ -8,6 +8,8 @@ mod fleet;
 mod history;
 mod net_chain;
 mod report;
+mod robustness;
+mod scenario;
 mod setup;
 mod tail;
 
@@ -37,7 +39,7 @@ use tail::EventFile;
 const BLOCK_TIME_MS: u64 = 500;
 const TICK: Duration = Duration::from_millis(250);
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct LocalnetArgs {
     #[arg(long, default_value_t = 3)]
     miners: usize,
@@ -55,9 +57,10 @@ pub struct LocalnetArgs {
     /// Model preset of a new network (an existing network keeps its own).
     #[arg(long, default_value = "tiny")]
     preset: String,
-    /// Seconds per window of a new network.
-    #[arg(long, default_value_t = 20)]
-    window_secs: u64,
+    /// Seconds per window of a new network [default: 20; with --scenario adversarial 45, as
+    /// sixteen nodes share the machine].
+    #[arg(long)]
+    window_secs: Option<u64>,
     /// Text for a new network's data: a folder of .txt/.jsonl files
     /// [default: the demo corpus scripts/setup installs].
     #[arg(long)]
@@ -80,6 +83,29 @@ pub struct LocalnetArgs {
     /// With --chain chopsticks: the subnet the network runs on.
     #[arg(long, default_value_t = 1)]
     netuid: u16,
+    /// Run a scripted experiment instead of one network: `adversarial` runs --miners honest
+    /// miners beside one miner per attack (in DIR/adversarial) and the same honest miners alone
+    /// (in DIR/honest), then writes DIR/robustness.json and DIR/robustness.md.
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// With --scenario adversarial: the attacks, comma-separated [default: all of noise, zeros,
+    /// scaled, copycat, partial-copy, replay, other-data, lazy, late, malformed, nan, oversize].
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Adversarial,
+}
+
+impl LocalnetArgs {
+    fn window_secs(&self) -> u64 {
+        self.window_secs.unwrap_or(match self.scenario {
+            Some(Scenario::Adversarial) => 45,
+            None => 20,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +116,9 @@ enum ChainKind {
 
 pub fn run(args: LocalnetArgs) -> Result<()> {
     check_args(&args)?;
+    if let Some(scenario) = args.scenario {
+        return scenario::run(&args, scenario);
+    }
     if args.report_only && !args.dir.join("network.toml").exists() {
         bail!(
             "{} holds no localnet (no network.toml): run `templar localnet --dir {}` first",
@@ -97,15 +126,28 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
             args.dir.display()
         );
     }
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = args.dir.canonicalize()?;
-    let layout = Layout { dir: dir.clone() };
-    let _lock = lock(&dir)?;
     if args.report_only {
-        return report_only(&layout);
+        let dir = args.dir.canonicalize()?;
+        let _lock = lock(&dir)?;
+        return report_only(&Layout { dir });
     }
     let members = setup::members(args.validators, args.miners);
+    run_network(&args, &args.dir, members, &[])
+}
+
+/// Runs one network in `dir` for `args.windows`: sets it up (or resumes it), starts `members`
+/// as processes, follows them, and writes the report. `attacks`: behaviours (by name) the
+/// members named `a1`, `a2`, … take, aimed at the first honest miner (see [`scenario`]).
+fn run_network(
+    args: &LocalnetArgs,
+    dir: &Path,
+    mut members: Vec<Member>,
+    attacks: &[String],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let layout = Layout { dir: dir.clone() };
+    let _lock = lock(&dir)?;
     let chain = match (args.chain, &args.chain_spec) {
         (ChainKind::Chopsticks, Some(spec)) => ChainChoice::Chopsticks {
             spec: spec
@@ -118,11 +160,14 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
     let new = NewNetwork {
         preset: args.preset.clone(),
         block_time_ms: BLOCK_TIME_MS,
-        window_secs: args.window_secs,
+        window_secs: args.window_secs(),
         corpus: args.corpus.clone().unwrap_or_else(crate::default_corpus),
         chain,
     };
     let prepared = setup::prepare_network(&layout, &members, &new)?;
+    if !attacks.is_empty() {
+        scenario::arm(&layout, &prepared.chain, &mut members, attacks)?;
+    }
     let clock = WindowClock::new(prepared.config.window.blocks_per_window)
         .context("network.toml: window.blocks_per_window must be positive")?;
     let first_window = clock.window_of(prepared.chain.head()?);
@@ -137,6 +182,9 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
     let mut fleet = Fleet::default();
     for member in &members {
         let mut node_args = node_args(&layout, member, &args.device, until, members.len());
+        if let Some(behavior) = &member.behavior {
+            node_args.extend(["--behavior".into(), behavior.to_string().into()]);
+        }
         node_args.extend(prepared.chain.node_args(&layout.chain()));
         fleet.spawn(&member.name(), &node_args, &layout.log(&member.name()))?;
     }
@@ -167,10 +215,10 @@ fn check_args(args: &LocalnetArgs) -> Result<()> {
     if args.windows == Some(0) {
         bail!("--windows 0 would run nothing: use 1 or more, or leave it out to run until Ctrl-C");
     }
-    if args.window_secs < 5 {
+    if args.window_secs() < 5 {
         bail!(
             "--window-secs {} is too short to train and upload: use 5 or more",
-            args.window_secs
+            args.window_secs()
         );
     }
     Ok(())
@@ -511,6 +559,7 @@ fn members_with_events(layout: &Layout) -> Result<Vec<Member>> {
         members.push(Member {
             role: role.0,
             hotkey: role.1.to_string(),
+            behavior: None,
         });
     }
     members.sort_by_key(|m| (m.role == Role::Miner, m.hotkey.clone()));

@@ -132,10 +132,7 @@ pub fn write(report: &Report, dir: &Path) -> Result<()> {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(templar_engine::write_atomic(path, text.as_bytes())?)
 }
 
 fn miner_names(report: &Report) -> BTreeMap<u16, String> {

@@ -11,6 +11,7 @@ use templar_chain::wallet::{Wallet, generate_key};
 use templar_chain::{Genesis, Hyperparameters, LocalChain, RAO_PER_TAO};
 use templar_data::{Manifest, PrepareOptions, TokenizerSpec, prepare};
 use templar_engine::Preset;
+use templar_node::behavior::Behavior;
 use templar_node::{NetworkConfig, Role};
 use templar_protocol::Keypair;
 
@@ -59,6 +60,8 @@ impl Layout {
 pub struct Member {
     pub role: Role,
     pub hotkey: String,
+    /// An attack this miner runs (`--scenario adversarial` only).
+    pub behavior: Option<Behavior>,
 }
 
 impl Member {
@@ -72,10 +75,12 @@ pub fn members(validators: usize, miners: usize) -> Vec<Member> {
     let validators = (1..=validators).map(|i| Member {
         role: Role::Validator,
         hotkey: format!("v{i}"),
+        behavior: None,
     });
     let miners = (1..=miners).map(|i| Member {
         role: Role::Miner,
         hotkey: format!("m{i}"),
+        behavior: None,
     });
     validators.chain(miners).collect()
 }

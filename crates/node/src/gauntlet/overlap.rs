@@ -51,32 +51,61 @@ pub struct Upload<'a> {
     pub payload: &'a Payload,
 }
 
+/// The index overlap of every pair of uploads: `(a, b, overlap)` with `a < b` positions in
+/// `uploads`.
+pub fn pair_overlaps(schema: &Schema, uploads: &[Upload<'_>]) -> Vec<(usize, usize, f64)> {
+    let mut pairs = Vec::new();
+    for (x, a) in uploads.iter().enumerate() {
+        for (y, b) in uploads.iter().enumerate().skip(x + 1) {
+            pairs.push((x, y, index_overlap(schema, a.payload, b.payload)));
+        }
+    }
+    pairs
+}
+
 /// Every pair at or above `threshold`: the later uploader of the same window is the copier (both
 /// when they uploaded in the same millisecond). Returns the copiers, ascending, with the overlaps.
 pub fn copiers(schema: &Schema, uploads: &[Upload<'_>], threshold: f64) -> Vec<(u16, f64)> {
+    copiers_of(uploads, &pair_overlaps(schema, uploads), threshold)
+}
+
+/// [`copiers`] from overlaps already measured.
+pub fn copiers_of(
+    uploads: &[Upload<'_>],
+    pairs: &[(usize, usize, f64)],
+    threshold: f64,
+) -> Vec<(u16, f64)> {
     let mut found: Vec<(u16, f64)> = Vec::new();
-    for (x, a) in uploads.iter().enumerate() {
-        for b in &uploads[x + 1..] {
-            let overlap = index_overlap(schema, a.payload, b.payload);
-            if overlap < threshold {
-                continue;
-            }
-            let mut flag = |uid: u16| match found.iter_mut().find(|(u, _)| *u == uid) {
-                Some(entry) => entry.1 = entry.1.max(overlap),
-                None => found.push((uid, overlap)),
-            };
-            match a.uploaded_ms.cmp(&b.uploaded_ms) {
-                std::cmp::Ordering::Less => flag(b.uid),
-                std::cmp::Ordering::Greater => flag(a.uid),
-                std::cmp::Ordering::Equal => {
-                    flag(a.uid);
-                    flag(b.uid);
-                }
+    for &(x, y, overlap) in pairs.iter().filter(|p| p.2 >= threshold) {
+        let (a, b) = (&uploads[x], &uploads[y]);
+        let mut flag = |uid: u16| match found.iter_mut().find(|(u, _)| *u == uid) {
+            Some(entry) => entry.1 = entry.1.max(overlap),
+            None => found.push((uid, overlap)),
+        };
+        match a.uploaded_ms.cmp(&b.uploaded_ms) {
+            std::cmp::Ordering::Less => flag(b.uid),
+            std::cmp::Ordering::Greater => flag(a.uid),
+            std::cmp::Ordering::Equal => {
+                flag(a.uid);
+                flag(b.uid);
             }
         }
     }
     found.sort_by_key(|(uid, _)| *uid);
     found
+}
+
+/// Each upload's largest overlap with any other, ascending uid (what honest pairs share shows
+/// where a copy threshold can sit).
+pub fn largest_overlaps(uploads: &[Upload<'_>], pairs: &[(usize, usize, f64)]) -> Vec<(u16, f64)> {
+    let mut largest = std::collections::BTreeMap::new();
+    for &(x, y, overlap) in pairs {
+        for uid in [uploads[x].uid, uploads[y].uid] {
+            let entry = largest.entry(uid).or_insert(0.0f64);
+            *entry = entry.max(overlap);
+        }
+    }
+    largest.into_iter().collect()
 }
 
 #[cfg(test)]

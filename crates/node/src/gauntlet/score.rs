@@ -168,8 +168,9 @@ pub struct WindowInput {
     pub statuses: BTreeMap<u16, PayloadStatus>,
     /// The evaluated miners' measurements.
     pub evaluations: BTreeMap<u16, Evaluation>,
-    /// Miners found copying another's payload this window.
-    pub copiers: Vec<u16>,
+    /// Miners whose usable payload was flagged this window (a copy of another's, or an
+    /// inflated norm): they lose their score and moving average.
+    pub flagged: Vec<u16>,
 }
 
 /// Applies one window to the ledger.
@@ -211,7 +212,7 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
             record.fairness += 1;
         }
     }
-    for uid in &input.copiers {
+    for uid in &input.flagged {
         let record = ledger.entry(*uid).or_default();
         record.binary_ma = 0.0;
         record.final_score = 0.0;
@@ -407,7 +408,7 @@ mod tests {
                 steps_behind: Some(9),
             },
         );
-        input.copiers.push(5);
+        input.flagged.push(5);
         update(&mut ledger, 1, &input, &s);
         assert_eq!(ledger[&4].final_score, 0.0);
         assert_eq!(ledger[&5].final_score, 0.0);

@@ -1,4 +1,5 @@
-//! From final scores to on-chain weights: the ranked top `peer_count` share `gather_share` on a
+//! From final scores to on-chain weights: miners scoring at least `min_score_ratio` of the best
+//! are ranked, the top `peer_count` share `gather_share` on a
 //! linear ramp from `top_ratio` down to 1, the next `reserve_count` share the rest with geometric
 //! decay (each capped at half the smallest gather weight), and an optional burn uid takes
 //! `burn_rate` of everything.
@@ -9,11 +10,14 @@ use crate::config::{GatherSettings, GauntletSettings};
 /// Weights (summing to 1) by uid, ascending; empty when nobody has earned anything and nothing
 /// is burned.
 pub fn weights(ledger: &Ledger, gather: &GatherSettings, g: &GauntletSettings) -> Vec<(u16, f64)> {
-    let mut ranked: Vec<(u16, f64)> = ledger
+    let scored = ledger
         .iter()
         .filter(|(_, r)| r.final_score > 0.0 && r.final_score.is_finite())
         .map(|(&uid, r)| (uid, r.final_score))
-        .filter(|(uid, _)| Some(*uid) != g.burn_uid)
+        .filter(|(uid, _)| Some(*uid) != g.burn_uid);
+    let best = scored.clone().map(|(_, s)| s).fold(0.0, f64::max);
+    let mut ranked: Vec<(u16, f64)> = scored
+        .filter(|(_, s)| *s >= g.min_score_ratio * best)
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let gathered = ranked.len().min(gather.peer_count);
@@ -119,6 +123,17 @@ mod tests {
         let (uids, values) = to_u16(&w);
         assert_eq!(uids, vec![1, 5, 9]);
         assert_eq!(values, vec![32768, 65535, 16384]);
+    }
+
+    #[test]
+    fn scores_far_below_the_best_earn_nothing() {
+        let (gather, mut g) = settings();
+        g.min_score_ratio = 0.05;
+        // 0.04 is under 5% of 1.0: only 5 and 1 are ranked; ramp [2, 1]/3 · 0.75, normalised.
+        let l = ledger(&[(1, 0.06), (5, 1.0), (9, 0.04)]);
+        let w = weights(&l, &gather, &g);
+        assert_eq!(w.iter().map(|(u, _)| *u).collect::<Vec<_>>(), vec![1, 5]);
+        assert!((w[0].1 - 1.0 / 3.0).abs() < 1e-12 && (w[1].1 - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -1,0 +1,585 @@
+//! What the adversarial scenario measured, from the two networks' folders: each miner's share
+//! of miner incentive, how the validator treated its payloads, and the model's bits per byte
+//! against the all-honest network — judged against the goals in docs/robustness.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use templar_node::events::{Event, Flag};
+
+use super::history::EventLine;
+use super::report::Report;
+use super::scenario::BEHAVIORS_FILE;
+use super::setup::Layout;
+use super::tail::EventFile;
+
+/// Attacks whose every payload must be rejected, with a reason.
+const MALFORMED: [&str; 3] = ["malformed", "nan", "oversize"];
+const HONEST_SHARE_GOAL: f64 = 0.9;
+const BPB_GOAL: f64 = 0.02;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The command that reproduces the scenario.
+    pub command: String,
+    /// The windows the adversarial network ran, and the first one counted as settled.
+    pub first_window: u64,
+    pub last_window: u64,
+    pub settled_from: u64,
+    pub miners: Vec<MinerOutcome>,
+    /// Honest miners' share of all miner incentive over the settled windows.
+    pub honest_share: f64,
+    pub bpb: BpbComparison,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MinerOutcome {
+    pub name: String,
+    pub uid: u16,
+    pub behavior: String,
+    /// Share of all miner incentive over the settled windows, and over the whole run.
+    pub share: f64,
+    pub share_whole_run: f64,
+    /// What the chain paid it (miners start without stake).
+    pub stake_tao: f64,
+    pub uploads: u64,
+    /// The validator's gather outcomes for its payloads (`ok`, `undecodable`, `missing`, …).
+    pub outcomes: BTreeMap<String, u64>,
+    /// The first reason the validator gave for rejecting one of its payloads.
+    pub rejection_reason: Option<String>,
+    /// Windows its usable payload was flagged, by kind (`copy`, `norm_outlier`).
+    pub flags: BTreeMap<String, u64>,
+    /// Its payloads' median largest index overlap with another payload of the same window.
+    pub overlap: Option<f64>,
+    pub evaluations: u64,
+    pub mean_score: Option<f64>,
+    /// The first window in which the validator penalised it, and how.
+    pub first_penalty: Option<Penalty>,
+    /// The window from which its weight stayed zero to the end of the run.
+    pub zeroed_from: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Penalty {
+    pub window: u64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BpbComparison {
+    /// Validation bits per byte after the last window of each network.
+    pub adversarial: f64,
+    pub honest: f64,
+    /// `(adversarial − honest) / honest`.
+    pub relative: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Goal {
+    pub name: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// What the validator said about one miner over the run.
+#[derive(Debug, Default)]
+struct Judgement {
+    outcomes: BTreeMap<String, u64>,
+    rejections: Vec<(u64, String, String)>,
+    flags: Vec<(u64, Flag)>,
+    overlaps: Vec<f64>,
+    scores: Vec<f64>,
+    /// Window → (weight, moving average, sync).
+    weights: BTreeMap<u64, (f64, f64, f64)>,
+}
+
+pub fn analyse(dir: &Path, command: String) -> Result<Outcome> {
+    let armed = Layout {
+        dir: dir.join("adversarial"),
+    };
+    let honest = Layout {
+        dir: dir.join("honest"),
+    };
+    let report = read_report(&armed)?;
+    let behaviors: BTreeMap<String, String> = read_json(&armed.dir.join(BEHAVIORS_FILE))?;
+    let run = report
+        .runs
+        .last()
+        .context("the adversarial network recorded no run")?;
+    let (first, last) = (
+        run.first_window,
+        run.until_window.unwrap_or(run.first_window),
+    );
+    let settled_from = first + (last - first).div_ceil(2);
+    let judgements = judgements(&armed, first..=last)?;
+    let incentives = incentives(&report, first..=last);
+    let settled = shares(&incentives, settled_from..=last);
+    let whole = shares(&incentives, first..=last);
+    let mut miners = Vec::new();
+    for node in report.nodes.iter().filter(|n| n.role == "miner") {
+        let judgement = judgements.get(&node.uid);
+        let behavior = behaviors
+            .get(&node.name)
+            .cloned()
+            .unwrap_or_else(|| "honest".into());
+        miners.push(MinerOutcome {
+            name: node.name.clone(),
+            uid: node.uid,
+            behavior,
+            share: settled.get(&node.uid).copied().unwrap_or(0.0),
+            share_whole_run: whole.get(&node.uid).copied().unwrap_or(0.0),
+            stake_tao: node.stake_tao,
+            uploads: uploads(&armed, &node.name, first..=last)?,
+            outcomes: judgement.map(|j| j.outcomes.clone()).unwrap_or_default(),
+            rejection_reason: judgement
+                .and_then(|j| j.rejections.first())
+                .map(|(_, outcome, reason)| format!("{outcome}: {reason}")),
+            flags: judgement.map(flag_counts).unwrap_or_default(),
+            overlap: judgement.and_then(|j| median(&j.overlaps)),
+            evaluations: judgement.map_or(0, |j| j.scores.len() as u64),
+            mean_score: judgement
+                .filter(|j| !j.scores.is_empty())
+                .map(|j| j.scores.iter().sum::<f64>() / j.scores.len() as f64),
+            first_penalty: judgement.and_then(first_penalty),
+            zeroed_from: judgement.and_then(|j| zeroed_from(&j.weights, first..=last)),
+        });
+    }
+    let honest_share = miners
+        .iter()
+        .filter(|m| m.behavior == "honest")
+        .map(|m| m.share)
+        .sum();
+    let bpb = BpbComparison::new(final_bpb(&report)?, final_bpb(&read_report(&honest)?)?);
+    let goals = goals(&miners, honest_share, &bpb);
+    Ok(Outcome {
+        command,
+        first_window: first,
+        last_window: last,
+        settled_from,
+        miners,
+        honest_share,
+        bpb,
+        goals,
+    })
+}
+
+impl BpbComparison {
+    fn new(adversarial: f64, honest: f64) -> BpbComparison {
+        BpbComparison {
+            adversarial,
+            honest,
+            relative: (adversarial - honest) / honest,
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn read_report(layout: &Layout) -> Result<Report> {
+    read_json(&layout.dir.join("report.json"))
+}
+
+/// Bits per byte after the last validated window of the network's last run.
+fn final_bpb(report: &Report) -> Result<f64> {
+    let until = report.runs.last().and_then(|r| r.until_window);
+    report
+        .windows
+        .iter()
+        .filter(|w| until.is_none_or(|u| w.window <= u))
+        .filter_map(|w| w.bits_per_byte)
+        .next_back()
+        .with_context(|| format!("{} validated no window", report.network))
+}
+
+/// Window → uid → the chain's incentive at the window's end.
+fn incentives(report: &Report, windows: RangeInclusive<u64>) -> BTreeMap<u64, BTreeMap<u16, f64>> {
+    report
+        .windows
+        .iter()
+        .filter(|w| windows.contains(&w.window))
+        .map(|w| {
+            let paid = w
+                .miners
+                .iter()
+                .filter_map(|(&uid, m)| Some((uid, m.incentive?)))
+                .collect();
+            (w.window, paid)
+        })
+        .collect()
+}
+
+/// Each miner's incentive summed over `windows`, over everyone's (all zero when nobody was paid).
+pub fn shares(
+    incentives: &BTreeMap<u64, BTreeMap<u16, f64>>,
+    windows: RangeInclusive<u64>,
+) -> BTreeMap<u16, f64> {
+    let mut sums: BTreeMap<u16, f64> = BTreeMap::new();
+    for (_, paid) in incentives.range(windows) {
+        for (&uid, &incentive) in paid {
+            *sums.entry(uid).or_default() += incentive.max(0.0);
+        }
+    }
+    let total: f64 = sums.values().sum();
+    sums.values_mut()
+        .for_each(|s| *s = if total > 0.0 { *s / total } else { 0.0 });
+    sums
+}
+
+/// The first window from which the weight stayed zero through `windows`' end (a window with no
+/// score counts as zero).
+pub fn zeroed_from(
+    weights: &BTreeMap<u64, (f64, f64, f64)>,
+    windows: RangeInclusive<u64>,
+) -> Option<u64> {
+    let weight = |w: u64| weights.get(&w).map_or(0.0, |s| s.0);
+    let end = *windows.end();
+    if weight(end) > 0.0 {
+        return None;
+    }
+    let mut from = end;
+    while from > *windows.start() && weight(from - 1) <= 0.0 {
+        from -= 1;
+    }
+    Some(from)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+}
+
+fn flag_counts(judgement: &Judgement) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (_, flag) in &judgement.flags {
+        let kind = match flag {
+            Flag::Copy { .. } => "copy",
+            Flag::NormOutlier { .. } => "norm_outlier",
+        };
+        *counts.entry(kind.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn first_penalty(judgement: &Judgement) -> Option<Penalty> {
+    let rejected = judgement
+        .rejections
+        .first()
+        .map(|(w, outcome, _)| (*w, format!("payload rejected ({outcome})")));
+    let copied = judgement
+        .flags
+        .first()
+        .map(|(w, flag)| (*w, format!("flagged: {flag}")));
+    let zeroed = judgement
+        .weights
+        .iter()
+        .find(|(_, (weight, _, _))| *weight <= 0.0)
+        .map(|(w, (_, moving_average, sync))| {
+            let why = if *sync <= 0.0 {
+                "weight zero: out of sync"
+            } else if *moving_average <= 0.0 {
+                "weight zero: its updates did not fit its own data"
+            } else {
+                "weight zero"
+            };
+            (*w, why.to_string())
+        });
+    [rejected, copied, zeroed]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(w, _)| *w)
+        .map(|(window, what)| Penalty { window, what })
+}
+
+/// The validator's gathers, copy flags, evaluations and scores, per miner.
+fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<u16, Judgement>> {
+    let mut found: BTreeMap<u16, Judgement> = BTreeMap::new();
+    for line in validator_lines(layout)? {
+        match line.event {
+            Event::Gathered { window, peers, .. } if windows.contains(&window) => {
+                for peer in peers {
+                    let judgement = found.entry(peer.uid).or_default();
+                    *judgement.outcomes.entry(peer.outcome.clone()).or_default() += 1;
+                    if peer.outcome != "ok" {
+                        judgement
+                            .rejections
+                            .push((window, peer.outcome, peer.reason));
+                    }
+                }
+            }
+            Event::Overlaps { window, largest } if windows.contains(&window) => {
+                for (uid, overlap) in largest {
+                    found.entry(uid).or_default().overlaps.push(overlap);
+                }
+            }
+            Event::Flagged {
+                window,
+                miner,
+                flag,
+            } if windows.contains(&window) => {
+                found.entry(miner).or_default().flags.push((window, flag));
+            }
+            Event::Evaluated {
+                window,
+                miner,
+                score,
+                ..
+            } if windows.contains(&window) => {
+                found.entry(miner).or_default().scores.push(score);
+            }
+            Event::Scores { window, miners } if windows.contains(&window) => {
+                for m in miners {
+                    let entry = (m.weight, m.binary_ma, m.sync);
+                    found
+                        .entry(m.uid)
+                        .or_default()
+                        .weights
+                        .insert(window, entry);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The event lines of the network's first validator.
+fn validator_lines(layout: &Layout) -> Result<Vec<EventLine>> {
+    let path = layout.events("validator-v1");
+    if !path.exists() {
+        bail!("{} is missing: the validator never ran", path.display());
+    }
+    Ok(EventFile::new(path).read_new()?)
+}
+
+fn uploads(layout: &Layout, node: &str, windows: RangeInclusive<u64>) -> Result<u64> {
+    let lines = EventFile::new(layout.events(node)).read_new()?;
+    Ok(lines
+        .iter()
+        .filter(|l| matches!(l.event, Event::Uploaded { window, .. } if windows.contains(&window)))
+        .count() as u64)
+}
+
+fn goals(miners: &[MinerOutcome], honest_share: f64, bpb: &BpbComparison) -> Vec<Goal> {
+    let honest: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior == "honest").collect();
+    let attackers: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior != "honest").collect();
+    let smallest_honest = honest.iter().map(|m| m.share).fold(f64::INFINITY, f64::min);
+    let top_attacker = attackers.iter().max_by(|a, b| a.share.total_cmp(&b.share));
+    let mut goals = vec![
+        Goal {
+            name: format!(
+                "honest miners hold at least {:.0}% of miner incentive",
+                HONEST_SHARE_GOAL * 100.0
+            ),
+            measured: format!("{:.1}%", honest_share * 100.0),
+            met: honest_share >= HONEST_SHARE_GOAL,
+        },
+        Goal {
+            name: "no attacker holds more than the smallest honest miner".into(),
+            measured: match top_attacker {
+                Some(top) => format!(
+                    "top attacker {} {:.2}% vs smallest honest {:.2}%",
+                    top.behavior,
+                    top.share * 100.0,
+                    smallest_honest * 100.0
+                ),
+                None => "no attackers".into(),
+            },
+            met: top_attacker.is_none_or(|top| top.share <= smallest_honest),
+        },
+        Goal {
+            name: format!(
+                "validation BpB within {:.0}% of the all-honest run",
+                BPB_GOAL * 100.0
+            ),
+            measured: format!(
+                "{:.4} vs {:.4} ({:+.2}%)",
+                bpb.adversarial,
+                bpb.honest,
+                bpb.relative * 100.0
+            ),
+            met: bpb.relative <= BPB_GOAL,
+        },
+    ];
+    let malformed: Vec<&&MinerOutcome> = attackers
+        .iter()
+        .filter(|m| MALFORMED.iter().any(|k| m.behavior.starts_with(k)))
+        .collect();
+    if !malformed.is_empty() {
+        let uploads: u64 = malformed.iter().map(|m| m.uploads).sum();
+        let accepted: u64 = malformed
+            .iter()
+            .map(|m| m.outcomes.get("ok").copied().unwrap_or(0))
+            .sum();
+        let explained = malformed.iter().all(|m| m.rejection_reason.is_some());
+        goals.push(Goal {
+            name: "every malformed payload rejected with its reason logged".into(),
+            measured: format!(
+                "{accepted} of {uploads} malformed, NaN or oversize payloads accepted"
+            ),
+            met: accepted == 0 && explained && uploads > 0,
+        });
+    }
+    goals
+}
+
+fn flags(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "–".into();
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    parts.join(", ")
+}
+
+/// `robustness.json` and `robustness.md` in `dir`.
+pub fn write(dir: &Path, outcome: &Outcome) -> Result<()> {
+    templar_engine::write_atomic(
+        &dir.join("robustness.json"),
+        serde_json::to_string_pretty(outcome)?.as_bytes(),
+    )?;
+    templar_engine::write_atomic(&dir.join("robustness.md"), markdown(outcome).as_bytes())?;
+    Ok(())
+}
+
+/// A few lines for the terminal.
+pub fn summary(outcome: &Outcome) -> String {
+    let mut text = String::new();
+    for goal in &outcome.goals {
+        let mark = if goal.met { "met" } else { "MISSED" };
+        let _ = writeln!(text, "{mark:>6}  {}: {}", goal.name, goal.measured);
+    }
+    text
+}
+
+pub fn markdown(outcome: &Outcome) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "```sh\n{}\n```\n", outcome.command);
+    let _ = writeln!(
+        md,
+        "Windows {}–{}; shares are of all miner incentive over the settled windows {}–{} \
+         (and over the whole run).\n",
+        outcome.first_window, outcome.last_window, outcome.settled_from, outcome.last_window
+    );
+    md.push_str(
+        "| miner | uid | behaviour | share | whole run | paid (TAO) | payloads: validator's outcomes | flagged | overlap | mean score | first penalty | weight zero from |\n",
+    );
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for m in &outcome.miners {
+        let outcomes: Vec<String> = m.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2}% | {:.2}% | {:.3} | {} uploaded; {} | {} | {} | {} | {} | {} |",
+            m.name,
+            m.uid,
+            m.behavior,
+            m.share * 100.0,
+            m.share_whole_run * 100.0,
+            m.stake_tao,
+            m.uploads,
+            outcomes.join(", "),
+            flags(&m.flags),
+            m.overlap
+                .map_or("–".into(), |o| format!("{:.0}%", o * 100.0)),
+            m.mean_score.map_or("–".into(), |s| format!("{s:+.4}")),
+            m.first_penalty
+                .as_ref()
+                .map_or("–".into(), |p| format!("w{}: {}", p.window, p.what)),
+            m.zeroed_from.map_or("–".into(), |w| format!("w{w}")),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nValidation bits per byte after the last window: {:.4} with the attackers, {:.4} for \
+         the same honest miners alone ({:+.2}%).\n",
+        outcome.bpb.adversarial,
+        outcome.bpb.honest,
+        outcome.bpb.relative * 100.0
+    );
+    md.push_str("| goal | measured | met |\n|---|---|---|\n");
+    for goal in &outcome.goals {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            goal.name,
+            goal.measured,
+            if goal.met { "yes" } else { "**no**" }
+        );
+    }
+    let reasons: Vec<String> = outcome
+        .miners
+        .iter()
+        .filter_map(|m| {
+            Some(format!(
+                "- {} ({}): {}",
+                m.name,
+                m.behavior,
+                m.rejection_reason.as_ref()?
+            ))
+        })
+        .collect();
+    if !reasons.is_empty() {
+        md.push_str("\nFirst rejection reason the validator logged, per miner:\n\n");
+        md.push_str(&reasons.join("\n"));
+        md.push('\n');
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_sum_incentive_over_the_windows_by_hand() {
+        let mut incentives = BTreeMap::new();
+        incentives.insert(1, BTreeMap::from([(1, 0.5), (2, 0.5)]));
+        incentives.insert(2, BTreeMap::from([(1, 0.9), (2, 0.1)]));
+        incentives.insert(3, BTreeMap::from([(1, 0.6), (2, 0.0), (3, 0.4)]));
+        // Windows 2–3: uid 1 has 1.5, uid 2 0.1, uid 3 0.4, of 2.0.
+        let s = shares(&incentives, 2..=3);
+        assert!((s[&1] - 0.75).abs() < 1e-12);
+        assert!((s[&2] - 0.05).abs() < 1e-12);
+        assert!((s[&3] - 0.2).abs() < 1e-12);
+        assert!(shares(&BTreeMap::new(), 0..=5).is_empty());
+    }
+
+    #[test]
+    fn zeroed_from_is_where_the_final_run_of_zeros_begins() {
+        let weights: BTreeMap<u64, (f64, f64, f64)> = [(1, 0.2), (2, 0.0), (3, 0.1), (4, 0.0)]
+            .into_iter()
+            .map(|(w, x)| (w, (x, 1.0, 1.0)))
+            .collect();
+        // Window 5 has no score: zero. The zeros run 4–5.
+        assert_eq!(zeroed_from(&weights, 1..=5), Some(4));
+        assert_eq!(zeroed_from(&weights, 1..=3), None);
+        assert_eq!(zeroed_from(&BTreeMap::new(), 2..=4), Some(2));
+    }
+
+    #[test]
+    fn the_first_penalty_is_the_earliest_of_rejection_copy_flag_and_zero_weight() {
+        let mut judgement = Judgement::default();
+        assert_eq!(first_penalty(&judgement), None);
+        judgement.weights.insert(5, (0.0, -0.1, 1.0));
+        judgement.flags.push((7, Flag::Copy { overlap: 1.0 }));
+        let penalty = first_penalty(&judgement).unwrap_or_else(|| unreachable!());
+        assert_eq!(penalty.window, 5);
+        assert!(penalty.what.contains("own data"), "{}", penalty.what);
+        judgement
+            .rejections
+            .push((3, "undecodable".into(), "checksum".into()));
+        let penalty = first_penalty(&judgement).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            (penalty.window, penalty.what.as_str()),
+            (3, "payload rejected (undecodable)")
+        );
+    }
+}
