@@ -99,10 +99,16 @@ pub struct GauntletSettings {
     /// did not come from the agreed training (the aggregate clips it anyway): its score is zeroed.
     #[serde(default = "default_norm_outlier_ratio")]
     pub norm_outlier_ratio: f64,
-    /// Weights go only to miners whose final score is at least this share of the best one: a
-    /// rank ramp would otherwise pay a miner whose score is a rounding error half of the top.
+    /// Weights go only to miners whose updates help (moving average of the improvement on random
+    /// data) at least this share as much as the best miner's: a rank ramp alone would pay a
+    /// miner publishing zeros half of what it pays the best.
     #[serde(default = "default_min_score_ratio")]
     pub min_score_ratio: f64,
+    /// Weight of the newest evaluation in that moving average: faster than the binary moving
+    /// average's, so a miner whose updates stop helping (a replay going stale) stops being paid
+    /// within a few evaluations.
+    #[serde(default = "default_score_ma_alpha")]
+    pub score_ma_alpha: f64,
     /// Multiplier on score and moving average for a missing, late or early payload.
     pub missing_slash: f64,
     /// Multiplier for a miner more than `sync_max_steps_behind` windows behind.
@@ -118,7 +124,11 @@ fn default_norm_outlier_ratio() -> f64 {
 }
 
 fn default_min_score_ratio() -> f64 {
-    0.05
+    0.25
+}
+
+fn default_score_ma_alpha() -> f64 {
+    0.3
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,7 +224,11 @@ impl NetworkConfig {
     fn check(&self) -> Result<(), String> {
         let w = &self.window;
         let g = &self.gauntlet;
-        let rules: [(bool, &str); 15] = [
+        let rules: [(bool, &str); 16] = [
+            (
+                (0.0..=1.0).contains(&g.score_ma_alpha),
+                "gauntlet.score_ma_alpha must be in [0, 1]",
+            ),
             (
                 g.norm_outlier_ratio > 1.0,
                 "gauntlet.norm_outlier_ratio must be above 1",
@@ -320,9 +334,10 @@ impl NetworkConfig {
                 reserve_decay: 0.5,
                 burn_rate: 0.0,
                 burn_uid: None,
-                overlap_threshold: 0.9,
+                overlap_threshold: 0.4,
                 norm_outlier_ratio: default_norm_outlier_ratio(),
                 min_score_ratio: default_min_score_ratio(),
+                score_ma_alpha: default_score_ma_alpha(),
                 missing_slash: 0.75,
                 sync_slash: 0.75,
                 inactivity_windows: 3,

@@ -27,6 +27,11 @@ pub struct MinerRecord {
     pub evaluations: u64,
     /// Last window's relative improvement on random data, for reports.
     pub last_score: Option<f64>,
+    /// Moving average of the relative improvement on random data (the first evaluation sets it):
+    /// how much the miner's updates actually help, which decides whether it is paid at all (see
+    /// `weights`).
+    #[serde(default)]
+    pub score_ma: Option<f64>,
 }
 
 impl MinerRecord {
@@ -51,6 +56,7 @@ impl Default for MinerRecord {
             inactive_windows: 0,
             evaluations: 0,
             last_score: None,
+            score_ma: None,
         }
     }
 }
@@ -252,6 +258,13 @@ fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
         record.binary_ma = (1.0 - alpha) * record.binary_ma + alpha * evaluation.indicator();
         record.evaluations += 1;
         record.last_score = Some(evaluation.score());
+        record.score_ma = Some(match record.score_ma {
+            Some(average) => {
+                let fast = settings.score_ma_alpha;
+                (1.0 - fast) * average + fast * evaluation.score()
+            }
+            None => evaluation.score(),
+        });
         record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0) * record.sync;
     }
 }

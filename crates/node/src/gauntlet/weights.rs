@@ -1,10 +1,11 @@
-//! From final scores to on-chain weights: miners scoring at least `min_score_ratio` of the best
-//! are ranked, the top `peer_count` share `gather_share` on a
+//! From final scores to on-chain weights: miners whose updates help at least `min_score_ratio`
+//! as much as the best one's (moving averages of the improvement on random data) are ranked by
+//! final score, the top `peer_count` share `gather_share` on a
 //! linear ramp from `top_ratio` down to 1, the next `reserve_count` share the rest with geometric
 //! decay (each capped at half the smallest gather weight), and an optional burn uid takes
 //! `burn_rate` of everything.
 
-use super::score::Ledger;
+use super::score::{Ledger, MinerRecord};
 use crate::config::{GatherSettings, GauntletSettings};
 
 /// Weights (summing to 1) by uid, ascending; empty when nobody has earned anything and nothing
@@ -13,11 +14,12 @@ pub fn weights(ledger: &Ledger, gather: &GatherSettings, g: &GauntletSettings) -
     let scored = ledger
         .iter()
         .filter(|(_, r)| r.final_score > 0.0 && r.final_score.is_finite())
-        .map(|(&uid, r)| (uid, r.final_score))
-        .filter(|(uid, _)| Some(*uid) != g.burn_uid);
-    let best = scored.clone().map(|(_, s)| s).fold(0.0, f64::max);
+        .filter(|(uid, _)| Some(**uid) != g.burn_uid);
+    let helped = |r: &MinerRecord| r.score_ma.filter(|s| s.is_finite()).unwrap_or(0.0);
+    let best = scored.clone().map(|(_, r)| helped(r)).fold(0.0, f64::max);
     let mut ranked: Vec<(u16, f64)> = scored
-        .filter(|(_, s)| *s >= g.min_score_ratio * best)
+        .filter(|(_, r)| best > 0.0 && helped(r) >= g.min_score_ratio * best)
+        .map(|(&uid, r)| (uid, r.final_score))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let gathered = ranked.len().min(gather.peer_count);
@@ -78,7 +80,6 @@ pub fn to_u16(weights: &[(u16, f64)]) -> (Vec<u16>, Vec<u16>) {
 mod tests {
     use super::*;
     use crate::config::NetworkConfig;
-    use crate::gauntlet::MinerRecord;
 
     fn settings() -> (GatherSettings, GauntletSettings) {
         let preset = templar_engine::Preset::load("tiny").unwrap_or_else(|_| unreachable!());
@@ -92,6 +93,7 @@ mod tests {
         )
     }
 
+    /// Miners with these final scores, whose updates all help equally.
     fn ledger(scores: &[(u16, f64)]) -> Ledger {
         scores
             .iter()
@@ -100,6 +102,7 @@ mod tests {
                     uid,
                     MinerRecord {
                         final_score: s,
+                        score_ma: Some(0.01),
                         ..MinerRecord::default()
                     },
                 )
@@ -126,14 +129,24 @@ mod tests {
     }
 
     #[test]
-    fn scores_far_below_the_best_earn_nothing() {
+    fn miners_whose_updates_barely_help_earn_nothing_whatever_their_rank() {
         let (gather, mut g) = settings();
         g.min_score_ratio = 0.05;
-        // 0.04 is under 5% of 1.0: only 5 and 1 are ranked; ramp [2, 1]/3 · 0.75, normalised.
-        let l = ledger(&[(1, 0.06), (5, 1.0), (9, 0.04)]);
+        let mut l = ledger(&[(1, 0.5), (5, 1.0), (9, 3.0), (12, 2.0)]);
+        // 9 ranks first, but its updates improve the loss by 0.0004 against 5's 0.01: under 5%.
+        l.get_mut(&9).unwrap().score_ma = Some(0.0004);
+        // 12 was never evaluated; 1 at 0.006 passes.
+        l.get_mut(&12).unwrap().score_ma = None;
+        l.get_mut(&1).unwrap().score_ma = Some(0.006);
         let w = weights(&l, &gather, &g);
+        // Ramp [2, 1]/3 · 0.75 over 5 then 1, normalised: 2/3 and 1/3.
         assert_eq!(w.iter().map(|(u, _)| *u).collect::<Vec<_>>(), vec![1, 5]);
         assert!((w[0].1 - 1.0 / 3.0).abs() < 1e-12 && (w[1].1 - 2.0 / 3.0).abs() < 1e-12);
+        // Nobody helping: nothing is paid.
+        for record in l.values_mut() {
+            record.score_ma = Some(-0.001);
+        }
+        assert!(weights(&l, &gather, &g).is_empty());
     }
 
     #[test]

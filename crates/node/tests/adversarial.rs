@@ -1,0 +1,242 @@
+//! The adversarial scenario in its fast form (docs/robustness.md): honest miners beside one
+//! miner per attack on a model small enough for CI, then the same honest miners alone with the
+//! same seed and window count. The goals are asserted on what the chain paid and what the
+//! validator logged.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{BLOCKS_PER_WINDOW, Net, spawn, stop_after};
+use templar_chain::Chain;
+use templar_engine::Device;
+use templar_node::behavior::Behavior;
+use templar_node::{Event, Miner, Role, Validator};
+
+const HONEST: [u8; 3] = [11, 12, 13];
+const WINDOWS: u64 = 12;
+
+/// What one network run left behind.
+struct Run {
+    /// uid → behaviour (honest miners included).
+    miners: BTreeMap<u16, Behavior>,
+    /// uid → share of miner incentive over the second half of the run.
+    shares: BTreeMap<u16, f64>,
+    bits_per_byte: f64,
+    events: Vec<(String, Event)>,
+}
+
+/// Runs the honest miners and one miner per attack (`attacks(victim uid)`) for `WINDOWS` windows.
+async fn run(attacks: impl Fn(u16) -> Vec<Behavior>) -> Run {
+    templar_engine::set_threads(1);
+    let net = Net::new().await;
+    let validator = net.join("validator", 10, Role::Validator).await;
+    let mut nodes = Vec::new();
+    for seed in HONEST {
+        nodes.push((
+            net.join(&format!("m{seed}"), seed, Role::Miner).await,
+            Behavior::Honest,
+        ));
+    }
+    let victim = nodes[0].0.uid;
+    for (i, behavior) in attacks(victim).into_iter().enumerate() {
+        let seed = 40 + i as u8;
+        nodes.push((
+            net.join(&format!("a{seed}"), seed, Role::Miner).await,
+            behavior,
+        ));
+    }
+    let start = net.window_now() + 1;
+    net.chain
+        .wait_for_block(start * BLOCKS_PER_WINDOW)
+        .await
+        .unwrap();
+    let last = start + WINDOWS - 1;
+    let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
+    let mut threads = vec![spawn(move || validator.run(stop_after(last)))];
+    let mut miners = BTreeMap::new();
+    for (node, behavior) in nodes {
+        miners.insert(node.uid, behavior);
+        let state = net.state_dir(&format!("miner-{}", node.uid));
+        let miner = Miner::new(node, Device::Cpu, state)
+            .unwrap()
+            .with_behavior(behavior);
+        threads.push(spawn(move || miner.run(stop_after(last))));
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Incentive as the chain paid it at the end of each window of the run's second half.
+    net.chain
+        .wait_for_block((last + 2) * BLOCKS_PER_WINDOW)
+        .await
+        .unwrap();
+    let mut sums: BTreeMap<u16, f64> = BTreeMap::new();
+    for window in (start + WINDOWS / 2)..=last + 1 {
+        let metagraph = net
+            .chain
+            .metagraph_at((window + 1) * BLOCKS_PER_WINDOW - 1)
+            .await
+            .unwrap();
+        for uid in miners.keys() {
+            *sums.entry(*uid).or_default() += metagraph.neuron(*uid).unwrap().incentive;
+        }
+    }
+    let total: f64 = sums.values().sum();
+    let events = net.events();
+    let bits_per_byte = events
+        .iter()
+        .rev()
+        .find_map(|(_, e)| match e {
+            Event::Validation { bits_per_byte, .. } => Some(*bits_per_byte),
+            _ => None,
+        })
+        .unwrap();
+    Run {
+        miners,
+        shares: sums.into_iter().map(|(u, s)| (u, s / total)).collect(),
+        bits_per_byte,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attackers_are_not_paid_and_do_not_hurt_the_model() {
+    let honest = run(|_| Vec::new()).await;
+    let armed = run(Behavior::attackers).await;
+    let share = |run: &Run, honest: bool| -> Vec<(u16, Behavior, f64)> {
+        run.miners
+            .iter()
+            .filter(|(_, b)| b.is_honest() == honest)
+            .map(|(u, b)| (*u, *b, run.shares.get(u).copied().unwrap_or(0.0)))
+            .collect()
+    };
+    let report: Vec<String> = armed
+        .miners
+        .iter()
+        .map(|(u, b)| {
+            let share = armed.shares.get(u).unwrap_or(&0.0);
+            format!(
+                "\n  uid {u} {b}: share {share:.3}, {}",
+                judged(&armed.events, *u)
+            )
+        })
+        .collect();
+    let report = report.join(", ");
+    println!("shares: {report}");
+    println!(
+        "bits per byte: {:.4} with attackers, {:.4} without\n  {:?}\n  {:?}",
+        armed.bits_per_byte,
+        honest.bits_per_byte,
+        curve(&armed.events),
+        curve(&honest.events)
+    );
+
+    // Training honestly on another miner's assignment is indistinguishable from honest work at
+    // this scale (docs/robustness.md): its share is reported above but left out of the goals.
+    let other_data: f64 = share(&armed, false)
+        .iter()
+        .filter(|(_, b, _)| matches!(b, Behavior::OtherData(_)))
+        .map(|(_, _, s)| s)
+        .sum();
+    let honest_share: f64 =
+        share(&armed, true).iter().map(|(_, _, s)| s).sum::<f64>() / (1.0 - other_data);
+    assert!(honest_share >= 0.9, "honest share {honest_share}: {report}");
+    let smallest_honest = share(&armed, true)
+        .iter()
+        .map(|(_, _, s)| *s)
+        .fold(f64::INFINITY, f64::min);
+    for (uid, behavior, s) in share(&armed, false)
+        .into_iter()
+        .filter(|(_, b, _)| !matches!(b, Behavior::OtherData(_)))
+    {
+        assert!(
+            s <= smallest_honest,
+            "uid {uid} ({behavior}) holds {s}, more than an honest miner: {report}"
+        );
+    }
+    let relative = (armed.bits_per_byte - honest.bits_per_byte) / honest.bits_per_byte;
+    assert!(
+        relative <= 0.02,
+        "bits per byte {relative:+.4} against the honest run"
+    );
+
+    // Every malformed, NaN or oversize payload the validator saw was refused with a reason.
+    let broken: Vec<u16> = armed
+        .miners
+        .iter()
+        .filter(|(_, b)| matches!(b, Behavior::Malformed | Behavior::Nan | Behavior::Oversize))
+        .map(|(u, _)| *u)
+        .collect();
+    let mut refused = 0;
+    for (who, event) in &armed.events {
+        if let Event::Gathered { peers, .. } = event
+            && who == "validator"
+        {
+            for peer in peers.iter().filter(|p| broken.contains(&p.uid)) {
+                assert_ne!(peer.outcome, "ok", "{peer:?}");
+                assert!(!peer.reason.is_empty(), "{peer:?}");
+                refused += usize::from(peer.outcome != "missing");
+            }
+        }
+    }
+    assert!(refused >= broken.len() * 4, "only {refused} refusals seen");
+}
+
+/// The validator's view of one miner, for failure messages: mean score, last moving averages.
+fn judged(events: &[(String, Event)], uid: u16) -> String {
+    let scores: Vec<f64> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Evaluated { miner, score, .. } if *miner == uid => Some(*score),
+            _ => None,
+        })
+        .collect();
+    let last = events.iter().rev().find_map(|(_, e)| match e {
+        Event::Scores { miners, .. } => miners.iter().find(|m| m.uid == uid).cloned(),
+        _ => None,
+    });
+    let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+    match last {
+        Some(m) => format!(
+            "mean score {mean:+.5} over {}, binary MA {:+.2}, final {:.4}, weight {:.3}",
+            scores.len(),
+            m.binary_ma,
+            m.final_score,
+            m.weight
+        ),
+        None => format!("mean score {mean:+.5} over {}, never scored", scores.len()),
+    }
+}
+
+/// (window, bits per byte, aggregated uids) of every validated window.
+fn curve(events: &[(String, Event)]) -> Vec<(u64, String, Vec<u16>)> {
+    let mut included = BTreeMap::new();
+    for (who, event) in events {
+        if let Event::Gathered {
+            window,
+            included: i,
+            ..
+        } = event
+            && who == "validator"
+        {
+            included.insert(*window, i.clone());
+        }
+    }
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Validation {
+                window,
+                bits_per_byte,
+                ..
+            } => Some((
+                *window,
+                format!("{bits_per_byte:.3}"),
+                included.get(window).cloned().unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
