@@ -169,7 +169,7 @@ impl<C: Chain> Miner<C> {
         match contribution {
             Ok(message) => {
                 self.node.phase(window, Phase::Uploading);
-                let info = self
+                let published = self
                     .node
                     .store
                     .publish(
@@ -180,13 +180,21 @@ impl<C: Chain> Miner<C> {
                         self.node.uid,
                         &message,
                     )
-                    .await?;
-                self.node.events.emit(Event::Uploaded {
-                    window,
-                    bytes: info.size,
-                    uploaded_ms: info.uploaded_ms,
-                    in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
-                });
+                    .await;
+                // Storage that stays down past the retries costs this window's contribution,
+                // not the process: the miner still follows the network's aggregate.
+                match published {
+                    Ok(info) => self.node.events.emit(Event::Uploaded {
+                        window,
+                        bytes: info.size,
+                        uploaded_ms: info.uploaded_ms,
+                        in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
+                    }),
+                    Err(error) => self.node.events.emit(Event::Skipped {
+                        window,
+                        reason: format!("the upload failed: {error}"),
+                    }),
+                }
             }
             Err(reason) => self.node.events.emit(Event::Skipped { window, reason }),
         }

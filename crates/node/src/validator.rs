@@ -155,7 +155,14 @@ impl<C: Chain> Validator<C> {
         });
         self.validate(window)?;
         self.node.phase(window, Phase::Publishing);
-        self.publish(window, &payloads, fingerprint).await?;
+        if let Err(error) = self.publish(window, &payloads, fingerprint).await {
+            // Miners check their model against manifests when they can and catch up from
+            // older ones otherwise: a storage outage must not stop the judging.
+            self.node.events.emit(Event::Skipped {
+                window,
+                reason: format!("publishing the manifest or checkpoint failed: {error}"),
+            });
+        }
         self.persist(window)
     }
 
@@ -232,6 +239,16 @@ impl<C: Chain> Validator<C> {
         verdicts: &BTreeMap<u16, Verdict>,
     ) -> Result<WindowInput, NodeError> {
         let mut input = WindowInput::default();
+        if unreachable(verdicts) {
+            // Nothing could be read and storage failed: the validator's own connection, or an
+            // outage everyone shares. The window says nothing about the miners.
+            self.node.events.emit(Event::Skipped {
+                window,
+                reason: "no payload could be read from storage: nobody is scored this window"
+                    .into(),
+            });
+            return Ok(input);
+        }
         let mut usable: Vec<&Gathered> = Vec::new();
         for (&uid, verdict) in verdicts {
             let status = match verdict {
@@ -474,4 +491,18 @@ impl<C: Chain> Validator<C> {
             Ok(self.state.clone())
         })
     }
+}
+
+/// Whether a gather read nothing and at least one read failed in storage itself.
+fn unreachable(verdicts: &BTreeMap<u16, Verdict>) -> bool {
+    let storage_failed = |v: &Verdict| {
+        matches!(
+            v,
+            Verdict::Rejected {
+                outcome: "storage_error",
+                ..
+            }
+        )
+    };
+    verdicts.values().all(|v| v.accepted().is_none()) && verdicts.values().any(storage_failed)
 }

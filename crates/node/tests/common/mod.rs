@@ -116,6 +116,14 @@ impl Net {
 
     /// Registers (and for validators stakes) a hotkey and commits its storage location.
     pub async fn join(&self, name: &str, seed: u8, role: Role) -> Node<LocalChain> {
+        let url = self.storage_url(name);
+        std::fs::create_dir_all(url.trim_start_matches("file://")).unwrap();
+        self.join_on(name, seed, Commitment::new(role, url)).await
+    }
+
+    /// [`Net::join`] publishing where `commitment` says (an S3 bucket, say).
+    pub async fn join_on(&self, name: &str, seed: u8, commitment: Commitment) -> Node<LocalChain> {
+        let role = commitment.role;
         let hotkey = Keypair::from_seed(&[seed; 32]).unwrap();
         let uid = self
             .chain
@@ -128,18 +136,25 @@ impl Net {
                 .await
                 .unwrap();
         }
-        let node = self.node(name, hotkey, uid);
-        let announced = node
-            .announce(role, &Commitment::new(role, self.storage_url(name)))
-            .await;
-        assert_eq!(announced.unwrap(), uid);
+        let node = self.node_on(name, hotkey, uid, &commitment.store_config());
+        assert_eq!(node.announce(role, &commitment).await.unwrap(), uid);
         node
     }
 
     pub fn node(&self, name: &str, hotkey: Keypair, uid: u16) -> Node<LocalChain> {
         let url = self.storage_url(name);
         std::fs::create_dir_all(url.trim_start_matches("file://")).unwrap();
-        let store = Store::open(&StoreConfig::new(url)).unwrap();
+        self.node_on(name, hotkey, uid, &StoreConfig::new(url))
+    }
+
+    pub fn node_on(
+        &self,
+        name: &str,
+        hotkey: Keypair,
+        uid: u16,
+        store: &StoreConfig,
+    ) -> Node<LocalChain> {
+        let store = Store::open(store).unwrap();
         let data = Data::open(&self.data_dir, &self.config).unwrap();
         let log = self.log.clone();
         let sink = EventSink::new(

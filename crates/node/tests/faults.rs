@@ -1,0 +1,148 @@
+//! Faults a network meets in production, in process on real parts: the S3-protocol server
+//! (s3s-fs) stopped for a whole window and started again, with every node publishing to it.
+//! The nodes must ride it out — no process stops, nobody is scored on a window nobody could
+//! read — and the network must recover by itself. The outcome is in docs/robustness.md.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../storage/tests/common/mod.rs"]
+mod s3;
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{BLOCKS_PER_WINDOW, Net, spawn, stop_after};
+use templar_chain::Chain;
+use templar_engine::Device;
+use templar_node::{Commitment, Event, Fingerprint, Miner, Role, Validator};
+
+/// Where node `name` publishes on the test server: its own prefix of the one bucket.
+fn on_server(server: &s3::S3Server, role: Role, name: &str) -> Commitment {
+    let settings = server.config().s3;
+    Commitment {
+        role,
+        url: format!("s3://{}/{name}", s3::BUCKET),
+        endpoint: settings.endpoint,
+        region: settings.region,
+        access_key_id: settings.access_key_id,
+        secret_access_key: settings.secret_access_key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_of_a_whole_window_is_ridden_out() {
+    templar_engine::set_threads(1);
+    let mut server = s3::S3Server::start();
+    let net = Net::new().await;
+    let validator = net
+        .join_on("validator", 10, on_server(&server, Role::Validator, "v"))
+        .await;
+    let mut miners = Vec::new();
+    for (name, seed) in [("m1", 11u8), ("m2", 12)] {
+        let commitment = on_server(&server, Role::Miner, name);
+        miners.push(net.join_on(name, seed, commitment).await);
+    }
+    let miner_uids: Vec<u16> = miners.iter().map(|m| m.uid).collect();
+    let start = net.window_now() + 1;
+    net.chain
+        .wait_for_block(start * BLOCKS_PER_WINDOW)
+        .await
+        .unwrap();
+    // Windows are 4 s and a storage call gives up after about 6 s of retries: three windows
+    // down outlast every retry, so each of them meets a dead endpoint.
+    let (down, up, last) = (start + 2, start + 5, start + 9);
+    let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
+    let mut threads = vec![spawn(move || validator.run(stop_after(last)))];
+    for node in miners {
+        let state = net.state_dir(&format!("miner-{}", node.uid));
+        let miner = Miner::new(node, Device::Cpu, state).unwrap();
+        threads.push(spawn(move || miner.run(stop_after(last))));
+    }
+
+    net.chain
+        .wait_for_block(down * BLOCKS_PER_WINDOW)
+        .await
+        .unwrap();
+    server.stop();
+    net.chain
+        .wait_for_block(up * BLOCKS_PER_WINDOW)
+        .await
+        .unwrap();
+    server.resume();
+    for thread in threads {
+        thread.join().unwrap(); // every node ran to the end: none stopped on the outage
+    }
+
+    let events = net.events();
+    // Each miner met the outage — a failed upload, or reads that failed in storage — and went
+    // on (how many windows it spent retrying depends on timing).
+    for miner in ["m1", "m2"] {
+        let met = events.iter().any(|(who, e)| {
+            who == miner
+                && match e {
+                    Event::Skipped { reason, .. } => reason.contains("upload failed"),
+                    Event::Gathered { peers, .. } => {
+                        peers.iter().any(|p| p.outcome == "storage_error")
+                    }
+                    _ => false,
+                }
+        });
+        assert!(met, "{miner} never met the outage");
+    }
+    let skipped: Vec<(u64, String)> = events
+        .iter()
+        .filter_map(|(who, e)| match e {
+            Event::Skipped { window, reason } if who == "validator" => {
+                Some((*window, reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|(w, r)| (down - 1..up).contains(w) && r.contains("nobody is scored")),
+        "the validator scored a window it could not read: {skipped:?}"
+    );
+    // The network recovered by itself: both miners' last two payloads were accepted, the model
+    // learned past where it stood before the outage, and every node holds the same model after
+    // the last window. (A miner whose gather straddled the server's return may be out of sync
+    // for a window, be scored 0 for it and rebuild from the manifests: that is the recovery.)
+    for uid in &miner_uids {
+        let accepted = events
+            .iter()
+            .filter(|(who, e)| {
+                who == "validator"
+                    && matches!(e, Event::Gathered { window, peers, .. }
+                        if *window + 1 >= last
+                            && peers.iter().any(|p| p.uid == *uid && p.outcome == "ok"))
+            })
+            .count();
+        assert_eq!(accepted, 2, "uid {uid} is not contributing again");
+    }
+    let bpb: BTreeMap<u64, f64> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Validation {
+                window,
+                bits_per_byte,
+                ..
+            } => Some((*window, *bits_per_byte)),
+            _ => None,
+        })
+        .collect();
+    assert!(bpb[&last] < bpb[&(down - 1)], "{bpb:?}");
+    let finals: BTreeMap<String, Fingerprint> = events
+        .iter()
+        .filter_map(|(who, e)| match e {
+            Event::Applied {
+                window,
+                fingerprint,
+                ..
+            } if *window == last => Some((who.clone(), *fingerprint)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 3, "{finals:?}");
+    assert!(finals.values().all(|f| Some(f) == finals.values().next()));
+}
