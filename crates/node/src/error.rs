@@ -34,9 +34,32 @@ pub enum NodeError {
     NotRegistered(String),
     #[error("catch-up failed: {0}")]
     CatchUp(String),
+    #[error(
+        "the disk is full ({detail}): free space on the disk holding {path} and start the node \
+         again; {kept}"
+    )]
+    DiskFull {
+        path: PathBuf,
+        detail: String,
+        kept: String,
+    },
 }
 
 impl NodeError {
+    /// Whether an I/O error somewhere in the chain of causes is "no space left on device".
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NodeError {
         NodeError::Io {
             path: path.into(),

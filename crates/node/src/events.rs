@@ -65,6 +65,12 @@ pub enum Event {
         uid: u16,
         window: u64,
     },
+    /// The node loaded its saved state: the last window it completed, and the blake3 of the
+    /// state record it loaded (to compare with what was on disk when it stopped).
+    Resumed {
+        window: Option<u64>,
+        state_blake3: String,
+    },
     Phase {
         window: u64,
         phase: Phase,

@@ -72,7 +72,7 @@ impl<C: Chain> Miner<C> {
             last_window: None,
             global_step: 0,
         };
-        if let Some((saved, dir)) = state.load::<MinerState>()? {
+        if let Some((saved, dir, digest)) = state.load_digested::<MinerState>()? {
             let model = load_model(&dir, device)?;
             replica.write(&model.params.read()?)?;
             let trainer = &mut replica.trainer;
@@ -87,7 +87,10 @@ impl<C: Chain> Miner<C> {
                 last_window: saved.last_window,
                 global_step: saved.global_step,
             };
-            tracing::info!(window = ?saved.last_window, "resumed from saved state");
+            node.events.emit(Event::Resumed {
+                window: saved.last_window,
+                state_blake3: digest,
+            });
         }
         Ok(Miner {
             node,

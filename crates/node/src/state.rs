@@ -48,6 +48,14 @@ impl StateDir {
 
     /// Reads `state.json` of the current generation.
     pub fn load<T: DeserializeOwned>(&self) -> Result<Option<(T, PathBuf)>, NodeError> {
+        Ok(self.load_digested()?.map(|(state, dir, _)| (state, dir)))
+    }
+
+    /// [`StateDir::load`], with the blake3 of the state record as stored (hex): what a node
+    /// reports on resuming, so a supervisor can check it resumed from exactly what was saved.
+    pub fn load_digested<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Option<(T, PathBuf, String)>, NodeError> {
         let Some(dir) = self.current()? else {
             return Ok(None);
         };
@@ -57,7 +65,18 @@ impl StateDir {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(Some((state, dir)))
+        Ok(Some((
+            state,
+            dir,
+            blake3::hash(text.as_bytes()).to_hex().to_string(),
+        )))
+    }
+
+    /// The blake3 of the current generation's state record, if there is one.
+    pub fn digest(&self) -> Result<Option<String>, NodeError> {
+        Ok(self
+            .load_digested::<serde_json::Value>()?
+            .map(|(_, _, digest)| digest))
     }
 
     /// Writes a new generation: `write_files` fills the directory and returns the state record,
@@ -71,21 +90,49 @@ impl StateDir {
         let name = format!("gen-{generation:016}");
         let staging = self.root.join(format!("{name}.partial"));
         let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(|e| NodeError::io(&staging, e))?;
-        let state = write_files(&staging)?;
+        self.write_generation(&name, &staging, write_files)
+            .map_err(|error| self.explain_full_disk(error, &staging))
+    }
+
+    fn write_generation<T: Serialize>(
+        &self,
+        name: &str,
+        staging: &Path,
+        write_files: impl FnOnce(&Path) -> Result<T, NodeError>,
+    ) -> Result<(), NodeError> {
+        fs::create_dir_all(staging).map_err(|e| NodeError::io(staging, e))?;
+        let state = write_files(staging)?;
         let json = serde_json::to_vec_pretty(&state).map_err(|e| NodeError::State {
-            path: staging.clone(),
+            path: staging.to_path_buf(),
             reason: e.to_string(),
         })?;
         write_synced(&staging.join(STATE_FILE), &json)?;
-        let done = self.root.join(&name);
+        let done = self.root.join(name);
         let _ = fs::remove_dir_all(&done);
-        fs::rename(&staging, &done).map_err(|e| NodeError::io(&done, e))?;
+        fs::rename(staging, &done).map_err(|e| NodeError::io(&done, e))?;
         sync_dir(&self.root)?;
         templar_engine::write_atomic(&self.root.join(CURRENT), name.as_bytes())?;
         sync_dir(&self.root)?;
-        self.prune(&name);
+        self.prune(name);
         Ok(())
+    }
+
+    /// A save that ran out of disk says so, says what to do, and says that nothing was lost (the
+    /// unfinished generation is removed; `CURRENT` still names the last complete one).
+    fn explain_full_disk(&self, error: NodeError, staging: &Path) -> NodeError {
+        if !error.is_disk_full() {
+            return error;
+        }
+        let _ = fs::remove_dir_all(staging);
+        let kept = match self.current() {
+            Ok(Some(dir)) => format!("the last saved state, {}, is intact", dir.display()),
+            _ => "no earlier state was saved".to_string(),
+        };
+        NodeError::DiskFull {
+            path: self.root.clone(),
+            detail: error.to_string(),
+            kept,
+        }
     }
 
     /// Removes old generations and abandoned partial ones (best effort: they are garbage).
@@ -183,6 +230,27 @@ mod tests {
         assert!(current.join("x").exists());
         let left = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(left, 3, "two generations and CURRENT");
+    }
+
+    #[test]
+    fn a_full_disk_is_named_and_leaves_the_last_state_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state.save(1, |_| Ok(7u32)).unwrap();
+        let before = state.digest().unwrap();
+        let full = state.save::<u32>(2, |staging| {
+            fs::write(staging.join("model.bin"), b"half a model").unwrap();
+            Err(NodeError::io(
+                staging.join("model.bin"),
+                std::io::Error::from(std::io::ErrorKind::StorageFull),
+            ))
+        });
+        let message = full.unwrap_err().to_string();
+        assert!(message.contains("the disk is full"), "{message}");
+        assert!(message.contains("is intact"), "{message}");
+        assert_eq!(state.load::<u32>().unwrap().unwrap().0, 7);
+        assert_eq!(state.digest().unwrap(), before);
+        assert!(!dir.path().join("gen-0000000000000002.partial").exists());
     }
 
     #[test]

@@ -64,11 +64,14 @@ impl<C: Chain> Validator<C> {
     ) -> Result<Validator<C>, NodeError> {
         let mut replica = Replica::new(&node.config, device)?;
         let state_dir = StateDir::new(state_dir);
-        let state = match state_dir.load::<ValidatorState>()? {
-            Some((state, dir)) => {
+        let state = match state_dir.load_digested::<ValidatorState>()? {
+            Some((state, dir, digest)) => {
                 let model = load_model(&dir, device)?;
                 replica.write(&model.params.read()?)?;
-                tracing::info!(window = ?state.last_window, "resumed from saved state");
+                node.events.emit(Event::Resumed {
+                    window: state.last_window,
+                    state_blake3: digest,
+                });
                 state
             }
             None => ValidatorState {

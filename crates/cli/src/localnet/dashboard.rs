@@ -297,6 +297,9 @@ fn traffic_table<'a>(s: &Snapshot) -> Table<'a> {
 pub fn plain_line(line: &EventLine) -> Option<String> {
     let text = match &line.event {
         Event::Started { uid, window, .. } => format!("started as uid {uid} in window {window}"),
+        Event::Resumed { window, .. } => {
+            format!("resumed from its saved state (window {window:?})")
+        }
         Event::Trained {
             steps, mean_loss, ..
         } => format!("trained {steps} steps, loss {mean_loss:.3}"),

@@ -86,6 +86,12 @@ impl History {
                 status.last = format!("started at window {window}");
             }
             Event::Phase { phase, .. } => status.phase = Some(*phase),
+            Event::Resumed { window, .. } => {
+                status.last = match window {
+                    Some(w) => format!("resumed from its state after window {w}"),
+                    None => "resumed from its state".into(),
+                };
+            }
             Event::Trained {
                 window,
                 steps,
@@ -276,6 +282,7 @@ pub fn window_of(event: &Event) -> u64 {
         | Event::CheckpointPublished { window }
         | Event::OutOfSync { window, .. } => *window,
         Event::CaughtUp { to, .. } => *to,
+        Event::Resumed { window, .. } => window.unwrap_or(0),
     }
 }
 
