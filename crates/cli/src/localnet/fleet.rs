@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 pub struct Member {
     pub name: String,
     pub log: PathBuf,
+    args: Vec<OsString>,
     child: Child,
     pub exit: Option<ExitStatus>,
 }
@@ -31,6 +32,50 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `templar ARGS…` as `name`, its output appended to `log`.
     pub fn spawn(&mut self, name: &str, args: &[OsString], log: &Path) -> Result<()> {
+        let child = start(name, args, log)?;
+        self.members.push(Member {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            args: args.to_vec(),
+            child,
+            exit: None,
+        });
+        Ok(())
+    }
+
+    /// Kills `name` with SIGKILL — no chance to finish a write — and reaps it.
+    pub fn sigkill(&mut self, name: &str) -> Result<()> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.name == name && m.exit.is_none())
+            .with_context(|| format!("{name} is not running"))?;
+        member
+            .child
+            .kill()
+            .with_context(|| format!("killing {name}"))?;
+        member.exit = Some(member.child.wait()?);
+        Ok(())
+    }
+
+    /// Starts `name` again with the command line it was first started with.
+    pub fn respawn(&mut self, name: &str) -> Result<()> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .with_context(|| format!("{name} was never started"))?;
+        if member.exit.is_none() {
+            anyhow::bail!("{name} is still running");
+        }
+        member.child = start(name, &member.args, &member.log)?;
+        member.exit = None;
+        Ok(())
+    }
+}
+
+fn start(name: &str, args: &[OsString], log: &Path) -> Result<Child> {
+    {
         let program = std::env::current_exe().context("finding the templar binary")?;
         let output = OpenOptions::new()
             .create(true)
@@ -45,18 +90,11 @@ impl Fleet {
             .stdout(output.try_clone()?)
             .stderr(output);
         detach(&mut command);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.members.push(Member {
-            name: name.to_string(),
-            log: log.to_path_buf(),
-            child,
-            exit: None,
-        });
-        Ok(())
+        command.spawn().with_context(|| format!("starting {name}"))
     }
+}
 
+impl Fleet {
     /// Records members that have exited since the last call and returns them.
     pub fn poll(&mut self) -> Vec<&Member> {
         let mut exited = Vec::new();

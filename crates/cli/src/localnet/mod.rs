@@ -4,6 +4,7 @@
 //! the same folder resumes the network.
 
 mod dashboard;
+mod faults;
 mod fleet;
 mod history;
 mod net_chain;
@@ -85,7 +86,9 @@ pub struct LocalnetArgs {
     netuid: u16,
     /// Run a scripted experiment instead of one network: `adversarial` runs --miners honest
     /// miners beside one miner per attack (in DIR/adversarial) and the same honest miners alone
-    /// (in DIR/honest), then writes DIR/robustness.json and DIR/robustness.md.
+    /// (in DIR/honest), then writes DIR/robustness.json and DIR/robustness.md; `faults` runs one
+    /// network through a miner and the validator killed with SIGKILL and restarted, a miner
+    /// joining late and a corrupted object, then writes DIR/faults.json and DIR/faults.md.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
     /// With --scenario adversarial: the attacks, comma-separated [default: all of noise, zeros,
@@ -97,13 +100,14 @@ pub struct LocalnetArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     Adversarial,
+    Faults,
 }
 
 impl LocalnetArgs {
     fn window_secs(&self) -> u64 {
         self.window_secs.unwrap_or(match self.scenario {
             Some(Scenario::Adversarial) => 45,
-            None => 20,
+            Some(Scenario::Faults) | None => 20,
         })
     }
 }
@@ -132,7 +136,7 @@ pub fn run(args: LocalnetArgs) -> Result<()> {
         return report_only(&Layout { dir });
     }
     let members = setup::members(args.validators, args.miners);
-    run_network(&args, &args.dir, members, &[])
+    run_network(&args, &args.dir, members, &[], None)
 }
 
 /// Runs one network in `dir` for `args.windows`: sets it up (or resumes it), starts `members`
@@ -143,6 +147,7 @@ fn run_network(
     dir: &Path,
     mut members: Vec<Member>,
     attacks: &[String],
+    mut script: Option<&mut faults::Script>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -180,13 +185,21 @@ fn run_network(
     }
     let started_ms = templar_node::node::now_ms();
     let mut fleet = Fleet::default();
+    let mut commands = BTreeMap::new();
     for member in &members {
         let mut node_args = node_args(&layout, member, &args.device, until, members.len());
         if let Some(behavior) = &member.behavior {
             node_args.extend(["--behavior".into(), behavior.to_string().into()]);
         }
         node_args.extend(prepared.chain.node_args(&layout.chain()));
+        if script.as_ref().is_some_and(|s| s.deferred(&member.name())) {
+            commands.insert(member.name(), node_args);
+            continue;
+        }
         fleet.spawn(&member.name(), &node_args, &layout.log(&member.name()))?;
+    }
+    if let Some(script) = script.as_deref_mut() {
+        script.prepare(&layout, &prepared.config, first_window, commands)?;
     }
     let watch = Watch {
         layout: &layout,
@@ -197,8 +210,8 @@ fn run_network(
         until,
         started_ms,
     };
-    let (history, interrupted) =
-        watch.run(&mut fleet, !args.plain && std::io::stdout().is_terminal())?;
+    let live = !args.plain && std::io::stdout().is_terminal();
+    let (history, interrupted) = watch.run(&mut fleet, live, script)?;
     finish(&watch, history, &fleet, first_window, interrupted, &members)
 }
 
@@ -310,7 +323,12 @@ struct Progress {
 impl Watch<'_> {
     /// Follows the nodes until all have exited; returns what they reported and whether the
     /// user stopped them.
-    fn run(&self, fleet: &mut Fleet, live: bool) -> Result<(History, bool)> {
+    fn run(
+        &self,
+        fleet: &mut Fleet,
+        live: bool,
+        mut script: Option<&mut faults::Script>,
+    ) -> Result<(History, bool)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -356,7 +374,12 @@ impl Watch<'_> {
                     progress.history.apply(&line);
                 }
             }
-            if fleet.running() == 0 {
+            if let Some(script) = script.as_deref_mut()
+                && let Ok(head) = self.chain.head()
+            {
+                script.tick(fleet, &progress.history, head)?;
+            }
+            if fleet.running() == 0 && script.as_ref().is_none_or(|s| s.finished()) {
                 break;
             }
             self.refresh_incentives(&mut progress);

@@ -27,6 +27,7 @@ pub const BEHAVIORS_FILE: &str = "behaviors.json";
 pub fn run(args: &LocalnetArgs, scenario: Scenario) -> Result<()> {
     match scenario {
         Scenario::Adversarial => adversarial(args),
+        Scenario::Faults => super::faults::run(args),
     }
 }
 
@@ -65,7 +66,7 @@ fn adversarial(args: &LocalnetArgs) -> Result<()> {
             windows: Some(windows),
             ..args.clone()
         };
-        run_network(&run_args, &dir, members, attacks)?;
+        run_network(&run_args, &dir, members, attacks, None)?;
     }
     let command = format!(
         "templar localnet --scenario adversarial --miners {} --windows {windows} --window-secs {}{}",
@@ -97,7 +98,7 @@ fn adversarial(args: &LocalnetArgs) -> Result<()> {
 }
 
 /// A network that completed a run of its own (rather than being interrupted or killed).
-fn finished(dir: &Path) -> Result<bool> {
+pub fn finished(dir: &Path) -> Result<bool> {
     let runs = read_runs(&Layout { dir: dir.into() }.runs())?;
     Ok(runs
         .iter()

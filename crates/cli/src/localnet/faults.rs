@@ -1,0 +1,555 @@
+//! `--scenario faults`: one network (in DIR/faults) taken through failures of real machines on
+//! a script — a miner and then the validator killed with SIGKILL mid-window and started again, a
+//! miner joining late, a payload truncated in storage — each outcome measured from what the
+//! nodes reported, into DIR/faults.json and DIR/faults.md (see docs/robustness.md).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use templar_node::events::Event;
+use templar_node::state::StateDir;
+use templar_node::{Fingerprint, NetworkConfig, Role};
+use templar_protocol::{Kind, WindowClock};
+
+use super::fleet::Fleet;
+use super::history::{EventLine, History};
+use super::scenario::finished;
+use super::setup::{Layout, Member, members};
+use super::tail::EventFile;
+use super::{LocalnetArgs, run_network};
+
+pub const DEFAULT_WINDOWS: u64 = 12;
+const VALIDATOR: &str = "validator-v1";
+const KILLED: &str = "miner-m1";
+const TRUNCATED: &str = "miner-m2";
+const LATE: &str = "miner-m3";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    KillMiner,
+    RestartMiner,
+    KillValidator,
+    RestartValidator,
+    StartLateMiner,
+    TruncatePayload,
+}
+
+/// One step of the script: `action` once the chain reaches `window` (counted from the run's
+/// first) and `block` blocks into it; a truncation waits for the miner's upload instead.
+struct Step {
+    action: Action,
+    window: u64,
+    block: u64,
+    done: bool,
+}
+
+/// What the script did, and when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Happened {
+    action: Action,
+    window: u64,
+    block: u64,
+    at_ms: u64,
+    detail: String,
+}
+
+/// The fault script the localnet orchestrator runs tick by tick.
+pub struct Script {
+    steps: Vec<Step>,
+    layout: Option<Layout>,
+    config: Option<NetworkConfig>,
+    clock: Option<WindowClock>,
+    first_window: u64,
+    commands: BTreeMap<String, Vec<OsString>>,
+    happened: Vec<Happened>,
+    /// The validator's saved state as it was on disk right after the kill.
+    killed_state: Option<(String, serde_json::Value)>,
+}
+
+impl Script {
+    fn new() -> Script {
+        let step = |action, window, block| Step {
+            action,
+            window,
+            block,
+            done: false,
+        };
+        Script {
+            steps: vec![
+                step(Action::KillMiner, 2, 2),
+                step(Action::RestartMiner, 3, 1),
+                step(Action::KillValidator, 5, 2),
+                step(Action::RestartValidator, 6, 1),
+                step(Action::TruncatePayload, 8, 0),
+                // After the checkpoint of window 9 (every 5), so the newcomer starts from it.
+                step(Action::StartLateMiner, 10, 3),
+            ],
+            layout: None,
+            config: None,
+            clock: None,
+            first_window: 0,
+            commands: BTreeMap::new(),
+            happened: Vec::new(),
+            killed_state: None,
+        }
+    }
+
+    /// Members started by the script rather than with the others.
+    pub fn deferred(&self, name: &str) -> bool {
+        name == LATE
+    }
+
+    pub fn prepare(
+        &mut self,
+        layout: &Layout,
+        config: &NetworkConfig,
+        first_window: u64,
+        commands: BTreeMap<String, Vec<OsString>>,
+    ) -> Result<()> {
+        let clock = WindowClock::new(config.window.blocks_per_window)
+            .context("network.toml: window.blocks_per_window must be positive")?;
+        // Steps at fractions of a window, so that "mid-window" holds for any window length.
+        let blocks = clock.blocks_per_window();
+        for step in &mut self.steps {
+            step.block = step.block * blocks / 4;
+        }
+        self.layout = Some(layout.clone());
+        self.config = Some(config.clone());
+        self.clock = Some(clock);
+        self.first_window = first_window;
+        self.commands = commands;
+        Ok(())
+    }
+
+    pub fn finished(&self) -> bool {
+        self.steps.iter().all(|s| s.done)
+    }
+
+    /// Runs every step that is due.
+    pub fn tick(&mut self, fleet: &mut Fleet, history: &History, head: u64) -> Result<()> {
+        let Some(clock) = self.clock else {
+            return Ok(());
+        };
+        for i in 0..self.steps.len() {
+            let step = &self.steps[i];
+            let window = self.first_window + step.window;
+            let due = match step.action {
+                Action::TruncatePayload => uploaded(history, TRUNCATED, window),
+                _ => head >= clock.first_block(window) + step.block,
+            };
+            if step.done || !due {
+                continue;
+            }
+            let action = step.action;
+            let detail = self.perform(action, fleet, window)?;
+            eprintln!("fault script, window {window}: {action:?}: {detail}");
+            self.happened.push(Happened {
+                action,
+                window,
+                block: head,
+                at_ms: templar_node::node::now_ms(),
+                detail,
+            });
+            self.steps[i].done = true;
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, action: Action, fleet: &mut Fleet, window: u64) -> Result<String> {
+        let layout = self.layout.clone().context("the script was not prepared")?;
+        match action {
+            Action::KillMiner => fleet.sigkill(KILLED).map(|()| format!("SIGKILL {KILLED}")),
+            Action::RestartMiner => fleet
+                .respawn(KILLED)
+                .map(|()| format!("restarted {KILLED}")),
+            Action::KillValidator => {
+                fleet.sigkill(VALIDATOR)?;
+                let state = StateDir::new(layout.state("v1"));
+                let saved = state.load_digested::<serde_json::Value>()?;
+                let (value, _, digest) = saved.context("the validator had saved no state")?;
+                self.killed_state = Some((digest.clone(), value));
+                Ok(format!("SIGKILL {VALIDATOR}; its saved state is {digest}"))
+            }
+            Action::RestartValidator => fleet
+                .respawn(VALIDATOR)
+                .map(|()| format!("restarted {VALIDATOR}")),
+            Action::StartLateMiner => {
+                let command = self
+                    .commands
+                    .get(LATE)
+                    .context("no command for the late miner")?;
+                fleet.spawn(LATE, command, &layout.log(LATE))?;
+                Ok(format!("started {LATE}, registered since the beginning"))
+            }
+            Action::TruncatePayload => self.truncate(&layout, window),
+        }
+    }
+
+    /// Cuts the miner's signed payload of `window` in storage to half its length.
+    fn truncate(&self, layout: &Layout, window: u64) -> Result<String> {
+        let config = self
+            .config
+            .as_ref()
+            .context("the script was not prepared")?;
+        let network = config.network()?;
+        let uid = uid_of_files(layout, TRUNCATED)?;
+        let key = templar_protocol::layout::object_key(&network, Kind::Gradient, window, uid);
+        let path = layout.storage("m2").join(key);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(&path, &bytes[..bytes.len() / 2])
+            .with_context(|| format!("truncating {}", path.display()))?;
+        Ok(format!(
+            "truncated {} from {} to {} bytes",
+            path.display(),
+            bytes.len(),
+            bytes.len() / 2
+        ))
+    }
+}
+
+/// Whether `node` reported an upload for `window`.
+fn uploaded(history: &History, node: &str, window: u64) -> bool {
+    let Some(uid) = history.nodes.get(node).and_then(|n| n.uid) else {
+        return false;
+    };
+    history
+        .windows
+        .get(&window)
+        .and_then(|w| w.miners.get(&uid))
+        .is_some_and(|m| m.payload_bytes.is_some())
+}
+
+/// The uid a node reported when it started.
+fn uid_of_files(layout: &Layout, node: &str) -> Result<u16> {
+    lines(layout, node)?
+        .iter()
+        .find_map(|l| match l.event {
+            Event::Started { uid, .. } => Some(uid),
+            _ => None,
+        })
+        .with_context(|| format!("{node} never started"))
+}
+
+fn lines(layout: &Layout, node: &str) -> Result<Vec<EventLine>> {
+    Ok(EventFile::new(layout.events(node)).read_new()?)
+}
+
+/// What the scenario measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FaultsReport {
+    pub command: String,
+    pub happened: Vec<Happened>,
+    pub outcomes: Vec<Outcome>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Outcome {
+    pub fault: String,
+    pub expected: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+pub fn run(args: &LocalnetArgs) -> Result<()> {
+    let windows = args.windows.unwrap_or(DEFAULT_WINDOWS);
+    let dir = args.dir.join("faults");
+    let mut script = Script::new();
+    if finished(&dir)? && dir.join("faults-script.json").exists() {
+        eprintln!("the fault network in {} has run: reusing it", dir.display());
+    } else {
+        if dir.exists() {
+            eprintln!("removing the unfinished fault network in {}", dir.display());
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        let mut members = members(1, 2);
+        members.push(Member {
+            role: Role::Miner,
+            hotkey: "m3".into(),
+            behavior: None,
+        });
+        let run_args = LocalnetArgs {
+            windows: Some(windows),
+            ..args.clone()
+        };
+        run_network(&run_args, &dir, members, &[], Some(&mut script))?;
+        let record = serde_json::json!({
+            "happened": script.happened,
+            "validator_state_at_kill": script.killed_state,
+        });
+        templar_engine::write_atomic(
+            &dir.join("faults-script.json"),
+            &serde_json::to_vec_pretty(&record)?,
+        )?;
+    }
+    let command = format!(
+        "templar localnet --scenario faults --windows {windows} --window-secs {}",
+        args.window_secs()
+    );
+    let report = analyse(&dir, command)?;
+    templar_engine::write_atomic(
+        &args.dir.join("faults.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    templar_engine::write_atomic(&args.dir.join("faults.md"), markdown(&report).as_bytes())?;
+    for outcome in &report.outcomes {
+        let mark = if outcome.met { "met" } else { "MISSED" };
+        println!("{mark:>6}  {}: {}", outcome.fault, outcome.measured);
+    }
+    if report.outcomes.iter().any(|o| !o.met) {
+        bail!(
+            "fault outcomes missed (see {})",
+            args.dir.join("faults.md").display()
+        );
+    }
+    Ok(())
+}
+
+/// The saved script record: what happened, and the validator's state at the kill.
+#[derive(Deserialize)]
+struct Record {
+    happened: Vec<Happened>,
+    validator_state_at_kill: Option<(String, serde_json::Value)>,
+}
+
+fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
+    let layout = Layout { dir: dir.into() };
+    let text = std::fs::read_to_string(dir.join("faults-script.json"))?;
+    let record: Record = serde_json::from_str(&text)?;
+    let when = |action: Action| record.happened.iter().find(|h| h.action == action);
+    let validator = lines(&layout, VALIDATOR)?;
+    let models = applied(&validator);
+    let mut outcomes = Vec::new();
+    if let (Some(kill), Some(restart)) = (when(Action::KillMiner), when(Action::RestartMiner)) {
+        outcomes.push(rejoined(
+            &layout,
+            KILLED,
+            &models,
+            restart.window,
+            &format!("a miner killed with SIGKILL in window {}", kill.window),
+        )?);
+    }
+    if let (Some(kill), Some(_)) = (when(Action::KillValidator), when(Action::RestartValidator)) {
+        outcomes.push(validator_resumed(&validator, kill, &record)?);
+    }
+    if let Some(start) = when(Action::StartLateMiner) {
+        outcomes.push(rejoined(
+            &layout,
+            LATE,
+            &models,
+            start.window,
+            &format!("a new miner joining in window {}", start.window),
+        )?);
+    }
+    if let Some(cut) = when(Action::TruncatePayload) {
+        outcomes.push(truncated(&layout, &validator, cut)?);
+    }
+    Ok(FaultsReport {
+        command,
+        happened: record.happened,
+        outcomes,
+    })
+}
+
+/// The validator's model fingerprint after each window.
+fn applied(events: &[EventLine]) -> BTreeMap<u64, Fingerprint> {
+    events
+        .iter()
+        .filter_map(|l| match l.event {
+            Event::Applied {
+                window,
+                fingerprint,
+                ..
+            } => Some((window, fingerprint)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A miner (re)started in `from` must hold the validator's model within two windows.
+fn rejoined(
+    layout: &Layout,
+    node: &str,
+    models: &BTreeMap<u64, Fingerprint>,
+    from: u64,
+    fault: &str,
+) -> Result<Outcome> {
+    let events = lines(layout, node)?;
+    let resumed = events.iter().rev().find_map(|l| match &l.event {
+        Event::Resumed { window, .. } => Some(*window),
+        _ => None,
+    });
+    let caught_up = events.iter().rev().find_map(|l| match &l.event {
+        Event::CaughtUp {
+            replayed,
+            checkpoint,
+            ..
+        } => Some((*replayed, *checkpoint)),
+        _ => None,
+    });
+    let in_sync = applied(&events)
+        .into_iter()
+        .find(|(w, f)| *w >= from && models.get(w) == Some(f))
+        .map(|(w, _)| w);
+    let state = |w: Option<u64>| w.map_or("before any window".into(), |w| format!("of window {w}"));
+    let how = match (resumed, caught_up) {
+        (Some(w), Some((n, _))) => {
+            format!(
+                "resumed from its state {}, replayed {n} window(s)",
+                state(w)
+            )
+        }
+        (Some(w), None) => format!("resumed from its state {}", state(w)),
+        (None, Some((n, Some(c)))) => {
+            format!("caught up from the checkpoint of window {c}, replayed {n} window(s)")
+        }
+        (None, Some((n, None))) => format!("caught up from the start, replayed {n} window(s)"),
+        (None, None) => "started without catching up".into(),
+    };
+    let (measured, met) = match in_sync {
+        Some(w) => (
+            format!(
+                "{how}; same model fingerprint as the validator after window {w}, {} window(s) \
+                 after it started",
+                w - from + 1
+            ),
+            w < from + 2,
+        ),
+        None => (format!("{how}; never matched the validator's model"), false),
+    };
+    Ok(Outcome {
+        fault: fault.to_string(),
+        expected: "resumes or catches up, and holds the network's model within 2 windows".into(),
+        measured,
+        met,
+    })
+}
+
+/// The restarted validator loaded exactly the state on disk at the kill, and that state holds the
+/// scores the validator reported for its window before the kill.
+fn validator_resumed(events: &[EventLine], kill: &Happened, record: &Record) -> Result<Outcome> {
+    let (digest, state) = record
+        .validator_state_at_kill
+        .as_ref()
+        .context("no validator state recorded at the kill")?;
+    let loaded = events.iter().find_map(|l| match &l.event {
+        Event::Resumed {
+            window,
+            state_blake3,
+        } if l.at_ms > kill.at_ms => Some((*window, state_blake3.clone())),
+        _ => None,
+    });
+    let saved_window = state["last_window"].as_u64();
+    let reported = events.iter().rev().find_map(|l| match &l.event {
+        Event::Scores { window, miners }
+            if l.at_ms < kill.at_ms && Some(*window) == saved_window =>
+        {
+            Some(miners.clone())
+        }
+        _ => None,
+    });
+    let mut mismatches = Vec::new();
+    for miner in reported.iter().flatten() {
+        let saved = &state["ledger"][miner.uid.to_string()];
+        let same = saved["final_score"].as_f64() == Some(miner.final_score)
+            && saved["binary_ma"].as_f64() == Some(miner.binary_ma)
+            && saved["sync"].as_f64() == Some(miner.sync);
+        if !same {
+            mismatches.push(miner.uid);
+        }
+    }
+    let identical = loaded.as_ref().is_some_and(|(_, d)| d == digest);
+    let measured = format!(
+        "killed in window {}; restarted from its state of window {} ({}), {} miners' scores \
+         equal to those it reported before the kill{}",
+        kill.window,
+        loaded
+            .as_ref()
+            .and_then(|(w, _)| *w)
+            .map_or("–".into(), |w| w.to_string()),
+        if identical {
+            "byte-identical to the state on disk at the kill"
+        } else {
+            "NOT the state on disk at the kill"
+        },
+        reported.as_ref().map_or(0, Vec::len) - mismatches.len(),
+        if mismatches.is_empty() {
+            String::new()
+        } else {
+            format!("; different for uids {mismatches:?}")
+        }
+    );
+    Ok(Outcome {
+        fault: "the validator killed with SIGKILL and restarted".into(),
+        expected: "ratings, averages and counters identical to before the kill".into(),
+        measured,
+        met: identical && reported.is_some() && mismatches.is_empty(),
+    })
+}
+
+/// The truncated payload was rejected with a reason and the window went on without it.
+fn truncated(layout: &Layout, validator: &[EventLine], cut: &Happened) -> Result<Outcome> {
+    let uid = uid_of_files(layout, TRUNCATED)?;
+    let gathered = validator.iter().find_map(|l| match &l.event {
+        Event::Gathered {
+            window,
+            peers,
+            included,
+        } if *window == cut.window => Some((peers.clone(), included.clone())),
+        _ => None,
+    });
+    let validated = validator
+        .iter()
+        .any(|l| matches!(l.event, Event::Validation { window, .. } if window == cut.window));
+    let (measured, met) = match gathered {
+        Some((peers, included)) => {
+            let verdict = peers.iter().find(|p| p.uid == uid);
+            let rejected = verdict.is_some_and(|p| p.outcome != "ok" && !p.reason.is_empty());
+            (
+                format!(
+                    "{}; the window aggregated {included:?} and was validated: {validated}",
+                    verdict.map_or("no verdict".into(), |p| format!(
+                        "rejected as {}: {}",
+                        p.outcome, p.reason
+                    ))
+                ),
+                rejected && validated && !included.contains(&uid),
+            )
+        }
+        None => ("the validator never gathered that window".into(), false),
+    };
+    Ok(Outcome {
+        fault: format!("a payload truncated in storage (window {})", cut.window),
+        expected: "rejected with a reason, the window proceeds".into(),
+        measured,
+        met,
+    })
+}
+
+fn markdown(report: &FaultsReport) -> String {
+    let mut md = format!("```sh\n{}\n```\n\n", report.command);
+    md.push_str("| fault | expected | measured | met |\n|---|---|---|---|\n");
+    for o in &report.outcomes {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            o.fault,
+            o.expected,
+            o.measured,
+            if o.met { "yes" } else { "**no**" }
+        );
+    }
+    md.push_str("\nWhat the script did:\n\n");
+    for h in &report.happened {
+        let _ = writeln!(
+            md,
+            "- window {} (block {}): {:?} — {}",
+            h.window, h.block, h.action, h.detail
+        );
+    }
+    md
+}

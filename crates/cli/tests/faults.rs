@@ -1,0 +1,39 @@
+//! `templar localnet --scenario faults` as a user runs it, on short windows: a miner and then
+//! the validator killed with SIGKILL mid-window and restarted, a miner joining from the
+//! checkpoint, a payload truncated in storage. Every measured outcome must meet its goal.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn a_network_rides_out_kills_a_newcomer_and_a_truncated_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(["localnet", "--scenario", "faults", "--plain"])
+        .args(["--window-secs", "10"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = std::fs::read_to_string(dir.path().join("faults.md")).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "{}\n{report}\n{stdout}\n{stderr}",
+        output.status
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("faults.json")).unwrap())
+            .unwrap();
+    let outcomes = json["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 4, "{report}");
+    for outcome in outcomes {
+        assert_eq!(outcome["met"], true, "{report}");
+    }
+    let happened = json["happened"].as_array().unwrap();
+    assert_eq!(happened.len(), 6, "every step of the script ran: {report}");
+    println!("{report}");
+}
