@@ -22,7 +22,7 @@ use super::setup::{Layout, Member, members};
 use super::tail::EventFile;
 use super::{LocalnetArgs, run_network};
 
-pub const DEFAULT_WINDOWS: u64 = 12;
+pub const DEFAULT_WINDOWS: u64 = 13;
 const VALIDATOR: &str = "validator-v1";
 const KILLED: &str = "miner-m1";
 const TRUNCATED: &str = "miner-m2";
@@ -86,8 +86,9 @@ impl Script {
                 step(Action::KillValidator, 5, 2),
                 step(Action::RestartValidator, 6, 1),
                 step(Action::TruncatePayload, 8, 0),
-                // After the checkpoint of window 9 (every 5), so the newcomer starts from it.
-                step(Action::StartLateMiner, 10, 3),
+                // After the checkpoint of window 9 (every 5) is out, so the newcomer starts
+                // from it and the manifests after it.
+                step(Action::StartLateMiner, 11, 1),
             ],
             layout: None,
             config: None,
@@ -331,6 +332,7 @@ fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
             &models,
             restart.window,
             &format!("a miner killed with SIGKILL in window {}", kill.window),
+            false,
         )?);
     }
     if let (Some(kill), Some(_)) = (when(Action::KillValidator), when(Action::RestartValidator)) {
@@ -343,6 +345,7 @@ fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
             &models,
             start.window,
             &format!("a new miner joining in window {}", start.window),
+            true,
         )?);
     }
     if let Some(cut) = when(Action::TruncatePayload) {
@@ -377,6 +380,7 @@ fn rejoined(
     models: &BTreeMap<u64, Fingerprint>,
     from: u64,
     fault: &str,
+    needs_checkpoint: bool,
 ) -> Result<Outcome> {
     let events = lines(layout, node)?;
     let resumed = events.iter().rev().find_map(|l| match &l.event {
@@ -417,13 +421,24 @@ fn rejoined(
                  after it started",
                 w - from + 1
             ),
-            w < from + 2,
+            w < from + 2
+                && if needs_checkpoint {
+                    caught_up.is_some_and(|(_, c)| c.is_some())
+                } else {
+                    resumed.is_some()
+                },
         ),
         None => (format!("{how}; never matched the validator's model"), false),
     };
+    let expected = if needs_checkpoint {
+        "catches up from the checkpoint and manifests, and holds the network's model within 2 \
+         windows"
+    } else {
+        "resumes from its state, and holds the network's model within 2 windows"
+    };
     Ok(Outcome {
         fault: fault.to_string(),
-        expected: "resumes or catches up, and holds the network's model within 2 windows".into(),
+        expected: expected.into(),
         measured,
         met,
     })

@@ -19,10 +19,9 @@ use super::tail::EventFile;
 
 /// Attacks whose every payload must be rejected, with a reason.
 const MALFORMED: [&str; 3] = ["malformed", "nan", "oversize"];
-/// Honest training on another miner's assignment: on a model this small the only signal that
-/// tells it apart (how much better the update fits the miner's own samples) is below noise, so
-/// it is paid as an honest miner is. Reported, and left out of the incentive goals.
-const INDISTINGUISHABLE: &str = "other-data";
+/// Honest training on another miner's assignment: only the own-data indicator tells it apart,
+/// and on a model this small its signal is weak, so it takes many windows to act.
+const SLOW_TO_CATCH: &str = "other-data";
 const HONEST_SHARE_GOAL: f64 = 0.9;
 const BPB_GOAL: f64 = 0.02;
 
@@ -35,8 +34,7 @@ pub struct Outcome {
     pub last_window: u64,
     pub settled_from: u64,
     pub miners: Vec<MinerOutcome>,
-    /// Honest miners' share of the miner incentive over the settled windows, leaving out the
-    /// attack that is indistinguishable from honest work at this scale (`other-data`).
+    /// Honest miners' share of all miner incentive over the settled windows.
     pub honest_share: f64,
     pub bpb: BpbComparison,
     pub goals: Vec<Goal>,
@@ -370,40 +368,31 @@ fn uploads(layout: &Layout, node: &str, windows: RangeInclusive<u64>) -> Result<
         .count() as u64)
 }
 
-/// The honest miners' share of what all miners but the indistinguishable attack were paid.
+/// The honest miners' share of all miner incentive.
 fn honest_share(miners: &[MinerOutcome]) -> f64 {
-    let sum = |keep: &dyn Fn(&MinerOutcome) -> bool| -> f64 {
-        miners.iter().filter(|m| keep(m)).map(|m| m.share).sum()
-    };
-    let counted = sum(&|m| !m.behavior.starts_with(INDISTINGUISHABLE));
-    if counted > 0.0 {
-        sum(&|m| m.behavior == "honest") / counted
-    } else {
-        0.0
-    }
+    miners
+        .iter()
+        .filter(|m| m.behavior == "honest")
+        .map(|m| m.share)
+        .sum()
 }
 
 fn goals(miners: &[MinerOutcome], honest_share: f64, bpb: &BpbComparison) -> Vec<Goal> {
     let honest: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior == "honest").collect();
-    let attackers: Vec<&MinerOutcome> = miners
-        .iter()
-        .filter(|m| m.behavior != "honest" && !m.behavior.starts_with(INDISTINGUISHABLE))
-        .collect();
+    let attackers: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior != "honest").collect();
     let smallest_honest = honest.iter().map(|m| m.share).fold(f64::INFINITY, f64::min);
     let top_attacker = attackers.iter().max_by(|a, b| a.share.total_cmp(&b.share));
     let mut goals = vec![
         Goal {
             name: format!(
-                "honest miners hold at least {:.0}% of miner incentive ({INDISTINGUISHABLE} left out)",
+                "honest miners hold at least {:.0}% of miner incentive",
                 HONEST_SHARE_GOAL * 100.0
             ),
             measured: format!("{:.1}%", honest_share * 100.0),
             met: honest_share >= HONEST_SHARE_GOAL,
         },
         Goal {
-            name: format!(
-                "no attacker holds more than the smallest honest miner ({INDISTINGUISHABLE} left out)"
-            ),
+            name: "no attacker holds more than the smallest honest miner".into(),
             measured: match top_attacker {
                 Some(top) => format!(
                     "top attacker {} {:.2}% vs smallest honest {:.2}%",
@@ -485,8 +474,8 @@ pub fn markdown(outcome: &Outcome) -> String {
     let _ = writeln!(
         md,
         "Windows {}–{}; shares are of all miner incentive over the settled windows {}–{} \
-         (and over the whole run). The goals leave out {INDISTINGUISHABLE}, honest training on \
-         another miner's data, which a model this small cannot tell from honest work.\n",
+         (and over the whole run). {SLOW_TO_CATCH} trains honestly on data that is not its own: \
+         only the own-data indicator catches it, slowly on a model this small.\n",
         outcome.first_window, outcome.last_window, outcome.settled_from, outcome.last_window
     );
     md.push_str(
