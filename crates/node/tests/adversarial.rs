@@ -47,11 +47,7 @@ async fn run(attacks: impl Fn(u16) -> Vec<Behavior>) -> Run {
             behavior,
         ));
     }
-    let start = net.window_now() + 1;
-    net.chain
-        .wait_for_block(start * BLOCKS_PER_WINDOW)
-        .await
-        .unwrap();
+    let start = net.next_window().await;
     let last = start + WINDOWS - 1;
     let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
     let mut threads = vec![spawn(move || validator.run(stop_after(last)))];

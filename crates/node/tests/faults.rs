@@ -43,11 +43,7 @@ async fn a_storage_outage_of_a_whole_window_is_ridden_out() {
         miners.push(net.join_on(name, seed, commitment).await);
     }
     let miner_uids: Vec<u16> = miners.iter().map(|m| m.uid).collect();
-    let start = net.window_now() + 1;
-    net.chain
-        .wait_for_block(start * BLOCKS_PER_WINDOW)
-        .await
-        .unwrap();
+    let start = net.next_window().await;
     // Windows are 4 s and a storage call gives up after about 6 s of retries: three windows
     // down outlast every retry, so each of them meets a dead endpoint.
     let (down, up, last) = (start + 2, start + 5, start + 9);

@@ -25,12 +25,7 @@ async fn three_miners_and_a_validator_train_in_sync() {
         miners.push(net.join(&format!("miner-{i}"), seed, Role::Miner).await);
     }
     let miner_uids: Vec<u16> = miners.iter().map(|m| m.uid).collect();
-    // Start at a fresh window so every commitment is in the first window's chain state.
-    let start = net.window_now() + 1;
-    net.chain
-        .wait_for_block(start * BLOCKS_PER_WINDOW)
-        .await
-        .unwrap();
+    let start = net.next_window().await;
     let last = start + 7;
     let (restarted, down_from, back_at) = (miner_uids[1], start + 2, start + 5);
 

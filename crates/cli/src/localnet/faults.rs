@@ -555,7 +555,7 @@ fn markdown(report: &FaultsReport) -> String {
             o.fault,
             o.expected,
             o.measured,
-            if o.met { "yes" } else { "**no**" }
+            super::robustness::met_mark(o.met)
         );
     }
     md.push_str("\nWhat the script did:\n\n");

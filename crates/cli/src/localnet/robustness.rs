@@ -458,6 +458,11 @@ pub fn write(dir: &Path, outcome: &Outcome) -> Result<()> {
     Ok(())
 }
 
+/// A goal's "met" cell in a Markdown table.
+pub fn met_mark(met: bool) -> &'static str {
+    if met { "yes" } else { "**no**" }
+}
+
 /// A few lines for the terminal.
 pub fn summary(outcome: &Outcome) -> String {
     let mut text = String::new();
@@ -520,7 +525,7 @@ pub fn markdown(outcome: &Outcome) -> String {
             "| {} | {} | {} |",
             goal.name,
             goal.measured,
-            if goal.met { "yes" } else { "**no**" }
+            met_mark(goal.met)
         );
     }
     let reasons: Vec<String> = outcome

@@ -178,6 +178,17 @@ impl Net {
         self.dir.path().join("state").join(name)
     }
 
+    /// Waits for the next window to begin and returns it, so that every commitment made so
+    /// far is in that window's chain state.
+    pub async fn next_window(&self) -> u64 {
+        let start = self.window_now() + 1;
+        self.chain
+            .wait_for_block(start * BLOCKS_PER_WINDOW)
+            .await
+            .unwrap();
+        start
+    }
+
     pub fn window_now(&self) -> u64 {
         self.chain.block_now().number / BLOCKS_PER_WINDOW
     }
