@@ -44,7 +44,7 @@ pub enum Behavior {
 }
 
 impl Behavior {
-    /// Whether the behaviour runs the inner steps this window (`window_count`: windows this
+    /// Whether the behaviour runs the inner steps this window (`windows_run`: windows this
     /// process has run so far).
     pub fn trains(&self, windows_run: u64) -> bool {
         match self {

@@ -40,11 +40,12 @@ enum Action {
 }
 
 /// One step of the script: `action` once the chain reaches `window` (counted from the run's
-/// first) and `block` blocks into it; a truncation waits for the miner's upload instead.
+/// first) and `quarter` quarters of a window into it, so that "mid-window" holds for any window
+/// length; a truncation waits for the miner's upload instead.
 struct Step {
     action: Action,
     window: u64,
-    block: u64,
+    quarter: u64,
     done: bool,
 }
 
@@ -73,10 +74,10 @@ pub struct Script {
 
 impl Script {
     fn new() -> Script {
-        let step = |action, window, block| Step {
+        let step = |action, window, quarter| Step {
             action,
             window,
-            block,
+            quarter,
             done: false,
         };
         Script {
@@ -114,11 +115,6 @@ impl Script {
     ) -> Result<()> {
         let clock = WindowClock::new(config.window.blocks_per_window)
             .context("network.toml: window.blocks_per_window must be positive")?;
-        // Steps at fractions of a window, so that "mid-window" holds for any window length.
-        let blocks = clock.blocks_per_window();
-        for step in &mut self.steps {
-            step.block = step.block * blocks / 4;
-        }
         self.layout = Some(layout.clone());
         self.config = Some(config.clone());
         self.clock = Some(clock);
@@ -141,7 +137,9 @@ impl Script {
             let window = self.first_window + step.window;
             let due = match step.action {
                 Action::TruncatePayload => uploaded(history, TRUNCATED, window),
-                _ => head >= clock.first_block(window) + step.block,
+                _ => {
+                    head >= clock.first_block(window) + step.quarter * clock.blocks_per_window() / 4
+                }
             };
             if step.done || !due {
                 continue;
