@@ -1,14 +1,15 @@
-//! Checkpoints in the Hugging Face layout: `model.safetensors` (LlamaForCausalLM tensor names, f32)
-//! plus `config.json`, so the folder loads with `transformers`; the optimizer's state lives beside it in
-//! `optimizer.safetensors` so training resumes exactly. Every file is written under a temporary
-//! name, synced and renamed: a crash leaves either the old file or the new one.
+//! Checkpoints in the Hugging Face layout: `model.safetensors` (LlamaForCausalLM tensor names, f32),
+//! sharded with `model.safetensors.index.json` when larger than a shard may be, plus `config.json`,
+//! so the folder loads with `transformers`; the optimizer's state lives beside it in
+//! `optimizer.safetensors` so training resumes exactly. Every file is written one tensor at a time
+//! under a temporary name, synced and renamed (see [`crate::tensor_files`]): a crash leaves either
+//! the old file or the new one, and saving or loading costs one tensor of memory, not the model.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -16,37 +17,77 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
 use crate::optim::AdamW;
-use crate::params::{NamedBuffer, Parameters};
+use crate::params::{Parameters, parameter_shapes};
+use crate::tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles, write_tensors};
 
 pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_STEM: &str = "model";
 pub const CONFIG_FILE: &str = "config.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const OPTIMIZER_STEM: &str = "optimizer";
 
-/// Writes `model.safetensors` and `config.json` into `dir` (created if missing).
-pub fn save_model(dir: &Path, model: &Llama) -> Result<(), EngineError> {
-    fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-    let buffers = model.params.read()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(
-        &dir.join(MODEL_FILE),
-        buffers.iter().map(|b| (b.name.clone(), b)),
-        metadata,
-    )?;
-    let config = serde_json::to_vec_pretty(&HfLlamaConfig::from(&model.config))
-        .map_err(|e| EngineError::checkpoint(&dir.join(CONFIG_FILE), e.to_string()))?;
-    write_atomic(&dir.join(CONFIG_FILE), &config)
+/// The tensors of `config`'s model in protocol order, as checkpoint entries.
+pub fn model_entries(config: &ModelConfig) -> Vec<TensorEntry> {
+    parameter_shapes(config)
+        .into_iter()
+        .map(|(name, shape)| TensorEntry {
+            name,
+            shape: shape.iter().map(|&d| d as usize).collect(),
+        })
+        .collect()
 }
 
-/// Loads a model saved by [`save_model`] (or any f32 Hugging Face LLaMA checkpoint with that layout).
-pub fn load_model(dir: &Path, device: Device) -> Result<Llama, EngineError> {
+/// Writes `model.safetensors` and `config.json` into `dir` (created if missing).
+pub fn save_model(dir: &Path, model: &Llama) -> Result<Vec<String>, EngineError> {
+    save_weights(dir, &model.config, DEFAULT_SHARD_BYTES, |i, out| {
+        model.params.read_one(i, out)
+    })
+}
+
+/// Writes a model's weights, sharded at `max_shard_bytes`, and `config.json`; `fill(i, out)` gives
+/// parameter `i` in protocol order. Returns the files written.
+pub fn save_weights(
+    dir: &Path,
+    config: &ModelConfig,
+    max_shard_bytes: u64,
+    fill: impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+) -> Result<Vec<String>, EngineError> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut files = write_tensors(
+        dir,
+        MODEL_STEM,
+        &model_entries(config),
+        &metadata,
+        max_shard_bytes,
+        fill,
+    )?;
+    let json = serde_json::to_vec_pretty(&HfLlamaConfig::from(config))
+        .map_err(|e| EngineError::checkpoint(&dir.join(CONFIG_FILE), e.to_string()))?;
+    write_atomic(&dir.join(CONFIG_FILE), &json)?;
+    files.push(CONFIG_FILE.to_string());
+    Ok(files)
+}
+
+/// The model configuration of a checkpoint folder and its weights, opened but not read.
+pub fn open_weights(dir: &Path) -> Result<(ModelConfig, TensorFiles), EngineError> {
     let config_path = dir.join(CONFIG_FILE);
     let text = fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
     let hf: HfLlamaConfig = serde_json::from_str(&text)
         .map_err(|e| EngineError::checkpoint(&config_path, e.to_string()))?;
-    let mut model = Llama::new(&hf.into_model_config(), 0, device)?;
-    let path = dir.join(MODEL_FILE);
-    let buffers = read_safetensors(&path, model.params.names(), &model.params.shapes(), "")?;
-    model.params.write(&buffers)?;
+    Ok((hf.into_model_config(), TensorFiles::open(dir, MODEL_STEM)?))
+}
+
+/// Loads a model saved by [`save_model`] (or any f32 Hugging Face LLaMA checkpoint with that
+/// layout), one tensor at a time.
+pub fn load_model(dir: &Path, device: Device) -> Result<Llama, EngineError> {
+    let (config, files) = open_weights(dir)?;
+    let mut model = Llama::zeros(&config, device)?;
+    let mut scratch = Vec::new();
+    for (i, entry) in model_entries(&config).iter().enumerate() {
+        scratch.resize(entry.numel(), 0.0);
+        files.read_into(&entry.name, &entry.shape, &mut scratch)?;
+        model.params.write_one(i, &scratch)?;
+    }
     Ok(model)
 }
 
@@ -55,137 +96,62 @@ pub fn save_optimizer(
     dir: &Path,
     optimizer: &AdamW,
     params: &Parameters,
-) -> Result<(), EngineError> {
-    fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-    let mut buffers = Vec::with_capacity(params.len() * 2);
-    for (kind, moments) in [
-        ("exp_avg", &optimizer.exp_avg),
-        ("exp_avg_sq", &optimizer.exp_avg_sq),
-    ] {
-        let moments = Parameters {
-            names: params.names.clone(),
-            tensors: moments.iter().map(|t| t.shallow_clone()).collect(),
-        };
-        for buffer in moments.read()? {
-            buffers.push((format!("{}.{kind}", buffer.name), buffer));
+) -> Result<Vec<String>, EngineError> {
+    let shapes = params.shapes();
+    let n = params.len();
+    let mut entries = Vec::with_capacity(2 * n);
+    for kind in ["exp_avg", "exp_avg_sq"] {
+        for (name, shape) in params.names().iter().zip(&shapes) {
+            entries.push(TensorEntry {
+                name: format!("{name}.{kind}"),
+                shape: shape.clone(),
+            });
         }
     }
     let metadata = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
-    write_safetensors(
-        &dir.join(OPTIMIZER_FILE),
-        buffers.iter().map(|(n, b)| (n.clone(), b)),
-        metadata,
+    write_tensors(
+        dir,
+        OPTIMIZER_STEM,
+        &entries,
+        &metadata,
+        DEFAULT_SHARD_BYTES,
+        |i, out| {
+            let moments = if i < n {
+                &optimizer.exp_avg
+            } else {
+                &optimizer.exp_avg_sq
+            };
+            crate::params::read_into(&moments[i % n], out)
+        },
     )
 }
 
-/// Restores the AdamW state saved by [`save_optimizer`] into `optimizer`.
+/// Restores the AdamW state saved by [`save_optimizer`] into `optimizer`, one tensor at a time.
 pub fn load_optimizer(
     dir: &Path,
     optimizer: &mut AdamW,
     params: &Parameters,
 ) -> Result<(), EngineError> {
-    let path = dir.join(OPTIMIZER_FILE);
+    let files = TensorFiles::open(dir, OPTIMIZER_STEM)?;
     let shapes = params.shapes();
+    let mut scratch = Vec::new();
     for (kind, moments) in [
         ("exp_avg", &mut optimizer.exp_avg),
         ("exp_avg_sq", &mut optimizer.exp_avg_sq),
     ] {
-        let buffers = read_safetensors(&path, params.names(), &shapes, &format!(".{kind}"))?;
-        let mut target = Parameters {
-            names: params.names.clone(),
-            tensors: moments.iter().map(|t| t.shallow_clone()).collect(),
-        };
-        let renamed: Vec<NamedBuffer> = buffers
-            .into_iter()
-            .zip(params.names())
-            .map(|(b, name)| NamedBuffer {
-                name: name.clone(),
-                ..b
-            })
-            .collect();
-        target.write(&renamed)?;
+        for ((name, shape), tensor) in params.names().iter().zip(&shapes).zip(moments.iter_mut()) {
+            scratch.resize(shape.iter().product(), 0.0);
+            files.read_into(&format!("{name}.{kind}"), shape, &mut scratch)?;
+            crate::params::write_from(tensor, &scratch)?;
+        }
     }
-    let bytes = fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
-    let (_, metadata) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| EngineError::checkpoint(&path, e.to_string()))?;
-    optimizer.step = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("step"))
+    let path = dir.join(OPTIMIZER_FILE);
+    optimizer.step = files
+        .metadata()?
+        .get("step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| EngineError::checkpoint(&path, "metadata has no step count"))?;
     Ok(())
-}
-
-fn write_safetensors<'a>(
-    path: &Path,
-    buffers: impl Iterator<Item = (String, &'a NamedBuffer)>,
-    metadata: HashMap<String, String>,
-) -> Result<(), EngineError> {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = buffers
-        .map(|(name, b)| {
-            (
-                name,
-                b.shape.clone(),
-                b.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = raw
-        .iter()
-        .map(|(name, shape, bytes)| {
-            Ok((
-                name.as_str(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
-    write_atomic(path, &bytes)
-}
-
-/// Reads `names[i] + suffix` for every i, checking dtype and shape; a tied checkpoint may omit `lm_head`.
-fn read_safetensors(
-    path: &Path,
-    names: &[String],
-    shapes: &[Vec<usize>],
-    suffix: &str,
-) -> Result<Vec<NamedBuffer>, EngineError> {
-    let bytes = fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
-    names
-        .iter()
-        .zip(shapes)
-        .map(|(name, shape)| {
-            let key = format!("{name}{suffix}");
-            let view = file
-                .tensor(&key)
-                .map_err(|_| EngineError::checkpoint(path, format!("missing tensor {key}")))?;
-            if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
-                return Err(EngineError::checkpoint(
-                    path,
-                    format!(
-                        "{key} is {:?} {:?}, expected F32 {shape:?}",
-                        view.dtype(),
-                        view.shape()
-                    ),
-                ));
-            }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            Ok(NamedBuffer {
-                name: name.clone(),
-                shape: shape.clone(),
-                data,
-            })
-        })
-        .collect()
 }
 
 /// Write to a temporary sibling, sync, rename over the target, sync the folder.

@@ -55,6 +55,32 @@ impl Llama {
             bytes,
         })
     }
+
+    /// [`Llama::evaluate`] `micro_batch` samples at a time, so memory follows the micro-batch, not
+    /// the number of samples; the totals are the same sums.
+    pub fn evaluate_in(
+        &self,
+        batch: &Batch,
+        bytes: u64,
+        micro_batch: usize,
+    ) -> Result<Evaluation, EngineError> {
+        let rows = batch.rows();
+        let micro = micro_batch.max(1);
+        if rows <= micro {
+            return self.evaluate(batch, bytes);
+        }
+        let mut total = Evaluation {
+            bytes,
+            ..Evaluation::default()
+        };
+        for start in (0..rows).step_by(micro) {
+            let part = batch.rows_slice(start, micro.min(rows - start))?;
+            let measured = self.evaluate(&part, 0)?;
+            total.loss_sum += measured.loss_sum;
+            total.tokens += measured.tokens;
+        }
+        Ok(total)
+    }
 }
 
 #[cfg(test)]

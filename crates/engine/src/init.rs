@@ -1,25 +1,49 @@
 //! Deterministic initial weights, generated in Rust so that they do not depend on libtorch's RNG,
 //! device or version: matrices ~ N(0, initializer_range²), norm weights = 1 (as Hugging Face LLaMA).
 
+use rayon::prelude::*;
+
 /// Initial values of parameter `index` (named `name`, shaped `shape`) for `seed`.
+#[cfg(test)]
 pub fn initial_values(name: &str, shape: &[i64], std: f64, seed: u64, index: u64) -> Vec<f32> {
     let count: usize = shape.iter().map(|&d| d as usize).product();
-    if name.ends_with("norm.weight") {
-        return vec![1.0; count];
-    }
-    let mut state = mix(seed ^ mix(index.wrapping_add(0x7465_6d70_6c61_7221)));
-    let mut values = Vec::with_capacity(count + 1);
-    while values.len() < count {
-        // Box–Muller: two uniforms in (0, 1] give two independent standard normals.
-        let u1 = unit(next(&mut state));
-        let u2 = unit(next(&mut state));
-        let radius = (-2.0 * u1.ln()).sqrt() * std;
-        let angle = std::f64::consts::TAU * u2;
-        values.push((radius * angle.cos()) as f32);
-        values.push((radius * angle.sin()) as f32);
-    }
-    values.truncate(count);
+    let mut values = vec![0f32; count];
+    fill_initial_values(name, std, seed, index, &mut values);
     values
+}
+
+/// [`initial_values`] written into `out`, on all cores. The generator is a counter (value pair
+/// `k` is drawn from states `2k+1` and `2k+2` after the tensor's start), so any stretch can be
+/// computed on its own and the result does not depend on the thread count.
+pub fn fill_initial_values(name: &str, std: f64, seed: u64, index: u64, out: &mut [f32]) {
+    if name.ends_with("norm.weight") {
+        out.fill(1.0);
+        return;
+    }
+    let start = mix(seed ^ mix(index.wrapping_add(0x7465_6d70_6c61_7221)));
+    // An even stretch length keeps every Box–Muller pair inside one stretch.
+    const STRETCH: usize = 1 << 16;
+    out.par_chunks_mut(STRETCH)
+        .enumerate()
+        .for_each(|(c, stretch)| {
+            let first_pair = (c * STRETCH / 2) as u64;
+            let mut state = start.wrapping_add(
+                first_pair
+                    .wrapping_mul(2)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            for pair in stretch.chunks_mut(2) {
+                // Box–Muller: two uniforms in (0, 1] give two independent standard normals.
+                let u1 = unit(next(&mut state));
+                let u2 = unit(next(&mut state));
+                let radius = (-2.0 * u1.ln()).sqrt() * std;
+                let angle = std::f64::consts::TAU * u2;
+                pair[0] = (radius * angle.cos()) as f32;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = (radius * angle.sin()) as f32;
+                }
+            }
+        });
 }
 
 fn next(state: &mut u64) -> u64 {
@@ -55,6 +79,31 @@ mod tests {
         assert!((var.sqrt() - 0.02).abs() < 5e-4, "{}", var.sqrt());
         assert_eq!(values, initial_values("w", &[256, 256], 0.02, 1, 0));
         assert_ne!(values, initial_values("w", &[256, 256], 0.02, 2, 0));
+    }
+
+    #[test]
+    fn parallel_stretches_match_one_sequential_stream() {
+        // The original generator, one value pair after another from one running state.
+        let reference = |count: usize| {
+            let mut state = mix(3 ^ mix(5u64.wrapping_add(0x7465_6d70_6c61_7221)));
+            let mut values = Vec::new();
+            while values.len() < count {
+                let u1 = unit(next(&mut state));
+                let u2 = unit(next(&mut state));
+                let radius = (-2.0 * u1.ln()).sqrt() * 0.02;
+                let angle = std::f64::consts::TAU * u2;
+                values.push((radius * angle.cos()) as f32);
+                values.push((radius * angle.sin()) as f32);
+            }
+            values.truncate(count);
+            values
+        };
+        for count in [1, 7, (1 << 16) + 3, 3 * (1 << 16)] {
+            assert_eq!(
+                initial_values("w", &[count as i64], 0.02, 3, 5),
+                reference(count)
+            );
+        }
     }
 
     #[test]

@@ -8,21 +8,26 @@ mod device;
 mod error;
 mod eval;
 mod init;
+pub mod memory;
 mod model;
 mod optim;
 mod params;
+pub mod tensor_files;
 mod train;
 
 pub use checkpoint::{
-    CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, load_model, load_optimizer, save_model,
-    save_optimizer, write_atomic,
+    CONFIG_FILE, MODEL_FILE, MODEL_STEM, OPTIMIZER_FILE, OPTIMIZER_STEM, load_model,
+    load_optimizer, model_entries, open_weights, save_model, save_optimizer, save_weights,
+    write_atomic,
 };
 pub use config::{ModelConfig, Preset, TrainConfig};
 pub use device::{DeviceChoice, describe, set_threads};
 pub use error::EngineError;
 pub use eval::Evaluation;
+pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, learning_rate};
 pub use params::{NamedBuffer, Parameters, parameter_shapes};
 pub use tch::Device;
-pub use train::{Batch, Gradients, StepStats, Trainer};
+pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
+pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::EngineError;
-use crate::init::initial_values;
+use crate::init::fill_initial_values;
 use crate::params::{Parameters, parameter_shapes};
 
 /// Labels with this value are ignored by the loss (Hugging Face's convention).
@@ -35,17 +35,32 @@ impl Llama {
     /// Builds the model with deterministic initial weights: the same seed gives the same weights on
     /// every machine (the values are generated in Rust, not by libtorch's device-specific RNG).
     pub fn new(config: &ModelConfig, seed: u64, device: Device) -> Result<Self, EngineError> {
+        let mut model = Self::zeros(config, device)?;
+        let mut values = Vec::new();
+        for (index, (name, shape)) in parameter_shapes(config).into_iter().enumerate() {
+            values.resize(shape.iter().product::<i64>() as usize, 0.0);
+            fill_initial_values(
+                &name,
+                config.initializer_range,
+                seed,
+                index as u64,
+                &mut values,
+            );
+            model.params.write_one(index, &values)?;
+        }
+        Ok(model)
+    }
+
+    /// The model with every weight zero: for loading a checkpoint into, without generating
+    /// initial values that would be overwritten.
+    pub fn zeros(config: &ModelConfig, device: Device) -> Result<Self, EngineError> {
         check_memory(config, device)?;
         let shapes = parameter_shapes(config);
         let mut names = Vec::with_capacity(shapes.len());
         let mut tensors = Vec::with_capacity(shapes.len());
-        for (index, (name, shape)) in shapes.into_iter().enumerate() {
-            let values =
-                initial_values(&name, &shape, config.initializer_range, seed, index as u64);
-            let tensor = Tensor::f_from_slice(&values)?
-                .f_view(shape.as_slice())?
-                .f_to_device(device)?
-                .set_requires_grad(true);
+        for (name, shape) in shapes {
+            let tensor =
+                Tensor::f_zeros(shape.as_slice(), (Kind::Float, device))?.set_requires_grad(true);
             names.push(name);
             tensors.push(tensor);
         }

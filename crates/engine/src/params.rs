@@ -80,6 +80,11 @@ impl Parameters {
             .map(|i| &self.tensors[i])
     }
 
+    /// Element count of parameter `index`.
+    pub fn numel(&self, index: usize) -> usize {
+        self.tensors[index].numel()
+    }
+
     /// Shapes in protocol order.
     pub fn shapes(&self) -> Vec<Vec<usize>> {
         self.tensors
@@ -204,7 +209,7 @@ impl Parameters {
     }
 }
 
-fn read_into(tensor: &Tensor, out: &mut [f32]) -> Result<(), EngineError> {
+pub(crate) fn read_into(tensor: &Tensor, out: &mut [f32]) -> Result<(), EngineError> {
     let numel = tensor.numel();
     if out.len() != numel {
         return Err(EngineError::Layout(format!(
@@ -220,7 +225,7 @@ fn read_into(tensor: &Tensor, out: &mut [f32]) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), EngineError> {
+pub(crate) fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), EngineError> {
     let source = Tensor::f_from_slice(data)?.f_view(tensor.size().as_slice())?;
     tch::no_grad(|| tensor.f_copy_(&source))?;
     Ok(())

@@ -59,6 +59,15 @@ impl Batch {
         )?)
     }
 
+    /// Rows `start..start + len` as a batch of their own (views, no copy).
+    pub fn rows_slice(&self, start: usize, len: usize) -> Result<Batch, EngineError> {
+        let cut = |t: &Tensor| t.f_narrow(0, start as i64, len as i64);
+        Ok(Batch {
+            input_ids: cut(&self.input_ids)?,
+            labels: cut(&self.labels)?,
+        })
+    }
+
     fn rows_range(
         &self,
         start: usize,
@@ -110,85 +119,100 @@ impl Trainer {
 
     /// One optimizer step over `batch`, split into micro-batches of `micro_batch_size` samples.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
-        let gradients = self.compute_gradients(batch)?;
-        let lr = learning_rate(&self.config, self.optimizer.steps());
-        self.optimizer.step(&mut self.model.params, lr)?;
-        Ok(StepStats {
-            loss: gradients.loss,
-            grad_norm: gradients.grad_norm,
-            lr,
-            tokens: gradients.tokens,
-        })
+        train_step(&mut self.model, &mut self.optimizer, &self.config, batch)
     }
 
     /// The clipped gradient of the batch's mean loss, left on the parameters (read it with
     /// [`Parameters::read_gradient`](crate::Parameters::read_gradient)); no optimizer step. For
     /// optimizers that live outside the engine, such as a DeMo-style sign step.
     pub fn compute_gradients(&mut self, batch: &Batch) -> Result<Gradients, EngineError> {
-        let device = self.model.device();
-        for param in &mut self.model.params.tensors {
-            param.zero_grad();
-        }
-        let predicted = batch.predicted_positions()?;
-        if predicted == 0 {
-            return Err(EngineError::Batch(
-                "every label is ignored; nothing to train on".into(),
-            ));
-        }
-        let micro = self.config.micro_batch_size.max(1);
-        let mut loss_sum = 0.0;
-        for start in (0..batch.rows()).step_by(micro) {
-            let len = micro.min(batch.rows() - start);
-            let (input_ids, labels) = batch.rows_range(start, len, device)?;
-            // Each micro-batch's summed loss is divided by the whole batch's count, so the accumulated
-            // gradient is exactly that of the batch mean, however the batch is split.
-            let loss = tch::autocast(device.is_cuda(), || {
-                self.model.loss_sum(&input_ids, &labels)
-            })?
-            .0;
-            loss.f_div_scalar(predicted as f64)?.f_backward()?;
-            loss_sum += f64::try_from(&loss)?;
-        }
-        let grad_norm = self.clip_gradients()?;
-        Ok(Gradients {
-            loss: loss_sum / predicted as f64,
-            grad_norm,
-            tokens: batch.rows() * batch.input_ids.size()[1] as usize,
-        })
+        compute_gradients(&mut self.model, &self.config, batch)
     }
+}
 
-    /// Scales all gradients by `min(1, clip / (norm + 1e-6))`, as `torch.nn.utils.clip_grad_norm_`.
-    fn clip_gradients(&mut self) -> Result<f64, EngineError> {
-        let grads: Vec<Tensor> = self
-            .model
-            .params
-            .tensors
-            .iter()
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
-        if grads.is_empty() {
-            return Ok(0.0);
-        }
-        let norms = grads
-            .iter()
-            .map(|g| g.f_norm())
-            .collect::<Result<Vec<_>, _>>()?;
-        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
-        let total_value = f64::try_from(&total)?;
-        if self.config.grad_clip > 0.0 {
-            let coef = total
-                .f_add_scalar(1e-6)?
-                .f_reciprocal()?
-                .f_mul_scalar(self.config.grad_clip)?
-                .f_clamp_max(1.0)?;
-            tch::no_grad(|| -> Result<(), EngineError> {
-                for mut grad in grads {
-                    let _ = grad.f_mul_(&coef)?;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(total_value)
+/// [`Trainer::train_step`] on a model and optimizer held apart (a node keeps its optimizer only
+/// when it trains).
+pub fn train_step(
+    model: &mut Llama,
+    optimizer: &mut AdamW,
+    config: &TrainConfig,
+    batch: &Batch,
+) -> Result<StepStats, EngineError> {
+    let gradients = compute_gradients(model, config, batch)?;
+    let lr = learning_rate(config, optimizer.steps());
+    optimizer.step(&mut model.params, lr)?;
+    Ok(StepStats {
+        loss: gradients.loss,
+        grad_norm: gradients.grad_norm,
+        lr,
+        tokens: gradients.tokens,
+    })
+}
+
+fn compute_gradients(
+    model: &mut Llama,
+    config: &TrainConfig,
+    batch: &Batch,
+) -> Result<Gradients, EngineError> {
+    let device = model.device();
+    for param in &mut model.params.tensors {
+        param.zero_grad();
     }
+    let predicted = batch.predicted_positions()?;
+    if predicted == 0 {
+        return Err(EngineError::Batch(
+            "every label is ignored; nothing to train on".into(),
+        ));
+    }
+    let micro = config.micro_batch_size.max(1);
+    let mut loss_sum = 0.0;
+    for start in (0..batch.rows()).step_by(micro) {
+        let len = micro.min(batch.rows() - start);
+        let (input_ids, labels) = batch.rows_range(start, len, device)?;
+        // Each micro-batch's summed loss is divided by the whole batch's count, so the accumulated
+        // gradient is exactly that of the batch mean, however the batch is split.
+        let loss = tch::autocast(device.is_cuda(), || model.loss_sum(&input_ids, &labels))?.0;
+        loss.f_div_scalar(predicted as f64)?.f_backward()?;
+        loss_sum += f64::try_from(&loss)?;
+    }
+    let grad_norm = clip_gradients(model, config.grad_clip)?;
+    Ok(Gradients {
+        loss: loss_sum / predicted as f64,
+        grad_norm,
+        tokens: batch.rows() * batch.input_ids.size()[1] as usize,
+    })
+}
+
+/// Scales all gradients by `min(1, clip / (norm + 1e-6))`, as `torch.nn.utils.clip_grad_norm_`.
+fn clip_gradients(model: &mut Llama, grad_clip: f64) -> Result<f64, EngineError> {
+    let grads: Vec<Tensor> = model
+        .params
+        .tensors
+        .iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .collect();
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let norms = grads
+        .iter()
+        .map(|g| g.f_norm())
+        .collect::<Result<Vec<_>, _>>()?;
+    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    let total_value = f64::try_from(&total)?;
+    if grad_clip > 0.0 {
+        let coef = total
+            .f_add_scalar(1e-6)?
+            .f_reciprocal()?
+            .f_mul_scalar(grad_clip)?
+            .f_clamp_max(1.0)?;
+        tch::no_grad(|| -> Result<(), EngineError> {
+            for mut grad in grads {
+                let _ = grad.f_mul_(&coef)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(total_value)
 }

@@ -1,0 +1,309 @@
+//! What a node's window costs in memory and disk, computed from the buffers the running code
+//! really holds: the planner behind `templar model info --role` and the check that refuses a
+//! model too large for its device before anything is allocated.
+//!
+//! Every figure is `parameters × bytes` of a buffer named here, or an estimate of activations from
+//! the decoder's shapes; nothing is a fudge factor except the process baseline, which is measured.
+
+use serde::Serialize;
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::error::EngineError;
+
+/// Which node the plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Miner,
+    Validator,
+}
+
+/// Where a buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    Device,
+    Host,
+    Disk,
+}
+
+/// One buffer of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub what: &'static str,
+    pub place: Place,
+    pub bytes: u64,
+}
+
+/// The shapes a window runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WindowShape {
+    /// Samples per forward/backward pass.
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    /// Payloads held at once by a gather (peers for a miner, every candidate for a validator).
+    pub payloads: usize,
+    /// Largest wire size of one payload.
+    pub payload_bytes: u64,
+    /// Whether the device is the host (CPU training): then device buffers count as host memory.
+    pub device_is_host: bool,
+}
+
+/// Resident memory of a process that has loaded libtorch and the node, before any model buffer:
+/// measured on the reference machine (CPU build; a CUDA context adds its own device memory).
+pub const PROCESS_BASELINE_BYTES: u64 = 160 << 20;
+/// Device memory a CUDA context takes before any tensor.
+pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
+/// State generations kept on disk (the current one and its predecessor).
+pub const STATE_GENERATIONS: u64 = 2;
+
+/// The plan of one role's window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    pub role: Role,
+    pub parameters: u64,
+    pub items: Vec<Item>,
+}
+
+impl MemoryPlan {
+    pub fn new(model: &ModelConfig, role: Role, shape: WindowShape) -> MemoryPlan {
+        let p = model.parameter_count();
+        let f32s = p * 4;
+        let largest = largest_tensor(model) * 4;
+        let device = if shape.device_is_host {
+            Place::Host
+        } else {
+            Place::Device
+        };
+        let mut items = vec![
+            item("process baseline", Place::Host, PROCESS_BASELINE_BYTES),
+            item("weights (f32)", device, f32s),
+            item("network model (f32 host copy)", Place::Host, f32s),
+            item("per-tensor scratch", Place::Host, 2 * largest),
+            item(
+                "gathered payloads",
+                Place::Host,
+                shape.payloads as u64 * shape.payload_bytes,
+            ),
+        ];
+        if !shape.device_is_host {
+            items.push(item("CUDA context", Place::Device, CUDA_CONTEXT_BYTES));
+        }
+        match role {
+            Role::Miner => {
+                items.push(item("gradients (f32)", device, f32s));
+                items.push(item("AdamW moments (2 × f32)", device, 2 * f32s));
+                items.push(item("error feedback (f32)", Place::Host, f32s));
+                items.push(item(
+                    "activations (training)",
+                    device,
+                    training_activation_bytes(model, shape),
+                ));
+                items.push(item(
+                    "state on disk",
+                    Place::Disk,
+                    STATE_GENERATIONS * 4 * f32s,
+                ));
+            }
+            Role::Validator => {
+                items.push(item(
+                    "activations (evaluation)",
+                    device,
+                    evaluation_activation_bytes(model, shape),
+                ));
+                items.push(item(
+                    "state and checkpoint on disk",
+                    Place::Disk,
+                    (STATE_GENERATIONS + 1) * f32s,
+                ));
+            }
+        }
+        MemoryPlan {
+            role,
+            parameters: p,
+            items,
+        }
+    }
+
+    pub fn bytes(&self, place: Place) -> u64 {
+        self.items
+            .iter()
+            .filter(|i| i.place == place)
+            .map(|i| i.bytes)
+            .sum()
+    }
+
+    /// Weights, gradients and optimizer state of the role (AdamW moments and error feedback for
+    /// a miner; none for a validator): what training needs whatever the streaming.
+    pub fn training_state_bytes(&self) -> u64 {
+        self.items
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.what,
+                    "weights (f32)"
+                        | "gradients (f32)"
+                        | "AdamW moments (2 × f32)"
+                        | "error feedback (f32)"
+                )
+            })
+            .map(|i| i.bytes)
+            .sum()
+    }
+}
+
+/// Refuses a plan that does not fit: the host's available memory, and on CUDA the device's
+/// free memory as `nvidia-smi` reports it (skipped, with a warning, when it cannot be read).
+pub fn check_fits(plan: &MemoryPlan, device: tch::Device) -> Result<(), EngineError> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let refuse = |place: &str, need: u64, have: u64| {
+        EngineError::Memory(format!(
+            "a {:?} of {} parameters needs {:.1} GiB of {place} memory per window and {:.1} GiB is \
+             available ({}); use a smaller preset, more devices, or a larger machine \
+             (`templar model info --role` shows the figures)",
+            plan.role,
+            plan.parameters,
+            gib(need),
+            gib(have),
+            plan.items
+                .iter()
+                .filter(|i| i.place != Place::Disk)
+                .map(|i| format!("{} {:.2} GiB", i.what, gib(i.bytes)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
+    if let Some(available) = available_host_bytes() {
+        let need = plan.bytes(Place::Host);
+        if need > available {
+            return Err(refuse("host", need, available));
+        }
+    }
+    if let tch::Device::Cuda(index) = device {
+        match free_device_bytes(index) {
+            Some(free) if plan.bytes(Place::Device) > free => {
+                return Err(refuse("device", plan.bytes(Place::Device), free));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "could not read cuda:{index}'s free memory with nvidia-smi; not checked"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from `/proc/meminfo`.
+pub fn available_host_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn free_device_bytes(index: usize) -> Option<u64> {
+    let output = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.free",
+            "--format=csv,noheader,nounits",
+            &format!("--id={index}"),
+        ])
+        .output()
+        .ok()?;
+    let mib: u64 = String::from_utf8(output.stdout).ok()?.trim().parse().ok()?;
+    Some(mib << 20)
+}
+
+fn item(what: &'static str, place: Place, bytes: u64) -> Item {
+    Item { what, place, bytes }
+}
+
+/// Elements of the largest parameter (the embedding or the output head).
+pub fn largest_tensor(model: &ModelConfig) -> u64 {
+    crate::params::parameter_shapes(model)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<i64>() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Tensors autograd keeps for the backward pass of one micro-batch, in f32 (bf16 autocast on
+/// CUDA keeps most of them at half that; the estimate stays on the safe side). Per token and
+/// layer: the two norms' inputs and outputs, q, k and v before and after rotation, the attention
+/// output and its copy, the residual sums, and the MLP's gate, its SiLU, up and their product;
+/// per token once: the logits, their log-softmax and the gradient of the logits.
+pub fn training_activation_bytes(model: &ModelConfig, shape: WindowShape) -> u64 {
+    let tokens = (shape.micro_batch * shape.seq_len) as u64;
+    let (h, i, kv) = (
+        model.hidden_size as u64,
+        model.intermediate_size as u64,
+        model.kv_dim() as u64,
+    );
+    let per_layer = 13 * h + 4 * kv + 4 * i;
+    let per_token = per_layer * model.num_hidden_layers as u64 + 3 * model.vocab_size as u64;
+    tokens * per_token * 4
+}
+
+/// Evaluation keeps no graph: one layer's intermediates and the logits with their log-softmax.
+pub fn evaluation_activation_bytes(model: &ModelConfig, shape: WindowShape) -> u64 {
+    let tokens = (shape.micro_batch * shape.seq_len) as u64;
+    let (h, i) = (model.hidden_size as u64, model.intermediate_size as u64);
+    tokens * (6 * h + 3 * i + 2 * model.vocab_size as u64) * 4
+}
+
+impl WindowShape {
+    /// The preset's own training shape on a device that is the host or not.
+    pub fn of_train(train: &TrainConfig, device_is_host: bool) -> WindowShape {
+        WindowShape {
+            micro_batch: train.micro_batch_size,
+            seq_len: train.seq_len,
+            payloads: 0,
+            payload_bytes: 0,
+            device_is_host,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn a_miner_holds_weights_grads_moments_error_feedback_and_one_copy() {
+        let preset = Preset::load("8b").unwrap();
+        let shape = WindowShape {
+            micro_batch: 1,
+            seq_len: 8,
+            payloads: 0,
+            payload_bytes: 0,
+            device_is_host: false,
+        };
+        let plan = MemoryPlan::new(&preset.model, Role::Miner, shape);
+        let p = 8_030_261_248u64;
+        // Device: weights, gradients, two moments (16 bytes a parameter), context, activations.
+        let activations = training_activation_bytes(&preset.model, shape);
+        assert_eq!(
+            plan.bytes(Place::Device),
+            16 * p + CUDA_CONTEXT_BYTES + activations
+        );
+        // Host: the network model and error feedback (8 bytes a parameter), two scratch tensors
+        // of the largest parameter (128 256 × 4 096), the baseline.
+        assert_eq!(
+            plan.bytes(Place::Host),
+            8 * p + 2 * 128_256 * 4_096 * 4 + PROCESS_BASELINE_BYTES
+        );
+        assert_eq!(plan.training_state_bytes(), 20 * p);
+    }
+
+    #[test]
+    fn a_validator_holds_no_optimizer_state() {
+        let preset = Preset::load("150m").unwrap();
+        let shape = WindowShape::of_train(&preset.train, true);
+        let plan = MemoryPlan::new(&preset.model, Role::Validator, shape);
+        let p = preset.model.parameter_count();
+        assert_eq!(plan.training_state_bytes(), 4 * p);
+        assert_eq!(plan.bytes(Place::Device), 0);
+        assert!(plan.items.iter().all(|i| !i.what.contains("moments")));
+    }
+}

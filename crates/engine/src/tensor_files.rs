@@ -1,0 +1,513 @@
+//! `f32` tensors in safetensors files, written and read one tensor at a time so that a checkpoint
+//! of any size costs one tensor of memory, never the whole model.
+//!
+//! A set of tensors is saved as `{stem}.safetensors`, or, when it is larger than one shard may be,
+//! as `{stem}-00001-of-0000N.safetensors` … plus `{stem}.safetensors.index.json` mapping every
+//! tensor to its shard: Hugging Face's layout, so `transformers` loads either. Every file is
+//! written under a temporary name, synced and renamed, and the index last: a reader never sees
+//! an index that names an unfinished shard. Files are read through a memory map, and every shard
+//! is checked (present, complete, holding exactly the tensors the index puts there) before a
+//! value is used; a problem names the shard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// Hugging Face's default shard limit ("5GB").
+pub const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// One tensor to write: its name and shape; its values come from the caller one at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorEntry {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.numel() as u64 * 4
+    }
+}
+
+/// `{stem}.safetensors.index.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Index {
+    metadata: IndexMetadata,
+    weight_map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexMetadata {
+    total_size: u64,
+}
+
+/// The index file's name for `stem`.
+pub fn index_name(stem: &str) -> String {
+    format!("{stem}.safetensors.index.json")
+}
+
+/// Groups tensors, in order, into shards of at most `max_shard_bytes` of data (a tensor larger
+/// than that gets a shard of its own). Returns each shard's tensor indices.
+pub fn plan_shards(entries: &[TensorEntry], max_shard_bytes: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut current_bytes = 0u64;
+    for (i, entry) in entries.iter().enumerate() {
+        let bytes = entry.bytes();
+        match shards.last_mut() {
+            Some(shard) if current_bytes + bytes <= max_shard_bytes => {
+                shard.push(i);
+                current_bytes += bytes;
+            }
+            _ => {
+                shards.push(vec![i]);
+                current_bytes = bytes;
+            }
+        }
+    }
+    shards
+}
+
+/// Writes `entries` under `dir` as `stem`, sharded at `max_shard_bytes`; `fill(i, out)` writes
+/// tensor `i`'s values into `out` (its element count). `metadata` goes into every shard's header.
+/// Returns the file names written, the index (if any) last.
+pub fn write_tensors(
+    dir: &Path,
+    stem: &str,
+    entries: &[TensorEntry],
+    metadata: &HashMap<String, String>,
+    max_shard_bytes: u64,
+    mut fill: impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+) -> Result<Vec<String>, EngineError> {
+    fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let shards = plan_shards(entries, max_shard_bytes.max(1));
+    let names: Vec<String> = if shards.len() <= 1 {
+        vec![format!("{stem}.safetensors")]
+    } else {
+        (1..=shards.len())
+            .map(|k| format!("{stem}-{k:05}-of-{:05}.safetensors", shards.len()))
+            .collect()
+    };
+    let mut scratch = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    for (shard, name) in shards.iter().zip(&names) {
+        let path = dir.join(name);
+        write_atomic_with(&path, |out| {
+            write_shard(out, entries, shard, metadata, &mut scratch, &mut fill)
+        })?;
+        for &i in shard {
+            weight_map.insert(entries[i].name.clone(), name.clone());
+        }
+    }
+    let index_path = dir.join(index_name(stem));
+    if names.len() > 1 {
+        let index = Index {
+            metadata: IndexMetadata {
+                total_size: entries.iter().map(TensorEntry::bytes).sum(),
+            },
+            weight_map,
+        };
+        let json = serde_json::to_vec_pretty(&index)
+            .map_err(|e| EngineError::checkpoint(&index_path, e.to_string()))?;
+        crate::checkpoint::write_atomic(&index_path, &json)?;
+        let mut written = names;
+        written.push(index_name(stem));
+        Ok(written)
+    } else {
+        // A single file needs no index; one left from an earlier, sharded save would mislead.
+        match fs::remove_file(&index_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(EngineError::io(&index_path, e));
+            }
+            _ => {}
+        }
+        Ok(names)
+    }
+}
+
+fn write_shard(
+    out: &mut BufWriter<fs::File>,
+    entries: &[TensorEntry],
+    shard: &[usize],
+    metadata: &HashMap<String, String>,
+    scratch: &mut Vec<f32>,
+    fill: &mut impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+) -> Result<(), std::io::Error> {
+    let header = shard_header(entries, shard, metadata);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    let mut bytes = Vec::with_capacity(1 << 16);
+    for &i in shard {
+        scratch.clear();
+        scratch.resize(entries[i].numel(), 0.0);
+        fill(i, scratch).map_err(std::io::Error::other)?;
+        for chunk in scratch.chunks(1 << 14) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            out.write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// The JSON header of a shard, padded with spaces to a multiple of 8 bytes as the format asks.
+fn shard_header(
+    entries: &[TensorEntry],
+    shard: &[usize],
+    metadata: &HashMap<String, String>,
+) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let sorted: BTreeMap<_, _> = metadata.iter().collect();
+        map.insert("__metadata__".into(), serde_json::json!(sorted));
+    }
+    let mut offset = 0u64;
+    for &i in shard {
+        let entry = &entries[i];
+        let end = offset + entry.bytes();
+        map.insert(
+            entry.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": entry.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::Value::Object(map).to_string().into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    header
+}
+
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<fs::File>) -> Result<(), std::io::Error>,
+) -> Result<(), EngineError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let file = fs::File::create(&temporary)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    })();
+    if let Err(error) = result {
+        let _ = fs::remove_file(&temporary);
+        return Err(EngineError::io(path, error));
+    }
+    if let Some(parent) = path.parent()
+        && let Ok(dir) = fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Tensors saved by [`write_tensors`] (or by Hugging Face), memory-mapped and checked.
+pub struct TensorFiles {
+    shards: Vec<(PathBuf, Mmap)>,
+    /// Tensor name → shard index.
+    location: HashMap<String, usize>,
+}
+
+impl TensorFiles {
+    /// Opens `stem` in `dir`: the index and its shards when an index exists, else the single file.
+    /// Every shard must exist, parse completely, and hold exactly what the index says.
+    pub fn open(dir: &Path, stem: &str) -> Result<TensorFiles, EngineError> {
+        let index_path = dir.join(index_name(stem));
+        let index: Option<Index> = match fs::read_to_string(&index_path) {
+            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                EngineError::checkpoint(&index_path, format!("unreadable index: {e}"))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(EngineError::io(&index_path, e)),
+        };
+        let shard_names: Vec<String> = match &index {
+            Some(index) => {
+                let unique: std::collections::BTreeSet<&String> =
+                    index.weight_map.values().collect();
+                unique.into_iter().cloned().collect()
+            }
+            None => vec![format!("{stem}.safetensors")],
+        };
+        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut location = HashMap::new();
+        for (k, name) in shard_names.iter().enumerate() {
+            if name.contains('/') || name.contains("..") {
+                return Err(EngineError::checkpoint(
+                    &index_path,
+                    format!("the index names a shard outside the folder: {name:?}"),
+                ));
+            }
+            let path = dir.join(name);
+            let mmap = map_file(&path)?;
+            let file = SafeTensors::deserialize(&mmap).map_err(|e| {
+                EngineError::checkpoint(
+                    &path,
+                    format!("shard is truncated or corrupt ({e}); download the checkpoint again"),
+                )
+            })?;
+            let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+            names.sort();
+            if let Some(index) = &index {
+                let mut expected: Vec<String> = index
+                    .weight_map
+                    .iter()
+                    .filter(|(_, shard)| *shard == name)
+                    .map(|(tensor, _)| tensor.clone())
+                    .collect();
+                expected.sort();
+                if names != expected {
+                    return Err(EngineError::checkpoint(
+                        &path,
+                        format!(
+                            "shard does not match the index: it holds {} tensors, the index puts {} here{}",
+                            names.len(),
+                            expected.len(),
+                            first_difference(&names, &expected)
+                        ),
+                    ));
+                }
+            }
+            for tensor in names {
+                location.insert(tensor, k);
+            }
+            shards.push((path, mmap));
+        }
+        Ok(TensorFiles { shards, location })
+    }
+
+    /// The shard files, for the caller to publish or check.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|(path, _)| path.as_path())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// The `__metadata__` of the shard holding `name`'s tensors (every shard carries the same).
+    pub fn metadata(&self) -> Result<HashMap<String, String>, EngineError> {
+        let Some((path, mmap)) = self.shards.first() else {
+            return Ok(HashMap::new());
+        };
+        let (_, metadata) = SafeTensors::read_metadata(mmap)
+            .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
+        Ok(metadata.metadata().clone().unwrap_or_default())
+    }
+
+    /// Checks that every entry is present as `F32` of its shape, before anything is read.
+    pub fn check(&self, entries: &[TensorEntry]) -> Result<(), EngineError> {
+        for entry in entries {
+            self.view_checked(&entry.name, &entry.shape, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Copies tensor `name`, which must be `F32` of `shape`, into `out`.
+    pub fn read_into(
+        &self,
+        name: &str,
+        shape: &[usize],
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        self.view_checked(name, shape, |data| {
+            if out.len() * 4 != data.len() {
+                return Err(EngineError::Layout(format!(
+                    "{name}: buffer of {} values for a tensor of {}",
+                    out.len(),
+                    data.len() / 4
+                )));
+            }
+            for (value, bytes) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            Ok(())
+        })
+    }
+
+    fn view_checked(
+        &self,
+        name: &str,
+        shape: &[usize],
+        use_data: impl FnOnce(&[u8]) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let &k = self.location.get(name).ok_or_else(|| {
+            let path = self
+                .shards
+                .first()
+                .map_or_else(PathBuf::new, |(p, _)| p.clone());
+            EngineError::checkpoint(&path, format!("missing tensor {name}"))
+        })?;
+        let (path, mmap) = &self.shards[k];
+        let file = SafeTensors::deserialize(mmap)
+            .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
+        let view = file
+            .tensor(name)
+            .map_err(|e| EngineError::checkpoint(path, format!("{name}: {e}")))?;
+        if view.dtype() != Dtype::F32 || view.shape() != shape {
+            return Err(EngineError::checkpoint(
+                path,
+                format!(
+                    "{name} is {:?} {:?}, expected F32 {shape:?}",
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+        }
+        use_data(view.data())
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap, EngineError> {
+    let file = fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::checkpoint(path, "shard is missing; download the checkpoint again")
+        } else {
+            EngineError::io(path, e)
+        }
+    })?;
+    // SAFETY: the files are written once under a temporary name and renamed into place; nothing
+    // writes to a renamed file, so the mapping does not change under us.
+    unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))
+}
+
+fn first_difference(found: &[String], expected: &[String]) -> String {
+    if let Some(name) = expected.iter().find(|n| !found.contains(n)) {
+        return format!("; {name} is missing");
+    }
+    if let Some(name) = found.iter().find(|n| !expected.contains(n)) {
+        return format!("; {name} is not in the index");
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries() -> Vec<TensorEntry> {
+        [
+            ("a", vec![2, 3]),
+            ("b", vec![4]),
+            ("c", vec![3, 3]),
+            ("d", vec![1]),
+        ]
+        .into_iter()
+        .map(|(name, shape)| TensorEntry {
+            name: name.into(),
+            shape,
+        })
+        .collect()
+    }
+
+    fn values(i: usize, out: &mut [f32]) -> Result<(), EngineError> {
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = (i * 100 + j) as f32 + 0.5;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shards_pack_in_order_under_the_limit() {
+        // Bytes: a 24, b 16, c 36, d 4. At 40: [a b] = 40, [c d] = 40.
+        assert_eq!(plan_shards(&entries(), 40), vec![vec![0, 1], vec![2, 3]]);
+        // At 30: a alone, b alone (b + c = 52), c alone (over the limit by itself), d.
+        assert_eq!(
+            plan_shards(&entries(), 30),
+            vec![vec![0], vec![1], vec![2, 3]]
+        );
+        assert_eq!(plan_shards(&entries(), 1 << 20), vec![vec![0, 1, 2, 3]]);
+    }
+
+    #[test]
+    fn sharded_round_trip_and_single_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let written = write_tensors(dir.path(), "model", &entries(), &meta, 40, values).unwrap();
+        assert_eq!(
+            written,
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+                "model.safetensors.index.json"
+            ]
+        );
+        let files = TensorFiles::open(dir.path(), "model").unwrap();
+        let mut out = vec![0.0; 9];
+        files.read_into("c", &[3, 3], &mut out).unwrap();
+        assert_eq!(out[4], 204.5);
+        assert_eq!(files.metadata().unwrap(), meta);
+        // The safetensors crate reads our shards as its own.
+        let bytes = fs::read(dir.path().join(&written[0])).unwrap();
+        let parsed = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(parsed.tensor("b").unwrap().shape(), &[4]);
+
+        let written =
+            write_tensors(dir.path(), "model", &entries(), &meta, 1 << 20, values).unwrap();
+        assert_eq!(written, ["model.safetensors"]);
+        assert!(!dir.path().join(index_name("model")).exists());
+        let files = TensorFiles::open(dir.path(), "model").unwrap();
+        let mut out = vec![0.0; 1];
+        files.read_into("d", &[1], &mut out).unwrap();
+        assert_eq!(out, [300.5]);
+    }
+
+    #[test]
+    fn a_missing_truncated_or_mismatched_shard_is_named() {
+        let meta = HashMap::new();
+        let second = "model-00002-of-00002.safetensors";
+        let setup = || {
+            let dir = tempfile::tempdir().unwrap();
+            write_tensors(dir.path(), "model", &entries(), &meta, 40, values).unwrap();
+            dir
+        };
+        let error = |dir: &tempfile::TempDir| {
+            TensorFiles::open(dir.path(), "model")
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+
+        let dir = setup();
+        fs::remove_file(dir.path().join(second)).unwrap();
+        let message = error(&dir);
+        assert!(
+            message.contains(second) && message.contains("missing"),
+            "{message}"
+        );
+
+        let dir = setup();
+        let path = dir.path().join(second);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let message = error(&dir);
+        assert!(
+            message.contains(second) && message.contains("truncated"),
+            "{message}"
+        );
+
+        let dir = setup();
+        let index_path = dir.path().join(index_name("model"));
+        let text = fs::read_to_string(&index_path).unwrap();
+        fs::write(
+            &index_path,
+            text.replace("\"d\": \"model-00002", "\"d\": \"model-00001"),
+        )
+        .unwrap();
+        let message = error(&dir);
+        assert!(message.contains("does not match the index"), "{message}");
+    }
+}
