@@ -12,7 +12,6 @@ use templar_protocol::UploadSlot;
 
 use crate::behavior::{self, Behavior, Rng};
 use crate::error::NodeError;
-use crate::fingerprint::Fingerprint;
 use crate::gauntlet::norms::median_norms;
 use crate::gauntlet::selection::mix;
 use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
@@ -182,7 +181,7 @@ impl<C: Chain> Miner<C> {
             receipt: DataReceipt::of(&assignment[..samples]).0,
             samples: samples as u32,
             base_window: self.position.last_window.unwrap_or(u64::MAX),
-            base_fingerprint: Fingerprint::of(&self.replica.read()?),
+            base_fingerprint: self.replica.fingerprint(),
         })
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use templar_engine::{CONFIG_FILE, Device, MODEL_FILE, load_model, save_model};
+use templar_engine::{CONFIG_FILE, DEFAULT_SHARD_BYTES};
 use templar_protocol::{AccountId, Expected, Keypair, Kind, Network, layout};
 use templar_storage::{ReadOutcome, Store};
 
@@ -15,7 +15,6 @@ use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, hex32};
 use crate::replica::Replica;
 
-const FILES: [&str; 2] = [MODEL_FILE, CONFIG_FILE];
 const MAX_DESCRIPTOR_BYTES: u64 = 64 << 10;
 /// Model files larger than this are refused (a 70B model in f32 is about 280 GB).
 const MAX_FILE_BYTES: u64 = 1 << 40;
@@ -54,9 +53,9 @@ pub async fn publish(
     global_step: u64,
 ) -> Result<Descriptor, NodeError> {
     let staging = tempdir_for(window)?;
-    save_model(staging.path(), &replica.trainer.model)?;
+    let written = replica.save_weights(staging.path(), DEFAULT_SHARD_BYTES)?;
     let mut files = Vec::new();
-    for name in FILES {
+    for name in &written {
         let path = staging.path().join(name);
         let bytes = std::fs::read(&path).map_err(|e| NodeError::io(&path, e))?;
         files.push(FileEntry {
@@ -74,7 +73,7 @@ pub async fn publish(
     let descriptor = Descriptor {
         window,
         global_step,
-        fingerprint: replica.fingerprint()?,
+        fingerprint: replica.fingerprint(),
         files,
     };
     let json = serde_json::to_vec(&descriptor).unwrap_or_default();
@@ -99,14 +98,16 @@ pub async fn prune(
 ) -> Result<Vec<u64>, NodeError> {
     let split = published.len().saturating_sub(keep);
     for &window in &published[..split] {
-        for name in FILES {
-            store
-                .delete(&layout::checkpoint_file_key(network, window, name))
-                .await?;
-        }
+        // The descriptor goes first: a reader never finds one whose files are half deleted.
         store
             .delete(&layout::object_key(network, Kind::Checkpoint, window, uid))
             .await?;
+        for object in store
+            .list(&layout::checkpoint_file_key(network, window, ""))
+            .await?
+        {
+            store.delete(&object.key).await?;
+        }
     }
     Ok(published[split..].to_vec())
 }
@@ -158,12 +159,20 @@ pub async fn load(
     replica: &mut Replica,
 ) -> Result<(), NodeError> {
     let staging = tempdir_for(descriptor.window)?;
-    for name in FILES {
-        let entry = descriptor
-            .files
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| NodeError::CatchUp(format!("checkpoint lacks {name}")))?;
+    if !descriptor.files.iter().any(|f| f.name == CONFIG_FILE) {
+        return Err(NodeError::CatchUp(format!(
+            "checkpoint {} lacks {CONFIG_FILE}",
+            descriptor.window
+        )));
+    }
+    for entry in &descriptor.files {
+        let name = entry.name.as_str();
+        if !is_plain_file_name(name) {
+            return Err(NodeError::CatchUp(format!(
+                "checkpoint {} names a file outside its folder: {name:?}",
+                descriptor.window
+            )));
+        }
         let key = layout::checkpoint_file_key(network, descriptor.window, name);
         let fetched = store
             .get(&key, entry.size.min(MAX_FILE_BYTES))
@@ -178,9 +187,8 @@ pub async fn load(
         }
         write_file(&staging.path().join(name), &fetched.bytes)?;
     }
-    let model = load_model(staging.path(), Device::Cpu)?;
-    replica.write(&model.params.read()?)?;
-    let fingerprint = replica.fingerprint()?;
+    replica.load_weights(staging.path())?;
+    let fingerprint = replica.fingerprint();
     if fingerprint != descriptor.fingerprint {
         return Err(NodeError::CatchUp(format!(
             "checkpoint {} loads as model {}, its descriptor says {}",
@@ -190,6 +198,15 @@ pub async fn load(
         )));
     }
     Ok(())
+}
+
+/// A checkpoint file name from a descriptor: one path component, no tricks.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {

@@ -10,14 +10,35 @@ const CHUNK: usize = 1 << 14;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint(#[serde(with = "hex32")] pub [u8; 32]);
 
+/// One tensor as the fingerprint sees it: name, shape and values, borrowed.
+#[derive(Clone, Copy)]
+pub struct TensorRef<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+}
+
 impl Fingerprint {
     pub fn of(buffers: &[NamedBuffer]) -> Fingerprint {
-        let tensor_hashes: Vec<[u8; 32]> = buffers
+        let views: Vec<TensorRef<'_>> = buffers
+            .iter()
+            .map(|b| TensorRef {
+                name: &b.name,
+                shape: &b.shape,
+                data: &b.data,
+            })
+            .collect();
+        Fingerprint::of_tensors(&views)
+    }
+
+    /// The fingerprint of tensors held anywhere, without copying them.
+    pub fn of_tensors(tensors: &[TensorRef<'_>]) -> Fingerprint {
+        let tensor_hashes: Vec<[u8; 32]> = tensors
             .par_iter()
-            .map(|b| {
+            .map(|t| {
                 let mut hasher = blake3::Hasher::new();
                 let mut bytes = Vec::with_capacity(CHUNK * 4);
-                for chunk in b.data.chunks(CHUNK) {
+                for chunk in t.data.chunks(CHUNK) {
                     bytes.clear();
                     bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
                     hasher.update(&bytes);
@@ -26,11 +47,11 @@ impl Fingerprint {
             })
             .collect();
         let mut hasher = blake3::Hasher::new_derive_key("templar model fingerprint v1");
-        for (buffer, hash) in buffers.iter().zip(&tensor_hashes) {
-            hasher.update(&(buffer.name.len() as u64).to_le_bytes());
-            hasher.update(buffer.name.as_bytes());
-            hasher.update(&(buffer.shape.len() as u64).to_le_bytes());
-            for dim in &buffer.shape {
+        for (tensor, hash) in tensors.iter().zip(&tensor_hashes) {
+            hasher.update(&(tensor.name.len() as u64).to_le_bytes());
+            hasher.update(tensor.name.as_bytes());
+            hasher.update(&(tensor.shape.len() as u64).to_le_bytes());
+            for dim in tensor.shape {
                 hasher.update(&(*dim as u64).to_le_bytes());
             }
             hasher.update(hash);

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
-use templar_codec::{Payload, compress, encode};
+use templar_codec::{Payload, encode};
 use templar_data::{DataReceipt, Split};
-use templar_engine::{Device, load_model, load_optimizer, save_model, save_optimizer};
+use templar_engine::memory::Role;
+use templar_engine::{DEFAULT_SHARD_BYTES, Device};
 use templar_protocol::{Kind, SlotCheck};
 
 use crate::adversary::Adversary;
@@ -52,7 +53,6 @@ pub struct Miner<C> {
     pub(crate) position: Position,
     /// Running estimate of one inner step, for stopping before the deadline.
     step_seconds: f64,
-    device: Device,
     /// The model after the previous window, to compare with the validators' manifest.
     previous: Option<(u64, Fingerprint)>,
     /// Honest, or an attack on a test network (see [`crate::behavior`]).
@@ -63,20 +63,21 @@ pub struct Miner<C> {
 impl<C: Chain> Miner<C> {
     /// A miner resuming from `state_dir` if it holds a saved state, else from the initial model.
     pub fn new(node: Node<C>, device: Device, state_dir: PathBuf) -> Result<Miner<C>, NodeError> {
-        let mut replica = Replica::new(&node.config, device)?;
+        let state = StateDir::new(state_dir);
+        let saved = state.load_digested::<MinerState>()?;
+        let mut replica = match &saved {
+            Some((_, dir, _)) => Replica::resume(&node.config, device, Role::Miner, dir)?,
+            None => Replica::new(&node.config, device, Role::Miner)?,
+        };
         let mut error_feedback: Vec<Vec<f32>> = (0..replica.schema.len())
             .map(|i| vec![0.0; replica.schema.plan(i).numel()])
             .collect();
-        let state = StateDir::new(state_dir);
         let mut position = Position {
             last_window: None,
             global_step: 0,
         };
-        if let Some((saved, dir, digest)) = state.load_digested::<MinerState>()? {
-            let model = load_model(&dir, device)?;
-            replica.write(&model.params.read()?)?;
-            let trainer = &mut replica.trainer;
-            load_optimizer(&dir, &mut trainer.optimizer, &trainer.model.params)?;
+        if let Some((saved, dir, digest)) = saved {
+            replica.load_optimizer(&dir)?;
             let lengths: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
             error_feedback = read_f32s(
                 &dir.join(ERROR_FEEDBACK_FILE),
@@ -99,7 +100,6 @@ impl<C: Chain> Miner<C> {
             state,
             position,
             step_seconds: 0.0,
-            device,
             previous: None,
             behavior: Behavior::Honest,
             adversary: Adversary::default(),
@@ -225,7 +225,7 @@ impl<C: Chain> Miner<C> {
             self.position.global_step += 1;
         }
         self.position.last_window = Some(window);
-        let fingerprint = self.replica.fingerprint()?;
+        let fingerprint = self.replica.fingerprint();
         self.node.events.emit(Event::Applied {
             window,
             global_step: self.position.global_step,
@@ -276,14 +276,13 @@ impl<C: Chain> Miner<C> {
             ours,
             manifest: manifest.fingerprint,
         });
-        let fresh = Replica::new(&self.node.config, self.device)?;
-        self.replica.write(&fresh.read()?)?;
+        self.replica.reset(&self.node.config)?;
         let start = Position {
             last_window: None,
             global_step: 0,
         };
         self.position = catchup::catch_up(&self.node, &mut self.replica, start, window).await?;
-        self.previous = Some((window, self.replica.fingerprint()?));
+        self.previous = Some((window, self.replica.fingerprint()));
         Ok(())
     }
 
@@ -299,7 +298,6 @@ impl<C: Chain> Miner<C> {
     ) -> Result<Option<(GradientHeader, Payload)>, NodeError> {
         let data = &self.node.data;
         let assignment = data.assignment(data_uid, window);
-        let before = self.replica.read()?;
         let started = Instant::now();
         let (mut steps, mut loss_sum) = (0u32, 0.0);
         for ids in assignment.chunks_exact(data.batch_size) {
@@ -308,7 +306,7 @@ impl<C: Chain> Miner<C> {
             }
             let step_started = Instant::now();
             let (batch, _) = data.batch(Split::Train, ids)?;
-            loss_sum += self.replica.trainer.train_step(&batch)?.loss;
+            loss_sum += self.replica.train_step(&batch)?.loss;
             steps += 1;
             let seconds = step_started.elapsed().as_secs_f64();
             self.step_seconds = if self.step_seconds == 0.0 {
@@ -334,28 +332,14 @@ impl<C: Chain> Miner<C> {
                 0.0
             },
         });
-        let after = self.replica.read()?;
-        let delta: Vec<Vec<f32>> = before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| b.data.iter().zip(&a.data).map(|(x, y)| x - y).collect())
-            .collect();
-        self.replica.write(&before)?;
-        let payload = match compress(&self.replica.schema, &mut self.error_feedback, &delta) {
-            Ok(payload) => payload,
-            Err(error) => {
-                self.error_feedback.iter_mut().for_each(|e| e.fill(0.0));
-                return Err(NodeError::Codec(format!(
-                    "{error}; error feedback was reset"
-                )));
-            }
-        };
+        let base_fingerprint = self.replica.fingerprint();
+        let payload = self.replica.outer_step(&mut self.error_feedback)?;
         let samples = steps as usize * data.batch_size;
         let header = GradientHeader {
             receipt: DataReceipt::of(&assignment[..samples]).0,
             samples: samples as u32,
             base_window: self.position.last_window.unwrap_or(u64::MAX),
-            base_fingerprint: Fingerprint::of(&before),
+            base_fingerprint,
         };
         Ok(Some((header, payload)))
     }
@@ -370,10 +354,9 @@ impl<C: Chain> Miner<C> {
     }
 
     fn persist(&self, window: u64) -> Result<(), NodeError> {
-        let trainer = &self.replica.trainer;
         self.state.save(window, |dir| {
-            save_model(dir, &trainer.model)?;
-            save_optimizer(dir, &trainer.optimizer, &trainer.model.params)?;
+            self.replica.save_weights(dir, DEFAULT_SHARD_BYTES)?;
+            self.replica.save_optimizer(dir)?;
             Ok(MinerState {
                 last_window: self.position.last_window,
                 global_step: self.position.global_step,

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rayon::prelude::*;
+
 use templar_chain::{Chain, Metagraph};
 use templar_codec::Payload;
 use templar_data::DataReceipt;
@@ -37,6 +39,13 @@ pub struct Node<C> {
     /// Accept peers whose storage is a local directory (one-machine networks only).
     pub allow_local_peers: bool,
     peer_stores: Mutex<HashMap<Vec<u8>, Store>>,
+}
+
+/// A payload whose signature and timing were verified, not yet decoded.
+pub struct Read {
+    uid: u16,
+    uploaded_ms: u64,
+    bytes: Vec<u8>,
 }
 
 /// A verified, decoded payload.
@@ -199,8 +208,12 @@ impl<C: Chain> Node<C> {
     ) -> BTreeMap<u16, Verdict> {
         let reads = uids
             .iter()
-            .map(|&uid| async move { (uid, self.fetch(window, uid, peers, slot).await) });
-        futures::future::join_all(reads).await.into_iter().collect()
+            .map(|&uid| async move { (uid, self.read(window, uid, peers, slot).await) });
+        let read: Vec<(u16, Result<Read, Verdict>)> = futures::future::join_all(reads).await;
+        // Decoding and validating is the CPU-heavy part: all payloads at once, on every core.
+        read.into_par_iter()
+            .map(|(uid, read)| (uid, read.map_or_else(|v| v, |r| self.decode(window, r))))
+            .collect()
     }
 
     /// One peer's payload for `window`, checked as [`Node::gather`] checks it.
@@ -211,21 +224,41 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> Verdict {
-        match peers.candidates.iter().find(|c| c.uid == uid) {
-            Some(candidate) => self.read_payload(window, candidate, slot).await,
-            None => Verdict::rejected(PayloadStatus::Missing, "missing", "not a miner"),
+        match self.read(window, uid, peers, slot).await {
+            Ok(read) => self.decode(window, read),
+            Err(verdict) => verdict,
         }
     }
 
+    async fn read(
+        &self,
+        window: u64,
+        uid: u16,
+        peers: &WindowPeers,
+        slot: Option<UploadSlot>,
+    ) -> Result<Read, Verdict> {
+        match peers.candidates.iter().find(|c| c.uid == uid) {
+            Some(candidate) => self.read_payload(window, candidate, slot).await,
+            None => Err(Verdict::rejected(
+                PayloadStatus::Missing,
+                "missing",
+                "not a miner",
+            )),
+        }
+    }
+
+    /// Reads and verifies the signed object; decoding waits for [`Node::decode`].
     async fn read_payload(
         &self,
         window: u64,
         candidate: &Candidate,
         slot: Option<UploadSlot>,
-    ) -> Verdict {
+    ) -> Result<Read, Verdict> {
         let store = match self.peer_store(&candidate.commitment) {
             Ok(store) => store,
-            Err(reason) => return Verdict::rejected(PayloadStatus::Missing, "missing", reason),
+            Err(reason) => {
+                return Err(Verdict::rejected(PayloadStatus::Missing, "missing", reason));
+            }
         };
         let expected = Expected {
             network: &self.network,
@@ -238,36 +271,49 @@ impl<C: Chain> Node<C> {
         let verified = match store.read_signed(&expected, slot).await {
             Ok(ReadOutcome::Ok(verified)) => verified,
             Ok(ReadOutcome::Missing) => {
-                return Verdict::rejected(PayloadStatus::Missing, "missing", "no payload");
+                return Err(Verdict::rejected(
+                    PayloadStatus::Missing,
+                    "missing",
+                    "no payload",
+                ));
             }
             Ok(outcome @ (ReadOutcome::TooEarly { .. } | ReadOutcome::TooLate { .. })) => {
-                return Verdict::rejected(
+                return Err(Verdict::rejected(
                     PayloadStatus::Mistimed,
                     outcome.label(),
                     format!("{outcome:?}"),
-                );
+                ));
             }
             Ok(outcome) => {
-                return Verdict::rejected(
+                return Err(Verdict::rejected(
                     PayloadStatus::Invalid,
                     outcome.label(),
                     format!("{outcome:?}"),
-                );
+                ));
             }
             Err(error) => {
-                return Verdict::rejected(
+                return Err(Verdict::rejected(
                     PayloadStatus::Missing,
                     "storage_error",
                     error.to_string(),
-                );
+                ));
             }
         };
-        let bytes = verified.payload.len() as u64;
-        let (header, codec_bytes) = match GradientHeader::decode(&verified.payload) {
+        Ok(Read {
+            uid: candidate.uid,
+            uploaded_ms: verified.uploaded_ms,
+            bytes: verified.payload.to_vec(),
+        })
+    }
+
+    /// Checks a read payload's header and receipt and decodes it against the schema.
+    fn decode(&self, window: u64, read: Read) -> Verdict {
+        let bytes = read.bytes.len() as u64;
+        let (header, codec_bytes) = match GradientHeader::decode(&read.bytes) {
             Ok(parts) => parts,
             Err(reason) => return Verdict::rejected(PayloadStatus::Invalid, "malformed", reason),
         };
-        if let Err(reason) = self.check_receipt(candidate.uid, window, &header) {
+        if let Err(reason) = self.check_receipt(read.uid, window, &header) {
             return Verdict::rejected(PayloadStatus::Invalid, "bad_receipt", reason);
         }
         let payload = match templar_codec::decode(&self.schema, codec_bytes) {
@@ -277,9 +323,9 @@ impl<C: Chain> Node<C> {
             }
         };
         Verdict::Accepted(Box::new(Gathered {
-            uid: candidate.uid,
-            uploaded_ms: verified.uploaded_ms,
-            hash: *blake3::hash(&verified.payload).as_bytes(),
+            uid: read.uid,
+            uploaded_ms: read.uploaded_ms,
+            hash: *blake3::hash(&read.bytes).as_bytes(),
             header,
             payload,
             bytes,

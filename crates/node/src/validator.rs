@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
 use templar_codec::Payload;
 use templar_data::Split;
-use templar_engine::{Batch, Device, load_model, save_model};
+use templar_engine::memory::Role;
+use templar_engine::{Batch, DEFAULT_SHARD_BYTES, Device};
 use templar_protocol::Kind;
 
 use crate::catchup::{self, Position};
@@ -62,12 +63,14 @@ impl<C: Chain> Validator<C> {
         device: Device,
         state_dir: PathBuf,
     ) -> Result<Validator<C>, NodeError> {
-        let mut replica = Replica::new(&node.config, device)?;
         let state_dir = StateDir::new(state_dir);
-        let state = match state_dir.load_digested::<ValidatorState>()? {
-            Some((state, dir, digest)) => {
-                let model = load_model(&dir, device)?;
-                replica.write(&model.params.read()?)?;
+        let saved = state_dir.load_digested::<ValidatorState>()?;
+        let replica = match &saved {
+            Some((_, dir, _)) => Replica::resume(&node.config, device, Role::Validator, dir)?,
+            None => Replica::new(&node.config, device, Role::Validator)?,
+        };
+        let state = match saved {
+            Some((state, _, digest)) => {
                 node.events.emit(Event::Resumed {
                     window: state.last_window,
                     state_blake3: digest,
@@ -75,7 +78,7 @@ impl<C: Chain> Validator<C> {
                 state
             }
             None => ValidatorState {
-                history: VecDeque::from([replica.fingerprint()?]),
+                history: VecDeque::from([replica.fingerprint()]),
                 ..ValidatorState::default()
             },
         };
@@ -110,7 +113,7 @@ impl<C: Chain> Validator<C> {
             let at = catchup::catch_up(&self.node, &mut self.replica, position, target).await?;
             self.state.last_window = at.last_window;
             self.state.global_step = at.global_step;
-            self.remember(self.replica.fingerprint()?);
+            self.remember(self.replica.fingerprint());
             window = current;
         }
         while !stop.now(window) {
@@ -149,7 +152,7 @@ impl<C: Chain> Validator<C> {
             self.state.global_step += 1;
         }
         self.state.last_window = Some(window);
-        let fingerprint = self.replica.fingerprint()?;
+        let fingerprint = self.replica.fingerprint();
         self.remember(fingerprint);
         self.node.events.emit(Event::Applied {
             window,
@@ -186,7 +189,6 @@ impl<C: Chain> Validator<C> {
             owns.push(self.probe(&own)?);
         }
         let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
-        let saved = self.replica.read()?;
         let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
         let n = judged.len();
         let mut evaluations = Vec::with_capacity(n);
@@ -202,7 +204,7 @@ impl<C: Chain> Validator<C> {
                     random_after,
                 });
             }
-            self.replica.write(&saved)?;
+            self.replica.restore()?;
             evaluations.push(Evaluation {
                 own_before: owns[i].before,
                 own_after,
@@ -490,7 +492,7 @@ impl<C: Chain> Validator<C> {
 
     fn persist(&self, window: u64) -> Result<(), NodeError> {
         self.state_dir.save(window, |dir| {
-            save_model(dir, &self.replica.trainer.model)?;
+            self.replica.save_weights(dir, DEFAULT_SHARD_BYTES)?;
             Ok(self.state.clone())
         })
     }

@@ -1,6 +1,7 @@
 //! Copy detection: how many of two payloads' kept indices coincide. Honest miners on different
 //! data share some; a copier's payload shares nearly all of its victim's.
 
+use rayon::prelude::*;
 use templar_codec::{Payload, Schema};
 
 /// Kept indices two payloads share, over all kept indices: per chunk `|I_a ∩ I_b|`, summed over
@@ -53,14 +54,18 @@ pub struct Upload<'a> {
 
 /// The index overlap of every pair of uploads: `(a, b, overlap)` with `a < b` positions in
 /// `uploads`.
+/// Pairs are measured on every core; the result's order does not depend on the thread count.
 pub fn pair_overlaps(schema: &Schema, uploads: &[Upload<'_>]) -> Vec<(usize, usize, f64)> {
-    let mut pairs = Vec::new();
-    for (x, a) in uploads.iter().enumerate() {
-        for (y, b) in uploads.iter().enumerate().skip(x + 1) {
-            pairs.push((x, y, index_overlap(schema, a.payload, b.payload)));
-        }
-    }
+    let pairs: Vec<(usize, usize)> = (0..uploads.len())
+        .flat_map(|x| (x + 1..uploads.len()).map(move |y| (x, y)))
+        .collect();
     pairs
+        .into_par_iter()
+        .map(|(x, y)| {
+            let overlap = index_overlap(schema, uploads[x].payload, uploads[y].payload);
+            (x, y, overlap)
+        })
+        .collect()
 }
 
 /// Every pair at or above `threshold`: the later uploader of the same window is the copier (both
