@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::prefix::PrefixStore;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
@@ -12,14 +13,32 @@ use url::Url;
 use crate::config::{S3Settings, StoreConfig};
 use crate::error::StorageError;
 
-pub fn open_backend(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StorageError> {
+/// One backend, seen through the interfaces it offers.
+pub struct Backend {
+    pub objects: Arc<dyn ObjectStore>,
+    /// Multipart uploads whose parts are addressed by number, so that one failed part can be
+    /// sent again on its own. S3 and memory have them; the local file system has not.
+    pub parts: Option<Arc<dyn MultipartStore>>,
+}
+
+impl Backend {
+    fn with_parts<T: ObjectStore + MultipartStore>(store: T) -> Backend {
+        let store = Arc::new(store);
+        Backend {
+            objects: store.clone(),
+            parts: Some(store),
+        }
+    }
+}
+
+pub fn open_backend(config: &StoreConfig) -> Result<Backend, StorageError> {
     let bad = |reason: &str| StorageError::BadUrl {
         url: config.url.clone(),
         reason: reason.to_string(),
     };
     let url = Url::parse(&config.url).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
-        "memory" => Ok(Arc::new(InMemory::new())),
+        "memory" => Ok(Backend::with_parts(InMemory::new())),
         "file" => {
             let dir = url
                 .to_file_path()
@@ -29,7 +48,10 @@ pub fn open_backend(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, Storag
             })?;
             let local = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| StorageError::Config(format!("{}: {e}", dir.display())))?;
-            Ok(Arc::new(local))
+            Ok(Backend {
+                objects: Arc::new(local),
+                parts: None,
+            })
         }
         "s3" => {
             let bucket = url
@@ -39,9 +61,9 @@ pub fn open_backend(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, Storag
             let s3 = s3_backend(bucket, &config.s3, config)?;
             let prefix = url.path().trim_matches('/');
             if prefix.is_empty() {
-                Ok(s3)
+                Ok(Backend::with_parts(s3))
             } else {
-                Ok(Arc::new(PrefixStore::new(s3, prefix)))
+                Ok(Backend::with_parts(PrefixStore::new(s3, prefix)))
             }
         }
         other => Err(bad(&format!(
@@ -58,7 +80,7 @@ fn s3_backend(
     bucket: &str,
     s3: &S3Settings,
     config: &StoreConfig,
-) -> Result<Arc<dyn ObjectStore>, StorageError> {
+) -> Result<AmazonS3, StorageError> {
     let endpoint = s3.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
     let region = s3
         .region
@@ -112,8 +134,7 @@ fn s3_backend(
     if let Some(token) = token {
         builder = builder.with_token(token);
     }
-    let store = builder
+    builder
         .build()
-        .map_err(|e| StorageError::Config(format!("s3://{bucket}: {e}")))?;
-    Ok(Arc::new(store))
+        .map_err(|e| StorageError::Config(format!("s3://{bucket}: {e}")))
 }

@@ -1,4 +1,7 @@
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::files::FileInfo;
 
 /// Why a storage operation failed. Verdicts about *content* (bad signature, wrong window…) are
 /// not errors: they are [`crate::ReadOutcome`]s.
@@ -34,4 +37,47 @@ pub enum StorageError {
     },
     #[error("invalid object key {key:?}: {reason}")]
     BadKey { key: String, reason: String },
+    #[error("{action} {path}: {source}")]
+    LocalFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} changed while it was being uploaded to {key} ({size_before} bytes when opened, \
+         {size_after} now); nothing was stored: upload a file nobody is writing to (write it \
+         elsewhere, then rename it into place)"
+    )]
+    FileChanged {
+        key: String,
+        path: PathBuf,
+        size_before: u64,
+        size_after: u64,
+    },
+    #[error(
+        "{key}: the object is {found} bytes but {expected} were expected, so it was not \
+         downloaded: it is not the object expected (replaced since, or the expectation is stale)"
+    )]
+    UnexpectedSize {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "{key}: downloaded {found}, but expected {expected}; discarded, nothing written to \
+         {path}: the object was corrupted or replaced, or the expectation is stale; download \
+         it again or ask its publisher"
+    )]
+    ContentMismatch {
+        key: String,
+        path: PathBuf,
+        expected: Box<FileInfo>,
+        found: Box<FileInfo>,
+    },
+    #[error(
+        "{key} was replaced while it was being downloaded; discarded, nothing written to \
+         {path}: download it again"
+    )]
+    ObjectChanged { key: String, path: PathBuf },
 }

@@ -10,12 +10,14 @@
 mod backend;
 mod config;
 mod error;
+mod files;
 mod retry;
 mod signed;
 mod store;
 
 pub use config::{S3Settings, StoreConfig, TransferSettings};
 pub use error::StorageError;
+pub use files::{FileInfo, MAX_PARTS, part_size_for};
 pub use retry::RetryPolicy;
 pub use signed::{ReadOutcome, Verified};
 pub use store::{Fetched, ObjectInfo, Store};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -31,9 +32,11 @@ pub struct Fetched {
 /// One node's object store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    backend: Arc<dyn ObjectStore>,
-    transfer: TransferSettings,
-    retry: RetryPolicy,
+    pub(crate) backend: Arc<dyn ObjectStore>,
+    /// The same backend's numbered-part uploads, where it has them.
+    pub(crate) parts: Option<Arc<dyn MultipartStore>>,
+    pub(crate) transfer: TransferSettings,
+    pub(crate) retry: RetryPolicy,
     url: String,
 }
 
@@ -43,7 +46,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn path(key: &str) -> Result<Path, StorageError> {
+pub(crate) fn path(key: &str) -> Result<Path, StorageError> {
     Path::parse(key).map_err(|e| StorageError::BadKey {
         key: key.to_string(),
         reason: e.to_string(),
@@ -54,19 +57,38 @@ fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
     u64::try_from(time.timestamp_millis()).unwrap_or(0)
 }
 
-fn is_not_found(error: &StorageError) -> bool {
+pub(crate) fn is_not_found(error: &StorageError) -> bool {
     matches!(error, StorageError::Refused { source, .. }
         if matches!(**source, object_store::Error::NotFound { .. }))
 }
 
 impl Store {
     pub fn open(config: &StoreConfig) -> Result<Store, StorageError> {
+        let backend = open_backend(config)?;
         Ok(Store {
-            backend: open_backend(config)?,
+            backend: backend.objects,
+            parts: backend.parts,
             transfer: config.transfer,
             retry: config.retry,
             url: config.url.clone(),
         })
+    }
+
+    /// A store over a backend built by hand, for tests that need a backend to misbehave.
+    #[cfg(test)]
+    pub(crate) fn from_backend(
+        backend: Arc<dyn ObjectStore>,
+        parts: Option<Arc<dyn MultipartStore>>,
+        transfer: TransferSettings,
+        retry: RetryPolicy,
+    ) -> Store {
+        Store {
+            backend,
+            parts,
+            transfer,
+            retry,
+            url: "test://".to_string(),
+        }
     }
 
     pub fn url(&self) -> &str {
