@@ -424,10 +424,10 @@ mod tests {
     fn shards_pack_in_order_under_the_limit() {
         // Bytes: a 24, b 16, c 36, d 4. At 40: [a b] = 40, [c d] = 40.
         assert_eq!(plan_shards(&entries(), 40), vec![vec![0, 1], vec![2, 3]]);
-        // At 30: a alone, b alone (b + c = 52), c alone (over the limit by itself), d.
+        // At 30: a alone, b alone (b + c = 52), c alone (over the limit by itself), then d.
         assert_eq!(
             plan_shards(&entries(), 30),
-            vec![vec![0], vec![1], vec![2, 3]]
+            vec![vec![0], vec![1], vec![2], vec![3]]
         );
         assert_eq!(plan_shards(&entries(), 1 << 20), vec![vec![0, 1, 2, 3]]);
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use templar_engine::{CONFIG_FILE, DEFAULT_SHARD_BYTES};
 use templar_protocol::{AccountId, Expected, Keypair, Kind, Network, layout};
-use templar_storage::{ReadOutcome, Store};
+use templar_storage::{FileInfo, ReadOutcome, Store};
 
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, hex32};
@@ -56,19 +56,18 @@ pub async fn publish(
     let written = replica.save_weights(staging.path(), DEFAULT_SHARD_BYTES)?;
     let mut files = Vec::new();
     for name in &written {
-        let path = staging.path().join(name);
-        let bytes = std::fs::read(&path).map_err(|e| NodeError::io(&path, e))?;
-        files.push(FileEntry {
-            name: name.to_string(),
-            size: bytes.len() as u64,
-            blake3: *blake3::hash(&bytes).as_bytes(),
-        });
-        store
-            .put(
+        // Streamed from the file: a checkpoint is never whole in memory.
+        let info = store
+            .put_file(
                 &layout::checkpoint_file_key(network, window, name),
-                Bytes::from(bytes),
+                &staging.path().join(name),
             )
             .await?;
+        files.push(FileEntry {
+            name: name.to_string(),
+            size: info.size,
+            blake3: info.blake3,
+        });
     }
     let descriptor = Descriptor {
         window,
@@ -174,18 +173,28 @@ pub async fn load(
             )));
         }
         let key = layout::checkpoint_file_key(network, descriptor.window, name);
-        let fetched = store
-            .get(&key, entry.size.min(MAX_FILE_BYTES))
-            .await?
-            .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
-        if fetched.bytes.len() as u64 != entry.size
-            || blake3::hash(&fetched.bytes).as_bytes() != &entry.blake3
-        {
+        if entry.size > MAX_FILE_BYTES {
             return Err(NodeError::CatchUp(format!(
-                "checkpoint file {key} does not match its descriptor"
+                "checkpoint file {key} claims {} bytes, more than any model needs",
+                entry.size
             )));
         }
-        write_file(&staging.path().join(name), &fetched.bytes)?;
+        let expected = FileInfo {
+            size: entry.size,
+            blake3: entry.blake3,
+        };
+        // Streamed to disk and verified against the signed descriptor before it is renamed into
+        // place; a file that differs is refused, naming the key and both hashes.
+        store
+            .get_to_file(
+                &key,
+                &staging.path().join(name),
+                MAX_FILE_BYTES,
+                Some(&expected),
+            )
+            .await
+            .map_err(|e| NodeError::CatchUp(format!("checkpoint file {key}: {e}")))?
+            .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
     }
     replica.load_weights(staging.path())?;
     let fingerprint = replica.fingerprint();
@@ -207,10 +216,6 @@ fn is_plain_file_name(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', '\\', '\0'])
         && name.len() <= 255
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    std::fs::write(path, bytes).map_err(|e| NodeError::io(path, e))
 }
 
 /// A scratch directory removed on drop.

@@ -40,6 +40,8 @@ pub struct Replica {
     pub outer_lr: f32,
     /// One tensor of scratch, reused.
     scratch: Vec<f32>,
+    /// Bytes copied device → host and host → device so far.
+    transfers: (u64, u64),
 }
 
 /// The codec schema of the network's model: every parameter, in protocol order.
@@ -120,6 +122,7 @@ impl Replica {
             schema,
             outer_lr: config.training.outer_lr,
             scratch: Vec::new(),
+            transfers: (0, 0),
         })
     }
 
@@ -138,6 +141,7 @@ impl Replica {
             let spec = self.schema.spec(i);
             files.read_into(&spec.name, &spec.shape, &mut self.base[i])?;
             self.model.params.write_one(i, &self.base[i])?;
+            self.transfers.1 += 4 * self.base[i].len() as u64;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -150,6 +154,7 @@ impl Replica {
             let name = &self.schema.spec(i).name;
             fill_initial_values(name, std, config.init_seed, i as u64, &mut self.base[i]);
             self.model.params.write_one(i, &self.base[i])?;
+            self.transfers.1 += 4 * self.base[i].len() as u64;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -216,6 +221,7 @@ impl Replica {
             if failure.is_none() {
                 self.scratch.resize(self.base[i].len(), 0.0);
                 self.model.params.read_one(i, &mut self.scratch)?;
+                self.transfers.0 += 4 * self.scratch.len() as u64;
                 for (live, base) in self.scratch.iter_mut().zip(&self.base[i]) {
                     *live = base - *live;
                 }
@@ -231,6 +237,7 @@ impl Replica {
                 }
             }
             self.model.params.write_one(i, &self.base[i])?;
+            self.transfers.1 += 4 * self.base[i].len() as u64;
         }
         if let Some(error) = failure {
             error_feedback.iter_mut().for_each(|e| e.fill(0.0));
@@ -257,6 +264,7 @@ impl Replica {
                 subtract_scaled(&mut self.base[i], &self.scratch, self.outer_lr);
             }
             self.model.params.write_one(i, &self.base[i])?;
+            self.transfers.1 += 4 * self.base[i].len() as u64;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -301,6 +309,7 @@ impl Replica {
                 subtract_scaled(&mut updated, &self.scratch, scale);
             }
             self.model.params.write_one(i, &updated)?;
+            self.transfers.1 += 4 * updated.len() as u64;
         }
         Ok(())
     }
@@ -309,8 +318,14 @@ impl Replica {
     pub fn restore(&mut self) -> Result<(), NodeError> {
         for (i, base) in self.base.iter().enumerate() {
             self.model.params.write_one(i, base)?;
+            self.transfers.1 += 4 * base.len() as u64;
         }
         Ok(())
+    }
+
+    /// Bytes copied (device → host, host → device) by this replica so far.
+    pub fn transfers(&self) -> (u64, u64) {
+        self.transfers
     }
 
     /// Loss totals of `batch` on the live weights, a micro-batch at a time.

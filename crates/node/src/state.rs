@@ -3,6 +3,7 @@
 //! A `kill -9` at any moment leaves the previous generation current and intact.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -176,33 +177,60 @@ fn sync_dir(dir: &Path) -> Result<(), NodeError> {
         .map_err(|e| NodeError::io(dir, e))
 }
 
-/// `f32` buffers as one little-endian file with a blake3 digest, for error feedback.
+/// `f32` buffers as one little-endian file with a blake3 digest, for error feedback. Written
+/// through a small buffer, so saving costs no copy of the buffers.
 pub fn write_f32s(path: &Path, buffers: &[Vec<f32>]) -> Result<String, NodeError> {
-    let bytes: Vec<u8> = buffers
-        .iter()
-        .flat_map(|b| b.iter().flat_map(|v| v.to_le_bytes()))
-        .collect();
-    write_synced(path, &bytes)?;
-    Ok(blake3::hash(&bytes).to_hex().to_string())
+    let io = |e| NodeError::io(path, e);
+    let file = fs::File::create(path).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = Vec::with_capacity(1 << 16);
+    for chunk in buffers.iter().flat_map(|b| b.chunks(1 << 14)) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        hasher.update(&bytes);
+        out.write_all(&bytes).map_err(io)?;
+    }
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// Reads what [`write_f32s`] wrote into buffers of the given lengths, checking the digest.
+/// Reads what [`write_f32s`] wrote into buffers of the given lengths, checking size and digest
+/// before returning anything.
 pub fn read_f32s(path: &Path, lengths: &[usize], digest: &str) -> Result<Vec<Vec<f32>>, NodeError> {
-    let bytes = fs::read(path).map_err(|e| NodeError::io(path, e))?;
+    let io = |e| NodeError::io(path, e);
+    let file = fs::File::open(path).map_err(io)?;
     let total: usize = lengths.iter().sum();
-    if bytes.len() != total * 4 || blake3::hash(&bytes).to_hex().as_str() != digest {
-        return Err(NodeError::State {
-            path: path.to_path_buf(),
-            reason: "the file's size or digest does not match its record".into(),
-        });
+    let mismatch = || NodeError::State {
+        path: path.to_path_buf(),
+        reason: "the file's size or digest does not match its record".into(),
+    };
+    if file.metadata().map_err(io)?.len() != total as u64 * 4 {
+        return Err(mismatch());
     }
-    let mut values = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    Ok(lengths
-        .iter()
-        .map(|&n| values.by_ref().take(n).collect())
-        .collect())
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = vec![0u8; 1 << 16];
+    let mut buffers = Vec::with_capacity(lengths.len());
+    for &n in lengths {
+        let mut values = Vec::with_capacity(n);
+        while values.len() < n {
+            let take = ((n - values.len()) * 4).min(bytes.len());
+            input.read_exact(&mut bytes[..take]).map_err(io)?;
+            hasher.update(&bytes[..take]);
+            values.extend(
+                bytes[..take]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        buffers.push(values);
+    }
+    if hasher.finalize().to_hex().as_str() != digest {
+        return Err(mismatch());
+    }
+    Ok(buffers)
 }
 
 #[cfg(test)]

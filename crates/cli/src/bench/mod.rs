@@ -7,6 +7,7 @@ mod codec;
 mod quantizer;
 mod synthetic;
 mod train;
+mod window;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -16,6 +17,9 @@ pub enum BenchCommand {
     Quantizer(quantizer::Args),
     /// Inner-loop training throughput of a model preset (optionally against PyTorch on the same libtorch).
     Train(train::Args),
+    /// One miner window and one validator window, each in its own process: peak memory, seconds
+    /// per phase, bytes between device and host.
+    Window(window::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -23,5 +27,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Quantizer(args) => quantizer::run(args),
         BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Window(args) => window::run(args),
     }
 }

@@ -95,20 +95,6 @@ impl S3Server {
         };
         config
     }
-
-    /// A plain S3 client of the server, to see what `Store` does not show, such as ETags.
-    pub fn client(&self) -> object_store::aws::AmazonS3 {
-        object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_endpoint(format!("http://{}", self.addr))
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .with_region("us-east-1")
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
-            .build()
-            .unwrap()
-    }
 }
 
 impl Drop for S3Server {
