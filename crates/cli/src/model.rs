@@ -1,8 +1,9 @@
 //! `templar model info`: what a preset is and what it needs, without allocating it.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
+use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -15,10 +16,25 @@ pub struct InfoArgs {
     /// Built-in preset name or preset TOML file.
     #[arg(long)]
     preset: Option<String>,
+    /// Plan one window of this role, buffer by buffer: miner or validator.
+    #[arg(long)]
+    role: Option<String>,
+    /// The device the plan is for: cpu (the device is the host) or cuda.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Payloads held by a gather (a miner's peers and reserves; a validator's candidates).
+    #[arg(long, default_value_t = 20)]
+    payloads: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(command: ModelCommand) -> Result<()> {
     let ModelCommand::Info(args) = command;
+    if let Some(role) = &args.role {
+        return plan(&args, role);
+    }
     let names: Vec<String> = match args.preset {
         Some(name) => vec![name],
         None => Preset::names().map(String::from).collect(),
@@ -29,7 +45,6 @@ pub fn run(command: ModelCommand) -> Result<()> {
     );
     for name in names {
         let model = Preset::load(&name)?.model;
-        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
         println!(
             "{:<8} {:>16} {:>7} {:>7} {:>5} {:>12.2} {:>13.2}",
             name,
@@ -42,7 +57,71 @@ pub fn run(command: ModelCommand) -> Result<()> {
         );
     }
     println!(
-        "training GiB: f32 weights, gradients, AdamW moments, error feedback and a weight copy; activations extra"
+        "training GiB: f32 weights, gradients, AdamW moments, error feedback and the network model's copy; \
+         activations extra (see --role)"
     );
     Ok(())
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn plan(args: &InfoArgs, role: &str) -> Result<()> {
+    let role = match role {
+        "miner" => Role::Miner,
+        "validator" => Role::Validator,
+        other => bail!("unknown role {other:?}: use miner or validator"),
+    };
+    let device_is_host = match args.device.as_str() {
+        "cpu" => true,
+        "cuda" => false,
+        other => bail!("unknown device {other:?}: use cpu or cuda"),
+    };
+    let name = args.preset.as_deref().unwrap_or("tiny");
+    let preset = Preset::load(name)?;
+    let shape = WindowShape {
+        payloads: args.payloads,
+        payload_bytes: payload_bound(&preset),
+        ..WindowShape::of_train(&preset.train, device_is_host)
+    };
+    let plan = MemoryPlan::new(&preset.model, role, shape);
+    if args.json {
+        let value = serde_json::json!({
+            "preset": name,
+            "plan": plan,
+            "device_bytes": plan.bytes(Place::Device),
+            "host_bytes": plan.bytes(Place::Host),
+            "disk_bytes": plan.bytes(Place::Disk),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "{name}: one {role:?} window at micro-batch {} × {} tokens, {} payloads gathered",
+        shape.micro_batch, shape.seq_len, shape.payloads
+    );
+    for item in &plan.items {
+        println!(
+            "  {:<34} {:<7} {:>10.2} GiB",
+            item.what,
+            format!("{:?}", item.place).to_lowercase(),
+            gib(item.bytes)
+        );
+    }
+    for place in [Place::Device, Place::Host, Place::Disk] {
+        println!(
+            "  {:<34} {:<7} {:>10.2} GiB",
+            "total",
+            format!("{place:?}").to_lowercase(),
+            gib(plan.bytes(place))
+        );
+    }
+    Ok(())
+}
+
+/// The largest payload the default codec can send for the preset's model.
+fn payload_bound(preset: &Preset) -> u64 {
+    let config = templar_node::NetworkConfig::defaults("plan", preset.clone(), "unused");
+    templar_node::replica::schema_for(&config).map_or(0, |s| s.max_payload_bytes() as u64)
 }

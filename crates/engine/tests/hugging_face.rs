@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{batch, cache, small};
 use safetensors::tensor::{Dtype, TensorView};
-use templar_engine::{Device, Llama, Trainer, save_model};
+use templar_engine::{Device, Llama, Trainer, save_model, save_weights};
 
 fn python_path() -> String {
     let parts = ["transformers-4.57.1", "torch-2.11.0"].map(|d| cache().join(d));
@@ -24,7 +24,8 @@ fn python_path() -> String {
     parts.map(|p| p.display().to_string()).join(":")
 }
 
-fn check(tie_word_embeddings: bool) {
+/// `max_shard_bytes`: `None` for one file, else shards with Hugging Face's index.
+fn check(tie_word_embeddings: bool, max_shard_bytes: Option<u64>) {
     let (mut config, train) = small();
     config.tie_word_embeddings = tie_word_embeddings;
     let mut trainer =
@@ -35,7 +36,21 @@ fn check(tie_word_embeddings: bool) {
     }
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("checkpoint");
-    save_model(&checkpoint, &trainer.model).unwrap();
+    match max_shard_bytes {
+        None => {
+            save_model(&checkpoint, &trainer.model).unwrap();
+        }
+        Some(limit) => {
+            let files = save_weights(&checkpoint, &config, limit, |i, out| {
+                trainer.model.params.read_one(i, out)
+            })
+            .unwrap();
+            assert!(
+                files.iter().any(|f| f == "model.safetensors.index.json"),
+                "{files:?}"
+            );
+        }
+    }
 
     let input = batch(9, &config, &train).input_ids.narrow(0, 0, 2);
     let logits = tch::no_grad(|| trainer.model.forward(&input)).unwrap();
@@ -85,10 +100,16 @@ fn check(tie_word_embeddings: bool) {
 
 #[test]
 fn transformers_loads_the_checkpoint_and_agrees_tied() {
-    check(true);
+    check(true, None);
 }
 
 #[test]
 fn transformers_loads_the_checkpoint_and_agrees_untied() {
-    check(false);
+    check(false, None);
+}
+
+#[test]
+fn transformers_loads_a_sharded_checkpoint_and_agrees() {
+    // Shards of 200 kB: several files and model.safetensors.index.json, as transformers writes them.
+    check(false, Some(200_000));
 }

@@ -56,18 +56,20 @@ pub fn schema_for(config: &NetworkConfig) -> Result<Schema, NodeError> {
     Schema::new(specs, config.codec).map_err(|e| NodeError::Codec(e.to_string()))
 }
 
-/// What a window of `role` needs, for the network's model on `device`.
-pub fn memory_plan(config: &NetworkConfig, role: Role, device: Device) -> MemoryPlan {
-    let schema_bytes = schema_for(config).map_or(0, |s| s.max_payload_bytes() as u64);
-    let payloads = match role {
-        Role::Miner => config.gather.peer_count + config.gather.reserve_count,
-        Role::Validator => (config.gather.peer_count + config.gather.reserve_count) * 4,
-    };
+/// What a window of `role` needs for the network's model on `device`, holding `payloads`
+/// gathered payloads at once (a miner its peers and reserves; a validator every candidate).
+pub fn memory_plan(
+    config: &NetworkConfig,
+    role: Role,
+    device: Device,
+    payloads: usize,
+) -> MemoryPlan {
+    let payload_bytes = schema_for(config).map_or(0, |s| s.max_payload_bytes() as u64);
     let shape = WindowShape {
         micro_batch: config.model.train.micro_batch_size,
         seq_len: config.model.train.seq_len,
         payloads,
-        payload_bytes: schema_bytes,
+        payload_bytes,
         device_is_host: device == Device::Cpu,
     };
     MemoryPlan::new(&config.model.model, role, shape)
@@ -103,7 +105,10 @@ impl Replica {
 
     /// Zero weights of the right shapes, after checking the role fits this machine.
     fn allocate(config: &NetworkConfig, device: Device, role: Role) -> Result<Replica, NodeError> {
-        check_fits(&memory_plan(config, role, device), device)?;
+        // Checked with the peer set's payloads: a validator gathers more, as many as there are
+        // candidates, which the chain decides later.
+        let gathered = config.gather.peer_count + config.gather.reserve_count;
+        check_fits(&memory_plan(config, role, device, gathered), device)?;
         let model = Llama::zeros(&config.model.model, device)?;
         let schema = schema_for(config)?;
         let base: Vec<Vec<f32>> = (0..schema.len())
@@ -215,9 +220,16 @@ impl Replica {
     /// through error feedback and the codec, and the live tensor is put back to the base. On a
     /// codec failure the error feedback is reset and every tensor is still restored.
     pub fn outer_step(&mut self, error_feedback: &mut [Vec<f32>]) -> Result<Payload, NodeError> {
+        if error_feedback.len() != self.base.len() {
+            return Err(NodeError::Codec(format!(
+                "{} error-feedback buffers for {} tensors",
+                error_feedback.len(),
+                self.base.len()
+            )));
+        }
         let mut tensors = Vec::with_capacity(self.base.len());
         let mut failure = None;
-        for i in 0..self.base.len() {
+        for (i, feedback) in error_feedback.iter_mut().enumerate() {
             if failure.is_none() {
                 self.scratch.resize(self.base[i].len(), 0.0);
                 self.model.params.read_one(i, &mut self.scratch)?;
@@ -225,13 +237,7 @@ impl Replica {
                 for (live, base) in self.scratch.iter_mut().zip(&self.base[i]) {
                     *live = base - *live;
                 }
-                match compress_tensor(
-                    &self.schema,
-                    i,
-                    &mut error_feedback[i],
-                    &self.scratch,
-                    Rule::Symmetric,
-                ) {
+                match compress_tensor(&self.schema, i, feedback, &self.scratch, Rule::Symmetric) {
                     Ok(tensor) => tensors.push(tensor),
                     Err(error) => failure = Some(error),
                 }

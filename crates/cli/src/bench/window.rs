@@ -252,10 +252,9 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
     let mut error_feedback = None;
     let (payload_bytes, payloads) = match role {
         Role::Miner => {
-            let (ef, size, payloads) =
-                miner_window(&config, &data, &mut replica, &store, &mut phases)?;
-            error_feedback = Some(ef);
-            (size, payloads)
+            let output = miner_window(&config, &data, &mut replica, &store, &mut phases)?;
+            error_feedback = Some(output.error_feedback);
+            (output.payload_bytes, output.gathered)
         }
         Role::Validator => {
             let coding = config.codec.index_coding;
@@ -280,7 +279,7 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
     replica.apply_aggregate(&refs)?;
     phases.mark("aggregate_apply");
     persist(&replica, error_feedback.as_deref(), &scratch.0, &mut phases)?;
-    let plan = memory_plan(&config, role, device);
+    let plan = memory_plan(&config, role, device, payloads.len());
     let mb = |b: u64| b as f64 / 1e6;
     let transfers = replica.transfers();
     Ok(RoleFigures {
@@ -297,6 +296,14 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
     })
 }
 
+/// What a miner's window leaves for the rest of the benchmark.
+struct MinerOutput {
+    error_feedback: Vec<Vec<f32>>,
+    payload_bytes: u64,
+    /// The payloads it aggregates: its own, standing for every peer's.
+    gathered: Vec<Vec<u8>>,
+}
+
 /// Inner steps on the miner's assignment, the outer step, encoding and publishing; returns the
 /// error feedback, the payload's size and the payloads it then aggregates (its own, standing for
 /// every peer's).
@@ -306,7 +313,7 @@ fn miner_window(
     replica: &mut Replica,
     store: &Store,
     phases: &mut Phases,
-) -> Result<(Vec<Vec<f32>>, u64, Vec<Vec<u8>>)> {
+) -> Result<MinerOutput> {
     let mut error_feedback: Vec<Vec<f32>> =
         replica.base().iter().map(|b| vec![0.0; b.len()]).collect();
     for ids in data.assignment(0, 1).chunks_exact(data.batch_size) {
@@ -324,7 +331,11 @@ fn miner_window(
     phases.mark("publish");
     let size = bytes.len() as u64;
     let peers = config.gather.peer_count.clamp(1, 4);
-    Ok((error_feedback, size, vec![bytes; peers]))
+    Ok(MinerOutput {
+        error_feedback,
+        payload_bytes: size,
+        gathered: vec![bytes; peers],
+    })
 }
 
 /// Payloads of a plausible size and spread, compressed tensor by tensor from synthetic
