@@ -147,7 +147,7 @@ pub fn load_optimizer(
     }
     let path = dir.join(OPTIMIZER_FILE);
     optimizer.step = files
-        .metadata()?
+        .metadata()
         .get("step")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| EngineError::checkpoint(&path, "metadata has no step count"))?;
@@ -156,23 +156,7 @@ pub fn load_optimizer(
 
 /// Write to a temporary sibling, sync, rename over the target, sync the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(|e| EngineError::io(&temporary, e))?;
-    file.write_all(bytes)
-        .map_err(|e| EngineError::io(&temporary, e))?;
-    file.sync_all()
-        .map_err(|e| EngineError::io(&temporary, e))?;
-    fs::rename(&temporary, path).map_err(|e| EngineError::io(path, e))?;
-    if let Some(parent) = path.parent()
-        && let Ok(dir) = fs::File::open(parent)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::tensor_files::write_atomic_with(path, |out| out.write_all(bytes))
 }
 
 /// `config.json` as Hugging Face's `LlamaConfig` writes it.

@@ -33,6 +33,9 @@ pub struct Item {
     pub what: &'static str,
     pub place: Place,
     pub bytes: u64,
+    /// Part of the training state: weights, gradients and optimizer state, which no streaming
+    /// removes.
+    pub training_state: bool,
 }
 
 /// The shapes a window runs at.
@@ -78,7 +81,7 @@ impl MemoryPlan {
         };
         let mut items = vec![
             item("process baseline", Place::Host, PROCESS_BASELINE_BYTES),
-            item("weights (f32)", device, f32s),
+            state_item("weights (f32)", device, f32s),
             item("network model (f32 host copy)", Place::Host, f32s),
             item("per-tensor scratch", Place::Host, 2 * largest),
             item(
@@ -92,9 +95,9 @@ impl MemoryPlan {
         }
         match role {
             Role::Miner => {
-                items.push(item("gradients (f32)", device, f32s));
-                items.push(item("AdamW moments (2 × f32)", device, 2 * f32s));
-                items.push(item("error feedback (f32)", Place::Host, f32s));
+                items.push(state_item("gradients (f32)", device, f32s));
+                items.push(state_item("AdamW moments (2 × f32)", device, 2 * f32s));
+                items.push(state_item("error feedback (f32)", Place::Host, f32s));
                 items.push(item(
                     "activations (training)",
                     device,
@@ -139,15 +142,7 @@ impl MemoryPlan {
     pub fn training_state_bytes(&self) -> u64 {
         self.items
             .iter()
-            .filter(|i| {
-                matches!(
-                    i.what,
-                    "weights (f32)"
-                        | "gradients (f32)"
-                        | "AdamW moments (2 × f32)"
-                        | "error feedback (f32)"
-                )
-            })
+            .filter(|i| i.training_state)
             .map(|i| i.bytes)
             .sum()
     }
@@ -216,7 +211,19 @@ fn free_device_bytes(index: usize) -> Option<u64> {
 }
 
 fn item(what: &'static str, place: Place, bytes: u64) -> Item {
-    Item { what, place, bytes }
+    Item {
+        what,
+        place,
+        bytes,
+        training_state: false,
+    }
+}
+
+fn state_item(what: &'static str, place: Place, bytes: u64) -> Item {
+    Item {
+        training_state: true,
+        ..item(what, place, bytes)
+    }
 }
 
 /// Elements of the largest parameter (the embedding or the output head).

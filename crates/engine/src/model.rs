@@ -246,7 +246,7 @@ fn check_memory(config: &ModelConfig, device: Device) -> Result<(), EngineError>
     if device != Device::Cpu {
         return Ok(());
     }
-    let Some(available) = available_memory_bytes() else {
+    let Some(available) = crate::memory::available_host_bytes() else {
         return Ok(());
     };
     let weights = config.parameter_count() * 4;
@@ -265,11 +265,4 @@ fn check_memory(config: &ModelConfig, device: Device) -> Result<(), EngineError>
 
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
-}
-
-fn available_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

@@ -80,11 +80,6 @@ impl Parameters {
             .map(|i| &self.tensors[i])
     }
 
-    /// Element count of parameter `index`.
-    pub fn numel(&self, index: usize) -> usize {
-        self.tensors[index].numel()
-    }
-
     /// Shapes in protocol order.
     pub fn shapes(&self) -> Vec<Vec<usize>> {
         self.tensors

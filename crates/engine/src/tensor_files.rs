@@ -186,7 +186,7 @@ fn shard_header(
     header
 }
 
-fn write_atomic_with(
+pub(crate) fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<fs::File>) -> Result<(), std::io::Error>,
 ) -> Result<(), EngineError> {
@@ -218,8 +218,18 @@ fn write_atomic_with(
 /// Tensors saved by [`write_tensors`] (or by Hugging Face), memory-mapped and checked.
 pub struct TensorFiles {
     shards: Vec<(PathBuf, Mmap)>,
-    /// Tensor name → shard index.
-    location: HashMap<String, usize>,
+    /// Every tensor's place, from each shard's header parsed once at open.
+    tensors: HashMap<String, Stored>,
+    /// The first shard's `__metadata__` (every shard carries the same).
+    metadata: HashMap<String, String>,
+}
+
+/// Where one tensor's bytes are: its shard, dtype, shape and byte range in the mapped file.
+struct Stored {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 impl TensorFiles {
@@ -242,8 +252,11 @@ impl TensorFiles {
             }
             None => vec![format!("{stem}.safetensors")],
         };
-        let mut shards = Vec::with_capacity(shard_names.len());
-        let mut location = HashMap::new();
+        let mut files = TensorFiles {
+            shards: Vec::with_capacity(shard_names.len()),
+            tensors: HashMap::new(),
+            metadata: HashMap::new(),
+        };
         for (k, name) in shard_names.iter().enumerate() {
             if name.contains('/') || name.contains("..") {
                 return Err(EngineError::checkpoint(
@@ -253,65 +266,51 @@ impl TensorFiles {
             }
             let path = dir.join(name);
             let mmap = map_file(&path)?;
-            let file = SafeTensors::deserialize(&mmap).map_err(|e| {
+            let truncated = |e: safetensors::SafeTensorError| {
                 EngineError::checkpoint(
                     &path,
                     format!("shard is truncated or corrupt ({e}); download the checkpoint again"),
                 )
-            })?;
-            let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
-            names.sort();
+            };
+            // `deserialize` checks that the header's offsets cover the file exactly.
+            SafeTensors::deserialize(&mmap).map_err(truncated)?;
+            let (header_len, header) = SafeTensors::read_metadata(&mmap).map_err(truncated)?;
+            let stored = header.tensors();
             if let Some(index) = &index {
-                let mut expected: Vec<String> = index
-                    .weight_map
-                    .iter()
-                    .filter(|(_, shard)| *shard == name)
-                    .map(|(tensor, _)| tensor.clone())
-                    .collect();
-                expected.sort();
-                if names != expected {
-                    return Err(EngineError::checkpoint(
-                        &path,
-                        format!(
-                            "shard does not match the index: it holds {} tensors, the index puts {} here{}",
-                            names.len(),
-                            expected.len(),
-                            first_difference(&names, &expected)
-                        ),
-                    ));
-                }
+                let mut names: Vec<String> = stored.keys().cloned().collect();
+                names.sort();
+                check_against_index(index, name, &names, &path)?;
             }
-            for tensor in names {
-                location.insert(tensor, k);
+            let start = 8 + header_len;
+            for (tensor, info) in stored {
+                let (begin, end) = info.data_offsets;
+                files.tensors.insert(
+                    tensor,
+                    Stored {
+                        shard: k,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        bytes: start + begin..start + end,
+                    },
+                );
             }
-            shards.push((path, mmap));
+            if k == 0 {
+                files.metadata = header.metadata().clone().unwrap_or_default();
+            }
+            files.shards.push((path, mmap));
         }
-        Ok(TensorFiles { shards, location })
+        Ok(files)
     }
 
-    /// The shard files, for the caller to publish or check.
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.shards.iter().map(|(path, _)| path.as_path())
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
-    }
-
-    /// The `__metadata__` of the shard holding `name`'s tensors (every shard carries the same).
-    pub fn metadata(&self) -> Result<HashMap<String, String>, EngineError> {
-        let Some((path, mmap)) = self.shards.first() else {
-            return Ok(HashMap::new());
-        };
-        let (_, metadata) = SafeTensors::read_metadata(mmap)
-            .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
-        Ok(metadata.metadata().clone().unwrap_or_default())
+    /// The `__metadata__` of the files.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// Checks that every entry is present as `F32` of its shape, before anything is read.
     pub fn check(&self, entries: &[TensorEntry]) -> Result<(), EngineError> {
         for entry in entries {
-            self.view_checked(&entry.name, &entry.shape, |_| Ok(()))?;
+            self.data(&entry.name, &entry.shape)?;
         }
         Ok(())
     }
@@ -323,52 +322,72 @@ impl TensorFiles {
         shape: &[usize],
         out: &mut [f32],
     ) -> Result<(), EngineError> {
-        self.view_checked(name, shape, |data| {
-            if out.len() * 4 != data.len() {
-                return Err(EngineError::Layout(format!(
-                    "{name}: buffer of {} values for a tensor of {}",
-                    out.len(),
-                    data.len() / 4
-                )));
-            }
-            for (value, bytes) in out.iter_mut().zip(data.chunks_exact(4)) {
-                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            }
-            Ok(())
-        })
+        let data = self.data(name, shape)?;
+        if out.len() * 4 != data.len() {
+            return Err(EngineError::Layout(format!(
+                "{name}: buffer of {} values for a tensor of {}",
+                out.len(),
+                data.len() / 4
+            )));
+        }
+        for (value, bytes) in out.iter_mut().zip(data.chunks_exact(4)) {
+            *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        Ok(())
     }
 
-    fn view_checked(
-        &self,
-        name: &str,
-        shape: &[usize],
-        use_data: impl FnOnce(&[u8]) -> Result<(), EngineError>,
-    ) -> Result<(), EngineError> {
-        let &k = self.location.get(name).ok_or_else(|| {
+    /// The bytes of tensor `name`, which must be `F32` of `shape`.
+    fn data(&self, name: &str, shape: &[usize]) -> Result<&[u8], EngineError> {
+        let Some(stored) = self.tensors.get(name) else {
             let path = self
                 .shards
                 .first()
                 .map_or_else(PathBuf::new, |(p, _)| p.clone());
-            EngineError::checkpoint(&path, format!("missing tensor {name}"))
-        })?;
-        let (path, mmap) = &self.shards[k];
-        let file = SafeTensors::deserialize(mmap)
-            .map_err(|e| EngineError::checkpoint(path, e.to_string()))?;
-        let view = file
-            .tensor(name)
-            .map_err(|e| EngineError::checkpoint(path, format!("{name}: {e}")))?;
-        if view.dtype() != Dtype::F32 || view.shape() != shape {
+            return Err(EngineError::checkpoint(
+                &path,
+                format!("missing tensor {name}"),
+            ));
+        };
+        let (path, mmap) = &self.shards[stored.shard];
+        if stored.dtype != Dtype::F32 || stored.shape != shape {
             return Err(EngineError::checkpoint(
                 path,
                 format!(
                     "{name} is {:?} {:?}, expected F32 {shape:?}",
-                    view.dtype(),
-                    view.shape()
+                    stored.dtype, stored.shape
                 ),
             ));
         }
-        use_data(view.data())
+        Ok(&mmap[stored.bytes.clone()])
     }
+}
+
+/// A shard must hold exactly the tensors the index puts in it.
+fn check_against_index(
+    index: &Index,
+    shard: &str,
+    names: &[String],
+    path: &Path,
+) -> Result<(), EngineError> {
+    let mut expected: Vec<String> = index
+        .weight_map
+        .iter()
+        .filter(|(_, s)| *s == shard)
+        .map(|(tensor, _)| tensor.clone())
+        .collect();
+    expected.sort();
+    if names == expected.as_slice() {
+        return Ok(());
+    }
+    Err(EngineError::checkpoint(
+        path,
+        format!(
+            "shard does not match the index: it holds {} tensors, the index puts {} here{}",
+            names.len(),
+            expected.len(),
+            first_difference(names, &expected)
+        ),
+    ))
 }
 
 fn map_file(path: &Path) -> Result<Mmap, EngineError> {
@@ -449,7 +468,7 @@ mod tests {
         let mut out = vec![0.0; 9];
         files.read_into("c", &[3, 3], &mut out).unwrap();
         assert_eq!(out[4], 204.5);
-        assert_eq!(files.metadata().unwrap(), meta);
+        assert_eq!(files.metadata(), &meta);
         // The safetensors crate reads our shards as its own.
         let bytes = fs::read(dir.path().join(&written[0])).unwrap();
         let parsed = SafeTensors::deserialize(&bytes).unwrap();

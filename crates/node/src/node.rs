@@ -42,10 +42,10 @@ pub struct Node<C> {
 }
 
 /// A payload whose signature and timing were verified, not yet decoded.
-pub struct Read {
+struct Read {
     uid: u16,
     uploaded_ms: u64,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
 }
 
 /// A verified, decoded payload.
@@ -302,7 +302,7 @@ impl<C: Chain> Node<C> {
         Ok(Read {
             uid: candidate.uid,
             uploaded_ms: verified.uploaded_ms,
-            bytes: verified.payload.to_vec(),
+            bytes: verified.payload,
         })
     }
 

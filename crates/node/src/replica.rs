@@ -79,14 +79,7 @@ impl Replica {
     /// The network's initial model (the same on every node: seeded by the configuration).
     pub fn new(config: &NetworkConfig, device: Device, role: Role) -> Result<Replica, NodeError> {
         let mut replica = Replica::allocate(config, device, role)?;
-        let seed = config.init_seed;
-        let std = config.model.model.initializer_range;
-        for i in 0..replica.base.len() {
-            let name = &replica.schema.spec(i).name;
-            fill_initial_values(name, std, seed, i as u64, &mut replica.base[i]);
-            replica.model.params.write_one(i, &replica.base[i])?;
-        }
-        replica.base_fingerprint = replica.compute_fingerprint();
+        replica.reset(config)?;
         Ok(replica)
     }
 
@@ -145,8 +138,7 @@ impl Replica {
         for i in 0..self.base.len() {
             let spec = self.schema.spec(i);
             files.read_into(&spec.name, &spec.shape, &mut self.base[i])?;
-            self.model.params.write_one(i, &self.base[i])?;
-            self.transfers.1 += 4 * self.base[i].len() as u64;
+            self.send_base(i)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -158,8 +150,7 @@ impl Replica {
         for i in 0..self.base.len() {
             let name = &self.schema.spec(i).name;
             fill_initial_values(name, std, config.init_seed, i as u64, &mut self.base[i]);
-            self.model.params.write_one(i, &self.base[i])?;
-            self.transfers.1 += 4 * self.base[i].len() as u64;
+            self.send_base(i)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -242,8 +233,7 @@ impl Replica {
                     Err(error) => failure = Some(error),
                 }
             }
-            self.model.params.write_one(i, &self.base[i])?;
-            self.transfers.1 += 4 * self.base[i].len() as u64;
+            self.send_base(i)?;
         }
         if let Some(error) = failure {
             error_feedback.iter_mut().for_each(|e| e.fill(0.0));
@@ -269,8 +259,7 @@ impl Replica {
             if self.scratch.iter().all(|v| v.is_finite()) {
                 subtract_scaled(&mut self.base[i], &self.scratch, self.outer_lr);
             }
-            self.model.params.write_one(i, &self.base[i])?;
-            self.transfers.1 += 4 * self.base[i].len() as u64;
+            self.send_base(i)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -314,19 +303,22 @@ impl Replica {
             if self.scratch.iter().all(|v| v.is_finite()) {
                 subtract_scaled(&mut updated, &self.scratch, scale);
             }
-            self.model.params.write_one(i, &updated)?;
-            self.transfers.1 += 4 * updated.len() as u64;
+            send(&mut self.model, &mut self.transfers.1, i, &updated)?;
         }
         Ok(())
     }
 
     /// Live weights back to the base, tensor by tensor.
     pub fn restore(&mut self) -> Result<(), NodeError> {
-        for (i, base) in self.base.iter().enumerate() {
-            self.model.params.write_one(i, base)?;
-            self.transfers.1 += 4 * base.len() as u64;
+        for i in 0..self.base.len() {
+            self.send_base(i)?;
         }
         Ok(())
+    }
+
+    /// Live tensor `i` ← base tensor `i`.
+    fn send_base(&mut self, i: usize) -> Result<(), NodeError> {
+        send(&mut self.model, &mut self.transfers.1, i, &self.base[i])
     }
 
     /// Bytes copied (device → host, host → device) by this replica so far.
@@ -369,6 +361,13 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Writes `data` into live tensor `i`, counting the bytes sent to the device.
+fn send(model: &mut Llama, sent: &mut u64, i: usize, data: &[f32]) -> Result<(), NodeError> {
+    model.params.write_one(i, data)?;
+    *sent += 4 * data.len() as u64;
+    Ok(())
 }
 
 /// `values[j] −= scale · update[j]`, one multiply and one subtract per value (never fused), so

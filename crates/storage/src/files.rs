@@ -29,7 +29,7 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 use crate::error::StorageError;
 use crate::retry::{RetryPolicy, retry};
-use crate::store::{Store, is_not_found, path as object_path};
+use crate::store::{Store, is_not_found, path as object_path, within_limit};
 
 /// S3's and R2's limit on the parts of one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -188,13 +188,7 @@ impl Store {
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error),
         };
-        if meta.size > limit {
-            return Err(StorageError::TooLarge {
-                key: key.to_string(),
-                size: meta.size,
-                limit,
-            });
-        }
+        within_limit(key, meta.size, limit)?;
         if let Some(expected) = expected
             && expected.size != meta.size
         {

@@ -57,6 +57,18 @@ fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
     u64::try_from(time.timestamp_millis()).unwrap_or(0)
 }
 
+/// Refuses an object of `size` bytes over `limit`, before its body is read.
+pub(crate) fn within_limit(key: &str, size: u64, limit: u64) -> Result<(), StorageError> {
+    if size > limit {
+        return Err(StorageError::TooLarge {
+            key: key.to_string(),
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn is_not_found(error: &StorageError) -> bool {
     matches!(error, StorageError::Refused { source, .. }
         if matches!(**source, object_store::Error::NotFound { .. }))
@@ -151,13 +163,7 @@ impl Store {
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error),
         };
-        if info.size > limit {
-            return Err(StorageError::TooLarge {
-                key: key.to_string(),
-                size: info.size,
-                limit,
-            });
-        }
+        within_limit(key, info.size, limit)?;
         let bytes = match body {
             Some(bytes) => bytes,
             None => self.get_ranged(&location, key, info.size).await?,
