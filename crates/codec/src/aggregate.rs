@@ -54,10 +54,14 @@ pub fn aggregate_tensor(
     peers: &[&SparseTensor],
     out: &mut [f32],
 ) -> Result<(), AggregateError> {
+    merge_tensor(schema, i, peers, &clip_scales(peers), out)
+}
+
+/// Each peer's clip scale for one tensor: its norm clipped to the peers' lower median.
+pub fn clip_scales(peers: &[&SparseTensor]) -> Vec<f32> {
     let norms: Vec<f64> = peers.par_iter().map(|t| t.values.norm()).collect();
     let median = lower_median(&norms);
-    let scales: Vec<f32> = norms.iter().map(|&n| clip_scale(n, median)).collect();
-    merge_tensor(schema, i, peers, &scales, out)
+    norms.iter().map(|&n| clip_scale(n, median)).collect()
 }
 
 /// The lower median: element `⌊(n−1)/2⌋` in ascending order; 0 for no peers.
@@ -83,12 +87,37 @@ pub fn merge_tensor(
     scales: &[f32],
     out: &mut [f32],
 ) -> Result<(), AggregateError> {
+    let numel = schema.plan(i).numel();
+    if out.len() != numel {
+        return Err(AggregateError::Length {
+            tensor: schema.spec(i).name.clone(),
+            expected: numel,
+            found: out.len(),
+        });
+    }
+    merge_bands(schema, i, peers, scales, 0, out)
+}
+
+/// [`merge_tensor`] for whole bands only — `out.len() / band_len` of them from band
+/// `first_band` on, where a band is `chunk_rows` whole rows, contiguous in memory — so that a
+/// large tensor can be merged a piece at a time with a piece of scratch. The values are those
+/// [`merge_tensor`] writes at the same place.
+pub fn merge_bands(
+    schema: &Schema,
+    i: usize,
+    peers: &[&SparseTensor],
+    scales: &[f32],
+    first_band: usize,
+    out: &mut [f32],
+) -> Result<(), AggregateError> {
     let plan = schema.plan(i);
     let tensor = || schema.spec(i).name.clone();
-    if out.len() != plan.numel() {
+    let band_len = plan.band_len();
+    let bands = out.len() / band_len;
+    if !out.len().is_multiple_of(band_len) || first_band + bands > plan.bands() {
         return Err(AggregateError::Length {
             tensor: tensor(),
-            expected: plan.numel(),
+            expected: band_len * (plan.bands() - first_band.min(plan.bands())),
             found: out.len(),
         });
     }
@@ -102,12 +131,10 @@ pub fn merge_tensor(
         );
     }
     let transform = schema.config().transform;
-    out.par_chunks_mut(plan.band_len())
-        .enumerate()
-        .for_each_init(
-            || Accumulator::new(plan, transform),
-            |acc, (band, out_band)| merge_band(plan, &prepared, band, out_band, acc),
-        );
+    out.par_chunks_mut(band_len).enumerate().for_each_init(
+        || Accumulator::new(plan, transform),
+        |acc, (band, out_band)| merge_band(plan, &prepared, first_band + band, out_band, acc),
+    );
     Ok(())
 }
 

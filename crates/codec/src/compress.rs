@@ -62,21 +62,83 @@ pub fn compress_tensor(
             });
         }
     }
+    let bands = select_bands(schema, i, error_feedback, delta);
+    finish_tensor(schema, i, error_feedback, bands, rule)
+}
+
+/// [`compress_tensor`] with the pseudo-gradient given a piece at a time, so that a miner never
+/// holds a whole tensor of it (the embedding: 2 GB at 8B): `fill_delta(first_band, out)` writes
+/// the pseudo-gradient of the whole bands `first_band..` that fit `out` (a band is `chunk_rows`
+/// whole rows). Pieces hold `piece_values` values, rounded down to whole bands (at least one).
+/// The result and the error feedback are bit-identical to [`compress_tensor`]'s.
+pub fn compress_tensor_in_pieces(
+    schema: &Schema,
+    i: usize,
+    error_feedback: &mut [f32],
+    piece_values: usize,
+    rule: Rule,
+    mut fill_delta: impl FnMut(usize, &mut [f32]) -> Result<(), String>,
+) -> Result<SparseTensor, CompressError> {
+    let plan = schema.plan(i);
+    if error_feedback.len() != plan.numel() {
+        return Err(CompressError::Length {
+            tensor: schema.spec(i).name.clone(),
+            expected: plan.numel(),
+            found: error_feedback.len(),
+        });
+    }
+    let band_len = plan.band_len();
+    let per_piece = (piece_values / band_len).max(1);
+    let mut delta = Vec::new();
+    let mut bands = Vec::with_capacity(plan.bands());
+    for first in (0..plan.bands()).step_by(per_piece) {
+        let count = per_piece.min(plan.bands() - first);
+        delta.resize(count * band_len, 0.0);
+        fill_delta(first, &mut delta).map_err(|reason| CompressError::Delta {
+            tensor: schema.spec(i).name.clone(),
+            reason,
+        })?;
+        let range = first * band_len..(first + count) * band_len;
+        bands.extend(select_bands(schema, i, &mut error_feedback[range], &delta));
+    }
+    finish_tensor(schema, i, error_feedback, bands, rule)
+}
+
+/// Error feedback and top-k of whole bands: `error_feedback` and `delta` hold the same bands.
+fn select_bands(
+    schema: &Schema,
+    i: usize,
+    error_feedback: &mut [f32],
+    delta: &[f32],
+) -> Vec<Selected> {
+    let plan = schema.plan(i);
     let config = schema.config();
     let (beta, lr) = (config.error_feedback.beta, config.error_feedback.lr);
     let transform = config.transform;
     let band_len = plan.band_len();
-    let bands: Vec<Selected> = error_feedback
+    error_feedback
         .par_chunks_mut(band_len)
         .zip(delta.par_chunks(band_len))
         .map_init(
             || BandScratch::new(plan, transform),
             |s, (e, d)| select_band(plan, s, e, d, beta, lr),
         )
-        .collect();
+        .collect()
+}
+
+/// Codes the kept values of every band and subtracts what is sent from the error feedback.
+fn finish_tensor(
+    schema: &Schema,
+    i: usize,
+    error_feedback: &mut [f32],
+    bands: Vec<Selected>,
+    rule: Rule,
+) -> Result<SparseTensor, CompressError> {
+    let plan = schema.plan(i);
+    let config = schema.config();
     if bands.iter().any(|b| b.non_finite) {
         return Err(CompressError::NonFinite {
-            tensor: name.clone(),
+            tensor: schema.spec(i).name.clone(),
         });
     }
     let kept = plan.kept();
@@ -88,7 +150,7 @@ pub fn compress_tensor(
     }
     let values = code_values(config.values, &raw, rule);
     let sent = values.to_f32();
-    subtract_sent(plan, transform, error_feedback, &indices, &sent);
+    subtract_sent(plan, config.transform, error_feedback, &indices, &sent);
     Ok(SparseTensor { indices, values })
 }
 

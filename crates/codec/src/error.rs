@@ -36,6 +36,8 @@ pub enum CompressError {
     BadBins(u16),
     #[error("codec settings: {0}")]
     Config(String),
+    #[error("tensor `{tensor}`: the pseudo-gradient could not be read: {reason}")]
+    Delta { tensor: String, reason: String },
 }
 
 /// Why an untrusted payload was rejected. `tensor` is empty for whole-payload problems.

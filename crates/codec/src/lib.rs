@@ -23,7 +23,7 @@ pub mod topk;
 pub mod wire;
 
 pub use aggregate::{aggregate, aggregate_tensor};
-pub use compress::{compress, compress_tensor};
+pub use compress::{compress, compress_tensor, compress_tensor_in_pieces};
 pub use config::{CodecConfig, ErrorFeedback, IndexCoding, Transform, ValueCoding};
 pub use error::{AggregateError, CompressError, DecodeError, PlanError};
 pub use payload::{Payload, Quantized, SparseTensor, Values};

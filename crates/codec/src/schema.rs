@@ -101,6 +101,17 @@ impl Schema {
     }
 
     /// Upper bound on the encoded size of a valid payload; larger ones are rejected unread.
+    /// Bytes one payload holds in memory once decoded, besides its wire bytes: a `u16` index and
+    /// the value (a code byte, or the float) of every kept coordinate.
+    pub fn decoded_payload_bytes(&self) -> usize {
+        let value = match self.config.values {
+            ValueCoding::Quantized { .. } => 1,
+            ValueCoding::F32 => 4,
+            ValueCoding::Bf16 => 2,
+        };
+        self.plans.iter().map(|p| p.kept() * (2 + value)).sum()
+    }
+
     pub fn max_payload_bytes(&self) -> usize {
         let per_tensor: usize = (0..self.len()).map(|i| self.max_tensor_bytes(i)).sum();
         crate::wire::HEADER_LEN + crate::wire::TRAILER_LEN + per_tensor

@@ -178,3 +178,97 @@ fn aggregation_is_bit_identical_on_any_thread_count() {
     };
     assert_eq!(run(1), run(3));
 }
+
+/// Merging a tensor a few bands at a time writes exactly what merging it whole writes, with or
+/// without the DCT.
+#[test]
+fn merging_band_by_band_equals_merging_whole_tensors() {
+    use templar_codec::aggregate::{clip_scales, merge_bands, merge_tensor};
+    for transform in [Transform::None, Transform::Dct] {
+        let mut codec = config(ValueCoding::TWO_BIT);
+        codec.transform = transform;
+        let schema = Schema::new(specs(), codec).unwrap();
+        let peers: Vec<Payload> = (0..3).map(|s| payload(&schema, 40 + s)).collect();
+        for i in 0..schema.len() {
+            let tensors: Vec<&SparseTensor> = peers.iter().map(|p| &p.tensors[i]).collect();
+            let scales = clip_scales(&tensors);
+            let plan = schema.plan(i);
+            let mut whole = vec![0.0; plan.numel()];
+            merge_tensor(&schema, i, &tensors, &scales, &mut whole).unwrap();
+            let mut pieces = vec![f32::NAN; plan.numel()];
+            let band = plan.band_len();
+            for (b, piece) in pieces.chunks_mut(2 * band).enumerate() {
+                merge_bands(&schema, i, &tensors, &scales, 2 * b, piece).unwrap();
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&whole), bits(&pieces), "tensor {i}, {transform:?}");
+        }
+        // A piece that is not whole bands, or runs past the tensor, is refused.
+        let tensors: Vec<&SparseTensor> = peers.iter().map(|p| &p.tensors[0]).collect();
+        let band = schema.plan(0).band_len();
+        let mut odd = vec![0.0; band + 1];
+        assert!(merge_bands(&schema, 0, &tensors, &[1.0; 3], 0, &mut odd).is_err());
+        let mut past = vec![0.0; 2 * band];
+        let last = schema.plan(0).bands() - 1;
+        assert!(merge_bands(&schema, 0, &tensors, &[1.0; 3], last, &mut past).is_err());
+    }
+}
+
+/// Compressing with the pseudo-gradient given a few bands at a time gives the payload and the
+/// error feedback of compressing it whole, with or without the DCT; a piece that cannot be read
+/// is an error that names the tensor.
+#[test]
+fn compressing_in_pieces_equals_compressing_whole_tensors() {
+    use templar_codec::quant::Rule;
+    use templar_codec::{compress_tensor, compress_tensor_in_pieces, encode};
+    for transform in [Transform::None, Transform::Dct] {
+        let mut codec = config(ValueCoding::TWO_BIT);
+        codec.transform = transform;
+        let schema = Schema::new(specs(), codec).unwrap();
+        for i in 0..schema.len() {
+            let plan = schema.plan(i);
+            let delta = values(plan.numel(), 7 + i as u64);
+            let start = values(plan.numel(), 70 + i as u64);
+            let (mut whole_ef, mut pieced_ef) = (start.clone(), start);
+            let whole =
+                compress_tensor(&schema, i, &mut whole_ef, &delta, Rule::Symmetric).unwrap();
+            let band = plan.band_len();
+            let pieced = compress_tensor_in_pieces(
+                &schema,
+                i,
+                &mut pieced_ef,
+                2 * band + 1,
+                Rule::Symmetric,
+                |first, out| {
+                    out.copy_from_slice(&delta[first * band..first * band + out.len()]);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            let one = |t| Payload { tensors: vec![t] };
+            let single = Schema::new(vec![schema.spec(i).clone()], codec).unwrap();
+            assert_eq!(
+                encode(&single, &one(whole), codec.index_coding),
+                encode(&single, &one(pieced), codec.index_coding),
+                "tensor {i}, {transform:?}"
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&whole_ef),
+                bits(&pieced_ef),
+                "error feedback of tensor {i}"
+            );
+        }
+    }
+    let schema = Schema::new(specs(), config(ValueCoding::TWO_BIT)).unwrap();
+    let mut ef = vec![0.0; schema.plan(0).numel()];
+    let error = compress_tensor_in_pieces(&schema, 0, &mut ef, 64, Rule::Symmetric, |_, _| {
+        Err("the device is gone".into())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("up_proj") && error.contains("the device is gone"),
+        "{error}"
+    );
+}
