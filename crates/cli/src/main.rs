@@ -18,6 +18,19 @@ mod wallet;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// libtorch allocates tensors through glibc's malloc, which by default raises its mmap threshold
+/// to the size of each large block freed (up to 32 MB): after the first training step,
+/// activations of a few MB come from the heap and stay resident as fragments. A fixed threshold
+/// gives every tensor of 256 KB or more its own mapping, returned when freed: `templar bench
+/// window` measured a 150m miner's peak 660 MB lower, at no measurable cost in step time.
+fn return_large_blocks_to_the_kernel() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "templar",
@@ -62,6 +75,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    return_large_blocks_to_the_kernel();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

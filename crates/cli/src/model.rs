@@ -123,5 +123,6 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
 /// The largest payload the default codec can send for the preset's model.
 fn payload_bound(preset: &Preset) -> u64 {
     let config = templar_node::NetworkConfig::defaults("plan", preset.clone(), "unused");
-    templar_node::replica::schema_for(&config).map_or(0, |s| s.max_payload_bytes() as u64)
+    templar_node::replica::schema_for(&config)
+        .map_or(0, |s| templar_node::replica::payload_memory(&s))
 }

@@ -39,18 +39,19 @@ pub fn model_entries(config: &ModelConfig) -> Vec<TensorEntry> {
 
 /// Writes `model.safetensors` and `config.json` into `dir` (created if missing).
 pub fn save_model(dir: &Path, model: &Llama) -> Result<Vec<String>, EngineError> {
-    save_weights(dir, &model.config, DEFAULT_SHARD_BYTES, |i, out| {
-        model.params.read_one(i, out)
+    save_weights(dir, &model.config, DEFAULT_SHARD_BYTES, |i, start, out| {
+        model.params.read_range(i, start, out)
     })
 }
 
-/// Writes a model's weights, sharded at `max_shard_bytes`, and `config.json`; `fill(i, out)` gives
-/// parameter `i` in protocol order. Returns the files written.
+/// Writes a model's weights, sharded at `max_shard_bytes`, and `config.json`; `fill(i, start,
+/// out)` gives parameter `i` (protocol order) from flat element `start` on, `out.len()` values
+/// at a time (see [`crate::tensor_files::WRITE_PIECE`]). Returns the files written.
 pub fn save_weights(
     dir: &Path,
     config: &ModelConfig,
     max_shard_bytes: u64,
-    fill: impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+    fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<Vec<String>, EngineError> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let mut files = write_tensors(
@@ -91,20 +92,30 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Llama, EngineError> {
     Ok(model)
 }
 
-/// Writes the AdamW moments and step count to `optimizer.safetensors` in `dir`.
+/// Writes the AdamW moments and step count to `optimizer.safetensors` in `dir`; `names` are the
+/// parameters' names in protocol order. Needs nothing but the optimizer, so it can run on a
+/// thread of its own while the model is used elsewhere.
 pub fn save_optimizer(
     dir: &Path,
     optimizer: &AdamW,
-    params: &Parameters,
+    names: &[String],
 ) -> Result<Vec<String>, EngineError> {
-    let shapes = params.shapes();
-    let n = params.len();
+    let n = optimizer.exp_avg.len();
+    if names.len() != n {
+        return Err(EngineError::Layout(format!(
+            "{} parameter names for an optimizer of {n} tensors",
+            names.len()
+        )));
+    }
     let mut entries = Vec::with_capacity(2 * n);
-    for kind in ["exp_avg", "exp_avg_sq"] {
-        for (name, shape) in params.names().iter().zip(&shapes) {
+    for (kind, moments) in [
+        ("exp_avg", &optimizer.exp_avg),
+        ("exp_avg_sq", &optimizer.exp_avg_sq),
+    ] {
+        for (name, tensor) in names.iter().zip(moments) {
             entries.push(TensorEntry {
                 name: format!("{name}.{kind}"),
-                shape: shape.clone(),
+                shape: tensor.size().iter().map(|&d| d as usize).collect(),
             });
         }
     }
@@ -115,13 +126,13 @@ pub fn save_optimizer(
         &entries,
         &metadata,
         DEFAULT_SHARD_BYTES,
-        |i, out| {
+        |i, start, out| {
             let moments = if i < n {
                 &optimizer.exp_avg
             } else {
                 &optimizer.exp_avg_sq
             };
-            crate::params::read_into(&moments[i % n], out)
+            crate::params::read_range_into(&moments[i % n], start, out)
         },
     )
 }

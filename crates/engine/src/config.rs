@@ -44,6 +44,11 @@ pub struct TrainConfig {
     pub eta_min_factor: f64,
     /// Global gradient-norm bound; 0 disables clipping.
     pub grad_clip: f64,
+    /// Keep only each layer's input for the backward pass and run the layer's forward again
+    /// there: one more forward pass, for all but one layer's activations. The gradients are
+    /// the same either way.
+    #[serde(default)]
+    pub recompute_activations: bool,
 }
 
 /// A named model shape with the training settings it is meant to be used with.

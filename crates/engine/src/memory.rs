@@ -46,10 +46,13 @@ pub struct WindowShape {
     pub seq_len: usize,
     /// Payloads held at once by a gather (peers for a miner, every candidate for a validator).
     pub payloads: usize,
-    /// Largest wire size of one payload.
+    /// Memory one gathered payload holds: its largest wire size and its decoded form.
     pub payload_bytes: u64,
     /// Whether the device is the host (CPU training): then device buffers count as host memory.
     pub device_is_host: bool,
+    /// Whether training recomputes each layer's activations in the backward pass
+    /// ([`TrainConfig::recompute_activations`]).
+    pub recompute: bool,
 }
 
 /// Resident memory of the `templar` process before any model buffer: libtorch's libraries (the
@@ -58,6 +61,9 @@ pub struct WindowShape {
 pub const PROCESS_BASELINE_BYTES: u64 = 460 << 20;
 /// Device memory a CUDA context takes before any tensor.
 pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
+/// Scratch of the outer step, a merge or a file write: 4 Mi values (the node's and the engine's
+/// piece sizes).
+pub const PIECE_BYTES: u64 = 16 << 20;
 /// State generations kept on disk (the current one and its predecessor).
 pub const STATE_GENERATIONS: u64 = 2;
 
@@ -73,7 +79,6 @@ impl MemoryPlan {
     pub fn new(model: &ModelConfig, role: Role, shape: WindowShape) -> MemoryPlan {
         let p = model.parameter_count();
         let f32s = p * 4;
-        let largest = largest_tensor(model) * 4;
         let device = if shape.device_is_host {
             Place::Host
         } else {
@@ -83,7 +88,7 @@ impl MemoryPlan {
             item("process baseline", Place::Host, PROCESS_BASELINE_BYTES),
             state_item("weights (f32)", device, f32s),
             item("network model (f32 host copy)", Place::Host, f32s),
-            item("per-tensor scratch", Place::Host, 2 * largest),
+            item("piece scratch", Place::Host, 2 * PIECE_BYTES),
             item(
                 "gathered payloads",
                 Place::Host,
@@ -226,20 +231,14 @@ fn state_item(what: &'static str, place: Place, bytes: u64) -> Item {
     }
 }
 
-/// Elements of the largest parameter (the embedding or the output head).
-pub fn largest_tensor(model: &ModelConfig) -> u64 {
-    crate::params::parameter_shapes(model)
-        .iter()
-        .map(|(_, shape)| shape.iter().product::<i64>() as u64)
-        .max()
-        .unwrap_or(0)
-}
-
 /// Tensors autograd keeps for the backward pass of one micro-batch, in f32 (bf16 autocast on
 /// CUDA keeps most of them at half that; the estimate stays on the safe side). Per token and
 /// layer: the two norms' inputs and outputs, q, k and v before and after rotation, the attention
 /// output and its copy, the residual sums, and the MLP's gate, its SiLU, up and their product;
-/// per token once: the logits, their log-softmax and the gradient of the logits.
+/// per token once: the final hidden states, cut from the graph, and their gradient (with
+/// `recompute`, each layer's input and one layer's intermediates instead); per position
+/// of one loss chunk ([`crate::model::loss_chunk`]): the logits, their log-softmax and their
+/// gradient.
 pub fn training_activation_bytes(model: &ModelConfig, shape: WindowShape) -> u64 {
     let tokens = (shape.micro_batch * shape.seq_len) as u64;
     let (h, i, kv) = (
@@ -248,15 +247,28 @@ pub fn training_activation_bytes(model: &ModelConfig, shape: WindowShape) -> u64
         model.kv_dim() as u64,
     );
     let per_layer = 13 * h + 4 * kv + 4 * i;
-    let per_token = per_layer * model.num_hidden_layers as u64 + 3 * model.vocab_size as u64;
-    tokens * per_token * 4
+    let layers = model.num_hidden_layers as u64;
+    // Recomputing keeps each layer's input and one layer's intermediates at a time.
+    let kept = if shape.recompute {
+        layers * h + per_layer
+    } else {
+        layers * per_layer
+    };
+    let per_token = kept + 2 * h;
+    (tokens * per_token + loss_positions(model, tokens) * 3 * model.vocab_size as u64) * 4
 }
 
-/// Evaluation keeps no graph: one layer's intermediates and the logits with their log-softmax.
+/// Evaluation keeps no graph: one layer's intermediates, and one loss chunk's logits with their
+/// log-softmax.
 pub fn evaluation_activation_bytes(model: &ModelConfig, shape: WindowShape) -> u64 {
     let tokens = (shape.micro_batch * shape.seq_len) as u64;
     let (h, i) = (model.hidden_size as u64, model.intermediate_size as u64);
-    tokens * (6 * h + 3 * i + 2 * model.vocab_size as u64) * 4
+    (tokens * (6 * h + 3 * i) + loss_positions(model, tokens) * 2 * model.vocab_size as u64) * 4
+}
+
+/// Positions whose logits exist at once.
+fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
+    tokens.min(crate::model::loss_chunk(model) as u64)
 }
 
 impl WindowShape {
@@ -268,6 +280,7 @@ impl WindowShape {
             payloads: 0,
             payload_bytes: 0,
             device_is_host,
+            recompute: train.recompute_activations,
         }
     }
 }
@@ -286,6 +299,7 @@ mod tests {
             payloads: 0,
             payload_bytes: 0,
             device_is_host: false,
+            recompute: false,
         };
         let plan = MemoryPlan::new(&preset.model, Role::Miner, shape);
         let p = 8_030_261_248u64;
@@ -295,13 +309,44 @@ mod tests {
             plan.bytes(Place::Device),
             16 * p + CUDA_CONTEXT_BYTES + activations
         );
-        // Host: the network model and error feedback (8 bytes a parameter), two scratch tensors
-        // of the largest parameter (128 256 × 4 096), the baseline.
+        // Host: the network model and error feedback (8 bytes a parameter), two 16 MiB pieces
+        // of scratch (never a whole tensor), the baseline.
         assert_eq!(
             plan.bytes(Place::Host),
-            8 * p + 2 * 128_256 * 4_096 * 4 + PROCESS_BASELINE_BYTES
+            8 * p + 2 * (16 << 20) + PROCESS_BASELINE_BYTES
         );
         assert_eq!(plan.training_state_bytes(), 20 * p);
+    }
+
+    #[test]
+    fn recomputing_keeps_each_layers_input_and_one_layer() {
+        let preset = Preset::load("8b").unwrap();
+        let (h, i, kv, layers) = (4_096u64, 14_336u64, 1_024u64, 32u64);
+        let shape = |recompute| WindowShape {
+            micro_batch: 2,
+            seq_len: 2_048,
+            payloads: 0,
+            payload_bytes: 0,
+            device_is_host: false,
+            recompute,
+        };
+        let tokens = 4_096u64;
+        let per_layer = 13 * h + 4 * kv + 4 * i;
+        // The vocabulary's part: one loss chunk of 128 positions (16 MiB of logits is 32 of
+        // them at this vocabulary, below the floor), three f32 rows of 128 256 each.
+        let logits = 128 * 3 * 128_256 * 4;
+        let kept = training_activation_bytes(&preset.model, shape(false));
+        assert_eq!(kept, tokens * (layers * per_layer + 2 * h) * 4 + logits);
+        let recomputed = training_activation_bytes(&preset.model, shape(true));
+        assert_eq!(
+            recomputed,
+            tokens * (layers * h + per_layer + 2 * h) * 4 + logits
+        );
+        // 56.3 GiB of activations become 4.1 GiB.
+        assert!(
+            kept > 56 << 30 && recomputed < 5 << 30,
+            "{kept} {recomputed}"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Llama {
     device: Device,
     /// cos and sin of the rotary angles, `[max_position_embeddings, head_dim]`.
     rope: (Tensor, Tensor),
+    /// Positions whose logits the loss makes at once ([`loss_chunk`] of the configuration).
+    loss_chunk: i64,
 }
 
 struct LayerWeights<'a> {
@@ -70,11 +72,19 @@ impl Llama {
             params: Parameters { names, tensors },
             device,
             rope,
+            loss_chunk: loss_chunk(config),
         })
     }
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The loss makes the logits of `positions` positions at once (at least one): the same sums
+    /// in another order, for tests that compare chunked and whole losses.
+    pub fn with_loss_chunk(mut self, positions: i64) -> Self {
+        self.loss_chunk = positions.max(1);
+        self
     }
 
     fn tensor(&self, name: &str) -> Result<&Tensor, EngineError> {
@@ -100,9 +110,31 @@ impl Llama {
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor, EngineError> {
+        Ok(self
+            .hidden_states(input_ids)?
+            .f_linear::<Tensor>(self.head()?, None)?)
+    }
+
+    /// The last layer's output after the final norm, `[batch, seq, hidden]`.
+    fn hidden_states(&self, input_ids: &Tensor) -> Result<Tensor, EngineError> {
+        self.final_norm(&self.last_layer_output(input_ids)?)
+    }
+
+    /// The last decoder layer's output, before the final norm.
+    fn last_layer_output(&self, input_ids: &Tensor) -> Result<Tensor, EngineError> {
+        let mut x = self.embed(input_ids)?;
+        let rotary = self.rotary(input_ids)?;
+        for index in 0..self.config.num_hidden_layers {
+            x = self.run_layer(index, &x, &rotary)?;
+        }
+        Ok(x)
+    }
+
+    /// The token embeddings of `input_ids` `[batch, seq]`, after checking their shape.
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor, EngineError> {
         let size = input_ids.size();
-        let (batch, seq) = match size.as_slice() {
-            [b, s] => (*b, *s),
+        let seq = match size.as_slice() {
+            [_, s] => *s,
             _ => {
                 return Err(EngineError::Batch(format!(
                     "input ids must be [batch, seq], got {size:?}"
@@ -116,19 +148,36 @@ impl Llama {
             )));
         }
         let embed = self.tensor("model.embed_tokens.weight")?;
-        let mut x = Tensor::f_embedding(embed, input_ids, -1, false, false)?;
-        let cos = self.rope.0.f_narrow(0, 0, seq)?;
-        let sin = self.rope.1.f_narrow(0, 0, seq)?;
-        for index in 0..self.config.num_hidden_layers {
-            x = self.decoder_layer(&self.layer(index)?, &x, &cos, &sin, batch, seq)?;
-        }
-        let x = self.rms_norm(&x, self.tensor("model.norm.weight")?)?;
-        let head = if self.config.tie_word_embeddings {
-            embed
+        Ok(Tensor::f_embedding(embed, input_ids, -1, false, false)?)
+    }
+
+    /// The rotary tables cut to the batch's length.
+    fn rotary(&self, input_ids: &Tensor) -> Result<Rotary, EngineError> {
+        let size = input_ids.size();
+        let (batch, seq) = (size[0], size[1]);
+        Ok(Rotary {
+            cos: self.rope.0.f_narrow(0, 0, seq)?,
+            sin: self.rope.1.f_narrow(0, 0, seq)?,
+            batch,
+            seq,
+        })
+    }
+
+    fn run_layer(&self, index: usize, x: &Tensor, r: &Rotary) -> Result<Tensor, EngineError> {
+        self.decoder_layer(&self.layer(index)?, x, &r.cos, &r.sin, r.batch, r.seq)
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.rms_norm(x, self.tensor("model.norm.weight")?)
+    }
+
+    /// The output head: its own weight, or the embedding's when they are tied.
+    fn head(&self) -> Result<&Tensor, EngineError> {
+        if self.config.tie_word_embeddings {
+            self.tensor("model.embed_tokens.weight")
         } else {
-            self.tensor("lm_head.weight")?
-        };
-        Ok(x.f_linear::<Tensor>(head, None)?)
+            self.tensor("lm_head.weight")
+        }
     }
 
     fn decoder_layer(
@@ -183,30 +232,305 @@ impl Llama {
 
     /// Sum of next-token losses (nats) and the number of predicted positions. `labels` is aligned with
     /// `input_ids` (position t's label is the token at t); the shift happens here, and positions
-    /// labelled [`IGNORE_INDEX`] count for nothing.
+    /// labelled [`IGNORE_INDEX`] count for nothing. The logits are made [`loss_chunk`] positions
+    /// at a time, so without gradients (evaluation) they never exist for the whole batch; to
+    /// train, use [`Llama::backward_loss_sum`], which keeps that saving with gradients.
     pub fn loss_sum(
         &self,
         input_ids: &Tensor,
         labels: &Tensor,
     ) -> Result<(Tensor, i64), EngineError> {
-        let logits = self.forward(input_ids)?;
-        let seq = logits.size()[1];
-        let vocab = self.config.vocab_size as i64;
-        let predicted = logits
-            .f_narrow(1, 0, seq - 1)?
-            .f_to_kind(Kind::Float)?
-            .f_reshape([-1, vocab])?;
-        let targets = labels.f_narrow(1, 1, seq - 1)?.f_reshape([-1])?;
-        let count = i64::try_from(targets.f_ne(IGNORE_INDEX)?.f_sum(Kind::Int64)?)?;
-        let loss = predicted.f_cross_entropy_loss::<Tensor>(
-            &targets,
+        let hidden = self.hidden_states(input_ids)?;
+        let (positions, targets, count) = predicted(&hidden, labels)?;
+        let mut total: Option<Tensor> = None;
+        for (h, t) in self.chunks(&positions, &targets)? {
+            let loss = self.chunk_loss(&h, &t)?;
+            total = Some(match total {
+                Some(sum) => sum.f_add(&loss)?,
+                None => loss,
+            });
+        }
+        let total = match total {
+            Some(total) => total,
+            None => Tensor::f_zeros([], (Kind::Float, self.device))?,
+        };
+        Ok((total, count))
+    }
+
+    /// Backpropagates [`Llama::loss_sum`]` / divisor` into the parameters' gradients (adding to
+    /// them) and returns the loss sum and the predicted positions. The vocabulary-wide tensors —
+    /// logits, their log-softmax and its gradient, three times the vocabulary per position — exist
+    /// for one chunk of [`loss_chunk`] positions at a time: the final hidden states are cut from
+    /// the graph, each chunk's loss is backpropagated to them and to the head, and their gradient
+    /// then flows through the model once. The forward runs under bf16 autocast when `autocast`.
+    pub fn backward_loss_sum(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        divisor: f64,
+        autocast: bool,
+    ) -> Result<(f64, i64), EngineError> {
+        let embedded = self.embed_for_training(input_ids, autocast)?;
+        let rotary = self.rotary(input_ids)?;
+        let mut x = embedded.shallow_clone();
+        for index in 0..self.config.num_hidden_layers {
+            x = tch::autocast(autocast, || self.run_layer(index, &x, &rotary))?;
+        }
+        let totals = self.backward_head(&x, labels, divisor, autocast)?;
+        self.backward_embedding(input_ids, &embedded)?;
+        Ok(totals)
+    }
+
+    /// [`Llama::backward_loss_sum`] keeping only each layer's input for the backward pass, not
+    /// the layer's intermediates: the forward runs without a graph, then the backward goes layer
+    /// by layer from the last, running each layer's forward again from its saved input. Costs
+    /// one more forward pass; saves all but one layer's activations (at 8B, micro-batch 2 × 2048:
+    /// about 56 GB of them, more than the weights). The gradients are the same.
+    pub fn backward_loss_sum_recomputing(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        divisor: f64,
+        autocast: bool,
+    ) -> Result<(f64, i64), EngineError> {
+        let embedded = self.embed_for_training(input_ids, autocast)?;
+        let rotary = self.rotary(input_ids)?;
+        let layers = self.config.num_hidden_layers;
+        let mut inputs = Vec::with_capacity(layers);
+        let last = tch::no_grad(|| -> Result<Tensor, EngineError> {
+            let mut x = embedded.f_detach()?;
+            for index in 0..layers {
+                let next = tch::autocast(autocast, || self.run_layer(index, &x, &rotary))?;
+                inputs.push(std::mem::replace(&mut x, next));
+            }
+            Ok(x)
+        })?
+        .set_requires_grad(true);
+        let totals = self.backward_head(&last, labels, divisor, autocast)?;
+        let mut grad = last.grad();
+        for index in (0..layers).rev() {
+            let Some(saved) = inputs.pop() else { break };
+            let input = if index == 0 {
+                embedded.shallow_clone()
+            } else {
+                saved.f_detach()?.set_requires_grad(true)
+            };
+            drop(saved);
+            let output = tch::autocast(autocast, || self.run_layer(index, &input, &rotary))?;
+            backward_with(&output, &grad)?;
+            if index > 0 {
+                grad = input.grad();
+            }
+        }
+        self.backward_embedding(input_ids, &embedded)?;
+        Ok(totals)
+    }
+
+    /// The embeddings of `input_ids` as a leaf of the graph: what flows back into them is added
+    /// to the embedding's gradient by [`Llama::backward_embedding`].
+    fn embed_for_training(
+        &self,
+        input_ids: &Tensor,
+        autocast: bool,
+    ) -> Result<Tensor, EngineError> {
+        let embedded = tch::no_grad(|| tch::autocast(autocast, || self.embed(input_ids)))?;
+        Ok(embedded.set_requires_grad(true))
+    }
+
+    /// Adds the gradient that reached the embeddings to the embedding's gradient, row by token,
+    /// in place: autograd would make a dense temporary the size of the embedding (2 GB at 8B)
+    /// for every micro-batch. On CUDA, where adding rows in place is not deterministic, autograd's
+    /// own (sorted, deterministic) backward runs instead.
+    fn backward_embedding(&self, input_ids: &Tensor, embedded: &Tensor) -> Result<(), EngineError> {
+        let grad = embedded.grad();
+        if !grad.defined() {
+            return Ok(());
+        }
+        let weight = self.tensor("model.embed_tokens.weight")?;
+        if self.device.is_cuda() {
+            let replay = Tensor::f_embedding(weight, input_ids, -1, false, false)?;
+            return backward_with(&replay, &grad);
+        }
+        let mut weight_grad = dense_grad(weight)?;
+        let width = self.config.hidden_size as i64;
+        let _ = tch::no_grad(|| {
+            weight_grad.f_index_add_(
+                0,
+                &input_ids.f_reshape([-1])?,
+                &grad.f_reshape([-1, width])?.f_to_kind(Kind::Float)?,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// From the last layer's output `x` (part of a graph, or a leaf): the final norm and the
+    /// loss a chunk of positions at a time. Each chunk's gradients are worked out here rather
+    /// than by autograd: the head's is added to its gradient a block of vocabulary rows at a
+    /// time (autograd would make a temporary the size of the head, 2 GB at 8B, per chunk), and
+    /// the hidden states' is collected and sent back through `x`'s graph once.
+    fn backward_head(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        divisor: f64,
+        autocast: bool,
+    ) -> Result<(f64, i64), EngineError> {
+        let hidden = tch::autocast(autocast, || self.final_norm(x))?;
+        let cut = hidden.f_detach()?;
+        let (positions, targets, count) = predicted(&cut, labels)?;
+        let head = self.head()?;
+        let mut head_grad = dense_grad(head)?;
+        let head = head.f_detach()?;
+        let position_grads = Tensor::f_zeros_like(&positions)?.f_to_kind(Kind::Float)?;
+        let mut loss_sum = 0.0;
+        let mut start = 0;
+        for (h, t) in self.chunks(&positions, &targets)? {
+            let n = h.size()[0];
+            let (loss, dh) =
+                tch::no_grad(|| chunk_backward(&h, &t, &head, divisor, autocast, &mut head_grad))?;
+            tch::no_grad(|| position_grads.f_narrow(0, start, n)?.f_copy_(&dh))?;
+            loss_sum += loss;
+            start += n;
+        }
+        let size = hidden.size();
+        let (batch, seq, width) = (size[0], size[1], size[2]);
+        let hidden_grad = Tensor::f_zeros_like(&hidden)?;
+        tch::no_grad(|| {
+            hidden_grad
+                .f_narrow(1, 0, seq - 1)?
+                .f_copy_(&position_grads.f_view([batch, seq - 1, width])?)
+        })?;
+        drop(position_grads);
+        backward_with(&hidden, &hidden_grad)?;
+        Ok((loss_sum, count))
+    }
+
+    /// Summed cross-entropy of one chunk of hidden states `[n, hidden]` against targets `[n]`.
+    fn chunk_loss(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor, EngineError> {
+        let logits = hidden
+            .f_linear::<Tensor>(self.head()?, None)?
+            .f_to_kind(Kind::Float)?;
+        Ok(logits.f_cross_entropy_loss::<Tensor>(
+            targets,
             None,
             Reduction::Sum,
             IGNORE_INDEX,
             0.0,
-        )?;
-        Ok((loss, count))
+        )?)
     }
+
+    /// `positions` and `targets` cut into chunks of [`loss_chunk`] rows (views, no copies).
+    fn chunks(
+        &self,
+        positions: &Tensor,
+        targets: &Tensor,
+    ) -> Result<Vec<(Tensor, Tensor)>, EngineError> {
+        let n = positions.size()[0];
+        let chunk = self.loss_chunk;
+        (0..n)
+            .step_by(chunk as usize)
+            .map(|start| {
+                let len = chunk.min(n - start);
+                Ok((
+                    positions.f_narrow(0, start, len)?,
+                    targets.f_narrow(0, start, len)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Rows of the head's gradient computed at once: a block of at most 4 Mi values.
+const HEAD_BLOCK_VALUES: i64 = 1 << 22;
+
+/// One loss chunk's summed cross-entropy, its gradient added into `head_grad`, and the gradient
+/// of its hidden states `h` `[n, hidden]`. The logits' gradient is `softmax − one-hot` of each
+/// counted position over `divisor`, made in place of the logits.
+fn chunk_backward(
+    h: &Tensor,
+    targets: &Tensor,
+    head: &Tensor,
+    divisor: f64,
+    autocast: bool,
+    head_grad: &mut Tensor,
+) -> Result<(f64, Tensor), EngineError> {
+    let logits =
+        tch::autocast(autocast, || h.f_linear::<Tensor>(head, None))?.f_to_kind(Kind::Float)?;
+    let counted = targets
+        .f_ne(IGNORE_INDEX)?
+        .f_to_kind(Kind::Float)?
+        .f_unsqueeze(1)?;
+    let index = targets.f_clamp_min(0)?.f_unsqueeze(1)?;
+    let log_normalizer = logits.f_logsumexp([1], true)?;
+    let picked = logits.f_gather(1, &index, false)?;
+    let loss = log_normalizer
+        .f_sub(&picked)?
+        .f_mul(&counted)?
+        .f_sum(Kind::Float)?;
+    let mut grad = logits;
+    let _ = grad.f_sub_(&log_normalizer)?.f_exp_()?;
+    let _ = grad.f_scatter_add_(1, &index, &counted.f_neg()?)?;
+    let _ = grad.f_mul_(&counted.f_div_scalar(divisor)?)?;
+    let vocab = grad.size()[1];
+    let rows = (HEAD_BLOCK_VALUES / h.size()[1].max(1)).max(1);
+    for first in (0..vocab).step_by(rows as usize) {
+        let len = rows.min(vocab - first);
+        let block = tch::autocast(autocast, || {
+            grad.f_narrow(1, first, len)?.f_tr()?.f_matmul(h)
+        })?;
+        let _ = head_grad.f_narrow(0, first, len)?.f_add_(&block)?;
+    }
+    let hidden_grad = tch::autocast(autocast, || grad.f_matmul(head))?;
+    Ok((f64::try_from(&loss)?, hidden_grad))
+}
+
+/// The gradient of `param`, made (zero, dense, the parameter's own) if the parameter has none
+/// yet, so that gradients can be added to it in place.
+fn dense_grad(param: &Tensor) -> Result<Tensor, EngineError> {
+    let grad = param.grad();
+    if grad.defined() {
+        return Ok(grad);
+    }
+    param.f_sum(Kind::Float)?.f_mul_scalar(0.0)?.f_backward()?;
+    Ok(param.grad())
+}
+
+/// Backpropagates into `output`'s graph with `grad` as its gradient (nothing when `grad` is
+/// undefined: the loss did not reach it).
+fn backward_with(output: &Tensor, grad: &Tensor) -> Result<(), EngineError> {
+    if grad.defined() {
+        output.f_mul(grad)?.f_sum(output.kind())?.f_backward()?;
+    }
+    Ok(())
+}
+
+/// The rotary tables and the batch's shape, shared by every layer.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    batch: i64,
+    seq: i64,
+}
+
+/// Bytes of f32 logits made at once by the loss: with their log-softmax and gradient, three
+/// times this is what the vocabulary costs a training step, whatever the batch (at 8B's vocabulary
+/// of 128 256, the whole logits of 8 × 1024 tokens would be 4.2 GB, three times over).
+pub const LOSS_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Positions whose logits are made at once: [`LOSS_CHUNK_BYTES`] of them, at least 128.
+pub fn loss_chunk(config: &ModelConfig) -> i64 {
+    (LOSS_CHUNK_BYTES / (4 * config.vocab_size.max(1) as u64)).max(128) as i64
+}
+
+/// The predicted positions' hidden states `[n, hidden]` (every position but each sample's last),
+/// their targets `[n]` (the next tokens), and how many targets are not ignored.
+fn predicted(hidden: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor, i64), EngineError> {
+    let size = hidden.size();
+    let (seq, width) = (size[1], size[2]);
+    let positions = hidden.f_narrow(1, 0, seq - 1)?.f_reshape([-1, width])?;
+    let targets = labels.f_narrow(1, 1, seq - 1)?.f_reshape([-1])?;
+    let count = i64::try_from(targets.f_ne(IGNORE_INDEX)?.f_sum(Kind::Int64)?)?;
+    Ok((positions, targets, count))
 }
 
 /// Hugging Face's rotary tables: `inv_freq = θ^(−2i/d)` in f32, angles `t · inv_freq`, duplicated

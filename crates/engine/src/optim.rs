@@ -30,6 +30,8 @@ pub struct AdamW {
     betas: [f64; 2],
     eps: f64,
     weight_decay: f64,
+    /// Values of a tensor updated at once.
+    piece: i64,
 }
 
 impl AdamW {
@@ -48,7 +50,15 @@ impl AdamW {
             betas: config.betas,
             eps: config.eps,
             weight_decay: config.weight_decay,
+            piece: STEP_PIECE,
         })
+    }
+
+    /// Updates `values` values of a tensor at a time (at least one) instead of 4 Mi: the same
+    /// results, for tests.
+    pub fn with_step_piece(mut self, values: i64) -> Self {
+        self.piece = values.max(1);
+        self
     }
 
     /// Optimizer steps taken so far.
@@ -63,26 +73,86 @@ impl AdamW {
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
         let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias_correction1;
+        let constants = StepConstants {
+            decay: 1.0 - lr * self.weight_decay,
+            beta1,
+            beta2,
+            bias_correction2_sqrt,
+            eps: self.eps,
+            step_size,
+        };
         tch::no_grad(|| -> Result<(), EngineError> {
             for (index, param) in params.tensors.iter_mut().enumerate() {
                 let grad = param.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let _ = param.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
-                let exp_avg = &mut self.exp_avg[index];
-                let _ = exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
-                let exp_avg_sq = &mut self.exp_avg_sq[index];
-                let _ = exp_avg_sq.f_mul_scalar_(beta2)?;
-                let _ = exp_avg_sq.f_add_(&grad.f_mul(&grad)?.f_mul_scalar(1.0 - beta2)?)?;
-                let denom = exp_avg_sq
-                    .f_sqrt()?
-                    .f_div_scalar(bias_correction2_sqrt)?
-                    .f_add_scalar(self.eps)?;
-                let _ = param.f_sub_(&exp_avg.f_div(&denom)?.f_mul_scalar(step_size)?)?;
+                let tensors = [
+                    param.shallow_clone(),
+                    grad,
+                    self.exp_avg[index].shallow_clone(),
+                    self.exp_avg_sq[index].shallow_clone(),
+                ];
+                // Piece by piece: the update's temporaries are a piece's size, not the largest
+                // tensor's (three of them: at 8B, 6 GB for the embedding). Elementwise, so the
+                // values are the same.
+                let numel = param.numel() as i64;
+                for start in (0..numel).step_by(self.piece as usize) {
+                    let len = self.piece.min(numel - start);
+                    let [mut p, g, mut m, mut v] = pieces(&tensors, start, len)?;
+                    constants.update(&mut p, &g, &mut m, &mut v)?;
+                }
             }
             Ok(())
         })
+    }
+}
+
+/// Values of a tensor updated at once by [`AdamW::step`].
+const STEP_PIECE: i64 = 1 << 22;
+
+/// Flat views `start..start + len` of each tensor (the parameter, its gradient, its moments).
+fn pieces(tensors: &[Tensor; 4], start: i64, len: i64) -> Result<[Tensor; 4], EngineError> {
+    let view = |t: &Tensor| -> Result<Tensor, EngineError> {
+        Ok(t.f_view([-1])?.f_narrow(0, start, len)?)
+    };
+    Ok([
+        view(&tensors[0])?,
+        view(&tensors[1])?,
+        view(&tensors[2])?,
+        view(&tensors[3])?,
+    ])
+}
+
+/// One step's scalars.
+struct StepConstants {
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    bias_correction2_sqrt: f64,
+    eps: f64,
+    step_size: f64,
+}
+
+impl StepConstants {
+    /// PyTorch's single-tensor AdamW on one piece: decay, moment updates, bias-corrected step.
+    fn update(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        exp_avg: &mut Tensor,
+        exp_avg_sq: &mut Tensor,
+    ) -> Result<(), EngineError> {
+        let _ = param.f_mul_scalar_(self.decay)?;
+        let _ = exp_avg.f_lerp_(grad, 1.0 - self.beta1)?;
+        let _ = exp_avg_sq.f_mul_scalar_(self.beta2)?;
+        let _ = exp_avg_sq.f_add_(&grad.f_mul(grad)?.f_mul_scalar(1.0 - self.beta2)?)?;
+        let denom = exp_avg_sq
+            .f_sqrt()?
+            .f_div_scalar(self.bias_correction2_sqrt)?
+            .f_add_scalar(self.eps)?;
+        let _ = param.f_sub_(&exp_avg.f_div(&denom)?.f_mul_scalar(self.step_size)?)?;
+        Ok(())
     }
 }
 

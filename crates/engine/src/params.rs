@@ -111,6 +111,16 @@ impl Parameters {
         read_into(&self.tensors[index], out)
     }
 
+    /// Reads `out.len()` values of parameter `index` from flat element `start` on.
+    pub fn read_range(
+        &self,
+        index: usize,
+        start: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        read_range_into(&self.tensors[index], start, out)
+    }
+
     /// Reads the gradient of parameter `index` into `out`; zeros when no gradient was computed
     /// (a parameter the loss does not reach).
     pub fn read_gradient(&self, index: usize, out: &mut [f32]) -> Result<(), EngineError> {
@@ -147,6 +157,62 @@ impl Parameters {
             )));
         }
         write_from(&mut self.tensors[index], data)
+    }
+
+    /// Frees the gradients' memory between windows, keeping each gradient tensor, empty, on its
+    /// parameter (the effect of PyTorch's `zero_grad(set_to_none=True)`, which tch cannot
+    /// express). [`Parameters::zero_gradients`] gives them their shape back.
+    pub fn release_gradients(&mut self) -> Result<(), EngineError> {
+        for tensor in &self.tensors {
+            let mut grad = tensor.grad();
+            if grad.defined() {
+                let _ = tch::no_grad(|| grad.f_set_())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes every gradient there is, first giving a released one its parameter's shape again.
+    pub fn zero_gradients(&mut self) -> Result<(), EngineError> {
+        for tensor in &self.tensors {
+            let mut grad = tensor.grad();
+            if !grad.defined() {
+                continue;
+            }
+            tch::no_grad(|| -> Result<(), EngineError> {
+                if grad.size() != tensor.size() {
+                    let _ = grad.f_resize_as_(tensor)?;
+                }
+                let _ = grad.f_zero_()?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites `data.len()` values of parameter `index`, flattened, from element `start` on:
+    /// only that piece crosses to the device.
+    pub fn write_range(
+        &mut self,
+        index: usize,
+        start: usize,
+        data: &[f32],
+    ) -> Result<(), EngineError> {
+        let tensor = &self.tensors[index];
+        let numel = tensor.numel();
+        if start + data.len() > numel {
+            return Err(EngineError::Layout(format!(
+                "{}: values {start}..{} of a parameter of {numel}",
+                self.names[index],
+                start + data.len()
+            )));
+        }
+        let mut piece =
+            tensor
+                .f_detach()?
+                .f_view([-1])?
+                .f_narrow(0, start as i64, data.len() as i64)?;
+        write_from(&mut piece, data)
     }
 
     /// `θ ← θ − scale · update` for every parameter, computed on the CPU in `f32` as one multiply and
@@ -220,8 +286,49 @@ pub(crate) fn read_into(tensor: &Tensor, out: &mut [f32]) -> Result<(), EngineEr
     Ok(())
 }
 
+/// `out.len()` values of `tensor`, flattened, from element `start` on: only that piece crosses
+/// to the host.
+pub(crate) fn read_range_into(
+    tensor: &Tensor,
+    start: usize,
+    out: &mut [f32],
+) -> Result<(), EngineError> {
+    let numel = tensor.numel();
+    if start + out.len() > numel {
+        return Err(EngineError::Layout(format!(
+            "values {start}..{} of a tensor of {numel}",
+            start + out.len()
+        )));
+    }
+    let piece = tensor
+        .f_detach()?
+        .f_reshape([-1])?
+        .f_narrow(0, start as i64, out.len() as i64)?;
+    read_into(&piece, out)
+}
+
 pub(crate) fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), EngineError> {
-    let source = Tensor::f_from_slice(data)?.f_view(tensor.size().as_slice())?;
+    let size = tensor.size();
+    if data.len() != tensor.numel() {
+        return Err(EngineError::Layout(format!(
+            "buffer of {} values for a tensor of {}",
+            data.len(),
+            tensor.numel()
+        )));
+    }
+    // A view of `data`, not a copy: a whole host copy of the largest tensor per write would be
+    // the biggest transient of a window (the embedding: 2 GB at 8B).
+    // SAFETY: `data` holds exactly `numel` initialised f32 values, contiguous, and outlives the
+    // view, which is dropped before this function returns; the view is only read, by `copy_`.
+    let source = unsafe {
+        Tensor::f_from_blob(
+            data.as_ptr().cast::<u8>(),
+            &size,
+            &[],
+            tch::Kind::Float,
+            Device::Cpu,
+        )
+    }?;
     tch::no_grad(|| tensor.f_copy_(&source))?;
     Ok(())
 }

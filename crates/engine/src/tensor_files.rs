@@ -87,7 +87,31 @@ pub fn write_tensors(
     entries: &[TensorEntry],
     metadata: &HashMap<String, String>,
     max_shard_bytes: u64,
-    mut fill: impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+    fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
+) -> Result<Vec<String>, EngineError> {
+    write_tensors_in_pieces(
+        dir,
+        stem,
+        entries,
+        metadata,
+        max_shard_bytes,
+        WRITE_PIECE,
+        fill,
+    )
+}
+
+/// Values asked of `fill` at a time: a writer holds this much scratch, never a whole tensor (an
+/// 8B model's embedding is 2 GB), so a save beside the window costs no memory to speak of.
+pub const WRITE_PIECE: usize = 1 << 22;
+
+fn write_tensors_in_pieces(
+    dir: &Path,
+    stem: &str,
+    entries: &[TensorEntry],
+    metadata: &HashMap<String, String>,
+    max_shard_bytes: u64,
+    piece: usize,
+    mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<Vec<String>, EngineError> {
     fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let shards = plan_shards(entries, max_shard_bytes.max(1));
@@ -103,7 +127,15 @@ pub fn write_tensors(
     for (shard, name) in shards.iter().zip(&names) {
         let path = dir.join(name);
         write_atomic_with(&path, |out| {
-            write_shard(out, entries, shard, metadata, &mut scratch, &mut fill)
+            write_shard(
+                out,
+                entries,
+                shard,
+                metadata,
+                piece,
+                &mut scratch,
+                &mut fill,
+            )
         })?;
         for &i in shard {
             weight_map.insert(entries[i].name.clone(), name.clone());
@@ -140,21 +172,25 @@ fn write_shard(
     entries: &[TensorEntry],
     shard: &[usize],
     metadata: &HashMap<String, String>,
+    piece: usize,
     scratch: &mut Vec<f32>,
-    fill: &mut impl FnMut(usize, &mut [f32]) -> Result<(), EngineError>,
+    fill: &mut impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<(), std::io::Error> {
     let header = shard_header(entries, shard, metadata);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
     let mut bytes = Vec::with_capacity(1 << 16);
     for &i in shard {
-        scratch.clear();
-        scratch.resize(entries[i].numel(), 0.0);
-        fill(i, scratch).map_err(std::io::Error::other)?;
-        for chunk in scratch.chunks(1 << 14) {
-            bytes.clear();
-            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-            out.write_all(&bytes)?;
+        let numel = entries[i].numel();
+        for start in (0..numel).step_by(piece.max(1)) {
+            scratch.clear();
+            scratch.resize(piece.min(numel - start), 0.0);
+            fill(i, start, scratch).map_err(std::io::Error::other)?;
+            for chunk in scratch.chunks(1 << 14) {
+                bytes.clear();
+                bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                out.write_all(&bytes)?;
+            }
         }
     }
     Ok(())
@@ -432,11 +468,46 @@ mod tests {
         .collect()
     }
 
-    fn values(i: usize, out: &mut [f32]) -> Result<(), EngineError> {
+    fn values(i: usize, start: usize, out: &mut [f32]) -> Result<(), EngineError> {
         for (j, v) in out.iter_mut().enumerate() {
-            *v = (i * 100 + j) as f32 + 0.5;
+            *v = (i * 100 + start + j) as f32 + 0.5;
         }
         Ok(())
+    }
+
+    #[test]
+    fn pieces_write_the_same_bytes_as_whole_tensors() {
+        let (whole, pieces) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let meta = HashMap::new();
+        write_tensors_in_pieces(whole.path(), "m", &entries(), &meta, 40, 1 << 20, values).unwrap();
+        let mut asked = Vec::new();
+        write_tensors_in_pieces(
+            pieces.path(),
+            "m",
+            &entries(),
+            &meta,
+            40,
+            2,
+            |i, start, out| {
+                asked.push((i, start, out.len()));
+                values(i, start, out)
+            },
+        )
+        .unwrap();
+        // c has 9 values: asked for in pieces of 2, the last of 1.
+        assert!(
+            asked.contains(&(2, 8, 1)) && asked.iter().all(|a| a.2 <= 2),
+            "{asked:?}"
+        );
+        for name in [
+            "m-00001-of-00002.safetensors",
+            "m-00002-of-00002.safetensors",
+        ] {
+            assert_eq!(
+                fs::read(whole.path().join(name)).unwrap(),
+                fs::read(pieces.path().join(name)).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -155,9 +155,7 @@ fn compute_gradients(
     batch: &Batch,
 ) -> Result<Gradients, EngineError> {
     let device = model.device();
-    for param in &mut model.params.tensors {
-        param.zero_grad();
-    }
+    model.params.zero_gradients()?;
     let predicted = batch.predicted_positions()?;
     if predicted == 0 {
         return Err(EngineError::Batch(
@@ -171,9 +169,13 @@ fn compute_gradients(
         let (input_ids, labels) = batch.rows_range(start, len, device)?;
         // Each micro-batch's summed loss is divided by the whole batch's count, so the accumulated
         // gradient is exactly that of the batch mean, however the batch is split.
-        let loss = tch::autocast(device.is_cuda(), || model.loss_sum(&input_ids, &labels))?.0;
-        loss.f_div_scalar(predicted as f64)?.f_backward()?;
-        loss_sum += f64::try_from(&loss)?;
+        let (divisor, autocast) = (predicted as f64, device.is_cuda());
+        loss_sum += if config.recompute_activations {
+            model.backward_loss_sum_recomputing(&input_ids, &labels, divisor, autocast)?
+        } else {
+            model.backward_loss_sum(&input_ids, &labels, divisor, autocast)?
+        }
+        .0;
     }
     let grad_norm = clip_gradients(model, config.grad_clip)?;
     Ok(Gradients {

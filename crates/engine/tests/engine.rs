@@ -137,6 +137,149 @@ fn micro_batching_matches_one_big_batch() {
     assert!((s.grad_norm - w.grad_norm).abs() < 1e-4 * w.grad_norm);
 }
 
+/// The loss made a few positions at a time, gradients included, against plain autograd over the
+/// whole logits, with some labels ignored.
+#[test]
+fn a_chunked_loss_gives_the_whole_logits_gradients() {
+    for tied in [false, true] {
+        chunked_loss_matches_autograd(tied);
+    }
+}
+
+fn chunked_loss_matches_autograd(tied: bool) {
+    let (mut config, mut train) = small();
+    config.tie_word_embeddings = tied;
+    train.grad_clip = 0.0;
+    train.micro_batch_size = train.batch_size;
+    let b = batch(0, &config, &train);
+    let mut labels: Vec<i64> = Vec::<i64>::try_from(b.labels.reshape([-1])).unwrap();
+    for j in (0..labels.len()).step_by(7) {
+        labels[j] = IGNORE_INDEX;
+    }
+    let b = b.with_labels(&labels).unwrap();
+
+    let whole = Llama::new(&config, 11, Device::Cpu).unwrap();
+    let logits = whole.forward(&b.input_ids).unwrap();
+    let seq = train.seq_len as i64;
+    let predicted = logits
+        .narrow(1, 0, seq - 1)
+        .reshape([-1, config.vocab_size as i64]);
+    let targets = b.labels.narrow(1, 1, seq - 1).reshape([-1]);
+    let count = i64::try_from(targets.ne(IGNORE_INDEX).sum(tch::Kind::Int64)).unwrap();
+    let loss = predicted.cross_entropy_loss::<tch::Tensor>(
+        &targets,
+        None,
+        tch::Reduction::Sum,
+        IGNORE_INDEX,
+        0.0,
+    );
+    (&loss / count as f64).backward();
+
+    // 60 predicted positions in chunks of 7: eight full chunks and one of 4.
+    let chunked = Llama::new(&config, 11, Device::Cpu)
+        .unwrap()
+        .with_loss_chunk(7);
+    let mut trainer = templar_engine::Trainer::new(chunked, train).unwrap();
+    let gradients = trainer.compute_gradients(&b).unwrap();
+    let expected = f64::try_from(&loss).unwrap() / count as f64;
+    assert!(
+        (gradients.loss - expected).abs() < 1e-5,
+        "{} vs {expected}",
+        gradients.loss
+    );
+    let (eval, _) = trainer.model.loss_sum(&b.input_ids, &b.labels).unwrap();
+    assert!((f64::try_from(&eval).unwrap() - f64::try_from(&loss).unwrap()).abs() < 1e-3);
+    let shapes = whole.params.shapes();
+    for (i, name) in whole.params.names().iter().enumerate() {
+        let n: usize = shapes[i].iter().product();
+        let (mut a, mut c) = (vec![0f32; n], vec![0f32; n]);
+        whole.params.read_gradient(i, &mut a).unwrap();
+        trainer.model.params.read_gradient(i, &mut c).unwrap();
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
+        let worst = a
+            .iter()
+            .zip(&c)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-4 * scale,
+            "{name} (tied {tied}): differs by {worst} (scale {scale})"
+        );
+    }
+}
+
+/// Recomputing each layer's activations in the backward pass gives the gradients of keeping
+/// them: the same bits on the CPU.
+#[test]
+fn recomputed_activations_give_the_same_gradients() {
+    let (config, mut train) = small();
+    train.grad_clip = 0.0;
+    let b = batch(3, &config, &train);
+    let gradients = |recompute: bool| {
+        let mut train = train.clone();
+        train.recompute_activations = recompute;
+        let model = Llama::new(&config, 12, Device::Cpu)
+            .unwrap()
+            .with_loss_chunk(5);
+        let mut trainer = templar_engine::Trainer::new(model, train).unwrap();
+        let stats = trainer.compute_gradients(&b).unwrap();
+        let shapes = trainer.model.params.shapes();
+        let grads: Vec<Vec<u32>> = (0..shapes.len())
+            .map(|i| {
+                let mut g = vec![0f32; shapes[i].iter().product()];
+                trainer.model.params.read_gradient(i, &mut g).unwrap();
+                g.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        (stats.loss.to_bits(), grads)
+    };
+    let (kept, recomputed) = (gradients(false), gradients(true));
+    assert!(
+        kept.1.iter().flatten().any(|&g| g != 0),
+        "some gradient is not zero"
+    );
+    assert_eq!(kept.0, recomputed.0, "loss");
+    assert_eq!(kept.1, recomputed.1, "gradients");
+}
+
+/// AdamW updating a few values of a tensor at a time writes the bits of updating it whole.
+#[test]
+fn a_pieced_optimizer_step_is_bit_identical() {
+    let mut whole = trainer(13);
+    let mut pieced = trainer(13);
+    pieced.optimizer = templar_engine::AdamW::new(&pieced.model.params, &pieced.config)
+        .unwrap()
+        .with_step_piece(7);
+    for step in 0..2 {
+        let b = batch(step, &whole.model.config, &whole.config);
+        whole.train_step(&b).unwrap();
+        pieced.train_step(&b).unwrap();
+    }
+    assert_eq!(bits(&whole), bits(&pieced));
+    assert_ne!(
+        bits(&whole),
+        bits(&trainer(13)),
+        "the steps changed the weights"
+    );
+}
+
+/// Gradients released between steps come back with their shapes, and training goes on with the
+/// same bits.
+#[test]
+fn released_gradients_change_nothing() {
+    let mut kept = trainer(14);
+    let mut released = trainer(14);
+    for step in 0..3 {
+        let b = batch(step, &kept.model.config, &kept.config);
+        kept.train_step(&b).unwrap();
+        released.train_step(&b).unwrap();
+        released.model.params.release_gradients().unwrap();
+        // A released gradient holds no values; a kept one holds the parameter's.
+        assert!(released.model.params.read_gradient(0, &mut []).is_ok());
+        assert!(kept.model.params.read_gradient(0, &mut []).is_err());
+    }
+    assert_eq!(bits(&kept), bits(&released));
+}
+
 #[test]
 fn checkpoint_round_trip_is_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +288,12 @@ fn checkpoint_round_trip_is_exact() {
         .train_step(&batch(0, &original.model.config, &original.config))
         .unwrap();
     save_model(dir.path(), &original.model).unwrap();
-    save_optimizer(dir.path(), &original.optimizer, &original.model.params).unwrap();
+    save_optimizer(
+        dir.path(),
+        &original.optimizer,
+        original.model.params.names(),
+    )
+    .unwrap();
     let loaded = load_model(dir.path(), Device::Cpu).unwrap();
     assert_eq!(loaded.config, original.model.config);
     assert_eq!(
@@ -176,7 +324,7 @@ fn resumed_training_continues_identically() {
     save_optimizer(
         dir.path(),
         &uninterrupted.optimizer,
-        &uninterrupted.model.params,
+        uninterrupted.model.params.names(),
     )
     .unwrap();
     for step in 3..6 {

@@ -41,8 +41,8 @@ fn check(tie_word_embeddings: bool, max_shard_bytes: Option<u64>) {
             save_model(&checkpoint, &trainer.model).unwrap();
         }
         Some(limit) => {
-            let files = save_weights(&checkpoint, &config, limit, |i, out| {
-                trainer.model.params.read_one(i, out)
+            let files = save_weights(&checkpoint, &config, limit, |i, start, out| {
+                trainer.model.params.read_range(i, start, out)
             })
             .unwrap();
             assert!(

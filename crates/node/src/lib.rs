@@ -21,6 +21,7 @@ pub mod miner;
 pub mod node;
 pub mod peers;
 pub mod replica;
+pub mod saving;
 pub mod state;
 pub mod validator;
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
 use templar_codec::{Payload, encode};
 use templar_data::{DataReceipt, Split};
+use templar_engine::Device;
 use templar_engine::memory::Role;
-use templar_engine::{DEFAULT_SHARD_BYTES, Device};
 use templar_protocol::{Kind, SlotCheck};
 
 use crate::adversary::Adversary;
@@ -21,11 +21,12 @@ use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
 use crate::node::{Node, aggregate_inputs, now_ms};
 use crate::replica::Replica;
-use crate::state::{StateDir, read_f32s, write_f32s};
+use crate::saving::Saving;
+use crate::state::{StateDir, read_f32s};
 
-const ERROR_FEEDBACK_FILE: &str = "error_feedback.bin";
+use crate::saving::ERROR_FEEDBACK_FILE;
 
-/// What a miner persists every window besides its model and optimizer.
+/// What a miner persists besides its model and optimizer.
 #[derive(Debug, Serialize, Deserialize)]
 struct MinerState {
     last_window: Option<u64>,
@@ -58,6 +59,10 @@ pub struct Miner<C> {
     /// Honest, or an attack on a test network (see [`crate::behavior`]).
     pub(crate) behavior: Behavior,
     pub(crate) adversary: Adversary,
+    /// A state generation is saved every this many windows.
+    state_every: u64,
+    last_saved: Option<u64>,
+    saving: Saving,
 }
 
 impl<C: Chain> Miner<C> {
@@ -103,7 +108,17 @@ impl<C: Chain> Miner<C> {
             previous: None,
             behavior: Behavior::Honest,
             adversary: Adversary::default(),
+            state_every: 1,
+            last_saved: None,
+            saving: Saving::default(),
         })
+    }
+
+    /// Saves the local state every `windows` windows instead of every window (at least 1). A
+    /// restart resumes from the last save and catches up on the network's windows since.
+    pub fn with_state_every(mut self, windows: u64) -> Miner<C> {
+        self.state_every = windows.max(1);
+        self
     }
 
     /// Makes this miner misbehave: for test and research networks only.
@@ -143,7 +158,7 @@ impl<C: Chain> Miner<C> {
                 .window_of(self.node.chain.block().await?.number);
             window = head.max(window + 1);
         }
-        Ok(())
+        self.finish_saving()
     }
 
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
@@ -169,6 +184,12 @@ impl<C: Chain> Miner<C> {
             self.misbehave(window, &peers, slot, train_until, span)
                 .await?
         };
+        if self
+            .last_saved
+            .is_none_or(|saved| window >= saved + self.state_every)
+        {
+            self.save_training_state(window)?;
+        }
         match contribution {
             Ok(message) => {
                 self.node.phase(window, Phase::Uploading);
@@ -220,6 +241,7 @@ impl<C: Chain> Miner<C> {
         if !self.behavior.is_honest() {
             self.observe(&verdicts, &payloads)?;
         }
+        self.saving.finish_weights()?;
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
@@ -232,7 +254,7 @@ impl<C: Chain> Miner<C> {
             fingerprint,
         });
         self.check_sync(window, fingerprint).await?;
-        self.persist(window)?;
+        self.save_weights()?;
         let retention = self.node.config.checkpoints.payload_retention;
         if let Err(error) = self
             .node
@@ -353,18 +375,34 @@ impl<C: Chain> Miner<C> {
         )
     }
 
-    fn persist(&self, window: u64) -> Result<(), NodeError> {
-        self.state.save(window, |dir| {
-            self.replica.save_weights(dir, DEFAULT_SHARD_BYTES)?;
-            self.replica.save_optimizer(dir)?;
-            Ok(MinerState {
-                last_window: self.position.last_window,
-                global_step: self.position.global_step,
-                error_feedback_blake3: write_f32s(
-                    &dir.join(ERROR_FEEDBACK_FILE),
-                    &self.error_feedback,
-                )?,
+    /// The first stage of a state save: this window's optimizer and error feedback.
+    fn save_training_state(&mut self, window: u64) -> Result<(), NodeError> {
+        self.finish_saving()?;
+        self.saving.begin(
+            &self.state,
+            window,
+            &mut self.replica,
+            &mut self.error_feedback,
+        )?;
+        self.last_saved = Some(window);
+        Ok(())
+    }
+
+    /// The second stage: the applied base and the record, then the commit.
+    fn save_weights(&mut self) -> Result<(), NodeError> {
+        let position = self.position;
+        self.saving
+            .commit_with_weights(&mut self.replica, &mut self.error_feedback, |digest| {
+                MinerState {
+                    last_window: position.last_window,
+                    global_step: position.global_step,
+                    error_feedback_blake3: digest,
+                }
             })
-        })
+    }
+
+    fn finish_saving(&mut self) -> Result<(), NodeError> {
+        self.saving
+            .finish(&mut self.replica, &mut self.error_feedback)
     }
 }

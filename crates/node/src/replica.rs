@@ -12,13 +12,16 @@
 //! weights, gradients, moments and activations, and the base crosses the bus twice a window.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use templar_codec::aggregate::{clip_scale, lower_median, merge_tensor};
+use templar_codec::aggregate::{clip_scale, clip_scales, lower_median, merge_bands};
 use templar_codec::quant::Rule;
-use templar_codec::{Payload, Schema, SparseTensor, TensorSpec, aggregate, compress_tensor};
+use templar_codec::{
+    Payload, Schema, SparseTensor, TensorSpec, aggregate, compress_tensor_in_pieces,
+};
 use templar_engine::memory::{MemoryPlan, Role, WindowShape, check_fits};
 use templar_engine::{
-    AdamW, Batch, Device, Evaluation, Llama, NamedBuffer, StepStats, TrainConfig,
+    AdamW, Batch, Device, Evaluation, Llama, ModelConfig, NamedBuffer, StepStats, TrainConfig,
     fill_initial_values, load_optimizer, model_entries, open_weights, parameter_shapes,
     save_optimizer, save_weights, train_step,
 };
@@ -27,11 +30,16 @@ use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
 
+/// The base model as a background save holds it.
+pub type SharedBase = Arc<Vec<Vec<f32>>>;
+
 pub struct Replica {
     /// The live weights.
     pub model: Llama,
-    /// The network's model after the last applied window, one host buffer per parameter.
-    base: Vec<Vec<f32>>,
+    /// The network's model after the last applied window, one host buffer per parameter. Shared
+    /// read-only with a background save of the weights; changing it waits for none (see
+    /// [`Replica::base_mut`]).
+    base: SharedBase,
     base_fingerprint: Fingerprint,
     /// The inner optimizer: miners only; a validator never trains.
     optimizer: Option<AdamW>,
@@ -56,6 +64,11 @@ pub fn schema_for(config: &NetworkConfig) -> Result<Schema, NodeError> {
     Schema::new(specs, config.codec).map_err(|e| NodeError::Codec(e.to_string()))
 }
 
+/// What one gathered payload holds in memory: its wire bytes and its decoded form.
+pub fn payload_memory(schema: &Schema) -> u64 {
+    (schema.max_payload_bytes() + schema.decoded_payload_bytes()) as u64
+}
+
 /// What a window of `role` needs for the network's model on `device`, holding `payloads`
 /// gathered payloads at once (a miner its peers and reserves; a validator every candidate).
 pub fn memory_plan(
@@ -64,13 +77,14 @@ pub fn memory_plan(
     device: Device,
     payloads: usize,
 ) -> MemoryPlan {
-    let payload_bytes = schema_for(config).map_or(0, |s| s.max_payload_bytes() as u64);
+    let payload_bytes = schema_for(config).map_or(0, |s| payload_memory(&s));
     let shape = WindowShape {
         micro_batch: config.model.train.micro_batch_size,
         seq_len: config.model.train.seq_len,
         payloads,
         payload_bytes,
         device_is_host: device == Device::Cpu,
+        recompute: config.model.train.recompute_activations,
     };
     MemoryPlan::new(&config.model.model, role, shape)
 }
@@ -104,9 +118,11 @@ impl Replica {
         check_fits(&memory_plan(config, role, device, gathered), device)?;
         let model = Llama::zeros(&config.model.model, device)?;
         let schema = schema_for(config)?;
-        let base: Vec<Vec<f32>> = (0..schema.len())
-            .map(|i| vec![0f32; schema.plan(i).numel()])
-            .collect();
+        let base: SharedBase = Arc::new(
+            (0..schema.len())
+                .map(|i| vec![0f32; schema.plan(i).numel()])
+                .collect(),
+        );
         let optimizer = match role {
             Role::Miner => Some(AdamW::new(&model.params, &config.model.train)?),
             Role::Validator => None,
@@ -135,10 +151,11 @@ impl Replica {
         }
         // Every tensor is checked before the first is read, so a bad file leaves the model as it was.
         files.check(&model_entries(&config))?;
-        for i in 0..self.base.len() {
+        let base = base_mut(&mut self.base)?;
+        for (i, tensor) in base.iter_mut().enumerate() {
             let spec = self.schema.spec(i);
-            files.read_into(&spec.name, &spec.shape, &mut self.base[i])?;
-            self.send_base(i)?;
+            files.read_into(&spec.name, &spec.shape, tensor)?;
+            send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -147,10 +164,11 @@ impl Replica {
     /// Back to the network's initial model (keeping the optimizer's state).
     pub fn reset(&mut self, config: &NetworkConfig) -> Result<(), NodeError> {
         let std = config.model.model.initializer_range;
-        for i in 0..self.base.len() {
+        let base = base_mut(&mut self.base)?;
+        for (i, tensor) in base.iter_mut().enumerate() {
             let name = &self.schema.spec(i).name;
-            fill_initial_values(name, std, config.init_seed, i as u64, &mut self.base[i]);
-            self.send_base(i)?;
+            fill_initial_values(name, std, config.init_seed, i as u64, tensor);
+            send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -159,6 +177,26 @@ impl Replica {
     /// The base model, tensor by tensor in protocol order.
     pub fn base(&self) -> &[Vec<f32>] {
         &self.base
+    }
+
+    /// The base model for a background save: no copy; the replica's next change of the base
+    /// (applying an aggregate, loading, resetting) refuses until the save has let go of it.
+    pub fn shared_base(&self) -> SharedBase {
+        Arc::clone(&self.base)
+    }
+
+    /// The inner optimizer, lent to a background save; training refuses until it is returned.
+    pub fn lend_optimizer(&mut self) -> Option<AdamW> {
+        self.optimizer.take()
+    }
+
+    pub fn return_optimizer(&mut self, optimizer: AdamW) {
+        self.optimizer = Some(optimizer);
+    }
+
+    /// The parameters' names in protocol order.
+    pub fn parameter_names(&self) -> Vec<String> {
+        self.model.params.names().to_vec()
     }
 
     /// A whole copy of the base model: for tests and attack behaviours, never the node's path.
@@ -195,10 +233,13 @@ impl Replica {
 
     /// One inner step on the live weights (miners only).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
-        let optimizer = self
-            .optimizer
-            .as_mut()
-            .ok_or_else(|| NodeError::Config("a validator's replica has no optimizer".into()))?;
+        let optimizer = self.optimizer.as_mut().ok_or_else(|| {
+            NodeError::Config(
+                "this replica has no optimizer: a validator's never has one, and a miner's is \
+                 away while a background save writes it"
+                    .into(),
+            )
+        })?;
         Ok(train_step(&mut self.model, optimizer, &self.train, batch)?)
     }
 
@@ -218,17 +259,36 @@ impl Replica {
                 self.base.len()
             )));
         }
+        // Training is over for the window: its gradients are not needed until the next one.
+        self.model.params.release_gradients()?;
         let mut tensors = Vec::with_capacity(self.base.len());
         let mut failure = None;
         for (i, feedback) in error_feedback.iter_mut().enumerate() {
             if failure.is_none() {
-                self.scratch.resize(self.base[i].len(), 0.0);
-                self.model.params.read_one(i, &mut self.scratch)?;
-                self.transfers.0 += 4 * self.scratch.len() as u64;
-                for (live, base) in self.scratch.iter_mut().zip(&self.base[i]) {
-                    *live = base - *live;
-                }
-                match compress_tensor(&self.schema, i, feedback, &self.scratch, Rule::Symmetric) {
+                // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
+                let (base, model, read) = (&self.base[i], &self.model, &mut self.transfers.0);
+                let band = self.schema.plan(i).band_len();
+                let fill = |first_band: usize, out: &mut [f32]| {
+                    let start = first_band * band;
+                    model
+                        .params
+                        .read_range(i, start, out)
+                        .map_err(|e| e.to_string())?;
+                    *read += 4 * out.len() as u64;
+                    for (live, base) in out.iter_mut().zip(&base[start..]) {
+                        *live = base - *live;
+                    }
+                    Ok(())
+                };
+                let compressed = compress_tensor_in_pieces(
+                    &self.schema,
+                    i,
+                    feedback,
+                    MERGE_PIECE,
+                    Rule::Symmetric,
+                    fill,
+                );
+                match compressed {
                     Ok(tensor) => tensors.push(tensor),
                     Err(error) => failure = Some(error),
                 }
@@ -251,15 +311,23 @@ impl Replica {
             return Ok(());
         }
         check_peers(&self.schema, payloads)?;
-        for i in 0..self.base.len() {
-            self.scratch.resize(self.base[i].len(), 0.0);
-            let tensors: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
-            templar_codec::aggregate_tensor(&self.schema, i, &tensors, &mut self.scratch)
-                .map_err(|e| NodeError::Codec(e.to_string()))?;
-            if self.scratch.iter().all(|v| v.is_finite()) {
-                subtract_scaled(&mut self.base[i], &self.scratch, self.outer_lr);
-            }
-            self.send_base(i)?;
+        let base = base_mut(&mut self.base)?;
+        for (i, tensor) in base.iter_mut().enumerate() {
+            let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
+            let scales = clip_scales(&peers);
+            let lr = self.outer_lr;
+            merge_in_pieces(
+                &self.schema,
+                &mut self.scratch,
+                i,
+                &peers,
+                &scales,
+                |range, update| {
+                    subtract_scaled(&mut tensor[range], update, lr);
+                    Ok(())
+                },
+            )?;
+            send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
         Ok(())
@@ -290,20 +358,28 @@ impl Replica {
     ) -> Result<(), NodeError> {
         check_peers(&self.schema, std::slice::from_ref(&peer))?;
         check_peers(&self.schema, all)?;
-        let mut updated = Vec::new();
         for (i, tensor) in peer.tensors.iter().enumerate() {
             let norms: Vec<f64> = all.iter().map(|p| p.tensors[i].values.norm()).collect();
             let clip = clip_scale(tensor.values.norm(), lower_median(&norms));
-            self.scratch.resize(self.base[i].len(), 0.0);
-            let peers: [&SparseTensor; 1] = [tensor];
-            merge_tensor(&self.schema, i, &peers, &[clip], &mut self.scratch)
-                .map_err(|e| NodeError::Codec(e.to_string()))?;
-            updated.clear();
-            updated.extend_from_slice(&self.base[i]);
-            if self.scratch.iter().all(|v| v.is_finite()) {
-                subtract_scaled(&mut updated, &self.scratch, scale);
+            let base = &self.base[i];
+            let (model, sent) = (&mut self.model, &mut self.transfers.1);
+            // The update becomes the updated values in place, a piece at a time.
+            let applied = merge_in_pieces(
+                &self.schema,
+                &mut self.scratch,
+                i,
+                &[tensor],
+                &[clip],
+                |range, update| {
+                    subtracted_from(&base[range.clone()], update, scale);
+                    model.params.write_range(i, range.start, update)?;
+                    *sent += 4 * update.len() as u64;
+                    Ok(())
+                },
+            )?;
+            if !applied {
+                send(model, sent, i, base)?;
             }
-            send(&mut self.model, &mut self.transfers.1, i, &updated)?;
         }
         Ok(())
     }
@@ -336,21 +412,13 @@ impl Replica {
     /// Writes the base model into `dir` as a Hugging Face checkpoint, sharded at
     /// `max_shard_bytes`; returns the files written.
     pub fn save_weights(&self, dir: &Path, max_shard_bytes: u64) -> Result<Vec<String>, NodeError> {
-        Ok(save_weights(
-            dir,
-            &self.model.config,
-            max_shard_bytes,
-            |i, out| {
-                out.copy_from_slice(&self.base[i]);
-                Ok(())
-            },
-        )?)
+        save_base(dir, &self.model.config, &self.base, max_shard_bytes)
     }
 
     /// Writes the inner optimizer's state into `dir` (nothing for a validator).
     pub fn save_optimizer(&self, dir: &Path) -> Result<(), NodeError> {
         if let Some(optimizer) = &self.optimizer {
-            save_optimizer(dir, optimizer, &self.model.params)?;
+            save_optimizer(dir, optimizer, self.model.params.names())?;
         }
         Ok(())
     }
@@ -361,6 +429,98 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Writes a base model into `dir` as a Hugging Face checkpoint, sharded at `max_shard_bytes`;
+/// returns the files written. Needs no replica, so a background save can run it.
+pub fn save_base(
+    dir: &Path,
+    config: &ModelConfig,
+    base: &[Vec<f32>],
+    max_shard_bytes: u64,
+) -> Result<Vec<String>, NodeError> {
+    Ok(save_weights(
+        dir,
+        config,
+        max_shard_bytes,
+        |i, start, out| {
+            out.copy_from_slice(&base[i][start..start + out.len()]);
+            Ok(())
+        },
+    )?)
+}
+
+/// The base for changing it; refused while a background save still reads it (the save must be
+/// waited for first: changing the base under it would write a model that never existed).
+fn base_mut(base: &mut SharedBase) -> Result<&mut Vec<Vec<f32>>, NodeError> {
+    Arc::get_mut(base).ok_or_else(|| {
+        NodeError::Config(
+            "the base model is still being saved in the background; wait for the save before \
+             changing it"
+                .into(),
+        )
+    })
+}
+
+/// Values a merge or the outer step holds in scratch at once: a whole-model operation costs a
+/// few MB of scratch, not the largest tensor (the embedding: 2 GB at 8B).
+const MERGE_PIECE: usize = 1 << 22;
+
+/// Merges `peers`' tensor `i` (with their clip `scales`) a piece of whole bands at a time into
+/// `scratch`, handing each piece to `apply` with its range of the tensor's values. A tensor whose
+/// merge is not finite anywhere gets no `apply` at all (returns false): with more than one
+/// piece, a first pass looks before anything is applied, so the decision is the whole tensor's.
+fn merge_in_pieces(
+    schema: &Schema,
+    scratch: &mut Vec<f32>,
+    i: usize,
+    peers: &[&SparseTensor],
+    scales: &[f32],
+    apply: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> Result<(), NodeError>,
+) -> Result<bool, NodeError> {
+    merge_in_pieces_of(MERGE_PIECE, schema, scratch, i, peers, scales, apply)
+}
+
+fn merge_in_pieces_of(
+    piece: usize,
+    schema: &Schema,
+    scratch: &mut Vec<f32>,
+    i: usize,
+    peers: &[&SparseTensor],
+    scales: &[f32],
+    mut apply: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> Result<(), NodeError>,
+) -> Result<bool, NodeError> {
+    let plan = schema.plan(i);
+    let band = plan.band_len();
+    let per_piece = (piece / band).max(1);
+    let pieces: Vec<(usize, std::ops::Range<usize>)> = (0..plan.bands())
+        .step_by(per_piece)
+        .map(|first| {
+            let bands = per_piece.min(plan.bands() - first);
+            (first, first * band..(first + bands) * band)
+        })
+        .collect();
+    let merge = |first: usize, len: usize, scratch: &mut Vec<f32>| {
+        scratch.resize(len, 0.0);
+        merge_bands(schema, i, peers, scales, first, scratch)
+            .map_err(|e| NodeError::Codec(e.to_string()))
+    };
+    if pieces.len() > 1 {
+        for (first, range) in &pieces {
+            merge(*first, range.len(), scratch)?;
+            if !scratch.iter().all(|v| v.is_finite()) {
+                return Ok(false);
+            }
+        }
+    }
+    for (first, range) in pieces {
+        merge(first, range.len(), scratch)?;
+        if !scratch.iter().all(|v| v.is_finite()) {
+            return Ok(false);
+        }
+        apply(range, scratch)?;
+    }
+    Ok(true)
 }
 
 /// Writes `data` into live tensor `i`, counting the bytes sent to the device.
@@ -379,6 +539,15 @@ fn subtract_scaled(values: &mut [f32], update: &[f32], scale: f32) {
     }
 }
 
+/// `update[j] ← values[j] − scale · update[j]`: [`subtract_scaled`]'s arithmetic, written over
+/// the update.
+fn subtracted_from(values: &[f32], update: &mut [f32], scale: f32) {
+    for (delta, value) in update.iter_mut().zip(values) {
+        let step = scale * *delta;
+        *delta = value - step;
+    }
+}
+
 fn check_peers(schema: &Schema, payloads: &[&Payload]) -> Result<(), NodeError> {
     match payloads
         .iter()
@@ -390,5 +559,75 @@ fn check_peers(schema: &Schema, payloads: &[&Payload]) -> Result<(), NodeError> 
             schema.len()
         ))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use templar_codec::aggregate::merge_tensor;
+    use templar_codec::{CodecConfig, Values, compress_tensor};
+
+    fn schema() -> Schema {
+        let config = CodecConfig {
+            target_chunk: 4,
+            topk: 2,
+            ..CodecConfig::default()
+        };
+        Schema::new(vec![TensorSpec::new("w", &[12, 8])], config).unwrap()
+    }
+
+    fn payload(schema: &Schema, seed: u32) -> Payload {
+        let n = schema.plan(0).numel();
+        let delta: Vec<f32> = (0..n)
+            .map(|j| ((j as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000)
+            .map(|v| v as f32 / 500.0 - 1.0)
+            .collect();
+        let mut ef = vec![0.0; n];
+        let tensor = compress_tensor(schema, 0, &mut ef, &delta, Rule::Symmetric).unwrap();
+        Payload {
+            tensors: vec![tensor],
+        }
+    }
+
+    #[test]
+    fn pieces_apply_what_the_whole_merge_gives_and_a_bad_tensor_not_at_all() {
+        let schema = schema();
+        let payloads = [payload(&schema, 1), payload(&schema, 2)];
+        let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[0]).collect();
+        let scales = clip_scales(&peers);
+        let mut whole = vec![0.0; 96];
+        merge_tensor(&schema, 0, &peers, &scales, &mut whole).unwrap();
+        // Bands of 4 rows × 8 = 32 values: pieces of one band each, three of them.
+        let mut pieced = vec![f32::NAN; 96];
+        let mut calls = 0;
+        let mut scratch = Vec::new();
+        let applied = merge_in_pieces_of(32, &schema, &mut scratch, 0, &peers, &scales, |r, u| {
+            pieced[r].copy_from_slice(u);
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert!(applied);
+        assert_eq!(calls, 3);
+        assert_eq!(scratch.len(), 32, "scratch is one piece, not the tensor");
+        assert_eq!(whole, pieced);
+
+        // A value that is not finite in the last piece stops every piece, the first included.
+        let mut bad = payloads[1].clone();
+        let mut values = bad.tensors[0].values.to_f32();
+        *values.last_mut().unwrap() = f32::INFINITY;
+        bad.tensors[0].values = Values::F32(values);
+        let peers = [&payloads[0].tensors[0], &bad.tensors[0]];
+        let mut calls = 0;
+        let applied =
+            merge_in_pieces_of(32, &schema, &mut scratch, 0, &peers, &[1.0, 1.0], |_, _| {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!applied);
+        assert_eq!(calls, 0);
     }
 }

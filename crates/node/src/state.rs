@@ -88,34 +88,25 @@ impl StateDir {
         generation: u64,
         write_files: impl FnOnce(&Path) -> Result<T, NodeError>,
     ) -> Result<(), NodeError> {
-        let name = format!("gen-{generation:016}");
-        let staging = self.root.join(format!("{name}.partial"));
-        let _ = fs::remove_dir_all(&staging);
-        self.write_generation(&name, &staging, write_files)
-            .map_err(|error| self.explain_full_disk(error, &staging))
+        let staging = self.begin(generation)?;
+        let record = staging.fill(write_files)?;
+        staging.commit(&record)
     }
 
-    fn write_generation<T: Serialize>(
-        &self,
-        name: &str,
-        staging: &Path,
-        write_files: impl FnOnce(&Path) -> Result<T, NodeError>,
-    ) -> Result<(), NodeError> {
-        fs::create_dir_all(staging).map_err(|e| NodeError::io(staging, e))?;
-        let state = write_files(staging)?;
-        let json = serde_json::to_vec_pretty(&state).map_err(|e| NodeError::State {
-            path: staging.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        write_synced(&staging.join(STATE_FILE), &json)?;
-        let done = self.root.join(name);
-        let _ = fs::remove_dir_all(&done);
-        fs::rename(staging, &done).map_err(|e| NodeError::io(&done, e))?;
-        sync_dir(&self.root)?;
-        templar_engine::write_atomic(&self.root.join(CURRENT), name.as_bytes())?;
-        sync_dir(&self.root)?;
-        self.prune(name);
-        Ok(())
+    /// Starts generation `generation`: an empty staging directory, which becomes current only
+    /// through [`Staging::commit`]. Files may be written into it over time and from other
+    /// threads (a save beside the window); until the commit the previous generation stays current.
+    pub fn begin(&self, generation: u64) -> Result<Staging, NodeError> {
+        let name = format!("gen-{generation:016}");
+        let dir = self.root.join(format!("{name}.partial"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)
+            .map_err(|e| self.explain_full_disk(NodeError::io(&dir, e), &dir))?;
+        Ok(Staging {
+            state: StateDir::new(&self.root),
+            name,
+            dir,
+        })
     }
 
     /// A save that ran out of disk says so, says what to do, and says that nothing was lost (the
@@ -160,6 +151,92 @@ impl StateDir {
                 let _ = fs::remove_dir_all(self.root.join(name));
             }
         }
+    }
+}
+
+/// A generation being written (see [`StateDir::begin`]).
+pub struct Staging {
+    state: StateDir,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// The directory files go into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `write_files` on the staging directory; a full disk is explained the way
+    /// [`StateDir::save`] explains it.
+    pub fn fill<T>(
+        &self,
+        write_files: impl FnOnce(&Path) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        write_files(&self.dir).map_err(|error| self.state.explain_full_disk(error, &self.dir))
+    }
+
+    /// Writes the state record last, syncs, and makes this generation current.
+    pub fn commit<T: Serialize>(self, record: &T) -> Result<(), NodeError> {
+        self.publish(record)
+            .map_err(|error| self.state.explain_full_disk(error, &self.dir))
+    }
+
+    fn publish<T: Serialize>(&self, record: &T) -> Result<(), NodeError> {
+        let root = self.state.root();
+        let json = serde_json::to_vec_pretty(record).map_err(|e| NodeError::State {
+            path: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        write_synced(&self.dir.join(STATE_FILE), &json)?;
+        let done = root.join(&self.name);
+        let _ = fs::remove_dir_all(&done);
+        fs::rename(&self.dir, &done).map_err(|e| NodeError::io(&done, e))?;
+        sync_dir(root)?;
+        templar_engine::write_atomic(&root.join(CURRENT), self.name.as_bytes())?;
+        sync_dir(root)?;
+        self.state.prune(&self.name);
+        Ok(())
+    }
+}
+
+/// Work on a thread of its own, such as writing a state generation while the window goes on.
+/// Whatever the work borrowed is moved in and handed back by [`Background::wait`].
+pub struct Background<T> {
+    handle: std::thread::JoinHandle<Result<T, NodeError>>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    pub fn spawn(
+        what: &str,
+        work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<Background<T>, NodeError> {
+        let handle = std::thread::Builder::new()
+            .name(what.to_string())
+            .spawn(work)
+            .map_err(|e| NodeError::State {
+                path: PathBuf::new(),
+                reason: format!("cannot start a thread for {what}: {e}"),
+            })?;
+        Ok(Background { handle })
+    }
+
+    /// Waits for the work; a panic in it is an error, not a crash of the caller.
+    pub fn wait(self) -> Result<T, NodeError> {
+        let what = self
+            .handle
+            .thread()
+            .name()
+            .unwrap_or("background work")
+            .to_string();
+        self.handle.join().map_err(|_| NodeError::State {
+            path: PathBuf::new(),
+            reason: format!("{what} panicked"),
+        })?
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
     }
 }
 

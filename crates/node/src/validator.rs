@@ -10,7 +10,7 @@ use templar_chain::Chain;
 use templar_codec::Payload;
 use templar_data::Split;
 use templar_engine::memory::Role;
-use templar_engine::{Batch, DEFAULT_SHARD_BYTES, Device};
+use templar_engine::{Batch, Device};
 use templar_protocol::Kind;
 
 use crate::catchup::{self, Position};
@@ -27,7 +27,8 @@ use crate::message::{Included, WindowManifest};
 use crate::miner::Stop;
 use crate::node::{Gathered, Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::replica::Replica;
-use crate::state::StateDir;
+use crate::saving::commit_weights;
+use crate::state::{Background, StateDir};
 
 /// Model states kept for measuring how far behind a miner's base model is.
 const HISTORY: usize = 16;
@@ -55,6 +56,9 @@ pub struct Validator<C> {
     replica: Replica,
     state_dir: StateDir,
     state: ValidatorState,
+    /// The last window's state generation, written beside the next window (the base it reads
+    /// does not change until the next aggregate is applied, which waits for it).
+    saving: Option<Background<()>>,
 }
 
 impl<C: Chain> Validator<C> {
@@ -87,6 +91,7 @@ impl<C: Chain> Validator<C> {
             replica,
             state_dir,
             state,
+            saving: None,
         })
     }
 
@@ -120,7 +125,7 @@ impl<C: Chain> Validator<C> {
             self.run_window(window).await?;
             window += 1;
         }
-        Ok(())
+        self.finish_saving()
     }
 
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
@@ -146,6 +151,7 @@ impl<C: Chain> Validator<C> {
         );
         self.set_weights(window, &peers).await;
 
+        self.finish_saving()?;
         self.replica
             .apply_aggregate(&payloads.iter().map(|g| &g.payload).collect::<Vec<_>>())?;
         if !payloads.is_empty() {
@@ -490,11 +496,21 @@ impl<C: Chain> Validator<C> {
         Ok(())
     }
 
-    fn persist(&self, window: u64) -> Result<(), NodeError> {
-        self.state_dir.save(window, |dir| {
-            self.replica.save_weights(dir, DEFAULT_SHARD_BYTES)?;
-            Ok(self.state.clone())
-        })
+    /// Saves the window's state on a thread of its own: the scores and the base model, which the
+    /// thread reads without a copy.
+    fn persist(&mut self, window: u64) -> Result<(), NodeError> {
+        self.finish_saving()?;
+        let staging = self.state_dir.begin(window)?;
+        self.saving = Some(commit_weights(staging, &self.replica, self.state.clone())?);
+        Ok(())
+    }
+
+    /// Waits for the state save in flight, if any.
+    fn finish_saving(&mut self) -> Result<(), NodeError> {
+        match self.saving.take() {
+            Some(work) => work.wait(),
+            None => Ok(()),
+        }
     }
 }
 

@@ -204,5 +204,5 @@ pub fn peak_rss_mb() -> f64 {
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+        .map_or(f64::NAN, |kib| kib * 1024.0 / 1e6)
 }

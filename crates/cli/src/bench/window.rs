@@ -14,15 +14,15 @@ use templar_codec::quant::Rule;
 use templar_codec::{Payload, compress_tensor, decode, encode};
 use templar_data::{PrepareOptions, Split, TokenizerSpec, prepare};
 use templar_engine::memory::Role;
-use templar_engine::{DEFAULT_SHARD_BYTES, DeviceChoice, Preset};
+use templar_engine::{DeviceChoice, Preset};
 use templar_node::config::NetworkConfig;
 use templar_node::data::Data;
 use templar_node::replica::{Replica, memory_plan};
-use templar_node::state::write_f32s;
+use templar_node::saving::{Saving, commit_weights};
+use templar_node::state::StateDir;
 use templar_storage::{Store, StoreConfig};
 
 use super::synthetic::{Distribution, fill};
-use super::train::peak_rss_mb;
 
 #[derive(ClapArgs, Clone)]
 pub struct Args {
@@ -41,6 +41,9 @@ pub struct Args {
     /// Payloads the validator judges (and the miner aggregates).
     #[arg(long, default_value_t = 4)]
     payloads: usize,
+    /// Recompute each layer's activations in the backward pass (the preset's setting otherwise).
+    #[arg(long)]
+    recompute: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Print one JSON object.
@@ -49,6 +52,10 @@ pub struct Args {
     /// Run one role in this process (what the benchmark starts itself with).
     #[arg(long, hide = true)]
     role: Option<String>,
+    /// The validator's payloads, made by the parent process so that the validator's memory is
+    /// a validator's.
+    #[arg(long, hide = true)]
+    payloads_from: Option<PathBuf>,
 }
 
 /// What one role's window measured.
@@ -66,6 +73,8 @@ struct RoleFigures {
     planned_host_mb: f64,
     /// Seconds per phase, in order.
     seconds: Vec<(String, f64)>,
+    /// Peak resident MB at the end of each phase.
+    peak_after: Vec<(String, f64)>,
     bytes_device_to_host: u64,
     bytes_host_to_device: u64,
     payload_bytes: u64,
@@ -78,13 +87,18 @@ struct Report {
     inner_steps: u32,
     batch: usize,
     seq_len: usize,
-    miner: RoleFigures,
-    validator: RoleFigures,
+    /// A role's figures, or `null` where the role does not fit this machine (see `refused`).
+    miner: Option<RoleFigures>,
+    validator: Option<RoleFigures>,
+    /// Why a role did not run: the memory planner's refusal, before anything was allocated.
+    refused: Vec<String>,
     /// Targets judged on `peak_rss_mb − baseline_rss_mb`: what the window itself costs.
-    miner_target_met: bool,
-    validator_target_met: bool,
-    /// (outer step + persist) / train: target < 0.10.
-    outer_and_persist_share: f64,
+    miner_target_met: Option<bool>,
+    validator_target_met: Option<bool>,
+    /// (outer step + the time the window waits for its state save) / train: target < 0.10.
+    /// The save's writing overlaps the upload, the gather and the next window's training
+    /// (`background_save_rest` is what was left of it when this window ended).
+    outer_and_persist_share: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -95,8 +109,21 @@ pub fn run(args: Args) -> Result<()> {
         None => {}
     }
     let preset = Preset::load(&args.preset)?;
-    let miner = child(&args, "miner")?;
-    let validator = child(&args, "validator")?;
+    data(&args, true)?;
+    let mut refused = Vec::new();
+    let mut outcome = |role: &str, result: Result<RoleFigures>| match result {
+        Ok(figures) => Ok(Some(figures)),
+        Err(error) if error.to_string().contains("not enough memory") => {
+            refused.push(format!("{role}: {error}"));
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    };
+    let miner = outcome("miner", child(&args, "miner", None))?;
+    let scratch = Scratch::new()?;
+    write_synthetic_payloads(&args, &scratch.0)?;
+    let validator = outcome("validator", child(&args, "validator", Some(&scratch.0)))?;
+    drop(scratch);
     let phase = |f: &RoleFigures, name: &str| {
         f.seconds
             .iter()
@@ -109,14 +136,19 @@ pub fn run(args: Args) -> Result<()> {
         inner_steps: args.inner_steps,
         batch: args.batch,
         seq_len: args.seq_len,
-        miner_target_met: miner.peak_rss_mb - miner.baseline_rss_mb
-            <= miner.training_state_mb + 1.3 * miner.model_f32_mb,
-        validator_target_met: validator.peak_rss_mb - validator.baseline_rss_mb
-            <= 2.3 * validator.model_f32_mb,
-        outer_and_persist_share: (phase(&miner, "outer_step") + phase(&miner, "persist"))
-            / phase(&miner, "train").max(1e-9),
+        miner_target_met: miner.as_ref().map(|m| {
+            m.peak_rss_mb - m.baseline_rss_mb <= m.training_state_mb + 1.3 * m.model_f32_mb
+        }),
+        validator_target_met: validator
+            .as_ref()
+            .map(|v| v.peak_rss_mb - v.baseline_rss_mb <= 2.3 * v.model_f32_mb),
+        outer_and_persist_share: miner.as_ref().map(|m| {
+            (phase(m, "outer_step") + phase(m, "persist_start") + phase(m, "persist"))
+                / phase(m, "train").max(1e-9)
+        }),
         miner,
         validator,
+        refused,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -131,20 +163,30 @@ fn print_json(figures: &RoleFigures) -> Result<()> {
     Ok(())
 }
 
-fn child(args: &Args, role: &str) -> Result<RoleFigures> {
+fn child(args: &Args, role: &str, payloads: Option<&Path>) -> Result<RoleFigures> {
     let exe = std::env::current_exe().context("cannot find the templar binary")?;
-    let output = Command::new(exe)
-        .args(["bench", "window", "--role", role, "--preset", &args.preset])
+    let mut command = Command::new(exe);
+    command.args(["bench", "window", "--role", role, "--preset", &args.preset]);
+    if let Some(dir) = payloads {
+        command.arg("--payloads-from").arg(dir);
+    }
+    let output = command
         .args(["--inner-steps", &args.inner_steps.to_string()])
         .args(["--batch", &args.batch.to_string()])
         .args(["--seq-len", &args.seq_len.to_string()])
         .args(["--payloads", &args.payloads.to_string()])
+        .args(args.recompute.then_some("--recompute"))
         .args(["--device", &args.device])
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
         .output()
         .with_context(|| format!("starting the {role} window"))?;
     if !output.status.success() {
-        bail!("the {role} window failed ({})", output.status);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .find(|l| l.starts_with("Error: "))
+            .map_or("", |l| l.trim_start_matches("Error: "));
+        bail!("the {role} window failed ({}): {reason}", output.status);
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text.lines().last().unwrap_or_default();
@@ -156,7 +198,10 @@ fn print_report(report: &Report) {
         "templar bench window: preset {} ({} parameters), {} inner steps of {} × {} tokens",
         report.preset, report.parameter_count, report.inner_steps, report.batch, report.seq_len
     );
-    for f in [&report.miner, &report.validator] {
+    for line in &report.refused {
+        println!("  refused before allocating: {line}");
+    }
+    for f in [&report.miner, &report.validator].into_iter().flatten() {
         println!(
             "  {:<9} peak RSS {:>8.0} MB, {:.0} MB of it before the window  (training state {:.0} MB, model f32 {:.0} MB, planned host {:.0} MB)",
             f.role,
@@ -172,6 +217,12 @@ fn print_report(report: &Report) {
             .map(|(name, s)| format!("{name} {s:.2}s"))
             .collect();
         println!("            {}", phases.join(", "));
+        let peaks: Vec<String> = f
+            .peak_after
+            .iter()
+            .map(|(name, mb)| format!("{name} {mb:.0}"))
+            .collect();
+        println!("            peak MB after: {}", peaks.join(", "));
         println!(
             "            device→host {:.0} MB, host→device {:.0} MB, payload {:.2} MB",
             f.bytes_device_to_host as f64 / 1e6,
@@ -179,10 +230,15 @@ fn print_report(report: &Report) {
             f.payload_bytes as f64 / 1e6
         );
     }
+    let show = |met: Option<bool>| met.map_or("not run".to_string(), |m| m.to_string());
     println!(
         "  beyond the baseline: miner ≤ training state + 1.3 × model: {}; validator ≤ 2.3 × model: {}; \
-         (outer step + persist) / train = {:.3}",
-        report.miner_target_met, report.validator_target_met, report.outer_and_persist_share
+         (outer step + persist) / train = {}",
+        show(report.miner_target_met),
+        show(report.validator_target_met),
+        report
+            .outer_and_persist_share
+            .map_or("not run".to_string(), |s| format!("{s:.3}"))
     );
 }
 
@@ -192,53 +248,60 @@ fn network(args: &Args, manifest_hash: &str) -> Result<NetworkConfig> {
     preset.train.seq_len = args.seq_len;
     preset.train.batch_size = args.batch;
     preset.train.micro_batch_size = args.batch;
+    preset.train.recompute_activations |= args.recompute;
     let mut config = NetworkConfig::defaults("bench-window", preset, manifest_hash);
     config.training.inner_steps = args.inner_steps;
     config.gauntlet.eval_samples = args.batch;
     Ok(config)
 }
 
-/// The demo corpus prepared with the preset's tokenizer (kept between runs).
-fn data(args: &Args) -> Result<(PathBuf, String)> {
+/// The demo corpus prepared with the preset's tokenizer (kept between runs). The parent prepares
+/// it; a role's process only opens it, as a node does, so the tokenizer is not in its memory.
+fn data(args: &Args, prepare_it: bool) -> Result<(PathBuf, String)> {
     let preset = Preset::load(&args.preset)?;
-    let cache = std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
-        .context("neither TEMPLAR_CACHE nor HOME is set")?;
-    let corpus = cache.join("corpus/text");
-    if !corpus.is_dir() {
-        bail!("{} is missing: run scripts/setup", corpus.display());
-    }
-    let tokenizer: TokenizerSpec = preset.train.tokenizer.parse()?;
     let out = std::env::temp_dir().join(format!(
         "templar-bench-window-{}-{}",
         preset.train.tokenizer, args.seq_len
     ));
-    let mut options = PrepareOptions::new(corpus, out.clone(), tokenizer, args.seq_len);
-    options.validation_fraction = 0.02;
-    prepare(&options)?;
+    if prepare_it {
+        let cache = std::env::var_os("TEMPLAR_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
+            .context("neither TEMPLAR_CACHE nor HOME is set")?;
+        let corpus = cache.join("corpus/text");
+        if !corpus.is_dir() {
+            bail!("{} is missing: run scripts/setup", corpus.display());
+        }
+        let tokenizer: TokenizerSpec = preset.train.tokenizer.parse()?;
+        let mut options = PrepareOptions::new(corpus, out.clone(), tokenizer, args.seq_len);
+        options.validation_fraction = 0.02;
+        prepare(&options)?;
+    }
     let manifest = templar_data::Manifest::read(&out)?;
     Ok((out, manifest.content_hash))
 }
 
-struct Phases(Vec<(String, f64)>, Instant);
+/// Seconds per phase, and the peak resident memory when each phase ended (which phase set the
+/// peak is where to look for savings).
+struct Phases(Vec<(String, f64)>, Vec<(String, f64)>, Instant);
 
 impl Phases {
     fn start() -> Phases {
-        Phases(Vec::new(), Instant::now())
+        Phases(Vec::new(), Vec::new(), Instant::now())
     }
 
     fn mark(&mut self, name: &str) {
         self.0
-            .push((name.to_string(), self.1.elapsed().as_secs_f64()));
-        self.1 = Instant::now();
+            .push((name.to_string(), self.2.elapsed().as_secs_f64()));
+        self.1.push((name.to_string(), rss_mb("VmHWM:")));
+        self.2 = Instant::now();
     }
 }
 
 fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
     let baseline_rss_mb = rss_mb("VmRSS:");
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    let (dir, hash) = data(args)?;
+    let (dir, hash) = data(args, false)?;
     let config = network(args, &hash)?;
     let data = Data::open(&dir, &config)?;
     let scratch = Scratch::new()?;
@@ -246,23 +309,36 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
         "file://{}",
         scratch.0.join("objects").display()
     )))?;
+    let state = StateDir::new(scratch.0.join("state"));
     let mut phases = Phases::start();
     let mut replica = Replica::new(&config, device, role)?;
     phases.mark("init");
-    let mut error_feedback = None;
-    let (payload_bytes, payloads) = match role {
+    let mut error_feedback: Vec<Vec<f32>> = Vec::new();
+    let mut saving = Saving::default();
+    let payloads = match role {
         Role::Miner => {
-            let output = miner_window(&config, &data, &mut replica, &store, &mut phases)?;
-            error_feedback = Some(output.error_feedback);
-            (output.payload_bytes, output.gathered)
+            // Resident, as a miner's error feedback is after its first window (fresh zeros
+            // would not count until written).
+            error_feedback = replica.base().iter().map(|b| vec![0.0; b.len()]).collect();
+            for buffer in &mut error_feedback {
+                for value in buffer.iter_mut().step_by(1024) {
+                    // SAFETY: a valid, aligned f32 of the buffer; volatile so that writing the
+                    // zero it already holds is not optimised away.
+                    unsafe { std::ptr::write_volatile(value, 0.0) };
+                }
+            }
+            let mut window = MinerWindow {
+                config: &config,
+                data: &data,
+                replica: &mut replica,
+                error_feedback: &mut error_feedback,
+                phases: &mut phases,
+            };
+            window.train_and_compress(&store, &state, &mut saving)?
         }
-        Role::Validator => {
-            let coding = config.codec.index_coding;
-            let payloads = synthetic_payloads(&replica, args.payloads, coding)?;
-            phases.mark("make_payloads");
-            (payloads.first().map_or(0, Vec::len) as u64, payloads)
-        }
+        Role::Validator => read_payloads(args)?,
     };
+    let payload_bytes = payloads.first().map_or(0, Vec::len) as u64;
     let decoded: Vec<Payload> = {
         use rayon::prelude::*;
         payloads
@@ -270,82 +346,133 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
             .map(|bytes| decode(&replica.schema, bytes))
             .collect::<Result<_, _>>()?
     };
+    // A node keeps the decoded payloads, not their bytes.
+    let gathered = payloads.len();
+    drop(payloads);
     phases.mark("decode");
     let refs: Vec<&Payload> = decoded.iter().collect();
     if role == Role::Validator {
         judge(&config, &data, &mut replica, &refs)?;
         phases.mark("judge");
     }
+    saving.finish_weights()?;
     replica.apply_aggregate(&refs)?;
     phases.mark("aggregate_apply");
-    persist(&replica, error_feedback.as_deref(), &scratch.0, &mut phases)?;
-    let plan = memory_plan(&config, role, device, payloads.len());
+    // What the window waits for: the miner takes its optimizer and error feedback back (their
+    // write overlapped the upload, decode and apply) and both roles start writing the base,
+    // which a node's next window overlaps with its training.
+    match role {
+        Role::Miner => {
+            saving.commit_with_weights(&mut replica, &mut error_feedback, |digest| digest)?
+        }
+        Role::Validator => {
+            let staging = state.begin(1)?;
+            saving = Saving::Weights(commit_weights(staging, &replica, ())?);
+        }
+    }
+    phases.mark("persist");
+    saving.finish(&mut replica, &mut error_feedback)?;
+    phases.mark("background_save_rest");
+    let plan = memory_plan(&config, role, device, gathered);
     let mb = |b: u64| b as f64 / 1e6;
     let transfers = replica.transfers();
     Ok(RoleFigures {
         role: format!("{role:?}").to_lowercase(),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: rss_mb("VmHWM:"),
         baseline_rss_mb,
         training_state_mb: mb(plan.training_state_bytes()),
         model_f32_mb: mb(plan.parameters * 4),
         planned_host_mb: mb(plan.bytes(templar_engine::memory::Place::Host)),
         seconds: phases.0,
+        peak_after: phases.1,
         bytes_device_to_host: transfers.0,
         bytes_host_to_device: transfers.1,
         payload_bytes,
     })
 }
 
-/// What a miner's window leaves for the rest of the benchmark.
-struct MinerOutput {
-    error_feedback: Vec<Vec<f32>>,
-    payload_bytes: u64,
-    /// The payloads it aggregates: its own, standing for every peer's.
-    gathered: Vec<Vec<u8>>,
+/// A miner's window up to its payload.
+struct MinerWindow<'a> {
+    config: &'a NetworkConfig,
+    data: &'a Data,
+    replica: &'a mut Replica,
+    error_feedback: &'a mut Vec<Vec<f32>>,
+    phases: &'a mut Phases,
 }
 
-/// Inner steps on the miner's assignment, the outer step, encoding and publishing; returns the
-/// error feedback, the payload's size and the payloads it then aggregates (its own, standing for
-/// every peer's).
-fn miner_window(
-    config: &NetworkConfig,
-    data: &Data,
-    replica: &mut Replica,
-    store: &Store,
-    phases: &mut Phases,
-) -> Result<MinerOutput> {
-    let mut error_feedback: Vec<Vec<f32>> =
-        replica.base().iter().map(|b| vec![0.0; b.len()]).collect();
-    for ids in data.assignment(0, 1).chunks_exact(data.batch_size) {
-        let (batch, _) = data.batch(Split::Train, ids)?;
-        replica.train_step(&batch)?;
+impl MinerWindow<'_> {
+    /// Inner steps on the miner's assignment, the outer step, the state save's first stage
+    /// started, encoding and publishing; returns the payloads it then aggregates (its own,
+    /// standing for every peer's).
+    fn train_and_compress(
+        &mut self,
+        store: &Store,
+        state: &StateDir,
+        saving: &mut Saving,
+    ) -> Result<Vec<Vec<u8>>> {
+        for ids in self
+            .data
+            .assignment(0, 1)
+            .chunks_exact(self.data.batch_size)
+        {
+            let (batch, _) = self.data.batch(Split::Train, ids)?;
+            self.replica.train_step(&batch)?;
+        }
+        self.phases.mark("train");
+        let payload = self.replica.outer_step(self.error_feedback)?;
+        self.phases.mark("outer_step");
+        saving.begin(state, 1, self.replica, self.error_feedback)?;
+        self.phases.mark("persist_start");
+        let bytes = encode(
+            &self.replica.schema,
+            &payload,
+            self.config.codec.index_coding,
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(store.put("bench/gradient.bin", bytes.clone().into()))?;
+        self.phases.mark("publish");
+        let peers = self.config.gather.peer_count.clamp(1, 4);
+        Ok(vec![bytes; peers])
     }
-    phases.mark("train");
-    let payload = replica.outer_step(&mut error_feedback)?;
-    let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
-    phases.mark("outer_step");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(store.put("bench/gradient.bin", bytes.clone().into()))?;
-    phases.mark("publish");
-    let size = bytes.len() as u64;
-    let peers = config.gather.peer_count.clamp(1, 4);
-    Ok(MinerOutput {
-        error_feedback,
-        payload_bytes: size,
-        gathered: vec![bytes; peers],
-    })
+}
+
+/// The parent's part of the validator's window: `--payloads` synthetic payloads as files.
+fn write_synthetic_payloads(args: &Args, dir: &Path) -> Result<()> {
+    let (_, hash) = data(args, false)?;
+    let config = network(args, &hash)?;
+    let schema = templar_node::replica::schema_for(&config)?;
+    for (p, bytes) in synthetic_payloads(&schema, args.payloads, config.codec.index_coding)?
+        .into_iter()
+        .enumerate()
+    {
+        let path = dir.join(format!("payload-{p}.bin"));
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn read_payloads(args: &Args) -> Result<Vec<Vec<u8>>> {
+    let dir = args
+        .payloads_from
+        .as_deref()
+        .context("the validator's window needs --payloads-from")?;
+    (0..args.payloads)
+        .map(|p| {
+            let path = dir.join(format!("payload-{p}.bin"));
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        })
+        .collect()
 }
 
 /// Payloads of a plausible size and spread, compressed tensor by tensor from synthetic
 /// pseudo-gradients (a validator's process holds no miner).
 fn synthetic_payloads(
-    replica: &Replica,
+    schema: &templar_codec::Schema,
     count: usize,
     coding: templar_codec::IndexCoding,
 ) -> Result<Vec<Vec<u8>>> {
-    let schema = &replica.schema;
     (0..count)
         .map(|p| {
             let mut tensors = Vec::with_capacity(schema.len());
@@ -389,24 +516,6 @@ fn judge(
         replica.evaluate(&batch, bytes)?;
         replica.restore()?;
     }
-    Ok(())
-}
-
-/// What the node writes into a state generation: weights, and for a miner its optimizer and
-/// error feedback.
-fn persist(
-    replica: &Replica,
-    error_feedback: Option<&[Vec<f32>]>,
-    dir: &Path,
-    phases: &mut Phases,
-) -> Result<()> {
-    let state = dir.join("state");
-    replica.save_weights(&state, DEFAULT_SHARD_BYTES)?;
-    replica.save_optimizer(&state)?;
-    if let Some(buffers) = error_feedback {
-        write_f32s(&state.join("error_feedback.bin"), buffers)?;
-    }
-    phases.mark("persist");
     Ok(())
 }
 
