@@ -58,7 +58,8 @@ pub struct NodeArgs {
     /// A miner saves its local state every this many windows, beside the window (the save
     /// overlaps the upload, the gather and the next window's training). A restart resumes from
     /// the last save and catches up on the network's windows since; a larger value spares the
-    /// disk a model, two moments and the error feedback per window (≈128 GB at 8B).
+    /// disk a model, two moments and the error feedback per window (≈128 GB at 8B). A validator
+    /// saves every window: its record holds the scores.
     #[arg(long, env = "TEMPLAR_STATE_EVERY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     state_every: u64,
     #[arg(long, default_value = "auto")]
