@@ -101,7 +101,7 @@ fn check_loadable(dir: &Path) -> u64 {
 fn a_kill_during_a_background_save_leaves_the_previous_state_loadable() {
     let exe = std::env::current_exe().unwrap();
     let mut caught_mid_save = false;
-    for attempt in 0..5 {
+    for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(&exe)
             .args(["--exact", "child_saves_until_killed", "--ignored"])
@@ -109,7 +109,7 @@ fn a_kill_during_a_background_save_leaves_the_previous_state_loadable() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        // Wait for a few committed generations, then kill at a moment that varies by attempt.
+        // Wait for a few committed generations.
         let started = Instant::now();
         while StateDir::new(dir.path())
             .load::<Record>()
@@ -123,13 +123,23 @@ fn a_kill_during_a_background_save_leaves_the_previous_state_loadable() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(37 * attempt));
+        // Kill the moment a generation is being written (whatever the machine's load, which
+        // decides how long training takes beside the save).
+        let saving = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .any(|name| name.ends_with(".partial"))
+        };
+        while !saving() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the child stopped saving"
+            );
+        }
         child.kill().unwrap();
         child.wait().unwrap();
-        let partial = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .any(|name| name.ends_with(".partial"));
+        let partial = saving();
         let generation = check_loadable(dir.path());
         assert!(generation >= 3);
         if partial {
