@@ -85,12 +85,13 @@ impl Saving {
 
     /// Waits for the second stage if it runs: before the base changes.
     pub fn finish_weights(&mut self) -> Result<(), NodeError> {
-        if let Saving::Weights(_) = self
-            && let Saving::Weights(work) = std::mem::take(self)
-        {
-            work.wait()?;
+        match std::mem::take(self) {
+            Saving::Weights(work) => work.wait(),
+            other => {
+                *self = other;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Waits for any save in flight and puts back what it borrowed. A first stage without its
@@ -109,11 +110,12 @@ impl Saving {
         replica: &mut Replica,
         error_feedback: &mut Vec<Vec<f32>>,
     ) -> Result<Option<(Staging, String)>, NodeError> {
-        if !matches!(self, Saving::TrainingState(_)) {
-            return Ok(None);
-        }
-        let Saving::TrainingState(work) = std::mem::take(self) else {
-            return Ok(None);
+        let work = match std::mem::take(self) {
+            Saving::TrainingState(work) => work,
+            other => {
+                *self = other;
+                return Ok(None);
+            }
         };
         let saved = work.wait()?;
         if let Some(optimizer) = saved.optimizer {
