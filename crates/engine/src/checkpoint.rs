@@ -11,12 +11,12 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, MomentsLoan};
 use crate::params::{Parameters, parameter_shapes};
 use crate::tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles, write_tensors};
 
@@ -93,56 +93,89 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Llama, EngineError> {
 }
 
 /// Writes the AdamW moments and step count to `optimizer.safetensors` in `dir`; `names` are the
-/// parameters' names in protocol order. Needs nothing but the optimizer, so it can run on a
-/// thread of its own while the model is used elsewhere.
+/// parameters' names in protocol order.
 pub fn save_optimizer(
     dir: &Path,
     optimizer: &AdamW,
     names: &[String],
 ) -> Result<Vec<String>, EngineError> {
-    let n = optimizer.exp_avg.len();
-    if names.len() != n {
+    write_moments(
+        dir,
+        [&optimizer.exp_avg, &optimizer.exp_avg_sq],
+        optimizer.step,
+        names,
+        |_| {},
+    )
+}
+
+/// [`save_optimizer`] for moments lent by [`AdamW::lend_moments`], on a thread of its own:
+/// each tensor's moments go back to the optimizer as soon as they are written, and all of them
+/// when this returns, whatever happened.
+pub fn save_lent_moments(
+    dir: &Path,
+    loan: MomentsLoan,
+    names: &[String],
+) -> Result<Vec<String>, EngineError> {
+    write_moments(
+        dir,
+        [&loan.exp_avg, &loan.exp_avg_sq],
+        loan.step,
+        names,
+        |before| loan.give_back_before(before),
+    )
+}
+
+/// The moments of each parameter side by side (`exp_avg` then `exp_avg_sq`), in protocol order,
+/// so that a reader is done with parameter `i` as early as it can be; `done_before(i)` is called
+/// once parameters `0..i` are read. Loading goes by name, so the order is free.
+fn write_moments(
+    dir: &Path,
+    [exp_avg, exp_avg_sq]: [&Vec<Tensor>; 2],
+    step: u64,
+    names: &[String],
+    done_before: impl Fn(usize),
+) -> Result<Vec<String>, EngineError> {
+    let n = exp_avg.len();
+    if names.len() != n || exp_avg_sq.len() != n {
         return Err(EngineError::Layout(format!(
             "{} parameter names for an optimizer of {n} tensors",
             names.len()
         )));
     }
     let mut entries = Vec::with_capacity(2 * n);
-    for (kind, moments) in [
-        ("exp_avg", &optimizer.exp_avg),
-        ("exp_avg_sq", &optimizer.exp_avg_sq),
-    ] {
-        for (name, tensor) in names.iter().zip(moments) {
+    for (name, tensor) in names.iter().zip(exp_avg) {
+        for kind in ["exp_avg", "exp_avg_sq"] {
             entries.push(TensorEntry {
                 name: format!("{name}.{kind}"),
                 shape: tensor.size().iter().map(|&d| d as usize).collect(),
             });
         }
     }
-    let metadata = HashMap::from([("step".to_string(), optimizer.step.to_string())]);
+    let metadata = HashMap::from([("step".to_string(), step.to_string())]);
     write_tensors(
         dir,
         OPTIMIZER_STEM,
         &entries,
         &metadata,
         DEFAULT_SHARD_BYTES,
-        |i, start, out| {
-            let moments = if i < n {
-                &optimizer.exp_avg
-            } else {
-                &optimizer.exp_avg_sq
-            };
-            crate::params::read_range_into(&moments[i % n], start, out)
+        |entry, start, out| {
+            let (i, moments) = (entry / 2, [exp_avg, exp_avg_sq][entry % 2]);
+            if start == 0 {
+                // Every earlier entry is in the file's buffer: its tensor is read.
+                done_before(i);
+            }
+            crate::params::read_range_into(&moments[i], start, out)
         },
     )
 }
 
-/// Restores the AdamW state saved by [`save_optimizer`] into `optimizer`, one tensor at a time.
+/// Loads the moments and step count [`save_optimizer`] wrote, after any loan of them is back.
 pub fn load_optimizer(
     dir: &Path,
     optimizer: &mut AdamW,
     params: &Parameters,
 ) -> Result<(), EngineError> {
+    optimizer.wait_for_loan();
     let files = TensorFiles::open(dir, OPTIMIZER_STEM)?;
     let shapes = params.shapes();
     let mut scratch = Vec::new();

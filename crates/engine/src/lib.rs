@@ -17,8 +17,8 @@ mod train;
 
 pub use checkpoint::{
     CONFIG_FILE, MODEL_FILE, MODEL_STEM, OPTIMIZER_FILE, OPTIMIZER_STEM, load_model,
-    load_optimizer, model_entries, open_weights, save_model, save_optimizer, save_weights,
-    write_atomic,
+    load_optimizer, model_entries, open_weights, save_lent_moments, save_model, save_optimizer,
+    save_weights, write_atomic,
 };
 pub use config::{ModelConfig, Preset, TrainConfig};
 pub use device::{DeviceChoice, describe, set_threads};
@@ -26,8 +26,8 @@ pub use error::EngineError;
 pub use eval::Evaluation;
 pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
-pub use optim::{AdamW, learning_rate};
-pub use params::{NamedBuffer, Parameters, parameter_shapes};
+pub use optim::{AdamW, MomentsLoan, learning_rate};
+pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

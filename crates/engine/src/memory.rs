@@ -53,6 +53,8 @@ pub struct WindowShape {
     /// Whether training recomputes each layer's activations in the backward pass
     /// ([`TrainConfig::recompute_activations`]).
     pub recompute: bool,
+    /// Threads the outer step compresses tensors on, each with a piece of scratch.
+    pub codec_threads: usize,
 }
 
 /// Resident memory of the `templar` process before any model buffer: libtorch's libraries (the
@@ -61,8 +63,8 @@ pub struct WindowShape {
 pub const PROCESS_BASELINE_BYTES: u64 = 460 << 20;
 /// Device memory a CUDA context takes before any tensor.
 pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
-/// Scratch of the outer step, a merge or a file write: 4 Mi values (the node's and the engine's
-/// piece sizes).
+/// A piece of scratch: 4 Mi values, the node's merge and outer-step piece (a file write's is
+/// smaller).
 pub const PIECE_BYTES: u64 = 16 << 20;
 /// State generations kept on disk (the current one and its predecessor).
 pub const STATE_GENERATIONS: u64 = 2;
@@ -89,6 +91,16 @@ impl MemoryPlan {
             state_item("weights (f32)", device, f32s),
             item("network model (f32 host copy)", Place::Host, f32s),
             item("piece scratch", Place::Host, 2 * PIECE_BYTES),
+            // On the host the outer step's pieces fit in the gradients it has just released.
+            item(
+                "outer-step scratch (a piece per codec thread)",
+                Place::Host,
+                if shape.device_is_host {
+                    0
+                } else {
+                    shape.codec_threads as u64 * PIECE_BYTES
+                },
+            ),
             item(
                 "gathered payloads",
                 Place::Host,
@@ -281,8 +293,14 @@ impl WindowShape {
             payload_bytes: 0,
             device_is_host,
             recompute: train.recompute_activations,
+            codec_threads: codec_threads(),
         }
     }
+}
+
+/// The threads a node's codec runs on: one per core.
+pub fn codec_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]
@@ -300,6 +318,7 @@ mod tests {
             payload_bytes: 0,
             device_is_host: false,
             recompute: false,
+            codec_threads: 16,
         };
         let plan = MemoryPlan::new(&preset.model, Role::Miner, shape);
         let p = 8_030_261_248u64;
@@ -310,10 +329,10 @@ mod tests {
             16 * p + CUDA_CONTEXT_BYTES + activations
         );
         // Host: the network model and error feedback (8 bytes a parameter), two 16 MiB pieces
-        // of scratch (never a whole tensor), the baseline.
+        // of scratch and one per codec thread (never a whole tensor), the baseline.
         assert_eq!(
             plan.bytes(Place::Host),
-            8 * p + 2 * (16 << 20) + PROCESS_BASELINE_BYTES
+            8 * p + (2 + 16) * (16 << 20) + PROCESS_BASELINE_BYTES
         );
         assert_eq!(plan.training_state_bytes(), 20 * p);
     }
@@ -329,6 +348,7 @@ mod tests {
             payload_bytes: 0,
             device_is_host: false,
             recompute,
+            codec_threads: 16,
         };
         let tokens = 4_096u64;
         let per_layer = 13 * h + 4 * kv + 4 * i;

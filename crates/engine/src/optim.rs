@@ -1,5 +1,7 @@
 //! The inner optimizer: AdamW with decoupled weight decay, and its learning-rate schedule.
 
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
 use tch::Tensor;
 
 use crate::config::TrainConfig;
@@ -32,6 +34,8 @@ pub struct AdamW {
     weight_decay: f64,
     /// Values of a tensor updated at once.
     piece: i64,
+    /// How far the reader of the moments last lent has got (see [`AdamW::lend_moments`]).
+    lent: Option<Arc<Returns>>,
 }
 
 impl AdamW {
@@ -51,6 +55,7 @@ impl AdamW {
             eps: config.eps,
             weight_decay: config.weight_decay,
             piece: STEP_PIECE,
+            lent: None,
         })
     }
 
@@ -64,6 +69,29 @@ impl AdamW {
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The moments as they are now, for a reader on another thread (a background save) that
+    /// reads them tensor by tensor in protocol order. Nothing is copied: until the reader is past
+    /// tensor `i`, a step waits before it changes `i`'s moments — and as a step takes the tensors
+    /// in the same order, after a forward and backward pass, training overlaps the reading.
+    pub fn lend_moments(&mut self) -> MomentsLoan {
+        self.wait_for_loan();
+        let returns = Arc::new(Returns::default());
+        self.lent = Some(Arc::clone(&returns));
+        MomentsLoan {
+            exp_avg: self.exp_avg.iter().map(Tensor::shallow_clone).collect(),
+            exp_avg_sq: self.exp_avg_sq.iter().map(Tensor::shallow_clone).collect(),
+            step: self.step,
+            returns,
+        }
+    }
+
+    /// Waits until the moments last lent are all given back.
+    pub fn wait_for_loan(&mut self) {
+        if let Some(returns) = self.lent.take() {
+            returns.wait_for(usize::MAX - 1);
+        }
     }
 
     /// One AdamW step at learning rate `lr` using the gradients stored on the parameters.
@@ -87,6 +115,9 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
+                if let Some(returns) = &self.lent {
+                    returns.wait_for(index);
+                }
                 let tensors = [
                     param.shallow_clone(),
                     grad,
@@ -104,7 +135,67 @@ impl AdamW {
                 }
             }
             Ok(())
-        })
+        })?;
+        if self.lent.as_ref().is_some_and(|r| r.all_returned()) {
+            self.lent = None;
+        }
+        Ok(())
+    }
+}
+
+/// An optimizer's moments lent by [`AdamW::lend_moments`]: shallow handles on the same storage.
+/// The reader gives tensors back in order with [`MomentsLoan::give_back_before`]; whatever it
+/// has not given back returns when the loan is dropped, so a reader that fails or panics never
+/// leaves training waiting.
+pub struct MomentsLoan {
+    pub(crate) exp_avg: Vec<Tensor>,
+    pub(crate) exp_avg_sq: Vec<Tensor>,
+    pub(crate) step: u64,
+    returns: Arc<Returns>,
+}
+
+impl MomentsLoan {
+    /// Hands tensors `0..index` back: the reader will not read their moments again.
+    pub(crate) fn give_back_before(&self, index: usize) {
+        self.returns.advance(index);
+    }
+}
+
+impl Drop for MomentsLoan {
+    fn drop(&mut self) {
+        self.returns.advance(usize::MAX);
+    }
+}
+
+/// How many tensors of a loan, counted from the first, are given back.
+#[derive(Default)]
+struct Returns {
+    before: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Returns {
+    fn advance(&self, index: usize) {
+        let mut before = self.before.lock().unwrap_or_else(PoisonError::into_inner);
+        if index > *before {
+            *before = index;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Blocks until tensor `index` is given back.
+    fn wait_for(&self, index: usize) {
+        let mut before = self.before.lock().unwrap_or_else(PoisonError::into_inner);
+        while *before <= index {
+            before = self
+                .changed
+                .wait(before)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn all_returned(&self) -> bool {
+        *self.before.lock().unwrap_or_else(PoisonError::into_inner) == usize::MAX
     }
 }
 

@@ -111,6 +111,15 @@ impl Parameters {
         read_into(&self.tensors[index], out)
     }
 
+    /// A reader of each parameter for other threads (libtorch's tensors are not `Sync`): handles
+    /// on the same storage, not copies.
+    pub fn readers(&self) -> Vec<ParameterReader> {
+        self.tensors
+            .iter()
+            .map(|t| ParameterReader(t.shallow_clone()))
+            .collect()
+    }
+
     /// Reads `out.len()` values of parameter `index` from flat element `start` on.
     pub fn read_range(
         &self,
@@ -331,4 +340,14 @@ pub(crate) fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), Engine
     }?;
     tch::no_grad(|| tensor.f_copy_(&source))?;
     Ok(())
+}
+
+/// One parameter's values, readable on a thread of its own (see [`Parameters::readers`]).
+pub struct ParameterReader(Tensor);
+
+impl ParameterReader {
+    /// Reads `out.len()` values from flat element `start` on.
+    pub fn read_range(&self, start: usize, out: &mut [f32]) -> Result<(), EngineError> {
+        read_range_into(&self.0, start, out)
+    }
 }

@@ -100,9 +100,10 @@ pub fn write_tensors(
     )
 }
 
-/// Values asked of `fill` at a time: a writer holds this much scratch, never a whole tensor (an
-/// 8B model's embedding is 2 GB), so a save beside the window costs no memory to speak of.
-pub const WRITE_PIECE: usize = 1 << 22;
+/// Values asked of `fill` at a time: a writer holds this much scratch (4 MB), never a whole
+/// tensor (an 8B model's embedding is 2 GB), so a save beside training costs no memory to speak
+/// of; larger pieces write no faster.
+pub const WRITE_PIECE: usize = 1 << 20;
 
 fn write_tensors_in_pieces(
     dir: &Path,

@@ -4,8 +4,8 @@ mod common;
 
 use common::{batch, bits, small, trainer};
 use templar_engine::{
-    Batch, Device, IGNORE_INDEX, Llama, load_model, load_optimizer, parameter_shapes, save_model,
-    save_optimizer,
+    Batch, Device, IGNORE_INDEX, Llama, load_model, load_optimizer, parameter_shapes,
+    save_lent_moments, save_model, save_optimizer,
 };
 
 #[test]
@@ -305,6 +305,43 @@ fn checkpoint_round_trip_is_exact() {
             .unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
     assert_eq!(config["num_key_value_heads"], 2);
+}
+
+/// Moments lent to a slow writer on another thread are written as they were when lent, while
+/// training goes on: a step waits for each tensor's moments to be read before changing them,
+/// and ends with the bits of training that never lent anything.
+#[test]
+fn lent_moments_are_written_as_lent_while_training_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, lent) = (dir.path().join("before"), dir.path().join("lent"));
+    let mut lending = trainer(9);
+    let mut plain = trainer(9);
+    let (config, train) = (lending.model.config.clone(), lending.config.clone());
+    for step in 0..2 {
+        lending.train_step(&batch(step, &config, &train)).unwrap();
+        plain.train_step(&batch(step, &config, &train)).unwrap();
+    }
+    let names = lending.model.params.names().to_vec();
+    save_optimizer(&before, &lending.optimizer, &names).unwrap();
+    let loan = lending.optimizer.lend_moments();
+    let writer = std::thread::spawn(move || {
+        // Slower than the step below, which would otherwise change the moments first.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        save_lent_moments(&lent, loan, &names).unwrap();
+    });
+    for step in 2..4 {
+        lending.train_step(&batch(step, &config, &train)).unwrap();
+        plain.train_step(&batch(step, &config, &train)).unwrap();
+    }
+    writer.join().unwrap();
+    let read = |d: &std::path::Path| std::fs::read(d.join("optimizer.safetensors")).unwrap();
+    assert!(read(&before) == read(&dir.path().join("lent")));
+    assert_eq!(bits(&lending), bits(&plain));
+
+    // A loan dropped unread gives everything back at once.
+    drop(lending.optimizer.lend_moments());
+    lending.train_step(&batch(4, &config, &train)).unwrap();
+    assert_eq!(lending.optimizer.steps(), 5);
 }
 
 #[test]

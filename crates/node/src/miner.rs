@@ -241,7 +241,7 @@ impl<C: Chain> Miner<C> {
         if !self.behavior.is_honest() {
             self.observe(&verdicts, &payloads)?;
         }
-        self.saving.finish_weights()?;
+        self.saving.finish_weights(&mut self.error_feedback)?;
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
@@ -355,6 +355,8 @@ impl<C: Chain> Miner<C> {
             },
         });
         let base_fingerprint = self.replica.fingerprint();
+        // The last window's save holds the error feedback until it is written.
+        self.saving.finish(&mut self.error_feedback)?;
         let payload = self.replica.outer_step(&mut self.error_feedback)?;
         let samples = steps as usize * data.batch_size;
         let header = GradientHeader {
@@ -375,7 +377,7 @@ impl<C: Chain> Miner<C> {
         )
     }
 
-    /// The first stage of a state save: this window's optimizer and error feedback.
+    /// The first stage of a state save: this window's optimizer moments and error feedback.
     fn save_training_state(&mut self, window: u64) -> Result<(), NodeError> {
         self.finish_saving()?;
         self.saving.begin(
@@ -392,17 +394,14 @@ impl<C: Chain> Miner<C> {
     fn save_weights(&mut self) -> Result<(), NodeError> {
         let position = self.position;
         self.saving
-            .commit_with_weights(&mut self.replica, &mut self.error_feedback, |digest| {
-                MinerState {
-                    last_window: position.last_window,
-                    global_step: position.global_step,
-                    error_feedback_blake3: digest,
-                }
+            .commit_with_weights(&self.replica, move |digest| MinerState {
+                last_window: position.last_window,
+                global_step: position.global_step,
+                error_feedback_blake3: digest,
             })
     }
 
     fn finish_saving(&mut self) -> Result<(), NodeError> {
-        self.saving
-            .finish(&mut self.replica, &mut self.error_feedback)
+        self.saving.finish(&mut self.error_feedback)
     }
 }

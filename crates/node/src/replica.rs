@@ -14,16 +14,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use templar_codec::aggregate::{clip_scale, clip_scales, lower_median, merge_bands};
 use templar_codec::quant::Rule;
 use templar_codec::{
-    Payload, Schema, SparseTensor, TensorSpec, aggregate, compress_tensor_in_pieces,
+    CompressError, Payload, Schema, SparseTensor, TensorSpec, aggregate, compress_tensor_in_pieces,
 };
 use templar_engine::memory::{MemoryPlan, Role, WindowShape, check_fits};
 use templar_engine::{
-    AdamW, Batch, Device, Evaluation, Llama, ModelConfig, NamedBuffer, StepStats, TrainConfig,
-    fill_initial_values, load_optimizer, model_entries, open_weights, parameter_shapes,
-    save_optimizer, save_weights, train_step,
+    AdamW, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer, StepStats,
+    TrainConfig, fill_initial_values, load_optimizer, model_entries, open_weights,
+    parameter_shapes, save_optimizer, save_weights, train_step,
 };
 
 use crate::config::NetworkConfig;
@@ -46,8 +48,6 @@ pub struct Replica {
     train: TrainConfig,
     pub schema: Schema,
     pub outer_lr: f32,
-    /// One tensor of scratch, reused.
-    scratch: Vec<f32>,
     /// Bytes copied device → host and host → device so far.
     transfers: (u64, u64),
 }
@@ -85,6 +85,7 @@ pub fn memory_plan(
         payload_bytes,
         device_is_host: device == Device::Cpu,
         recompute: config.model.train.recompute_activations,
+        codec_threads: rayon::current_num_threads(),
     };
     MemoryPlan::new(&config.model.model, role, shape)
 }
@@ -135,7 +136,6 @@ impl Replica {
             train: config.model.train.clone(),
             schema,
             outer_lr: config.training.outer_lr,
-            scratch: Vec::new(),
             transfers: (0, 0),
         })
     }
@@ -185,13 +185,10 @@ impl Replica {
         Arc::clone(&self.base)
     }
 
-    /// The inner optimizer, lent to a background save; training refuses until it is returned.
-    pub fn lend_optimizer(&mut self) -> Option<AdamW> {
-        self.optimizer.take()
-    }
-
-    pub fn return_optimizer(&mut self, optimizer: AdamW) {
-        self.optimizer = Some(optimizer);
+    /// The inner optimizer's moments, lent to a background save (none for a validator):
+    /// training goes on, each step waiting only for moments not yet written.
+    pub fn lend_moments(&mut self) -> Option<MomentsLoan> {
+        self.optimizer.as_mut().map(AdamW::lend_moments)
     }
 
     /// The parameters' names in protocol order.
@@ -235,9 +232,7 @@ impl Replica {
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
         let optimizer = self.optimizer.as_mut().ok_or_else(|| {
             NodeError::Config(
-                "this replica has no optimizer: a validator's never has one, and a miner's is \
-                 away while a background save writes it"
-                    .into(),
+                "this replica has no optimizer: it is a validator's, which never trains".into(),
             )
         })?;
         Ok(train_step(&mut self.model, optimizer, &self.train, batch)?)
@@ -261,47 +256,43 @@ impl Replica {
         }
         // Training is over for the window: its gradients are not needed until the next one.
         self.model.params.release_gradients()?;
-        let mut tensors = Vec::with_capacity(self.base.len());
-        let mut failure = None;
-        for (i, feedback) in error_feedback.iter_mut().enumerate() {
-            if failure.is_none() {
+        // Tensors in parallel, each on its own piece of scratch: the results, and the error
+        // feedback, are those of taking them one after another.
+        let (schema, base) = (&self.schema, &self.base);
+        let compressed: Vec<Result<SparseTensor, CompressError>> = self
+            .model
+            .params
+            .readers()
+            .into_par_iter()
+            .zip(error_feedback.par_iter_mut())
+            .enumerate()
+            .map(|(i, (live, feedback))| {
                 // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
-                let (base, model, read) = (&self.base[i], &self.model, &mut self.transfers.0);
-                let band = self.schema.plan(i).band_len();
+                let band = schema.plan(i).band_len();
                 let fill = |first_band: usize, out: &mut [f32]| {
                     let start = first_band * band;
-                    model
-                        .params
-                        .read_range(i, start, out)
-                        .map_err(|e| e.to_string())?;
-                    *read += 4 * out.len() as u64;
-                    for (live, base) in out.iter_mut().zip(&base[start..]) {
+                    live.read_range(start, out).map_err(|e| e.to_string())?;
+                    for (live, base) in out.iter_mut().zip(&base[i][start..]) {
                         *live = base - *live;
                     }
                     Ok(())
                 };
-                let compressed = compress_tensor_in_pieces(
-                    &self.schema,
-                    i,
-                    feedback,
-                    MERGE_PIECE,
-                    Rule::Symmetric,
-                    fill,
-                );
-                match compressed {
-                    Ok(tensor) => tensors.push(tensor),
-                    Err(error) => failure = Some(error),
-                }
-            }
+                compress_tensor_in_pieces(schema, i, feedback, MERGE_PIECE, Rule::Symmetric, fill)
+            })
+            .collect();
+        self.transfers.0 += 4 * self.base.iter().map(|b| b.len() as u64).sum::<u64>();
+        for i in 0..self.base.len() {
             self.send_base(i)?;
         }
-        if let Some(error) = failure {
-            error_feedback.iter_mut().for_each(|e| e.fill(0.0));
-            return Err(NodeError::Codec(format!(
-                "{error}; error feedback was reset"
-            )));
+        match compressed.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(tensors) => Ok(Payload { tensors }),
+            Err(error) => {
+                error_feedback.iter_mut().for_each(|e| e.fill(0.0));
+                Err(NodeError::Codec(format!(
+                    "{error}; error feedback was reset"
+                )))
+            }
         }
-        Ok(Payload { tensors })
     }
 
     /// `θ ← θ − outer_lr · aggregate(payloads)`; payloads in ascending uid order. A tensor whose
@@ -312,13 +303,15 @@ impl Replica {
         }
         check_peers(&self.schema, payloads)?;
         let base = base_mut(&mut self.base)?;
+        // A piece of scratch for the call, not kept: a miner trains next, at its peak.
+        let mut scratch = Vec::new();
         for (i, tensor) in base.iter_mut().enumerate() {
             let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
             let scales = clip_scales(&peers);
             let lr = self.outer_lr;
             merge_in_pieces(
                 &self.schema,
-                &mut self.scratch,
+                &mut scratch,
                 i,
                 &peers,
                 &scales,
@@ -358,6 +351,7 @@ impl Replica {
     ) -> Result<(), NodeError> {
         check_peers(&self.schema, std::slice::from_ref(&peer))?;
         check_peers(&self.schema, all)?;
+        let mut scratch = Vec::new();
         for (i, tensor) in peer.tensors.iter().enumerate() {
             let norms: Vec<f64> = all.iter().map(|p| p.tensors[i].values.norm()).collect();
             let clip = clip_scale(tensor.values.norm(), lower_median(&norms));
@@ -366,7 +360,7 @@ impl Replica {
             // The update becomes the updated values in place, a piece at a time.
             let applied = merge_in_pieces(
                 &self.schema,
-                &mut self.scratch,
+                &mut scratch,
                 i,
                 &[tensor],
                 &[clip],
