@@ -91,14 +91,16 @@ impl MemoryPlan {
             state_item("weights (f32)", device, f32s),
             item("network model (f32 host copy)", Place::Host, f32s),
             item("piece scratch", Place::Host, 2 * PIECE_BYTES),
-            // On the host the outer step's pieces fit in the gradients it has just released.
+            // A tensor open per codec thread, each holding its pseudo-gradient's piece and the
+            // piece read from the device. On the host they fit in the gradients the outer step
+            // has just released.
             item(
-                "outer-step scratch (a piece per codec thread)",
+                "outer-step scratch (two pieces per codec thread)",
                 Place::Host,
                 if shape.device_is_host {
                     0
                 } else {
-                    shape.codec_threads as u64 * PIECE_BYTES
+                    2 * shape.codec_threads as u64 * PIECE_BYTES
                 },
             ),
             item(
@@ -329,10 +331,10 @@ mod tests {
             16 * p + CUDA_CONTEXT_BYTES + activations
         );
         // Host: the network model and error feedback (8 bytes a parameter), two 16 MiB pieces
-        // of scratch and one per codec thread (never a whole tensor), the baseline.
+        // of scratch and two per codec thread (never a whole tensor), the baseline.
         assert_eq!(
             plan.bytes(Place::Host),
-            8 * p + (2 + 16) * (16 << 20) + PROCESS_BASELINE_BYTES
+            8 * p + (2 + 2 * 16) * (16 << 20) + PROCESS_BASELINE_BYTES
         );
         assert_eq!(plan.training_state_bytes(), 20 * p);
     }

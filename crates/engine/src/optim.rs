@@ -75,6 +75,8 @@ impl AdamW {
     /// reads them tensor by tensor in protocol order. Nothing is copied: until the reader is past
     /// tensor `i`, a step waits before it changes `i`'s moments — and as a step takes the tensors
     /// in the same order, after a forward and backward pass, training overlaps the reading.
+    /// The loan must be read on another thread: a step or [`crate::load_optimizer`] on the
+    /// thread that holds it would wait for it forever.
     pub fn lend_moments(&mut self) -> MomentsLoan {
         self.wait_for_loan();
         let returns = Arc::new(Returns::default());

@@ -342,7 +342,8 @@ pub(crate) fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), Engine
     Ok(())
 }
 
-/// One parameter's values, readable on a thread of its own (see [`Parameters::readers`]).
+/// One parameter's values, readable on a thread of its own (see [`Parameters::readers`]) while
+/// nothing trains: a read races with an optimizer step.
 pub struct ParameterReader(Tensor);
 
 impl ParameterReader {

@@ -241,7 +241,7 @@ impl<C: Chain> Miner<C> {
         if !self.behavior.is_honest() {
             self.observe(&verdicts, &payloads)?;
         }
-        self.saving.finish_weights(&mut self.error_feedback)?;
+        self.saving.finish_weights()?;
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
@@ -356,7 +356,8 @@ impl<C: Chain> Miner<C> {
         });
         let base_fingerprint = self.replica.fingerprint();
         // The last window's save holds the error feedback until it is written.
-        self.saving.finish(&mut self.error_feedback)?;
+        self.saving
+            .finish_training_state(&mut self.error_feedback)?;
         let payload = self.replica.outer_step(&mut self.error_feedback)?;
         let samples = steps as usize * data.batch_size;
         let header = GradientHeader {

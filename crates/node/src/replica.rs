@@ -85,7 +85,7 @@ pub fn memory_plan(
         payload_bytes,
         device_is_host: device == Device::Cpu,
         recompute: config.model.train.recompute_activations,
-        codec_threads: rayon::current_num_threads(),
+        codec_threads: templar_engine::memory::codec_threads(),
     };
     MemoryPlan::new(&config.model.model, role, shape)
 }
@@ -256,30 +256,44 @@ impl Replica {
         }
         // Training is over for the window: its gradients are not needed until the next one.
         self.model.params.release_gradients()?;
-        // Tensors in parallel, each on its own piece of scratch: the results, and the error
-        // feedback, are those of taking them one after another.
+        // Tensors in parallel, each on its own pieces of scratch: the results, and the error
+        // feedback, are those of taking them one after another. One group of tensors per codec
+        // thread, each group's taken in turn, so that at most a tensor per group is open at
+        // once however the codec's own parallel loops steal work (the planner counts that).
         let (schema, base) = (&self.schema, &self.base);
-        let compressed: Vec<Result<SparseTensor, CompressError>> = self
-            .model
-            .params
-            .readers()
+        let groups = balanced_groups(
+            self.model.params.readers(),
+            error_feedback.iter_mut(),
+            templar_engine::memory::codec_threads(),
+        );
+        let mut compressed: Vec<(usize, Result<SparseTensor, CompressError>)> = groups
             .into_par_iter()
-            .zip(error_feedback.par_iter_mut())
-            .enumerate()
-            .map(|(i, (live, feedback))| {
-                // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
-                let band = schema.plan(i).band_len();
-                let fill = |first_band: usize, out: &mut [f32]| {
-                    let start = first_band * band;
-                    live.read_range(start, out).map_err(|e| e.to_string())?;
-                    for (live, base) in out.iter_mut().zip(&base[i][start..]) {
-                        *live = base - *live;
-                    }
-                    Ok(())
-                };
-                compress_tensor_in_pieces(schema, i, feedback, MERGE_PIECE, Rule::Symmetric, fill)
+            .flat_map_iter(|group| {
+                group.into_iter().map(|(i, live, feedback)| {
+                    // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
+                    let band = schema.plan(i).band_len();
+                    let fill = |first_band: usize, out: &mut [f32]| {
+                        let start = first_band * band;
+                        live.read_range(start, out).map_err(|e| e.to_string())?;
+                        for (live, base) in out.iter_mut().zip(&base[i][start..]) {
+                            *live = base - *live;
+                        }
+                        Ok(())
+                    };
+                    let tensor = compress_tensor_in_pieces(
+                        schema,
+                        i,
+                        feedback,
+                        MERGE_PIECE,
+                        Rule::Symmetric,
+                        fill,
+                    );
+                    (i, tensor)
+                })
             })
             .collect();
+        compressed.sort_by_key(|(i, _)| *i);
+        let compressed: Vec<_> = compressed.into_iter().map(|(_, t)| t).collect();
         self.transfers.0 += 4 * self.base.iter().map(|b| b.len() as u64).sum::<u64>();
         for i in 0..self.base.len() {
             self.send_base(i)?;
@@ -456,6 +470,30 @@ fn base_mut(base: &mut SharedBase) -> Result<&mut Vec<Vec<f32>>, NodeError> {
     })
 }
 
+/// Tensors in `threads` groups of about equal size, the largest placed first, each with its
+/// live values' reader and its error feedback.
+fn balanced_groups<'a, R>(
+    readers: Vec<R>,
+    error_feedback: impl Iterator<Item = &'a mut Vec<f32>>,
+    threads: usize,
+) -> Vec<Vec<(usize, R, &'a mut Vec<f32>)>> {
+    let mut tensors: Vec<_> = readers
+        .into_iter()
+        .zip(error_feedback)
+        .enumerate()
+        .map(|(i, (live, feedback))| (i, live, feedback))
+        .collect();
+    tensors.sort_by_key(|(i, _, feedback)| (std::cmp::Reverse(feedback.len()), *i));
+    let mut groups: Vec<(usize, Vec<_>)> = (0..threads.max(1)).map(|_| (0, Vec::new())).collect();
+    for tensor in tensors {
+        if let Some((load, group)) = groups.iter_mut().min_by_key(|(load, _)| *load) {
+            *load += tensor.2.len();
+            group.push(tensor);
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
 /// Values a merge or the outer step holds in scratch at once: a whole-model operation costs a
 /// few MB of scratch, not the largest tensor (the embedding: 2 GB at 8B).
 const MERGE_PIECE: usize = 1 << 22;
@@ -623,5 +661,26 @@ mod tests {
             .unwrap();
         assert!(!applied);
         assert_eq!(calls, 0);
+    }
+
+    /// Greedy by size, largest first: lengths 10, 3, 8, 1 on two threads give {10, 1} and
+    /// {8, 3}, eleven values each; a group keeps each tensor's own index and error feedback.
+    #[test]
+    fn tensors_are_grouped_by_size_for_the_codec_threads() {
+        let mut feedback: Vec<Vec<f32>> = [10, 3, 8, 1].iter().map(|&n| vec![0.0; n]).collect();
+        let readers = vec!['a', 'b', 'c', 'd'];
+        let groups = balanced_groups(readers, feedback.iter_mut(), 2);
+        let shape: Vec<Vec<(usize, char, usize)>> = groups
+            .iter()
+            .map(|g| g.iter().map(|(i, r, f)| (*i, *r, f.len())).collect())
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![(0, 'a', 10), (3, 'd', 1)],
+                vec![(2, 'c', 8), (1, 'b', 3)]
+            ]
+        );
+        assert_eq!(balanced_groups(vec!['a'], feedback.iter_mut(), 0).len(), 1);
     }
 }

@@ -2,14 +2,20 @@
 //! protocol waits for the disk, and nothing is copied.
 //!
 //! Right after the outer step, the optimizer's moments are lent tensor by tensor (see
-//! [`templar_engine::AdamW::lend_moments`]) and the error feedback is moved to a thread that
+//! [`templar_engine::AdamW::lend_moments`]) and the error feedback is lent to a thread that
 //! writes them while the payload is uploaded, the peers' payloads are gathered and — once the
-//! aggregate is applied — the next window trains: a step waits only for moments not yet written,
-//! and the error feedback is not needed before the next outer step. After the apply a second
-//! thread waits for the first, writes the new base model (which nothing changes until the next
-//! aggregate: [`crate::replica::Replica`] refuses to change a base a save still reads) and
-//! commits the generation. Until the commit the previous generation stays current, so a crash at
-//! any moment loses at most the save in flight.
+//! aggregate is applied — the next window trains: a step waits only for moments not yet read,
+//! and the error feedback is wanted back only at the next outer step. After the apply a second
+//! thread takes the first stage's staged generation, writes the new base model (which nothing
+//! changes until the next aggregate: [`crate::replica::Replica`] refuses to change a base a save
+//! still reads) and commits it. Until the commit the previous generation stays current, so a
+//! crash at any moment loses at most the save in flight; a save that fails or panics loses no
+//! state of the running miner.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use templar_engine::{DEFAULT_SHARD_BYTES, save_lent_moments};
@@ -20,34 +26,28 @@ use crate::state::{Background, Staging, StateDir, write_f32s};
 
 pub const ERROR_FEEDBACK_FILE: &str = "error_feedback.bin";
 
-/// A miner's save in flight, and the error feedback it holds until it is done.
+/// A miner's save in flight, in two stages that end at different points of the window.
 #[derive(Default)]
-pub enum Saving {
-    #[default]
-    Idle,
-    /// The first stage: the moments and the error feedback.
-    TrainingState(Background<TrainingStateSaved>),
-    /// The first stage, then the base and the commit.
-    Weights(Background<WeightsSaved>),
+pub struct Saving {
+    training_state: Option<TrainingStateSave>,
+    weights: Option<Background<()>>,
 }
 
-/// What the first stage hands on: the error feedback, whatever happened to the write (a failed
-/// save must not cost the miner its error feedback), and the staged generation with the error
-/// feedback's digest.
-pub struct TrainingStateSaved {
-    error_feedback: Vec<Vec<f32>>,
-    written: Result<(Staging, String), NodeError>,
+/// The first stage: the moments and the error feedback being written.
+struct TrainingStateSave {
+    work: Background<()>,
+    /// Lent, not moved: whatever becomes of the thread (a panic, a failed start) the buffers
+    /// come back.
+    error_feedback: Arc<Mutex<Vec<Vec<f32>>>>,
+    /// The staged generation and the error feedback's digest, until the second stage takes it.
+    staged: Option<Receiver<Staged>>,
 }
 
-/// What the second stage hands back.
-pub struct WeightsSaved {
-    error_feedback: Vec<Vec<f32>>,
-    committed: Result<(), NodeError>,
-}
+type Staged = Result<(Staging, String), NodeError>;
 
 impl Saving {
-    /// First stage of generation `generation`: lends the replica's optimizer moments and moves
-    /// the error feedback to a thread that writes them. Waits for any earlier save first.
+    /// First stage of generation `generation`: lends the replica's optimizer moments and the
+    /// error feedback to a thread that writes them. Waits for any earlier save first.
     pub fn begin(
         &mut self,
         state: &StateDir,
@@ -58,86 +58,109 @@ impl Saving {
         self.finish(error_feedback)?;
         let staging = state.begin(generation)?;
         let moments = replica.lend_moments();
-        let buffers = std::mem::take(error_feedback);
         let names = replica.parameter_names();
+        let lent = Arc::new(Mutex::new(std::mem::take(error_feedback)));
+        let (send, staged) = sync_channel(1);
+        let buffers = Arc::clone(&lent);
         let work = move || {
-            let written = staging.fill(|dir| {
-                if let Some(moments) = moments {
-                    save_lent_moments(dir, moments, &names)?;
-                }
-                write_f32s(&dir.join(ERROR_FEEDBACK_FILE), &buffers)
-            });
-            Ok(TrainingStateSaved {
-                error_feedback: buffers,
-                written: written.map(|digest| (staging, digest)),
-            })
+            let buffers = buffers.lock().unwrap_or_else(PoisonError::into_inner);
+            let written = catch_unwind(AssertUnwindSafe(|| {
+                staging.fill(|dir| {
+                    if let Some(moments) = moments {
+                        save_lent_moments(dir, moments, &names)?;
+                    }
+                    write_f32s(&dir.join(ERROR_FEEDBACK_FILE), &buffers)
+                })
+            }))
+            .unwrap_or_else(|_| Err(stopped("writing the training state panicked")));
+            // No second stage to take it: the generation is abandoned.
+            let _ = send.send(written.map(|digest| (staging, digest)));
+            Ok(())
         };
-        *self = Saving::TrainingState(Background::spawn("saving the training state", work)?);
-        Ok(())
+        match Background::spawn("saving the training state", work) {
+            Ok(work) => {
+                self.training_state = Some(TrainingStateSave {
+                    work,
+                    error_feedback: lent,
+                    staged: Some(staged),
+                });
+                Ok(())
+            }
+            Err(error) => {
+                *error_feedback = take_back(&lent);
+                Err(error)
+            }
+        }
     }
 
-    /// Second stage, without waiting for the first: a thread waits for it, writes the replica's
-    /// base and `record(error feedback digest)`, and commits. Nothing to do when no first stage
-    /// runs.
+    /// Second stage, without waiting for the first: a thread takes the generation it staged,
+    /// writes the replica's base and `record(error feedback digest)`, and commits. Nothing to do
+    /// when no first stage runs.
     pub fn commit_with_weights<T: Serialize + Send + 'static>(
         &mut self,
         replica: &Replica,
         record: impl FnOnce(String) -> T + Send + 'static,
     ) -> Result<(), NodeError> {
-        let first = match std::mem::take(self) {
-            Saving::TrainingState(first) => first,
-            other => {
-                *self = other;
-                return Ok(());
-            }
+        let Some(staged) = self
+            .training_state
+            .as_mut()
+            .and_then(|first| first.staged.take())
+        else {
+            return Ok(());
         };
+        self.finish_weights()?;
         let base = replica.shared_base();
         let config = replica.model.config.clone();
         let work = move || {
-            let saved = first.wait()?;
-            let committed = saved.written.and_then(|(staging, digest)| {
-                staging.fill(|dir| save_base(dir, &config, &base, DEFAULT_SHARD_BYTES))?;
-                staging.commit(&record(digest))
-            });
-            Ok(WeightsSaved {
-                error_feedback: saved.error_feedback,
-                committed,
-            })
+            let (staging, digest) = staged
+                .recv()
+                .map_err(|_| stopped("the training state's save stopped"))??;
+            staging.fill(|dir| save_base(dir, &config, &base, DEFAULT_SHARD_BYTES))?;
+            staging.commit(&record(digest))
         };
-        *self = Saving::Weights(Background::spawn("saving the weights", work)?);
+        self.weights = Some(Background::spawn("saving the weights", work)?);
         Ok(())
     }
 
-    /// Waits for the second stage if it runs, which reads the base: before the base changes.
-    pub fn finish_weights(&mut self, error_feedback: &mut Vec<Vec<f32>>) -> Result<(), NodeError> {
-        match std::mem::take(self) {
-            Saving::Weights(work) => {
-                let saved = work.wait()?;
-                *error_feedback = saved.error_feedback;
-                saved.committed
-            }
-            other => {
-                *self = other;
-                Ok(())
-            }
+    /// Waits for the first stage and takes the error feedback back: before the outer step.
+    /// A first stage without its second is abandoned: its generation never becomes current.
+    pub fn finish_training_state(
+        &mut self,
+        error_feedback: &mut Vec<Vec<f32>>,
+    ) -> Result<(), NodeError> {
+        let Some(first) = self.training_state.take() else {
+            return Ok(());
+        };
+        let joined = first.work.wait();
+        *error_feedback = take_back(&first.error_feedback);
+        joined?;
+        match first.staged.map(|staged| staged.recv()) {
+            Some(Ok(Err(error))) => Err(error),
+            _ => Ok(()),
         }
     }
 
-    /// Waits for any save in flight and takes the error feedback back: before the outer step.
-    /// A first stage without its second is abandoned: its generation never becomes current.
+    /// Waits for the second stage, which reads the base: before the base changes.
+    pub fn finish_weights(&mut self) -> Result<(), NodeError> {
+        self.weights.take().map_or(Ok(()), Background::wait)
+    }
+
+    /// Waits for both stages, reporting the first failure once both are done.
     pub fn finish(&mut self, error_feedback: &mut Vec<Vec<f32>>) -> Result<(), NodeError> {
-        match std::mem::take(self) {
-            Saving::Idle => Ok(()),
-            Saving::TrainingState(work) => {
-                let saved = work.wait()?;
-                *error_feedback = saved.error_feedback;
-                saved.written.map(drop)
-            }
-            weights @ Saving::Weights(_) => {
-                *self = weights;
-                self.finish_weights(error_feedback)
-            }
-        }
+        let first = self.finish_training_state(error_feedback);
+        let second = self.finish_weights();
+        first.and(second)
+    }
+}
+
+fn take_back(lent: &Mutex<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+    std::mem::take(&mut *lent.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+fn stopped(reason: &str) -> NodeError {
+    NodeError::State {
+        path: PathBuf::new(),
+        reason: reason.into(),
     }
 }
 

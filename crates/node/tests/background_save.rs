@@ -57,12 +57,12 @@ fn child_saves_until_killed() {
     for generation in 1.. {
         // Beside the last generation's save, as a miner's next window trains.
         replica.train_step(&batch(&config, generation)).unwrap();
-        saving.finish(&mut error_feedback).unwrap();
+        saving.finish_training_state(&mut error_feedback).unwrap();
         let payload = replica.outer_step(&mut error_feedback).unwrap();
         saving
             .begin(&state, generation, &mut replica, &mut error_feedback)
             .unwrap();
-        saving.finish_weights(&mut error_feedback).unwrap();
+        saving.finish_weights().unwrap();
         replica.apply_aggregate(&[&payload]).unwrap();
         let fingerprint = replica.fingerprint().to_string();
         let optimizer_steps = generation;

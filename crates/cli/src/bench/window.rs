@@ -368,7 +368,7 @@ fn run_role(args: &Args, role: Role) -> Result<RoleFigures> {
         judge(&config, &data, &mut replica, &refs)?;
         phases.mark("judge");
     }
-    saving.finish_weights(&mut error_feedback)?;
+    saving.finish_weights()?;
     replica.apply_aggregate(&refs)?;
     phases.mark("aggregate_apply");
     drop(refs);
