@@ -18,16 +18,19 @@ mod wallet;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// libtorch allocates tensors through glibc's malloc, which by default raises its mmap threshold
-/// to the size of each large block freed (up to 32 MB): after the first training step,
-/// activations of a few MB come from the heap and stay resident as fragments. A fixed threshold
-/// gives every tensor of 256 KB or more its own mapping, returned when freed: `templar bench
-/// window` measured a 150m miner's peak 660 MB lower, at no measurable cost in step time.
+/// libtorch allocates CPU tensors through glibc's malloc, which by default raises its mmap
+/// threshold to the size of each large block freed (up to 32 MB): after the first training step,
+/// activations of several MB come from the heap and stay resident as fragments. A fixed threshold
+/// gives every tensor of 4 MiB or more its own mapping, returned when freed, while smaller ones
+/// (a small model's activations, made and freed by every op) reuse the heap instead of paying
+/// page faults each time. Measured on 2 cores: 256 KiB made training 1.7× slower (tiny 4 224
+/// against 7 234 tokens/s; a 150m window's training 15.0 s against 9.0 s) for 113 MB less peak;
+/// glibc's default, 6 465 tokens/s and more resident memory than either.
 fn return_large_blocks_to_the_kernel() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; it is called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
