@@ -37,6 +37,9 @@ pub struct OuterSettings {
     pub chunk: usize,
     /// SparseLoCo's quantizer levels: 4 (2-bit values, the network's setting) or 256 (8-bit).
     pub quantizer_bins: u16,
+    /// Keeps SparseLoCo's error feedback in bf16 between exchanges (2 bytes a parameter instead
+    /// of 4), as a node would store it; each exchange still accumulates and compresses in f32.
+    pub error_feedback_bf16: bool,
 }
 
 impl Default for OuterSettings {
@@ -49,6 +52,7 @@ impl Default for OuterSettings {
             demo_decay: 0.999,
             chunk: 64,
             quantizer_bins: 4,
+            error_feedback_bf16: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! bytes counted are the bytes a node would upload.
 
 use templar_codec::aggregate::merge_tensor;
+use templar_codec::payload::{bf16_to_f32, f32_to_bf16};
 use templar_codec::{
     CodecConfig, ErrorFeedback, IndexCoding, Payload, Schema, SparseTensor, TensorSpec, Transform,
     ValueCoding, aggregate, compress, decode, encode,
@@ -43,6 +44,14 @@ fn send(
     let bytes = encode(schema, &payload, IndexCoding::Rice);
     let received = decode(schema, &bytes).map_err(ExperimentError::codec)?;
     Ok((received, bytes.len() as u64))
+}
+
+/// What storing the error feedback as bf16 until the next exchange leaves of it (round to
+/// nearest even, as the codec's bf16 values).
+fn round_to_bf16(error_feedback: &mut [Vec<f32>]) {
+    for value in error_feedback.iter_mut().flatten() {
+        *value = bf16_to_f32(f32_to_bf16(*value));
+    }
 }
 
 /// SparseLoCo as templar's miners run it: `inner_steps` AdamW steps, `Δ = θ_shared − θ_local`
@@ -89,6 +98,9 @@ pub(crate) fn sparseloco(
             }
             let delta = pseudo_gradient(&shared, &read(trainer)?);
             let (payload, size) = send(&schema, &mut error_feedback[replica], &delta)?;
+            if o.error_feedback_bf16 {
+                round_to_bf16(&mut error_feedback[replica]);
+            }
             received.push(payload);
             sizes.push(size);
         }
@@ -165,4 +177,26 @@ pub(crate) fn demo(
         tracker.synced(step + 1, &trainer.model)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_bf16;
+
+    #[test]
+    fn error_feedback_rounds_to_the_nearest_bf16() {
+        // bf16 keeps 7 significand bits: near 1 its values are 2⁻⁷ apart. 1 + 2⁻⁸ lies halfway
+        // and goes to the even neighbour 1; 1 + 3·2⁻⁸ lies halfway and goes up to the even
+        // 1 + 2⁻⁶; 1 + 2⁻⁹ goes to the nearer 1.
+        let p = |e: i32| 2f32.powi(e);
+        let mut buffers = vec![
+            vec![1.0 + p(-7), 1.0 + p(-8)],
+            vec![1.0 + 3.0 * p(-8), 1.0 + p(-9)],
+        ];
+        round_to_bf16(&mut buffers);
+        assert_eq!(
+            buffers,
+            vec![vec![1.0 + p(-7), 1.0], vec![1.0 + p(-6), 1.0]]
+        );
+    }
 }

@@ -55,6 +55,9 @@ pub struct ConvergenceArgs {
     /// SparseLoCo's error-feedback decay β.
     #[arg(long, default_value_t = OuterSettings::default().error_feedback_beta)]
     error_feedback_beta: f32,
+    /// Keep SparseLoCo's error feedback in bf16 between exchanges (half the memory of f32).
+    #[arg(long)]
+    error_feedback_bf16: bool,
     /// DiLoCo's outer Nesterov learning rate.
     #[arg(long, default_value_t = OuterSettings::default().diloco_lr)]
     diloco_lr: f32,
@@ -185,6 +188,7 @@ fn settings(args: &ConvergenceArgs) -> Settings {
             demo_decay: args.demo_decay,
             chunk: args.chunk,
             quantizer_bins: args.quantizer_bins,
+            error_feedback_bf16: args.error_feedback_bf16,
         },
     }
 }
