@@ -1,0 +1,297 @@
+// The C ABI over libtorch's c10d that crates/dist binds: rendezvous stores, a Gloo process group
+// and its collectives. Every entry point catches everything: an exception must never unwind into
+// Rust. Errors come back as a kind (see `Kind`, mirrored in src/ffi.rs) and a malloc'd message.
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <c10/util/Exception.h>
+#include <gloo/common/error.h>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/exception.h>
+
+namespace {
+
+enum Kind : int32_t {
+  kOk = 0,
+  kStore = 1,
+  kNetwork = 2,
+  kBackend = 3,
+  kTimeout = 4,
+  kPeerLost = 5,
+  kInvalid = 6,
+  kTorch = 7,
+  kOther = 8,
+};
+
+struct Status {
+  int32_t kind;
+  char* message;
+};
+
+struct StoreHandle {
+  c10::intrusive_ptr<c10d::Store> store;
+  uint16_t port;
+};
+
+struct GroupHandle {
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+void fail(Status* status, Kind kind, const char* message) {
+  status->kind = kind;
+  status->message = strdup(message);
+}
+
+bool mentions_timeout(const char* message) {
+  return std::strstr(message, "Timed out") != nullptr ||
+      std::strstr(message, "timed out") != nullptr ||
+      std::strstr(message, "Timeout") != nullptr ||
+      std::strstr(message, "timeout") != nullptr;
+}
+
+// Runs `body`, turning any exception into `status`. The order matters: the most specific types
+// first (c10d's timeout is a network error, which is a c10::Error).
+template <typename Body>
+auto guard(Status* status, Body body) -> decltype(body()) {
+  status->kind = kOk;
+  status->message = nullptr;
+  try {
+    return body();
+  } catch (const c10d::TimeoutError& e) {
+    fail(status, kTimeout, e.what_without_backtrace());
+  } catch (const c10::DistStoreError& e) {
+    const char* m = e.what_without_backtrace();
+    fail(status, mentions_timeout(m) ? kTimeout : kStore, m);
+  } catch (const c10::DistNetworkError& e) {
+    fail(status, kNetwork, e.what_without_backtrace());
+  } catch (const c10::DistBackendError& e) {
+    fail(status, kBackend, e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    const char* m = e.what_without_backtrace();
+    fail(status, mentions_timeout(m) ? kTimeout : kTorch, m);
+  } catch (const ::gloo::IoException& e) {
+    // Gloo reports a peer that closed its sockets and one that stopped answering the same way.
+    fail(status, mentions_timeout(e.what()) ? kTimeout : kPeerLost, e.what());
+  } catch (const ::gloo::Exception& e) {
+    fail(status, kBackend, e.what());
+  } catch (const std::invalid_argument& e) {
+    fail(status, kInvalid, e.what());
+  } catch (const std::exception& e) {
+    fail(status, kOther, e.what());
+  } catch (...) {
+    fail(status, kOther, "an unknown C++ exception");
+  }
+  return decltype(body())();
+}
+
+std::chrono::milliseconds millis(int64_t ms) {
+  return std::chrono::milliseconds(ms);
+}
+
+at::Tensor& tensor(void* raw) {
+  at::Tensor& t = *static_cast<at::Tensor*>(raw);
+  // Gloo and NCCL read raw data pointers: a strided view would be read as if it were dense.
+  if (!t.defined() || t.is_sparse() || !t.is_contiguous()) {
+    throw std::invalid_argument("collectives take dense, contiguous tensors");
+  }
+  return t;
+}
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work) {
+  // No client-side deadline: the group's timeout bounds every collective.
+  work->wait();
+}
+
+uint8_t* copy_out(const std::vector<uint8_t>& bytes, size_t* len) {
+  *len = bytes.size();
+  auto* out = static_cast<uint8_t*>(std::malloc(bytes.empty() ? 1 : bytes.size()));
+  if (out == nullptr) {
+    throw std::bad_alloc();
+  }
+  if (!bytes.empty()) {
+    std::memcpy(out, bytes.data(), bytes.size());
+  }
+  return out;
+}
+
+c10d::ReduceOp reduce_op(int32_t op) {
+  switch (op) {
+    case 0:
+      return c10d::ReduceOp(c10d::ReduceOp::SUM);
+    case 1:
+      return c10d::ReduceOp(c10d::ReduceOp::MAX);
+    case 2:
+      return c10d::ReduceOp(c10d::ReduceOp::MIN);
+    default:
+      throw std::invalid_argument("unknown reduction");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void tdist_free(void* p) {
+  std::free(p);
+}
+
+void* tdist_store_file(const char* path, int64_t timeout_ms, Status* status) {
+  return guard(status, [&]() -> void* {
+    // numWorkers -1: the file is never removed by the store itself (the count of workers would
+    // be wrong as soon as one more handle opens it); its folder's owner removes it.
+    auto store = c10::make_intrusive<c10d::FileStore>(path, -1);
+    store->setTimeout(millis(timeout_ms));
+    return new StoreHandle{store, 0};
+  });
+}
+
+void* tdist_store_tcp(
+    const char* host,
+    uint16_t port,
+    bool server,
+    int64_t timeout_ms,
+    Status* status) {
+  return guard(status, [&]() -> void* {
+    c10d::TCPStoreOptions options;
+    options.port = port;
+    options.isServer = server;
+    options.waitWorkers = false;
+    options.timeout = millis(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(host, options);
+    uint16_t bound = store->getPort();
+    return new StoreHandle{store, bound};
+  });
+}
+
+uint16_t tdist_store_port(void* handle) {
+  return static_cast<StoreHandle*>(handle)->port;
+}
+
+void tdist_store_drop(void* handle) {
+  delete static_cast<StoreHandle*>(handle);
+}
+
+void tdist_store_set(
+    void* handle,
+    const char* key,
+    const uint8_t* data,
+    size_t len,
+    Status* status) {
+  guard(status, [&]() -> int {
+    std::vector<uint8_t> value(data, data + len);
+    static_cast<StoreHandle*>(handle)->store->set(key, value);
+    return 0;
+  });
+}
+
+uint8_t* tdist_store_get(void* handle, const char* key, size_t* len, Status* status) {
+  return guard(status, [&]() -> uint8_t* {
+    return copy_out(static_cast<StoreHandle*>(handle)->store->get(key), len);
+  });
+}
+
+int64_t tdist_store_add(void* handle, const char* key, int64_t delta, Status* status) {
+  return guard(status, [&]() -> int64_t {
+    return static_cast<StoreHandle*>(handle)->store->add(key, delta);
+  });
+}
+
+uint8_t* tdist_store_compare_set(
+    void* handle,
+    const char* key,
+    const uint8_t* expected,
+    size_t expected_len,
+    const uint8_t* desired,
+    size_t desired_len,
+    size_t* len,
+    Status* status) {
+  return guard(status, [&]() -> uint8_t* {
+    std::vector<uint8_t> e(expected, expected + expected_len);
+    std::vector<uint8_t> d(desired, desired + desired_len);
+    return copy_out(static_cast<StoreHandle*>(handle)->store->compareSet(key, e, d), len);
+  });
+}
+
+int32_t tdist_store_check(void* handle, const char* key, Status* status) {
+  return guard(status, [&]() -> int32_t {
+    return static_cast<StoreHandle*>(handle)->store->check({key}) ? 1 : 0;
+  });
+}
+
+void* tdist_group_gloo(
+    void* store,
+    int32_t rank,
+    int32_t world,
+    int64_t timeout_ms,
+    int32_t threads,
+    Status* status) {
+  return guard(status, [&]() -> void* {
+    auto options = c10d::ProcessGroupGloo::Options::create(millis(timeout_ms));
+    // One node's ranks share a host: loopback, never an interface picked by hostname lookup.
+    options->devices.push_back(
+        c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1", false));
+    options->threads = threads > 0 ? threads : 2;
+    auto group = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        static_cast<StoreHandle*>(store)->store, rank, world, options);
+    return new GroupHandle{c10::static_intrusive_pointer_cast<c10d::Backend>(group)};
+  });
+}
+
+void tdist_group_drop(void* handle) {
+  delete static_cast<GroupHandle*>(handle);
+}
+
+void tdist_all_reduce(void* group, void* raw, int32_t op, Status* status) {
+  guard(status, [&]() -> int {
+    std::vector<at::Tensor> tensors{tensor(raw)};
+    c10d::AllreduceOptions options;
+    options.reduceOp = reduce_op(op);
+    wait(static_cast<GroupHandle*>(group)->backend->allreduce(tensors, options));
+    return 0;
+  });
+}
+
+void tdist_broadcast(void* group, void* raw, int32_t root, Status* status) {
+  guard(status, [&]() -> int {
+    std::vector<at::Tensor> tensors{tensor(raw)};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    wait(static_cast<GroupHandle*>(group)->backend->broadcast(tensors, options));
+    return 0;
+  });
+}
+
+void tdist_all_gather(void* group, void* out, void* in, Status* status) {
+  guard(status, [&]() -> int {
+    wait(static_cast<GroupHandle*>(group)->backend->_allgather_base(
+        tensor(out), tensor(in), c10d::AllgatherOptions()));
+    return 0;
+  });
+}
+
+void tdist_reduce_scatter(void* group, void* out, void* in, int32_t op, Status* status) {
+  guard(status, [&]() -> int {
+    c10d::ReduceScatterOptions options;
+    options.reduceOp = reduce_op(op);
+    // Gloo writes the output inside wait(): the work must always be waited for.
+    wait(static_cast<GroupHandle*>(group)->backend->_reduce_scatter_base(
+        tensor(out), tensor(in), options));
+    return 0;
+  });
+}
+
+void tdist_barrier(void* group, Status* status) {
+  guard(status, [&]() -> int {
+    wait(static_cast<GroupHandle*>(group)->backend->barrier(c10d::BarrierOptions()));
+    return 0;
+  });
+}
+
+}  // extern "C"
