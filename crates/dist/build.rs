@@ -18,7 +18,8 @@ fn main() {
     let libtorch = PathBuf::from(libtorch);
     let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
     let include = libtorch.join("include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .pic(true)
@@ -38,13 +39,57 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         // Gloo's headers are not in the wheel; ProcessGroupGloo.hpp only names its types.
         .include("vendor")
-        .file("cpp/dist.cpp")
-        .compile("templar_dist");
+        .file("cpp/dist.cpp");
+    println!("cargo::rustc-check-cfg=cfg(templar_nccl)");
+    let cuda = nccl_includes(&libtorch);
+    if let Some(includes) = &cuda {
+        build.define("USE_C10D_NCCL", None).file("cpp/nccl.cpp");
+        for dir in includes {
+            build.include(dir);
+        }
+    }
+    build.compile("templar_dist");
     println!(
         "cargo:rustc-link-search=native={}",
         libtorch.join("lib").display()
     );
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    if cuda.is_some() {
+        println!("cargo:rustc-cfg=templar_nccl");
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
     libtorch_link::emit_link_args();
+}
+
+/// The CUDA and NCCL header folders, when the installed libtorch is a CUDA build whose wheels
+/// brought them (`site-packages/nvidia/*/include`, beside `torch/`): then the NCCL group is
+/// compiled in. Without them the crate still builds, with Gloo only.
+fn nccl_includes(libtorch: &std::path::Path) -> Option<Vec<PathBuf>> {
+    if !libtorch.join("lib/libtorch_cuda.so").exists() {
+        return None;
+    }
+    let nvidia = libtorch.parent()?.join("nvidia");
+    let mut includes: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path().join("include")))
+        .filter(|dir| dir.is_dir())
+        .collect();
+    includes.sort();
+    // CUDA's runtime wheel leaves out the compiler's `crt/` and `nv/` headers that its own
+    // headers include: scripts/setup installs them beside the torch wheel.
+    let cache = libtorch.parent()?.parent()?;
+    let extra = cache.join("cuda-headers-13.0/nvidia/cu13/include");
+    if !extra.is_dir() {
+        println!(
+            "cargo:warning=CUDA's compiler headers are missing ({}): building with Gloo only; run scripts/setup for NCCL",
+            extra.display()
+        );
+        return None;
+    }
+    includes.push(extra);
+    let has = |header: &str| includes.iter().any(|dir| dir.join(header).exists());
+    (has("nccl.h") && has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nv/target"))
+        .then_some(includes)
 }

@@ -80,6 +80,15 @@ unsafe extern "C" {
         threads: i32,
         status: *mut Status,
     ) -> *mut c_void;
+    #[cfg(templar_nccl)]
+    pub(crate) fn tdist_group_nccl(
+        store: *mut c_void,
+        rank: i32,
+        world: i32,
+        cuda_index: i32,
+        timeout_ms: i64,
+        status: *mut Status,
+    ) -> *mut c_void;
     pub(crate) fn tdist_group_drop(group: *mut c_void);
     pub(crate) fn tdist_all_reduce(
         group: *mut c_void,

@@ -85,6 +85,40 @@ impl ProcessGroup {
         Ok(ProcessGroup { raw, rank, world })
     }
 
+    /// Joins the NCCL group of `world` ranks that meet in `store`, as `rank` on CUDA device
+    /// `cuda_index` (made this thread's current device). Only in builds against a CUDA libtorch
+    /// ([`crate::NCCL`]). For a dead or stalled peer to surface as an error rather than end the
+    /// process, start the ranks with `TORCH_NCCL_BLOCKING_WAIT=1` and
+    /// `TORCH_NCCL_ASYNC_ERROR_HANDLING=2`.
+    #[cfg(templar_nccl)]
+    pub fn nccl(
+        store: &Store,
+        rank: usize,
+        world: usize,
+        cuda_index: usize,
+        options: &GroupOptions,
+    ) -> Result<Self> {
+        if rank >= world {
+            return Err(DistError::RankOutOfRange { rank, world });
+        }
+        let mut status = ffi::Status::new();
+        // SAFETY: a live store handle; the group keeps its own reference to the store.
+        let raw = unsafe {
+            ffi::tdist_group_nccl(
+                store.raw(),
+                to_i32(rank, "rank")?,
+                to_i32(world, "world size")?,
+                to_i32(cuda_index, "CUDA device")?,
+                millis(options.timeout),
+                &mut status,
+            )
+        };
+        check(status)?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| DistError::Backend("the shim returned no group and no error".into()))?;
+        Ok(ProcessGroup { raw, rank, world })
+    }
+
     pub fn rank(&self) -> usize {
         self.rank
     }

@@ -1,6 +1,6 @@
 //! One node over many ranks. This crate binds libtorch's distributed runtime, c10d — the engine
 //! under PyTorch's DDP and FSDP — through a small C++ shim (`cpp/dist.cpp`): rendezvous stores
-//! ([`Store`]), a Gloo process group ([`ProcessGroup`]) and its collectives on tch tensors, and
+//! ([`Store`]), Gloo and NCCL process groups ([`ProcessGroup`]) and its collectives on tch tensors, and
 //! a rendezvous ([`rendezvous`]) that refuses ranks that do not belong together before any
 //! collective runs. Every C++ exception comes back as a typed [`DistError`].
 
@@ -16,6 +16,10 @@ pub use rendezvous::{Member, check_members, rendezvous};
 pub use store::Store;
 
 use std::ffi::{CStr, CString};
+
+/// Whether this build has the NCCL process group ([`ProcessGroup::nccl`]): it was built against a
+/// CUDA libtorch with CUDA's and NCCL's headers at hand.
+pub const NCCL: bool = cfg!(templar_nccl);
 
 /// The error a shim call reported, if any (and frees its message).
 fn check(status: ffi::Status) -> Result<()> {

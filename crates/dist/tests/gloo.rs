@@ -171,6 +171,47 @@ fn a_tcp_store_serves_its_clients() {
     assert_eq!(client.get("k").unwrap(), b"v");
 }
 
+/// NCCL on one GPU: the group builds and every collective runs on CUDA tensors (world size 1,
+/// so each is the identity). Skipped, saying so, where there is no NCCL build or no GPU;
+/// `scripts/gpu-check` runs it on a GPU machine.
+#[test]
+fn nccl_group_of_one_runs_every_collective() {
+    if !templar_dist::NCCL || !tch::Cuda::is_available() {
+        eprintln!(
+            "skipped: NCCL built in: {}, CUDA available: {}",
+            templar_dist::NCCL,
+            tch::Cuda::is_available()
+        );
+        return;
+    }
+    nccl_world_of_one();
+}
+
+#[cfg(templar_nccl)]
+fn nccl_world_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::file(&dir.path().join("store"), SHORT).unwrap();
+    let options = GroupOptions::default();
+    let mut group = ProcessGroup::nccl(&store, 0, 1, 0, &options).unwrap();
+    let cuda = tch::Device::Cuda(0);
+    let mut tensor = Tensor::arange(8, (Kind::BFloat16, cuda));
+    let before = tensor.copy();
+    group.all_reduce(&mut tensor, ReduceOp::Sum).unwrap();
+    group.broadcast(&mut tensor, 0).unwrap();
+    let mut gathered = Tensor::zeros([8], (Kind::BFloat16, cuda));
+    group.all_gather(&mut gathered, &tensor).unwrap();
+    let mut scattered = Tensor::zeros([8], (Kind::BFloat16, cuda));
+    group
+        .reduce_scatter(&mut scattered, &gathered, ReduceOp::Sum)
+        .unwrap();
+    group.barrier().unwrap();
+    assert!(scattered.equal(&before), "{scattered:?} != {before:?}");
+    println!("nccl: every collective ran on one GPU");
+}
+
+#[cfg(not(templar_nccl))]
+fn nccl_world_of_one() {}
+
 /// One rank of a scenario run by [`ranks`]; nothing outside of one.
 #[test]
 fn child() {
