@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N (bf16 autocast on CUDA, as templar)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with open(args.preset_file, "rb") as f:
@@ -95,7 +96,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Llama(c)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = Llama(c).to(device)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
                             weight_decay=t["weight_decay"], foreach=False)
@@ -103,12 +106,13 @@ def main():
     vocab = c["vocab_size"]
 
     def step(index):
-        ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(index))
+        ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(index)).to(device)
         opt.zero_grad(set_to_none=False)
         predicted = batch * (seq - 1)
         for start in range(0, batch, micro):
             chunk = ids[start:start + micro]
-            logits = model(chunk)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = model(chunk)
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), chunk[:, 1:].reshape(-1),
                                    reduction="sum", ignore_index=-100)
             (loss / predicted).backward()
@@ -123,6 +127,8 @@ def main():
     start = time.perf_counter()
     for i in range(args.steps):
         step(args.warmup + i)
+    if cuda:
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     result = {
         "implementation": "pytorch",
@@ -132,6 +138,8 @@ def main():
         "tokens_per_s": args.steps * batch * seq / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if cuda:
+        result["peak_device_mb"] = torch.cuda.max_memory_allocated(device) / 1e6
     print(json.dumps(result) if args.json else result)
 
 

@@ -43,6 +43,8 @@ struct Figures {
     parameter_count: u64,
     tokens_per_s: f64,
     peak_rss_mb: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peak_device_mb: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -103,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         ratio_to_pytorch: None,
     };
     if args.reference {
-        let figures = run_reference(&preset, &args, threads)?;
+        let figures = run_reference(&preset, &args, threads, device)?;
         report.ratio_to_pytorch = Some(tokens_per_s / figures.tokens_per_s);
         report.pytorch = Some(figures);
     }
@@ -138,7 +140,16 @@ fn print(report: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn run_reference(preset: &Preset, args: &Args, threads: i32) -> Result<Figures> {
+fn run_reference(
+    preset: &Preset,
+    args: &Args,
+    threads: i32,
+    device: templar_engine::Device,
+) -> Result<Figures> {
+    let device = match device {
+        templar_engine::Device::Cuda(index) => format!("cuda:{index}"),
+        _ => "cpu".to_string(),
+    };
     let script = reference_script()?;
     let preset_file =
         std::env::temp_dir().join(format!("templar-bench-preset-{}.toml", std::process::id()));
@@ -153,6 +164,7 @@ fn run_reference(preset: &Preset, args: &Args, threads: i32) -> Result<Figures> 
             &args.warmup.to_string(),
         ])
         .args(["--threads", &threads.to_string()])
+        .args(["--device", &device])
         .env("PYTHONPATH", torch_site_packages()?)
         .env("PYTHONWARNINGS", "ignore")
         .output()
