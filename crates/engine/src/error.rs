@@ -20,6 +20,8 @@ pub enum EngineError {
     Batch(String),
     #[error("not enough memory: {0}")]
     Memory(String),
+    #[error("between ranks: {0}")]
+    Distributed(#[from] templar_dist::DistError),
 }
 
 impl EngineError {

@@ -1,6 +1,6 @@
-//! The training engine, and the only crate that links libtorch: the LLaMA model, AdamW with its
-//! schedule, evaluation in bits per byte, flat `f32` parameter access for the codec, and
-//! Hugging Face-compatible checkpoints.
+//! The training engine on libtorch: the LLaMA model, AdamW with its schedule, training over the
+//! ranks of a process group with sharded gradients and moments, evaluation in bits per byte, flat
+//! `f32` parameter access for the codec, and Hugging Face-compatible checkpoints.
 
 mod checkpoint;
 mod config;
@@ -12,6 +12,7 @@ pub mod memory;
 mod model;
 mod optim;
 mod params;
+mod sharded;
 pub mod tensor_files;
 mod train;
 
@@ -28,6 +29,7 @@ pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
+pub use sharded::{Shard, ShardedTrainer};
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

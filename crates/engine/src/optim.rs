@@ -66,6 +66,14 @@ impl AdamW {
         self
     }
 
+    pub(crate) fn hyper(&self) -> Hyper {
+        Hyper {
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
@@ -99,18 +107,7 @@ impl AdamW {
     /// One AdamW step at learning rate `lr` using the gradients stored on the parameters.
     pub fn step(&mut self, params: &mut Parameters, lr: f64) -> Result<(), EngineError> {
         self.step += 1;
-        let [beta1, beta2] = self.betas;
-        let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias_correction1;
-        let constants = StepConstants {
-            decay: 1.0 - lr * self.weight_decay,
-            beta1,
-            beta2,
-            bias_correction2_sqrt,
-            eps: self.eps,
-            step_size,
-        };
+        let constants = StepConstants::new(self.hyper(), self.step, lr);
         tch::no_grad(|| -> Result<(), EngineError> {
             for (index, param) in params.tensors.iter_mut().enumerate() {
                 let grad = param.grad();
@@ -217,8 +214,26 @@ fn pieces(tensors: &[Tensor; 4], start: i64, len: i64) -> Result<[Tensor; 4], En
     ])
 }
 
+/// AdamW's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hyper {
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Hyper {
+    pub(crate) fn of(config: &TrainConfig) -> Hyper {
+        Hyper {
+            betas: config.betas,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+        }
+    }
+}
+
 /// One step's scalars.
-struct StepConstants {
+pub(crate) struct StepConstants {
     decay: f64,
     beta1: f64,
     beta2: f64,
@@ -228,8 +243,21 @@ struct StepConstants {
 }
 
 impl StepConstants {
+    /// The scalars of step number `step` (counted from 1) at learning rate `lr`.
+    pub(crate) fn new(hyper: Hyper, step: u64, lr: f64) -> StepConstants {
+        let [beta1, beta2] = hyper.betas;
+        StepConstants {
+            decay: 1.0 - lr * hyper.weight_decay,
+            beta1,
+            beta2,
+            bias_correction2_sqrt: (1.0 - beta2.powi(step as i32)).sqrt(),
+            eps: hyper.eps,
+            step_size: lr / (1.0 - beta1.powi(step as i32)),
+        }
+    }
+
     /// PyTorch's single-tensor AdamW on one piece: decay, moment updates, bias-corrected step.
-    fn update(
+    pub(crate) fn update(
         &self,
         param: &mut Tensor,
         grad: &Tensor,

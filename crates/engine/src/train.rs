@@ -154,10 +154,30 @@ fn compute_gradients(
     config: &TrainConfig,
     batch: &Batch,
 ) -> Result<Gradients, EngineError> {
+    let predicted = batch.predicted_positions()?;
+    let loss_sum = accumulate_gradients(model, config, batch, predicted)?;
+    let grad_norm = clip_gradients(model, config.grad_clip)?;
+    Ok(Gradients {
+        loss: loss_sum / predicted as f64,
+        grad_norm,
+        tokens: batch.rows() * batch.input_ids.size()[1] as usize,
+    })
+}
+
+/// Zeroes the gradients, then accumulates those of `batch`'s summed loss over `divisor`
+/// positions, a micro-batch at a time; returns the summed loss. Each micro-batch's loss is
+/// divided by the count of a whole batch, so the accumulated gradient is exactly that of its
+/// mean however the batch is split — across micro-batches, or across ranks that each hold some
+/// of its rows.
+pub(crate) fn accumulate_gradients(
+    model: &mut Llama,
+    config: &TrainConfig,
+    batch: &Batch,
+    divisor: i64,
+) -> Result<f64, EngineError> {
     let device = model.device();
     model.params.zero_gradients()?;
-    let predicted = batch.predicted_positions()?;
-    if predicted == 0 {
+    if divisor == 0 {
         return Err(EngineError::Batch(
             "every label is ignored; nothing to train on".into(),
         ));
@@ -167,9 +187,7 @@ fn compute_gradients(
     for start in (0..batch.rows()).step_by(micro) {
         let len = micro.min(batch.rows() - start);
         let (input_ids, labels) = batch.rows_range(start, len, device)?;
-        // Each micro-batch's summed loss is divided by the whole batch's count, so the accumulated
-        // gradient is exactly that of the batch mean, however the batch is split.
-        let (divisor, autocast) = (predicted as f64, device.is_cuda());
+        let (divisor, autocast) = (divisor as f64, device.is_cuda());
         loss_sum += if config.recompute_activations {
             model.backward_loss_sum_recomputing(&input_ids, &labels, divisor, autocast)?
         } else {
@@ -177,12 +195,7 @@ fn compute_gradients(
         }
         .0;
     }
-    let grad_norm = clip_gradients(model, config.grad_clip)?;
-    Ok(Gradients {
-        loss: loss_sum / predicted as f64,
-        grad_norm,
-        tokens: batch.rows() * batch.input_ids.size()[1] as usize,
-    })
+    Ok(loss_sum)
 }
 
 /// Scales all gradients by `min(1, clip / (norm + 1e-6))`, as `torch.nn.utils.clip_grad_norm_`.
