@@ -5,6 +5,7 @@ use clap::Subcommand;
 
 mod codec;
 mod quantizer;
+mod ranks;
 mod synthetic;
 mod train;
 mod window;

@@ -31,6 +31,16 @@ pub struct Args {
     /// Also run bench/reference_train.py (PyTorch) on the same preset and report the ratio.
     #[arg(long)]
     reference: bool,
+    /// Also train on this many Gloo ranks (processes, the threads split among them, gradients
+    /// and moments sharded) and report the scaling efficiency and the largest loss difference
+    /// against the one-process run (CPU only).
+    #[arg(long, default_value_t = 1)]
+    ranks: usize,
+    /// One rank of a `--ranks` run: `RANK` and the rendezvous folder (set by the parent).
+    #[arg(long, hide = true, requires = "store")]
+    rank: Option<usize>,
+    #[arg(long, hide = true)]
+    store: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -61,6 +71,8 @@ struct Report {
     pytorch: Option<Figures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_pytorch: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ranks: Option<super::ranks::RanksReport>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -70,27 +82,22 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     templar_engine::set_threads(threads);
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    let (model, train) = (&preset.model, &preset.train);
-    let trainer_model = Llama::new(model, 0, device)?;
-    let mut trainer = Trainer::new(trainer_model, train.clone())?;
-    let batch_tokens = train.batch_size * train.seq_len;
-    let mut state = 0x5eed_u64;
-    let mut batch = || {
-        let tokens: Vec<i64> = (0..batch_tokens)
-            .map(|_| (splitmix(&mut state) % model.vocab_size as u64) as i64)
-            .collect();
-        Batch::from_tokens(&tokens, train.batch_size, train.seq_len, model.vocab_size)
-    };
-    for _ in 0..args.warmup {
-        trainer.train_step(&batch()?)?;
+    let batches = batches(&preset, args.warmup + args.steps)?;
+    if let (Some(rank), Some(store)) = (args.rank, &args.store) {
+        return super::ranks::run_rank(&preset, &batches, args.warmup, rank, args.ranks, store);
     }
-    let batches = (0..args.steps)
-        .map(|_| batch())
-        .collect::<Result<Vec<_>, _>>()?;
-    let start = Instant::now();
-    for b in &batches {
+    let (model, train) = (&preset.model, &preset.train);
+    let mut trainer = Trainer::new(Llama::new(model, 0, device)?, train.clone())?;
+    let (warmup, timed) = batches.split_at(args.warmup as usize);
+    for b in warmup {
         trainer.train_step(b)?;
     }
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(timed.len());
+    for b in timed {
+        losses.push(trainer.train_step(b)?.loss);
+    }
+    let batch_tokens = train.batch_size * train.seq_len;
     let tokens_per_s = (args.steps as usize * batch_tokens) as f64 / start.elapsed().as_secs_f64();
     let mut report = Report {
         preset: args.preset.clone(),
@@ -103,13 +110,61 @@ pub fn run(args: Args) -> Result<()> {
         peak_rss_mb: peak_rss_mb(),
         pytorch: None,
         ratio_to_pytorch: None,
+        ranks: None,
     };
     if args.reference {
         let figures = run_reference(&preset, &args, threads, device)?;
         report.ratio_to_pytorch = Some(tokens_per_s / figures.tokens_per_s);
         report.pytorch = Some(figures);
     }
+    if args.ranks > 1 {
+        if device != templar_engine::Device::Cpu {
+            bail!("--ranks runs Gloo ranks on the CPU; use --device cpu");
+        }
+        let per_rank = (threads / args.ranks as i32).max(1);
+        let ranked = super::ranks::run_ranks(&args_for_ranks(&args), args.ranks, per_rank)?;
+        report.ranks = Some(super::ranks::RanksReport::compare(
+            ranked,
+            per_rank,
+            tokens_per_s,
+            &losses,
+        ));
+    }
     print(&report, args.json)
+}
+
+/// The flags every rank process is started with.
+fn args_for_ranks(args: &Args) -> Vec<String> {
+    vec![
+        "--preset".into(),
+        args.preset.clone(),
+        "--steps".into(),
+        args.steps.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]
+}
+
+/// Deterministic random token batches of the preset's shape: the same for every process.
+fn batches(preset: &Preset, count: u64) -> Result<Vec<Batch>> {
+    let (model, train) = (&preset.model, &preset.train);
+    let batch_tokens = train.batch_size * train.seq_len;
+    let mut state = 0x5eed_u64;
+    (0..count)
+        .map(|_| {
+            let tokens: Vec<i64> = (0..batch_tokens)
+                .map(|_| (splitmix(&mut state) % model.vocab_size as u64) as i64)
+                .collect();
+            Ok(Batch::from_tokens(
+                &tokens,
+                train.batch_size,
+                train.seq_len,
+                model.vocab_size,
+            )?)
+        })
+        .collect()
 }
 
 fn print(report: &Report, json: bool) -> Result<()> {
@@ -130,6 +185,12 @@ fn print(report: &Report, json: bool) -> Result<()> {
         "templar  {:>10.0} tokens/s   peak RSS {:>7.0} MB",
         report.tokens_per_s, report.peak_rss_mb
     );
+    if let Some(ranks) = &report.ranks {
+        println!(
+            "{} ranks {:>10.0} tokens/s   scaling efficiency {:.3}   largest loss difference {:.2e}",
+            ranks.ranks, ranks.tokens_per_s, ranks.scaling_efficiency, ranks.max_loss_diff
+        );
+    }
     if let (Some(p), Some(ratio)) = (&report.pytorch, report.ratio_to_pytorch) {
         println!(
             "pytorch  {:>10.0} tokens/s   peak RSS {:>7.0} MB",

@@ -1,0 +1,140 @@
+//! `bench train --ranks N`: the same steps on N Gloo ranks (processes of this binary, the
+//! threads split among them), against the one-process run in the parent.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
+use templar_engine::{Batch, Device, Llama, Preset, ShardedTrainer};
+
+/// What one rank measured (printed by rank processes as one JSON line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RankFigures {
+    pub tokens_per_s: f64,
+    pub losses: Vec<f64>,
+    pub moment_values: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RanksReport {
+    pub ranks: usize,
+    pub threads_per_rank: i32,
+    pub tokens_per_s: f64,
+    /// Tokens/s on the ranks over tokens/s of one process with the same threads in all.
+    pub scaling_efficiency: f64,
+    /// The largest difference of a timed step's loss from the one-process run's.
+    pub max_loss_diff: f64,
+    /// AdamW values each rank holds per moment.
+    pub moment_values: Vec<i64>,
+}
+
+impl RanksReport {
+    pub fn compare(
+        ranks: Vec<RankFigures>,
+        threads_per_rank: i32,
+        one_process: f64,
+        losses: &[f64],
+    ) -> RanksReport {
+        let max_loss_diff = ranks
+            .iter()
+            .flat_map(|r| r.losses.iter().zip(losses).map(|(a, b)| (a - b).abs()))
+            .fold(0.0, f64::max);
+        // Every rank waits for the slowest at each step: rank 0's rate is the group's.
+        let tokens_per_s = ranks.first().map_or(0.0, |r| r.tokens_per_s);
+        RanksReport {
+            ranks: ranks.len(),
+            threads_per_rank,
+            tokens_per_s,
+            scaling_efficiency: tokens_per_s / one_process,
+            max_loss_diff,
+            moment_values: ranks.iter().map(|r| r.moment_values).collect(),
+        }
+    }
+}
+
+/// Starts `world` rank processes of `bench train` meeting in a fresh folder, and collects what
+/// they measured.
+pub fn run_ranks(flags: &[String], world: usize, per_rank: i32) -> Result<Vec<RankFigures>> {
+    let dir = tempfile::tempdir().context("creating the rendezvous folder")?;
+    let exe = std::env::current_exe().context("cannot find the templar binary")?;
+    let children = (0..world)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["bench", "train", "--json"])
+                .args(flags)
+                .args(["--ranks", &world.to_string(), "--rank", &rank.to_string()])
+                .arg("--store")
+                .arg(dir.path())
+                .args(["--threads", &per_rank.to_string()])
+                .env("OMP_NUM_THREADS", per_rank.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting rank {rank}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut figures = Vec::with_capacity(world);
+    for (rank, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "rank {rank} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        figures.push(
+            serde_json::from_str(line)
+                .with_context(|| format!("reading rank {rank}'s figures {line:?}"))?,
+        );
+    }
+    Ok(figures)
+}
+
+/// One rank: joins the group, trains the warm-up and the timed steps on its share of each batch,
+/// and prints its figures.
+pub fn run_rank(
+    preset: &Preset,
+    batches: &[Batch],
+    warmup: u64,
+    rank: usize,
+    world: usize,
+    dir: &Path,
+) -> Result<()> {
+    let timeout = Duration::from_secs(120);
+    let store = Store::file(&dir.join("store"), timeout)?;
+    let fingerprint = format!("{} {}", env!("CARGO_PKG_VERSION"), toml::to_string(preset)?);
+    rendezvous(&store, &Member::new(rank, world, fingerprint), timeout)?;
+    let options = GroupOptions {
+        timeout,
+        threads: 2,
+    };
+    let group = ProcessGroup::gloo(&store, rank, world, &options)?;
+    let model = Llama::new(&preset.model, 0, Device::Cpu)?;
+    let mut trainer = ShardedTrainer::new(model, preset.train.clone(), group)?;
+    let (warm, timed) = batches.split_at(warmup as usize);
+    for b in warm {
+        trainer.train_step(b)?;
+    }
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(timed.len());
+    for b in timed {
+        losses.push(trainer.train_step(b)?.loss);
+    }
+    let tokens: usize = timed
+        .iter()
+        .map(|b| b.rows() * b.input_ids.size()[1] as usize)
+        .sum();
+    let figures = RankFigures {
+        tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64(),
+        losses,
+        moment_values: trainer.moment_values(),
+    };
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
