@@ -144,8 +144,12 @@ void tdist_broadcast(void* group, void* raw, int32_t root, Status* status) {
 
 void tdist_all_gather(void* group, void* out, void* in, Status* status) {
   guard(status, [&]() -> int {
+    // Flat views: c10d checks the shapes of a gather or scatter with assertions that abort;
+    // the caller has checked the element counts.
+    at::Tensor flat_out = tensor(out).view({-1});
+    at::Tensor flat_in = tensor(in).view({-1});
     wait(static_cast<GroupHandle*>(group)->backend->_allgather_base(
-        tensor(out), tensor(in), c10d::AllgatherOptions()));
+        flat_out, flat_in, c10d::AllgatherOptions()));
     return 0;
   });
 }
@@ -155,8 +159,10 @@ void tdist_reduce_scatter(void* group, void* out, void* in, int32_t op, Status* 
     c10d::ReduceScatterOptions options;
     options.reduceOp = reduce_op(op);
     // Gloo writes the output inside wait(): the work must always be waited for.
+    at::Tensor flat_out = tensor(out).view({-1});
+    at::Tensor flat_in = tensor(in).view({-1});
     wait(static_cast<GroupHandle*>(group)->backend->_reduce_scatter_base(
-        tensor(out), tensor(in), options));
+        flat_out, flat_in, options));
     return 0;
   });
 }

@@ -1,7 +1,8 @@
 // The NCCL process group, compiled only when the installed libtorch has CUDA (build.rs). NCCL
-// is told which device is this rank's before anything runs on it. The launcher of the ranks sets
-// TORCH_NCCL_BLOCKING_WAIT=1 and TORCH_NCCL_ASYNC_ERROR_HANDLING=2 so that a dead or stalled
-// peer surfaces as an exception from wait() rather than a watchdog tearing the process down.
+// is told which device is this rank's before anything runs on it. The group is refused unless
+// the process was started with TORCH_NCCL_BLOCKING_WAIT=1 and TORCH_NCCL_ASYNC_ERROR_HANDLING=2:
+// without them a dead or stalled peer makes NCCL's watchdog end the process instead of wait()
+// throwing. (Setting them here would race with libtorch's threads reading the environment.)
 
 #include "shim.h"
 
@@ -20,6 +21,15 @@ void* tdist_group_nccl(
     int64_t timeout_ms,
     Status* status) {
   return guard(status, [&]() -> void* {
+    const char* blocking = std::getenv("TORCH_NCCL_BLOCKING_WAIT");
+    const char* handling = std::getenv("TORCH_NCCL_ASYNC_ERROR_HANDLING");
+    if (blocking == nullptr || std::string(blocking) != "1" || handling == nullptr ||
+        std::string(handling) != "2") {
+      throw std::invalid_argument(
+          "start NCCL ranks with TORCH_NCCL_BLOCKING_WAIT=1 and "
+          "TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (and TORCH_NCCL_ENABLE_MONITORING=0), so that a "
+          "lost peer is an error rather than the end of the process");
+    }
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_index));
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = millis(timeout_ms);

@@ -85,7 +85,7 @@ auto guard(Status* status, Body body) -> decltype(body()) {
   } catch (const std::invalid_argument& e) {
     fail(status, kInvalid, e.what());
   } catch (const std::exception& e) {
-    fail(status, kOther, e.what());
+    fail(status, mentions_timeout(e.what()) ? kTimeout : kOther, e.what());
   } catch (...) {
     fail(status, kOther, "an unknown C++ exception");
   }

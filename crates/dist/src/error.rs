@@ -33,7 +33,7 @@ pub enum DistError {
         me: String,
     },
     #[error("rank {rank} refused the rendezvous: {reason}")]
-    Refused { rank: usize, reason: String },
+    Refused { rank: String, reason: String },
     #[error("rank {rank} is outside a world of {world}")]
     RankOutOfRange { rank: usize, world: usize },
     #[error("a peer rank is gone: {0}")]
@@ -50,8 +50,10 @@ pub enum DistError {
     Invalid(String),
     #[error("libtorch: {0}")]
     Torch(String),
-    #[error("the rendezvous record of rank {rank} is unreadable: {reason}")]
-    Record { rank: usize, reason: String },
+    #[error("c10d: {0}")]
+    Other(String),
+    #[error("the rendezvous record {key} is unreadable: {reason}")]
+    Record { key: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, DistError>;

@@ -152,8 +152,9 @@ impl ProcessGroup {
         })
     }
 
-    /// Every rank's `input`, concatenated in rank order along the first dimension into `output`
-    /// (`world` times as many elements, same kind and device).
+    /// Every rank's `input`, concatenated in rank order into `output` (`world` times as many
+    /// elements, same kind and device; both are taken flat, so shapes beyond the counts do not
+    /// matter).
     pub fn all_gather(&mut self, output: &mut Tensor, input: &Tensor) -> Result<()> {
         self.check_pair(output, input, "all_gather", self.world, 1)?;
         self.call(|group, status| unsafe {
@@ -163,7 +164,7 @@ impl ProcessGroup {
     }
 
     /// `input` combined by `op` across ranks, of which this rank keeps its slice in rank order:
-    /// `output` has a `world`-th of `input`'s elements.
+    /// `output` has a `world`-th of `input`'s elements (both taken flat).
     pub fn reduce_scatter(
         &mut self,
         output: &mut Tensor,

@@ -44,7 +44,8 @@ fn check(status: ffi::Status) -> Result<()> {
         4 => DistError::Timeout(message),
         5 => DistError::PeerLost(message),
         6 => DistError::Invalid(message),
-        _ => DistError::Torch(message),
+        7 => DistError::Torch(message),
+        _ => DistError::Other(message),
     })
 }
 

@@ -32,9 +32,18 @@ impl Member {
             rank,
             world,
             fingerprint: fingerprint.into(),
-            process: format!("process {}", std::process::id()),
+            process: process_identity(),
         }
     }
+}
+
+/// This process, told apart from any other that could share the store: its pid (not unique
+/// across PID namespaces sharing a volume) with the time it asked, to the nanosecond.
+fn process_identity() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("process {} ({nanos})", std::process::id())
 }
 
 /// Announces `me` in `store`, waits up to `timeout` for all `me.world` ranks, and returns them in
@@ -126,7 +135,7 @@ fn wait_for_all(store: &Store, world: usize, timeout: Duration) -> Result<()> {
             let refusal = String::from_utf8_lossy(&store.get(REFUSED_KEY)?).into_owned();
             let (rank, reason) = refusal.split_once(": ").unwrap_or(("?", &refusal));
             return Err(DistError::Refused {
-                rank: rank.parse().unwrap_or(usize::MAX),
+                rank: rank.to_string(),
                 reason: reason.to_string(),
             });
         }
@@ -154,16 +163,18 @@ fn encode(member: &Member) -> Vec<u8> {
     serde_json::to_vec(member).unwrap_or_default()
 }
 
+/// A member record read from the store: the first arrival's (`rank` None) or `rank`'s.
 fn decode(bytes: Vec<u8>, rank: Option<usize>) -> Result<Member> {
+    let key = rank.map_or(WORLD_KEY.to_string(), member_key);
     let member: Member = serde_json::from_slice(&bytes).map_err(|e| DistError::Record {
-        rank: rank.unwrap_or(usize::MAX),
+        key: key.clone(),
         reason: e.to_string(),
     })?;
     if let Some(rank) = rank
         && member.rank != rank
     {
         return Err(DistError::Record {
-            rank,
+            key,
             reason: format!("it names rank {}", member.rank),
         });
     }
@@ -198,7 +209,7 @@ mod tests {
         assert!(decode(bytes.clone(), Some(1)).is_ok());
         assert!(matches!(
             decode(bytes, Some(0)),
-            Err(DistError::Record { rank: 0, .. })
+            Err(DistError::Record { .. })
         ));
         assert!(decode(b"{not json".to_vec(), Some(0)).is_err());
     }

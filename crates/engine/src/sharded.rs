@@ -51,6 +51,9 @@ pub struct ShardedTrainer {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     steps: u64,
+    /// Set when a step failed after its first collective: the ranks may now disagree (some
+    /// tensors stepped, others not), so no further step is taken on this group.
+    broken: bool,
 }
 
 impl ShardedTrainer {
@@ -81,6 +84,7 @@ impl ShardedTrainer {
             config,
             group,
             steps: 0,
+            broken: false,
         })
     }
 
@@ -101,6 +105,13 @@ impl ShardedTrainer {
     /// on its world-th of the rows (the row count must divide evenly). Every rank returns the
     /// same statistics, for the whole batch.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+        if self.broken {
+            return Err(EngineError::Batch(
+                "an earlier step failed part-way on these ranks: rebuild the group and reload the \
+                 last saved state"
+                    .into(),
+            ));
+        }
         let (rank, world) = (self.rank(), self.world());
         let rows = batch.rows();
         if !rows.is_multiple_of(world) {
@@ -110,7 +121,31 @@ impl ShardedTrainer {
         }
         let mine = batch.rows_slice(rank * rows / world, rows / world)?;
         let predicted = batch.predicted_positions()?;
-        let local_loss = accumulate_gradients(&mut self.model, &self.config, &mine, predicted)?;
+        let local = accumulate_gradients(&mut self.model, &self.config, &mine, predicted);
+        // Every rank learns whether every rank got this far, so that one rank's failure (out of
+        // memory, say) stops them all at once instead of leaving the others waiting in the next
+        // collective until the group's timeout.
+        let all_ok = self
+            .all_ranks_agree(local.is_ok())
+            .inspect_err(|_| self.broken = true)?;
+        let local_loss = local?;
+        if !all_ok {
+            return Err(EngineError::Batch(
+                "another rank failed to compute its gradient; see that rank's error".into(),
+            ));
+        }
+        let stepped = self.step_after_gradients(local_loss, predicted, rows, batch);
+        self.broken = stepped.is_err();
+        stepped
+    }
+
+    fn step_after_gradients(
+        &mut self,
+        local_loss: f64,
+        predicted: i64,
+        rows: usize,
+        batch: &Batch,
+    ) -> Result<StepStats, EngineError> {
         let gradients = tch::no_grad(|| self.scatter_gradients())?;
         let grad_norm = tch::no_grad(|| self.global_norm(&gradients))?;
         let lr = learning_rate(&self.config, self.steps);
@@ -125,8 +160,17 @@ impl ShardedTrainer {
         })
     }
 
-    /// Each tensor's gradient summed across ranks, of which this rank keeps its shard.
-    fn scatter_gradients(&mut self) -> Result<Vec<Tensor>, EngineError> {
+    /// Whether `ok` holds on every rank (a minimum across ranks).
+    fn all_ranks_agree(&mut self, ok: bool) -> Result<bool, EngineError> {
+        let mut flag = Tensor::f_from_slice(&[i64::from(ok)])?.f_to_device(self.model.device())?;
+        self.group.all_reduce(&mut flag, ReduceOp::Min)?;
+        Ok(i64::try_from(flag.f_sum(Kind::Int64)?)? == 1)
+    }
+
+    /// Each tensor's gradient summed across ranks, of which this rank keeps its shard; `None`
+    /// for a tensor without a gradient (the same on every rank: all hold the same model), which
+    /// the step leaves alone as the single-process AdamW does — its collectives still run.
+    fn scatter_gradients(&mut self) -> Result<Vec<Option<Tensor>>, EngineError> {
         let world = self.world() as i64;
         let mut shards = Vec::with_capacity(self.shards.len());
         for (param, shard) in self.model.params.tensors.iter().zip(&self.shards) {
@@ -141,15 +185,19 @@ impl ShardedTrainer {
             let mut summed = Tensor::f_zeros([shard.span], (Kind::Float, param.device()))?;
             self.group
                 .reduce_scatter(&mut summed, &padded, ReduceOp::Sum)?;
-            shards.push(summed.f_narrow(0, 0, shard.len)?);
+            shards.push(
+                grad.defined()
+                    .then(|| summed.f_narrow(0, 0, shard.len))
+                    .transpose()?,
+            );
         }
         Ok(shards)
     }
 
     /// The norm of the whole gradient: each rank's sum of squares over its shards, summed.
-    fn global_norm(&mut self, gradients: &[Tensor]) -> Result<f64, EngineError> {
+    fn global_norm(&mut self, gradients: &[Option<Tensor>]) -> Result<f64, EngineError> {
         let mut squares = Tensor::f_zeros([1], (Kind::Double, self.model.device()))?;
-        for g in gradients {
+        for g in gradients.iter().flatten() {
             let part = g.f_square()?.f_sum(Kind::Double)?;
             squares = squares.f_add(&part)?;
         }
@@ -160,25 +208,22 @@ impl ShardedTrainer {
     /// Clips, steps this rank's shards, and gathers every rank's shards into every rank's weights.
     fn update_and_gather(
         &mut self,
-        mut gradients: Vec<Tensor>,
+        mut gradients: Vec<Option<Tensor>>,
         grad_norm: f64,
         lr: f64,
     ) -> Result<(), EngineError> {
         let clip = self.config.grad_clip;
-        let coef = if clip > 0.0 {
-            (clip / (grad_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
+        // As torch's clamp_max: a NaN norm makes a NaN coefficient, not an unclipped step.
+        let coef = clip / (grad_norm + 1e-6);
+        let scale = clip > 0.0 && (coef < 1.0 || coef.is_nan());
         let constants = StepConstants::new(Hyper::of(&self.config), self.steps, lr);
         let world = self.world() as i64;
         for (index, param) in self.model.params.tensors.iter().enumerate() {
             let shard = self.shards[index];
             let flat = param.f_view([-1])?;
             let mut mine = flat.f_narrow(0, shard.start, shard.len)?;
-            if shard.len > 0 {
-                let grad = &mut gradients[index];
-                if coef < 1.0 {
+            if let (true, Some(grad)) = (shard.len > 0, &mut gradients[index]) {
+                if scale {
                     let _ = grad.f_mul_scalar_(coef as f32 as f64)?;
                 }
                 constants.update(

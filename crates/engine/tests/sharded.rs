@@ -54,8 +54,8 @@ fn weights(model: &Llama) -> Vec<f32> {
     all
 }
 
-/// Runs `world` ranks; returns their losses (each rank's line) and rank 0's final weights.
-fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<f32>) {
+/// Runs `world` ranks; returns their losses, moment counts and final weights, by rank.
+fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>>) {
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..world)
         .map(|rank| {
@@ -90,10 +90,14 @@ fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<f32>) {
         losses.push(serde_json::from_str(&line("LOSSES ")).unwrap());
         moments.push(line("MOMENTS ").parse().unwrap());
     }
-    let bytes = std::fs::read(dir.join("weights-0.bin")).unwrap();
-    let weights = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    let weights = (0..world)
+        .map(|rank| {
+            let bytes = std::fs::read(dir.join(format!("weights-{rank}.bin"))).unwrap();
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
         .collect();
     (losses, moments, weights)
 }
@@ -132,15 +136,17 @@ fn gloo_ranks_train_as_one_process_does() {
             moments.iter().all(|&m| (m as f64) < share * 1.01),
             "{moments:?}"
         );
-        let worst = weights
-            .iter()
-            .zip(&expected_weights)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-5,
-            "{world} ranks: weights differ by up to {worst}"
-        );
+        for (rank, weights) in weights.iter().enumerate() {
+            let worst = weights
+                .iter()
+                .zip(&expected_weights)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5,
+                "{world} ranks, rank {rank}: weights differ by up to {worst}"
+            );
+        }
     }
 }
 

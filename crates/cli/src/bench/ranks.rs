@@ -56,37 +56,50 @@ impl RanksReport {
 }
 
 /// Starts `world` rank processes of `bench train` meeting in a fresh folder, and collects what
-/// they measured.
+/// they measured. Their output goes to files in that folder, so that a rank that writes a lot
+/// never blocks on a full pipe while the parent waits for another; if one fails, the others are
+/// stopped.
 pub fn run_ranks(flags: &[String], world: usize, per_rank: i32) -> Result<Vec<RankFigures>> {
     let dir = tempfile::tempdir().context("creating the rendezvous folder")?;
     let exe = std::env::current_exe().context("cannot find the templar binary")?;
-    let children = (0..world)
-        .map(|rank| {
-            Command::new(&exe)
-                .args(["bench", "train", "--json"])
-                .args(flags)
-                .args(["--ranks", &world.to_string(), "--rank", &rank.to_string()])
-                .arg("--store")
-                .arg(dir.path())
-                .args(["--threads", &per_rank.to_string()])
-                .env("OMP_NUM_THREADS", per_rank.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting rank {rank}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut figures = Vec::with_capacity(world);
-    for (rank, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "rank {rank} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+    let mut children = Vec::with_capacity(world);
+    for rank in 0..world {
+        let log = |stream: &str| -> Result<std::fs::File> {
+            let path = dir.path().join(format!("rank-{rank}.{stream}"));
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+        };
+        let child = Command::new(&exe)
+            .args(["bench", "train", "--json"])
+            .args(flags)
+            .args(["--ranks", &world.to_string(), "--rank", &rank.to_string()])
+            .arg("--store")
+            .arg(dir.path())
+            .args(["--threads", &per_rank.to_string()])
+            .env("OMP_NUM_THREADS", per_rank.to_string())
+            .stdout(Stdio::from(log("out")?))
+            .stderr(Stdio::from(log("err")?))
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"));
+        match child {
+            Ok(child) => children.push(child),
+            Err(error) => {
+                stop(&mut children);
+                return Err(error);
+            }
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+    }
+    let mut figures = Vec::with_capacity(world);
+    for rank in 0..world {
+        let status = children[rank].wait()?;
+        let read = |stream: &str| {
+            std::fs::read_to_string(dir.path().join(format!("rank-{rank}.{stream}")))
+                .unwrap_or_default()
+        };
+        if !status.success() {
+            stop(&mut children);
+            bail!("rank {rank} failed ({status}): {}", read("err").trim());
+        }
+        let stdout = read("out");
         let line = stdout.lines().last().unwrap_or_default();
         figures.push(
             serde_json::from_str(line)
@@ -94,6 +107,14 @@ pub fn run_ranks(flags: &[String], world: usize, per_rank: i32) -> Result<Vec<Ra
         );
     }
     Ok(figures)
+}
+
+/// Ends and reaps the rank processes still running.
+fn stop(children: &mut [std::process::Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// One rank: joins the group, trains the warm-up and the timed steps on its share of each batch,
@@ -112,7 +133,8 @@ pub fn run_rank(
     rendezvous(&store, &Member::new(rank, world, fingerprint), timeout)?;
     let options = GroupOptions {
         timeout,
-        threads: 2,
+        // One Gloo worker thread: the ranks already share the cores with their training threads.
+        threads: 1,
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options)?;
     let model = Llama::new(&preset.model, 0, Device::Cpu)?;

@@ -82,6 +82,9 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     templar_engine::set_threads(threads);
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
+    if args.ranks > 1 && device != templar_engine::Device::Cpu {
+        bail!("--ranks runs Gloo ranks on the CPU; use --device cpu");
+    }
     let batches = batches(&preset, args.warmup + args.steps)?;
     if let (Some(rank), Some(store)) = (args.rank, &args.store) {
         return super::ranks::run_rank(&preset, &batches, args.warmup, rank, args.ranks, store);
@@ -118,9 +121,6 @@ pub fn run(args: Args) -> Result<()> {
         report.pytorch = Some(figures);
     }
     if args.ranks > 1 {
-        if device != templar_engine::Device::Cpu {
-            bail!("--ranks runs Gloo ranks on the CPU; use --device cpu");
-        }
         let per_rank = (threads / args.ranks as i32).max(1);
         let ranked = super::ranks::run_ranks(&args_for_ranks(&args), args.ranks, per_rank)?;
         report.ranks = Some(super::ranks::RanksReport::compare(
