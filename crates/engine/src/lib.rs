@@ -2,6 +2,7 @@
 //! ranks of a process group with sharded gradients and moments, evaluation in bits per byte, flat
 //! `f32` parameter access for the codec, and Hugging Face-compatible checkpoints.
 
+mod buckets;
 mod checkpoint;
 mod config;
 mod device;
@@ -16,6 +17,7 @@ mod sharded;
 pub mod tensor_files;
 mod train;
 
+pub use buckets::{BUCKET_VALUES, Bucket, Placed, Segment, buckets};
 pub use checkpoint::{
     CONFIG_FILE, MODEL_FILE, MODEL_STEM, OPTIMIZER_FILE, OPTIMIZER_STEM, load_model,
     load_optimizer, model_entries, open_weights, save_lent_moments, save_model, save_optimizer,
@@ -29,7 +31,7 @@ pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
-pub use sharded::{Shard, ShardedTrainer};
+pub use sharded::ShardedTrainer;
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

@@ -1,45 +1,21 @@
 //! One inner-optimizer step over the ranks of a process group, with gradients and optimizer
 //! state sharded (ZeRO stage 2): each rank computes the gradient of its own rows of the batch;
-//! each tensor's gradient is reduce-scattered, so that each rank holds the sum over ranks of one
-//! contiguous shard of it; the global gradient norm is summed across ranks; each rank updates its
-//! shards with its own AdamW moments (a world-th of the whole) and the updated shards are
-//! all-gathered into every rank's weights. The arithmetic is the single process's up to the order
+//! the gradients, laid end to end in buckets (see `buckets`), are reduce-scattered a bucket at a
+//! time, so that each rank holds the sum over ranks of one contiguous span of each bucket; the
+//! global gradient norm is summed across ranks; each rank updates its spans with its own AdamW
+//! moments (a world-th of the whole) and the updated spans are all-gathered into every rank's
+//! weights. The arithmetic is the single process's up to the order
 //! in which gradients are summed.
 
 use tch::{Kind, Tensor};
 use templar_dist::{ProcessGroup, ReduceOp};
 
+use crate::buckets::{BUCKET_VALUES, Bucket, buckets};
 use crate::config::TrainConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
 use crate::optim::{Hyper, StepConstants, learning_rate};
 use crate::train::{Batch, StepStats, accumulate_gradients};
-
-/// The part of a tensor of `numel` values that `rank` of `world` owns: the tensor, padded to a
-/// multiple of `world`, cut into `world` spans of equal length; the last owners' spans may hold
-/// fewer real values, or none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// First owned value.
-    pub start: i64,
-    /// Owned values (0 when the tensor is smaller than the rank's span start).
-    pub len: i64,
-    /// Every rank's span: ⌈numel / world⌉.
-    pub span: i64,
-}
-
-impl Shard {
-    pub fn of(numel: i64, rank: usize, world: usize) -> Shard {
-        let world = world.max(1) as i64;
-        let span = (numel + world - 1) / world;
-        let start = (rank as i64 * span).min(numel);
-        Shard {
-            start,
-            len: (numel - start).clamp(0, span),
-            span,
-        }
-    }
-}
 
 /// A model trained by one rank of a process group; every rank holds the whole model and the
 /// same batches, and trains on its share of each.
@@ -47,9 +23,13 @@ pub struct ShardedTrainer {
     pub model: Llama,
     pub config: TrainConfig,
     group: ProcessGroup,
-    shards: Vec<Shard>,
+    buckets: Vec<Bucket>,
+    /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
+    gradients: Vec<Tensor>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
+    scratch: Tensor,
     steps: u64,
     /// Set when a step failed after its first collective: the ranks may now disagree (some
     /// tensors stepped, others not), so no further step is taken on this group.
@@ -63,23 +43,39 @@ impl ShardedTrainer {
         config: TrainConfig,
         group: ProcessGroup,
     ) -> Result<Self, EngineError> {
+        Self::with_bucket_values(model, config, group, BUCKET_VALUES)
+    }
+
+    /// [`ShardedTrainer::new`] with buckets of at most `bucket_values` values (tests use small
+    /// ones, to cut tensors across ranks and buckets).
+    pub fn with_bucket_values(
+        model: Llama,
+        config: TrainConfig,
+        group: ProcessGroup,
+        bucket_values: i64,
+    ) -> Result<Self, EngineError> {
         let (rank, world) = (group.rank(), group.world());
-        let shards: Vec<Shard> = model
+        let numels: Vec<i64> = model
             .params
             .tensors
             .iter()
-            .map(|t| Shard::of(t.numel() as i64, rank, world))
+            .map(|t| t.numel() as i64)
             .collect();
-        let zeros = || -> Result<Vec<Tensor>, EngineError> {
-            shards
+        let buckets = buckets(&numels, rank, world, bucket_values.max(1));
+        let options = (Kind::Float, model.device());
+        let spans = || -> Result<Vec<Tensor>, EngineError> {
+            buckets
                 .iter()
-                .map(|s| Ok(Tensor::f_zeros([s.len], (Kind::Float, model.device()))?))
+                .map(|b| Ok(Tensor::f_zeros([b.span], options)?))
                 .collect()
         };
+        let largest = buckets.iter().map(|b| b.padded(world)).max().unwrap_or(0);
         Ok(ShardedTrainer {
-            exp_avg: zeros()?,
-            exp_avg_sq: zeros()?,
-            shards,
+            gradients: spans()?,
+            exp_avg: spans()?,
+            exp_avg_sq: spans()?,
+            scratch: Tensor::f_zeros([largest], options)?,
+            buckets,
             model,
             config,
             group,
@@ -98,7 +94,7 @@ impl ShardedTrainer {
 
     /// Values of AdamW state this rank holds per moment: about a world-th of the parameters.
     pub fn moment_values(&self) -> i64 {
-        self.shards.iter().map(|s| s.len).sum()
+        self.buckets.iter().map(Bucket::owned_values).sum()
     }
 
     /// One optimizer step over `batch`, the whole batch as every rank sees it: this rank trains
@@ -146,14 +142,16 @@ impl ShardedTrainer {
         rows: usize,
         batch: &Batch,
     ) -> Result<StepStats, EngineError> {
-        let gradients = tch::no_grad(|| self.scatter_gradients())?;
-        let grad_norm = tch::no_grad(|| self.global_norm(&gradients))?;
+        let stepped = self.stepped_tensors();
+        tch::no_grad(|| self.scatter_gradients(&stepped))?;
+        // The norm's squares and the loss summed across ranks in one collective.
+        let (squares, loss) = tch::no_grad(|| self.sum_across_ranks(&stepped, local_loss))?;
+        let grad_norm = squares.sqrt();
         let lr = learning_rate(&self.config, self.steps);
         self.steps += 1;
-        tch::no_grad(|| self.update_and_gather(gradients, grad_norm, lr))?;
-        let loss = self.sum_across_ranks(local_loss)? / predicted as f64;
+        tch::no_grad(|| self.update_and_gather(&stepped, grad_norm, lr))?;
         Ok(StepStats {
-            loss,
+            loss: loss / predicted as f64,
             grad_norm,
             lr,
             tokens: rows * batch.input_ids.size()[1] as usize,
@@ -167,48 +165,61 @@ impl ShardedTrainer {
         Ok(i64::try_from(flag.f_sum(Kind::Int64)?)? == 1)
     }
 
-    /// Each tensor's gradient summed across ranks, of which this rank keeps its shard; `None`
-    /// for a tensor without a gradient (the same on every rank: all hold the same model), which
-    /// the step leaves alone as the single-process AdamW does — its collectives still run.
-    fn scatter_gradients(&mut self) -> Result<Vec<Option<Tensor>>, EngineError> {
-        let world = self.world() as i64;
-        let mut shards = Vec::with_capacity(self.shards.len());
-        for (param, shard) in self.model.params.tensors.iter().zip(&self.shards) {
-            let numel = param.numel() as i64;
-            let grad = param.grad();
-            let padded = Tensor::f_zeros([shard.span * world], (Kind::Float, param.device()))?;
-            if grad.defined() {
-                padded
-                    .f_narrow(0, 0, numel)?
-                    .f_copy_(&grad.f_reshape([-1])?)?;
+    /// Which tensors have a gradient: the same on every rank (all hold the same model). A tensor
+    /// without one is left alone, as the single-process AdamW does; its collectives still run.
+    fn stepped_tensors(&self) -> Vec<bool> {
+        let tensors = &self.model.params.tensors;
+        tensors.iter().map(|t| t.grad().defined()).collect()
+    }
+
+    /// Each bucket's gradients summed across ranks, of which this rank keeps its span.
+    fn scatter_gradients(&mut self, stepped: &[bool]) -> Result<(), EngineError> {
+        let world = self.group.world();
+        for (bucket, summed) in self.buckets.iter().zip(&mut self.gradients) {
+            let whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
+            for placed in &bucket.tensors {
+                let slot = whole.f_narrow(0, placed.offset, placed.numel)?;
+                let param = &self.model.params.tensors[placed.tensor];
+                if stepped[placed.tensor] {
+                    slot.shallow_clone()
+                        .f_copy_(&param.grad().f_reshape([-1])?)?;
+                } else {
+                    let _ = slot.shallow_clone().f_zero_()?;
+                }
             }
-            let mut summed = Tensor::f_zeros([shard.span], (Kind::Float, param.device()))?;
-            self.group
-                .reduce_scatter(&mut summed, &padded, ReduceOp::Sum)?;
-            shards.push(
-                grad.defined()
-                    .then(|| summed.f_narrow(0, 0, shard.len))
-                    .transpose()?,
-            );
+            let padding = bucket.padded(world) - bucket.numel;
+            let _ = whole.f_narrow(0, bucket.numel, padding)?.f_zero_()?;
+            self.group.reduce_scatter(summed, &whole, ReduceOp::Sum)?;
         }
-        Ok(shards)
+        Ok(())
     }
 
-    /// The norm of the whole gradient: each rank's sum of squares over its shards, summed.
-    fn global_norm(&mut self, gradients: &[Option<Tensor>]) -> Result<f64, EngineError> {
+    /// The whole gradient's sum of squares and the whole batch's loss: this rank's shares of
+    /// both, summed across ranks.
+    fn sum_across_ranks(
+        &mut self,
+        stepped: &[bool],
+        local_loss: f64,
+    ) -> Result<(f64, f64), EngineError> {
         let mut squares = Tensor::f_zeros([1], (Kind::Double, self.model.device()))?;
-        for g in gradients.iter().flatten() {
-            let part = g.f_square()?.f_sum(Kind::Double)?;
-            squares = squares.f_add(&part)?;
+        for (bucket, summed) in self.buckets.iter().zip(&self.gradients) {
+            for segment in bucket.owned.iter().filter(|s| stepped[s.tensor]) {
+                let part = summed.f_narrow(0, segment.in_span, segment.len)?;
+                squares = squares.f_add(&part.f_square()?.f_sum(Kind::Double)?)?;
+            }
         }
-        self.group.all_reduce(&mut squares, ReduceOp::Sum)?;
-        Ok(f64::try_from(squares.f_sqrt()?.f_sum(Kind::Double)?)?)
+        let loss = Tensor::f_from_slice(&[local_loss])?.f_to_device(self.model.device())?;
+        let mut both = Tensor::f_cat(&[squares, loss], 0)?;
+        self.group.all_reduce(&mut both, ReduceOp::Sum)?;
+        let both = Vec::<f64>::try_from(&both.f_to_device(tch::Device::Cpu)?)?;
+        Ok((both[0], both[1]))
     }
 
-    /// Clips, steps this rank's shards, and gathers every rank's shards into every rank's weights.
+    /// Clips, steps this rank's pieces, and gathers every rank's span of each bucket into every
+    /// rank's weights.
     fn update_and_gather(
         &mut self,
-        mut gradients: Vec<Option<Tensor>>,
+        stepped: &[bool],
         grad_norm: f64,
         lr: f64,
     ) -> Result<(), EngineError> {
@@ -217,61 +228,41 @@ impl ShardedTrainer {
         let coef = clip / (grad_norm + 1e-6);
         let scale = clip > 0.0 && (coef < 1.0 || coef.is_nan());
         let constants = StepConstants::new(Hyper::of(&self.config), self.steps, lr);
-        let world = self.world() as i64;
-        for (index, param) in self.model.params.tensors.iter().enumerate() {
-            let shard = self.shards[index];
-            let flat = param.f_view([-1])?;
-            let mut mine = flat.f_narrow(0, shard.start, shard.len)?;
-            if let (true, Some(grad)) = (shard.len > 0, &mut gradients[index]) {
-                if scale {
-                    let _ = grad.f_mul_scalar_(coef as f32 as f64)?;
-                }
-                constants.update(
-                    &mut mine,
-                    grad,
-                    &mut self.exp_avg[index],
-                    &mut self.exp_avg_sq[index],
-                )?;
+        let world = self.group.world();
+        let params = &self.model.params.tensors;
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let summed = &mut self.gradients[index];
+            if scale {
+                let _ = summed.f_mul_scalar_(coef as f32 as f64)?;
             }
-            let contribution = Tensor::f_zeros([shard.span], (Kind::Float, param.device()))?;
-            contribution.f_narrow(0, 0, shard.len)?.f_copy_(&mine)?;
-            let mut gathered =
-                Tensor::f_zeros([shard.span * world], (Kind::Float, param.device()))?;
-            self.group.all_gather(&mut gathered, &contribution)?;
-            let numel = flat.numel() as i64;
-            flat.shallow_clone()
-                .f_copy_(&gathered.f_narrow(0, 0, numel)?)?;
+            // This rank's span of the bucket, once updated, is written over its summed gradient
+            // (each piece's gradient is used by then; the padding is zero on every rank), so
+            // that the gather needs no buffer of its own.
+            let contribution = summed.shallow_clone();
+            for segment in &bucket.owned {
+                let flat = params[segment.tensor].f_view([-1])?;
+                let mut mine = flat.f_narrow(0, segment.in_tensor, segment.len)?;
+                if stepped[segment.tensor] {
+                    let grad = summed.f_narrow(0, segment.in_span, segment.len)?;
+                    constants.update(
+                        &mut mine,
+                        &grad,
+                        &mut self.exp_avg[index].f_narrow(0, segment.in_span, segment.len)?,
+                        &mut self.exp_avg_sq[index].f_narrow(0, segment.in_span, segment.len)?,
+                    )?;
+                }
+                contribution
+                    .f_narrow(0, segment.in_span, segment.len)?
+                    .f_copy_(&mine)?;
+            }
+            let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
+            self.group.all_gather(&mut whole, &contribution)?;
+            for placed in &bucket.tensors {
+                params[placed.tensor]
+                    .f_view([-1])?
+                    .f_copy_(&whole.f_narrow(0, placed.offset, placed.numel)?)?;
+            }
         }
         Ok(())
-    }
-
-    fn sum_across_ranks(&mut self, value: f64) -> Result<f64, EngineError> {
-        let mut total = Tensor::f_from_slice(&[value])?.f_to_device(self.model.device())?;
-        self.group.all_reduce(&mut total, ReduceOp::Sum)?;
-        Ok(f64::try_from(total.f_sum(Kind::Double)?)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Shard;
-
-    #[test]
-    fn shards_cover_a_tensor_once_in_rank_order() {
-        // 10 values over 4 ranks: spans of 3, the last rank holds the one value left.
-        let shards: Vec<Shard> = (0..4).map(|r| Shard::of(10, r, 4)).collect();
-        let spans: Vec<(i64, i64)> = shards.iter().map(|s| (s.start, s.len)).collect();
-        assert_eq!(spans, vec![(0, 3), (3, 3), (6, 3), (9, 1)]);
-        // 2 values over 4 ranks: the last two own nothing.
-        let small: Vec<i64> = (0..4).map(|r| Shard::of(2, r, 4).len).collect();
-        assert_eq!(small, vec![1, 1, 0, 0]);
-        assert_eq!(
-            Shard::of(8, 0, 1),
-            Shard {
-                start: 0,
-                len: 8,
-                span: 8
-            }
-        );
     }
 }

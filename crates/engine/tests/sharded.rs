@@ -54,6 +54,16 @@ fn weights(model: &Llama) -> Vec<f32> {
     all
 }
 
+/// Buckets for `world` ranks: the default (one bucket for `tiny`) at 2, small ones at 4, so that
+/// tensors are cut across buckets and ranks.
+fn bucket_values(world: usize) -> i64 {
+    if world == 4 {
+        100_000
+    } else {
+        templar_engine::BUCKET_VALUES
+    }
+}
+
 /// Runs `world` ranks; returns their losses, moment counts and final weights, by rank.
 fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>>) {
     let exe = std::env::current_exe().unwrap();
@@ -63,6 +73,7 @@ fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>
                 .args(["--exact", "rank", "--nocapture", "--test-threads=1"])
                 .env("TEMPLAR_SHARDED_RANK", rank.to_string())
                 .env("TEMPLAR_SHARDED_WORLD", world.to_string())
+                .env("TEMPLAR_SHARDED_BUCKET", bucket_values(world).to_string())
                 .env("TEMPLAR_SHARDED_DIR", dir)
                 .env("OMP_NUM_THREADS", "1")
                 .stdout(std::process::Stdio::piped())
@@ -173,7 +184,12 @@ fn rank() {
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let (preset, config) = setup();
     let model = Llama::new(&preset.model, 0, Device::Cpu).unwrap();
-    let mut trainer = ShardedTrainer::new(model, config.clone(), group).unwrap();
+    let bucket: i64 = std::env::var("TEMPLAR_SHARDED_BUCKET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut trainer =
+        ShardedTrainer::with_bucket_values(model, config.clone(), group, bucket).unwrap();
     let losses: Vec<f64> = (0..STEPS)
         .map(|s| {
             trainer

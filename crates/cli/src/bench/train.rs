@@ -95,13 +95,7 @@ pub fn run(args: Args) -> Result<()> {
     for b in warmup {
         trainer.train_step(b)?;
     }
-    let start = Instant::now();
-    let mut losses = Vec::with_capacity(timed.len());
-    for b in timed {
-        losses.push(trainer.train_step(b)?.loss);
-    }
-    let batch_tokens = train.batch_size * train.seq_len;
-    let tokens_per_s = (args.steps as usize * batch_tokens) as f64 / start.elapsed().as_secs_f64();
+    let (tokens_per_s, losses) = time_steps(&mut trainer, timed)?;
     let mut report = Report {
         preset: args.preset.clone(),
         device: describe(device),
@@ -123,14 +117,31 @@ pub fn run(args: Args) -> Result<()> {
     if args.ranks > 1 {
         let per_rank = (threads / args.ranks as i32).max(1);
         let ranked = super::ranks::run_ranks(&args_for_ranks(&args), args.ranks, per_rank)?;
+        // The one process timed again after the ranks (the same steps' cost: the shapes are
+        // the same), so that a machine that slows or speeds up meanwhile favours neither side.
+        let (after, _) = time_steps(&mut trainer, timed)?;
         report.ranks = Some(super::ranks::RanksReport::compare(
             ranked,
             per_rank,
-            tokens_per_s,
+            (tokens_per_s + after) / 2.0,
             &losses,
         ));
     }
     print(&report, args.json)
+}
+
+/// Trains `timed`; returns tokens per second and each step's loss.
+fn time_steps(trainer: &mut Trainer, timed: &[Batch]) -> Result<(f64, Vec<f64>)> {
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(timed.len());
+    for b in timed {
+        losses.push(trainer.train_step(b)?.loss);
+    }
+    let tokens: usize = timed
+        .iter()
+        .map(|b| b.rows() * b.input_ids.size()[1] as usize)
+        .sum();
+    Ok((tokens as f64 / start.elapsed().as_secs_f64(), losses))
 }
 
 /// The flags every rank process is started with.
