@@ -30,16 +30,57 @@ const VALUES_BF16: u8 = 2;
 /// tensor whose chunks are longer than 4096 values (12 bits cannot address them).
 pub fn encode(schema: &Schema, payload: &Payload, coding: IndexCoding) -> Vec<u8> {
     let mut out = Vec::with_capacity(schema.max_payload_bytes().min(1 << 30));
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(payload.tensors.len() as u32).to_le_bytes());
+    begin_payload(payload.tensors.len(), &mut out);
     for (i, tensor) in payload.tensors.iter().enumerate() {
         encode_tensor(schema, i, tensor, coding, &mut out);
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    end_payload(&mut out);
     out
+}
+
+/// Schema tensor `i`'s record, exactly as [`encode`] writes it inside a payload: a node whose
+/// ranks compress different tensors encodes each where it was made and [`assemble`]s them.
+pub fn encode_record(
+    schema: &Schema,
+    i: usize,
+    tensor: &SparseTensor,
+    coding: IndexCoding,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_tensor(schema, i, tensor, coding, &mut out);
+    out
+}
+
+/// A payload from every schema tensor's record, in schema order: the bytes [`encode`] writes
+/// for the same tensors. The records are not parsed (they come from the node's own ranks); the
+/// count is checked.
+pub fn assemble(schema: &Schema, records: &[&[u8]]) -> Result<Vec<u8>, DecodeError> {
+    if records.len() != schema.len() {
+        return Err(DecodeError::TensorCount {
+            expected: schema.len(),
+            found: records.len(),
+        });
+    }
+    let body: usize = records.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + body + TRAILER_LEN);
+    begin_payload(records.len(), &mut out);
+    for record in records {
+        out.extend_from_slice(record);
+    }
+    end_payload(&mut out);
+    Ok(out)
+}
+
+fn begin_payload(tensors: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(tensors as u32).to_le_bytes());
+}
+
+fn end_payload(out: &mut Vec<u8>) {
+    let crc = crc32fast::hash(out);
+    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 fn encode_tensor(

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{config, encoded, payload, specs};
-use templar_codec::{CodecConfig, IndexCoding, Schema, Transform, ValueCoding, decode, encode};
+use templar_codec::{
+    CodecConfig, IndexCoding, Schema, Transform, ValueCoding, assemble, decode, encode,
+    encode_record,
+};
 
 fn options() -> Vec<CodecConfig> {
     let mut out = Vec::new();
@@ -37,6 +40,26 @@ fn every_option_round_trips() {
             assert_eq!(back, p, "{cfg:?} {coding:?}");
         }
     }
+}
+
+#[test]
+fn records_encoded_apart_assemble_into_the_same_bytes() {
+    for cfg in options() {
+        let schema = Schema::new(specs(), cfg).unwrap();
+        let p = payload(&schema, 7);
+        for coding in [IndexCoding::Rice, IndexCoding::Packed12] {
+            let records: Vec<Vec<u8>> = (0..schema.len())
+                .map(|i| encode_record(&schema, i, &p.tensors[i], coding))
+                .collect();
+            let borrowed: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let bytes = assemble(&schema, &borrowed).unwrap();
+            assert_eq!(bytes, encode(&schema, &p, coding), "{cfg:?} {coding:?}");
+        }
+    }
+    // A record short is refused, not assembled into a payload every peer would reject.
+    let schema = Schema::new(specs(), config(ValueCoding::TWO_BIT)).unwrap();
+    let err = assemble(&schema, &[]).unwrap_err();
+    assert!(err.to_string().contains('0'), "{err}");
 }
 
 #[test]

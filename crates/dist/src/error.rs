@@ -57,3 +57,9 @@ pub enum DistError {
 }
 
 pub type Result<T> = std::result::Result<T, DistError>;
+
+impl From<tch::TchError> for DistError {
+    fn from(error: tch::TchError) -> Self {
+        DistError::Torch(error.to_string())
+    }
+}

@@ -53,6 +53,8 @@ pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
     world: usize,
+    /// Where this backend's tensors live: the CPU for Gloo, the rank's GPU for NCCL.
+    device: Device,
 }
 
 // SAFETY: a c10d backend may be used from any thread, one collective at a time; `&mut self` on
@@ -82,7 +84,12 @@ impl ProcessGroup {
         check(status)?;
         let raw = NonNull::new(raw)
             .ok_or_else(|| DistError::Backend("the shim returned no group and no error".into()))?;
-        Ok(ProcessGroup { raw, rank, world })
+        Ok(ProcessGroup {
+            raw,
+            rank,
+            world,
+            device: Device::Cpu,
+        })
     }
 
     /// Joins the NCCL group of `world` ranks that meet in `store`, as `rank` on CUDA device
@@ -116,7 +123,12 @@ impl ProcessGroup {
         check(status)?;
         let raw = NonNull::new(raw)
             .ok_or_else(|| DistError::Backend("the shim returned no group and no error".into()))?;
-        Ok(ProcessGroup { raw, rank, world })
+        Ok(ProcessGroup {
+            raw,
+            rank,
+            world,
+            device: Device::Cuda(cuda_index),
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -125,6 +137,11 @@ impl ProcessGroup {
 
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// Where the collectives' tensors must live: the CPU for Gloo, the rank's GPU for NCCL.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Every rank's `tensor` combined by `op`, in place on every rank.

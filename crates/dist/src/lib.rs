@@ -4,6 +4,7 @@
 //! a rendezvous ([`rendezvous`]) that refuses ranks that do not belong together before any
 //! collective runs. Every C++ exception comes back as a typed [`DistError`].
 
+mod bytes;
 mod error;
 mod ffi;
 mod group;

@@ -283,6 +283,20 @@ fn collectives(group: &mut ProcessGroup) {
         group.all_gather(&mut wrong, &mine),
         Err(DistError::Invalid(_))
     ));
+    // Bytes of different lengths from each rank, one empty.
+    let mine = vec![rank as u8 + 7; rank * 3];
+    let gathered = group.all_gather_bytes(&mine).unwrap();
+    assert_eq!(gathered, vec![vec![], vec![8u8; 3]]);
+    let mut message = if rank == 1 {
+        b"from one".to_vec()
+    } else {
+        vec![0; 40]
+    };
+    group.broadcast_bytes(&mut message, 1).unwrap();
+    assert_eq!(message, b"from one");
+    let mut nothing = if rank == 0 { Vec::new() } else { vec![1, 2] };
+    group.broadcast_bytes(&mut nothing, 0).unwrap();
+    assert!(nothing.is_empty());
     group.barrier().unwrap();
     println!("RESULT ok");
 }
