@@ -17,6 +17,8 @@ pub enum NodeError {
     Data(#[from] templar_data::DataError),
     #[error("codec: {0}")]
     Codec(String),
+    #[error("between the node's ranks: {0}")]
+    Ranks(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -20,6 +20,7 @@ pub mod message;
 pub mod miner;
 pub mod node;
 pub mod peers;
+pub mod ranks;
 pub mod replica;
 pub mod saving;
 pub mod state;

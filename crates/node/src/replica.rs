@@ -31,6 +31,7 @@ use templar_engine::{
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
+use crate::ranks::TensorOwner;
 
 /// The base model as a background save holds it.
 pub type SharedBase = Arc<Vec<Vec<f32>>>;
@@ -247,6 +248,21 @@ impl Replica {
     /// through error feedback and the codec, and the live tensor is put back to the base. On a
     /// codec failure the error feedback is reset and every tensor is still restored.
     pub fn outer_step(&mut self, error_feedback: &mut [Vec<f32>]) -> Result<Payload, NodeError> {
+        let tensors = self.outer_step_owned(error_feedback, TensorOwner::ALONE)?;
+        Ok(Payload {
+            tensors: tensors.into_iter().map(|(_, t)| t).collect(),
+        })
+    }
+
+    /// [`Replica::outer_step`] for one rank of a node: only the tensors `owner` owns are
+    /// compressed (each with its index), and only their error feedback is held (the others'
+    /// buffers are empty); every live tensor is put back to the base. The tensors compressed are
+    /// bit for bit those of the whole outer step.
+    pub fn outer_step_owned(
+        &mut self,
+        error_feedback: &mut [Vec<f32>],
+        owner: TensorOwner,
+    ) -> Result<Vec<(usize, SparseTensor)>, NodeError> {
         if error_feedback.len() != self.base.len() {
             return Err(NodeError::Codec(format!(
                 "{} error-feedback buffers for {} tensors",
@@ -264,6 +280,7 @@ impl Replica {
         let groups = balanced_groups(
             self.model.params.readers(),
             error_feedback.iter_mut(),
+            |i| owner.owns(i),
             templar_engine::memory::codec_threads(),
         );
         let mut compressed: Vec<(usize, Result<SparseTensor, CompressError>)> = groups
@@ -293,20 +310,18 @@ impl Replica {
             })
             .collect();
         compressed.sort_by_key(|(i, _)| *i);
-        let compressed: Vec<_> = compressed.into_iter().map(|(_, t)| t).collect();
         self.transfers.0 += 4 * self.base.iter().map(|b| b.len() as u64).sum::<u64>();
         for i in 0..self.base.len() {
             self.send_base(i)?;
         }
-        match compressed.into_iter().collect::<Result<Vec<_>, _>>() {
-            Ok(tensors) => Ok(Payload { tensors }),
-            Err(error) => {
+        compressed
+            .into_iter()
+            .map(|(i, t)| t.map(|t| (i, t)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| {
                 error_feedback.iter_mut().for_each(|e| e.fill(0.0));
-                Err(NodeError::Codec(format!(
-                    "{error}; error feedback was reset"
-                )))
-            }
-        }
+                NodeError::Codec(format!("{error}; error feedback was reset"))
+            })
     }
 
     /// `θ ← θ − outer_lr · aggregate(payloads)`; payloads in ascending uid order. A tensor whose
@@ -470,17 +485,19 @@ fn base_mut(base: &mut SharedBase) -> Result<&mut Vec<Vec<f32>>, NodeError> {
     })
 }
 
-/// Tensors in `threads` groups of about equal size, the largest placed first, each with its
+/// The tensors of `owned` in `threads` groups of about equal size, the largest placed first, each with its
 /// live values' reader and its error feedback.
 fn balanced_groups<'a, R>(
     readers: Vec<R>,
     error_feedback: impl Iterator<Item = &'a mut Vec<f32>>,
+    owned: impl Fn(usize) -> bool,
     threads: usize,
 ) -> Vec<Vec<(usize, R, &'a mut Vec<f32>)>> {
     let mut tensors: Vec<_> = readers
         .into_iter()
         .zip(error_feedback)
         .enumerate()
+        .filter(|(i, _)| owned(*i))
         .map(|(i, (live, feedback))| (i, live, feedback))
         .collect();
     tensors.sort_by_key(|(i, _, feedback)| (std::cmp::Reverse(feedback.len()), *i));
@@ -669,7 +686,7 @@ mod tests {
     fn tensors_are_grouped_by_size_for_the_codec_threads() {
         let mut feedback: Vec<Vec<f32>> = [10, 3, 8, 1].iter().map(|&n| vec![0.0; n]).collect();
         let readers = vec!['a', 'b', 'c', 'd'];
-        let groups = balanced_groups(readers, feedback.iter_mut(), 2);
+        let groups = balanced_groups(readers, feedback.iter_mut(), |_| true, 2);
         let shape: Vec<Vec<(usize, char, usize)>> = groups
             .iter()
             .map(|g| g.iter().map(|(i, r, f)| (*i, *r, f.len())).collect())
@@ -681,6 +698,9 @@ mod tests {
                 vec![(2, 'c', 8), (1, 'b', 3)]
             ]
         );
-        assert_eq!(balanced_groups(vec!['a'], feedback.iter_mut(), 0).len(), 1);
+        assert_eq!(
+            balanced_groups(vec!['a'], feedback.iter_mut(), |_| true, 0).len(),
+            1
+        );
     }
 }
