@@ -64,10 +64,10 @@ fn bucket_values(world: usize) -> i64 {
     }
 }
 
-/// Runs `world` ranks; returns their losses, moment counts and final weights, by rank.
-fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>>) {
+/// Starts `world` ranks of `scenario` meeting in `dir`.
+fn start_ranks(scenario: &str, world: usize, dir: &Path) -> Vec<std::process::Child> {
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..world)
+    (0..world)
         .map(|rank| {
             Command::new(&exe)
                 .args(["--exact", "rank", "--nocapture", "--test-threads=1"])
@@ -75,13 +75,19 @@ fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>
                 .env("TEMPLAR_SHARDED_WORLD", world.to_string())
                 .env("TEMPLAR_SHARDED_BUCKET", bucket_values(world).to_string())
                 .env("TEMPLAR_SHARDED_DIR", dir)
+                .env("TEMPLAR_SHARDED_SCENARIO", scenario)
                 .env("OMP_NUM_THREADS", "1")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// Runs `world` ranks; returns their losses, moment counts and final weights, by rank.
+fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>>) {
+    let children = start_ranks("train", world, dir);
     let mut losses = Vec::new();
     let mut moments = Vec::new();
     for (rank, child) in children.into_iter().enumerate() {
@@ -161,7 +167,35 @@ fn gloo_ranks_train_as_one_process_does() {
     }
 }
 
-/// One rank of [`run_ranks`]; nothing outside of one.
+#[test]
+fn a_rank_that_dies_mid_run_stops_the_others_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let children = start_ranks("dies", 2, dir.path());
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let survivor = String::from_utf8_lossy(&outputs[0].stdout).into_owned();
+    assert!(
+        outputs[0].status.success(),
+        "rank 0: {survivor}{}",
+        String::from_utf8_lossy(&outputs[0].stderr)
+    );
+    // The next step fails on a lost peer or the group's timeout, not a hang or an abort; the
+    // step after it is refused: the ranks may disagree now.
+    assert!(
+        survivor.contains("FAILED between ranks:"),
+        "rank 0 did not see its peer go: {survivor}"
+    );
+    assert!(
+        survivor.contains("REFUSED") && survivor.contains("rebuild the group"),
+        "{survivor}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// One rank of [`run_ranks`] or [`start_ranks`]; nothing outside of one.
 #[test]
 fn rank() {
     let Ok(rank) = std::env::var("TEMPLAR_SHARDED_RANK") else {
@@ -190,6 +224,18 @@ fn rank() {
         .unwrap();
     let mut trainer =
         ShardedTrainer::with_bucket_values(model, config.clone(), group, bucket).unwrap();
+    if std::env::var("TEMPLAR_SHARDED_SCENARIO").unwrap() == "dies" {
+        trainer.train_step(&batch(0, &preset, &config)).unwrap();
+        if rank == 1 {
+            // Gone without a word between steps, as a killed process would be.
+            std::process::exit(0);
+        }
+        let lost = trainer.train_step(&batch(1, &preset, &config)).unwrap_err();
+        println!("FAILED {lost}");
+        let refused = trainer.train_step(&batch(2, &preset, &config)).unwrap_err();
+        println!("REFUSED {refused}");
+        return;
+    }
     let losses: Vec<f64> = (0..STEPS)
         .map(|s| {
             trainer
