@@ -92,6 +92,29 @@ impl ShardedTrainer {
         self.group.world()
     }
 
+    /// Makes every rank's weights rank 0's, bucket by bucket through the scratch: ranks that
+    /// loaded or initialised their models apart start the same. Every rank calls it.
+    pub fn broadcast_weights(&mut self) -> Result<(), EngineError> {
+        tch::no_grad(|| {
+            let params = &self.model.params.tensors;
+            for bucket in &self.buckets {
+                let mut whole = self.scratch.f_narrow(0, 0, bucket.numel)?;
+                for placed in &bucket.tensors {
+                    whole
+                        .f_narrow(0, placed.offset, placed.numel)?
+                        .f_copy_(&params[placed.tensor].f_reshape([-1])?)?;
+                }
+                self.group.broadcast(&mut whole, 0)?;
+                for placed in &bucket.tensors {
+                    params[placed.tensor]
+                        .f_view([-1])?
+                        .f_copy_(&whole.f_narrow(0, placed.offset, placed.numel)?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Values of AdamW state this rank holds per moment: about a world-th of the parameters.
     pub fn moment_values(&self) -> i64 {
         self.buckets.iter().map(Bucket::owned_values).sum()

@@ -55,7 +55,8 @@ fn weights(model: &Llama) -> Vec<f32> {
 }
 
 /// Buckets for `world` ranks: the default (one bucket for `tiny`) at 2, small ones at 4, so that
-/// tensors are cut across buckets and ranks.
+/// tensors are cut across buckets and ranks. At 4 the ranks also start from different weights
+/// and take rank 0's.
 fn bucket_values(world: usize) -> i64 {
     if world == 4 {
         100_000
@@ -217,7 +218,9 @@ fn rank() {
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let (preset, config) = setup();
-    let model = Llama::new(&preset.model, 0, Device::Cpu).unwrap();
+    // At 4 ranks every rank but the first starts from other weights, and takes rank 0's.
+    let seed = if world == 4 { rank as u64 } else { 0 };
+    let model = Llama::new(&preset.model, seed, Device::Cpu).unwrap();
     let bucket: i64 = std::env::var("TEMPLAR_SHARDED_BUCKET")
         .unwrap()
         .parse()
@@ -235,6 +238,9 @@ fn rank() {
         let refused = trainer.train_step(&batch(2, &preset, &config)).unwrap_err();
         println!("REFUSED {refused}");
         return;
+    }
+    if world == 4 {
+        trainer.broadcast_weights().unwrap();
     }
     let losses: Vec<f64> = (0..STEPS)
         .map(|s| {
