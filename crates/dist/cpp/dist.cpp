@@ -5,6 +5,7 @@
 #include "shim.h"
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -41,6 +42,14 @@ void* tdist_store_tcp(
     auto store = c10::make_intrusive<c10d::TCPStore>(host, options);
     uint16_t bound = store->getPort();
     return new StoreHandle{store, bound};
+  });
+}
+
+void* tdist_store_prefixed(void* handle, const char* prefix, Status* status) {
+  return guard(status, [&]() -> void* {
+    auto* inner = static_cast<StoreHandle*>(handle);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(prefix, inner->store);
+    return new StoreHandle{store, inner->port};
   });
 }
 

@@ -34,6 +34,11 @@ unsafe extern "C" {
         timeout_ms: i64,
         status: *mut Status,
     ) -> *mut c_void;
+    pub(crate) fn tdist_store_prefixed(
+        store: *mut c_void,
+        prefix: *const c_char,
+        status: *mut Status,
+    ) -> *mut c_void;
     pub(crate) fn tdist_store_port(store: *mut c_void) -> u16;
     pub(crate) fn tdist_store_drop(store: *mut c_void);
     pub(crate) fn tdist_store_set(

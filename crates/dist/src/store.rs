@@ -60,6 +60,19 @@ impl Store {
         Ok(Store { raw })
     }
 
+    /// A view of this store whose keys all live under `prefix/`: a group, a rendezvous or a
+    /// generation of the node (after a restart) gets its own keys in one shared store. The view
+    /// keeps the store alive; it reports the same port.
+    pub fn prefixed(&self, prefix: &str) -> Result<Store> {
+        let prefix = c_string("the store prefix", prefix)?;
+        let mut status = ffi::Status::new();
+        // SAFETY: a live handle and a NUL-terminated prefix; the view holds its own reference
+        // to the store.
+        let raw =
+            unsafe { ffi::tdist_store_prefixed(self.raw.as_ptr(), prefix.as_ptr(), &mut status) };
+        Self::wrap(raw, status)
+    }
+
     /// The TCP port a server store listens on; `None` for a file store.
     pub fn port(&self) -> Option<u16> {
         // SAFETY: a live handle.

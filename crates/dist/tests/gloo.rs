@@ -49,7 +49,9 @@ fn two_gloo_ranks_run_every_collective() {
     let dir = tempfile::tempdir().unwrap();
     for (rank, output) in ranks("collectives", 2, dir.path()).iter().enumerate() {
         assert!(
-            output.status.success() && text(output).contains("RESULT ok"),
+            output.status.success()
+                && text(output).contains("RESULT ok")
+                && text(output).contains("RESULT again ok"),
             "rank {rank}: {}",
             text(output)
         );
@@ -163,6 +165,22 @@ fn a_file_store_keeps_values_between_handles() {
 }
 
 #[test]
+fn prefixed_views_of_a_store_keep_their_keys_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::file(&dir.path().join("store"), Duration::from_millis(200)).unwrap();
+    let first = store.prefixed("generation-1").unwrap();
+    let second = store.prefixed("generation-2").unwrap();
+    first.set("world", b"2").unwrap();
+    assert!(!second.contains("world").unwrap());
+    second.set("world", b"4").unwrap();
+    assert_eq!(first.get("world").unwrap(), b"2");
+    assert_eq!(store.get("generation-2/world").unwrap(), b"4");
+    drop(store);
+    // A view outlives the handle it came from.
+    assert_eq!(second.get("world").unwrap(), b"4");
+}
+
+#[test]
 fn a_tcp_store_serves_its_clients() {
     let server = Store::tcp_server(0, SHORT).unwrap();
     let port = server.port().expect("a bound port");
@@ -232,7 +250,18 @@ fn child() {
     };
     let mut group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     match scenario.as_str() {
-        "collectives" => collectives(&mut group),
+        "collectives" => {
+            collectives(&mut group);
+            // A second group of the same ranks (a node restarted, say) in its own keys of the
+            // same store.
+            drop(group);
+            let again = store.prefixed("generation-2").unwrap();
+            let mut group = ProcessGroup::gloo(&again, rank, world, &options).unwrap();
+            let mut sum = Tensor::ones([2], (Kind::Float, tch::Device::Cpu));
+            group.all_reduce(&mut sum, ReduceOp::Sum).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), vec![world as f32; 2]);
+            println!("RESULT again ok");
+        }
         "dead_peer" => dead_peer(&mut group),
         other => panic!("unknown scenario {other}"),
     }
