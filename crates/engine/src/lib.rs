@@ -31,7 +31,7 @@ pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
-pub use sharded::ShardedTrainer;
+pub use sharded::{ShardedAdamW, ShardedTrainer};
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

@@ -7,7 +7,7 @@
 //! weights. The arithmetic is the single process's up to the order
 //! in which gradients are summed.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use templar_dist::{ProcessGroup, ReduceOp};
 
 use crate::buckets::{BUCKET_VALUES, Bucket, buckets};
@@ -21,23 +21,13 @@ use crate::train::{Batch, StepStats, accumulate_gradients};
 /// same batches, and trains on its share of each.
 pub struct ShardedTrainer {
     pub model: Llama,
-    pub config: TrainConfig,
-    group: ProcessGroup,
-    buckets: Vec<Bucket>,
-    /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
-    gradients: Vec<Tensor>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
-    /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
-    scratch: Tensor,
-    steps: u64,
-    /// Set when a step failed after its first collective: the ranks may now disagree (some
-    /// tensors stepped, others not), so no further step is taken on this group.
-    broken: bool,
+    pub optimizer: ShardedAdamW,
+    pub group: ProcessGroup,
 }
 
 impl ShardedTrainer {
-    /// Every rank must start from the same weights (the same seed, or a checkpoint).
+    /// Every rank must start from the same weights (the same seed, or a checkpoint; or see
+    /// [`ShardedTrainer::broadcast_weights`]).
     pub fn new(
         model: Llama,
         config: TrainConfig,
@@ -52,6 +42,57 @@ impl ShardedTrainer {
         model: Llama,
         config: TrainConfig,
         group: ProcessGroup,
+        bucket_values: i64,
+    ) -> Result<Self, EngineError> {
+        let optimizer = ShardedAdamW::with_bucket_values(&model, config, &group, bucket_values)?;
+        Ok(ShardedTrainer {
+            model,
+            optimizer,
+            group,
+        })
+    }
+
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+        self.optimizer
+            .train_step(&mut self.model, &mut self.group, batch)
+    }
+
+    pub fn broadcast_weights(&mut self) -> Result<(), EngineError> {
+        self.optimizer
+            .broadcast_weights(&self.model, &mut self.group)
+    }
+
+    pub fn moment_values(&self) -> i64 {
+        self.optimizer.moment_values()
+    }
+}
+
+/// AdamW over the ranks of a process group, for a model and a group held apart (a node keeps its
+/// optimizer beside its replica's weights, and uses the group for more than training): gradients
+/// reduce-scattered, moments sharded, weights gathered. Every call must get the same group.
+pub struct ShardedAdamW {
+    config: TrainConfig,
+    rank: usize,
+    world: usize,
+    buckets: Vec<Bucket>,
+    /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
+    gradients: Vec<Tensor>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
+    scratch: Tensor,
+    steps: u64,
+    /// Set when a step failed after its first collective: the ranks may now disagree (some
+    /// tensors stepped, others not), so no further step is taken on this group.
+    broken: bool,
+}
+
+impl ShardedAdamW {
+    /// State for `model`'s tensors, in buckets of at most `bucket_values` values.
+    pub fn with_bucket_values(
+        model: &Llama,
+        config: TrainConfig,
+        group: &ProcessGroup,
         bucket_values: i64,
     ) -> Result<Self, EngineError> {
         let (rank, world) = (group.rank(), group.world());
@@ -70,33 +111,43 @@ impl ShardedTrainer {
                 .collect()
         };
         let largest = buckets.iter().map(|b| b.padded(world)).max().unwrap_or(0);
-        Ok(ShardedTrainer {
+        Ok(ShardedAdamW {
             gradients: spans()?,
             exp_avg: spans()?,
             exp_avg_sq: spans()?,
             scratch: Tensor::f_zeros([largest], options)?,
             buckets,
-            model,
             config,
-            group,
+            rank,
+            world,
             steps: 0,
             broken: false,
         })
     }
 
     pub fn rank(&self) -> usize {
-        self.group.rank()
+        self.rank
     }
 
     pub fn world(&self) -> usize {
-        self.group.world()
+        self.world
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// Makes every rank's weights rank 0's, bucket by bucket through the scratch: ranks that
     /// loaded or initialised their models apart start the same. Every rank calls it.
-    pub fn broadcast_weights(&mut self) -> Result<(), EngineError> {
+    pub fn broadcast_weights(
+        &mut self,
+        model: &Llama,
+        group: &mut ProcessGroup,
+    ) -> Result<(), EngineError> {
+        self.check_group(group)?;
         tch::no_grad(|| {
-            let params = &self.model.params.tensors;
+            let params = &model.params.tensors;
             for bucket in &self.buckets {
                 let mut whole = self.scratch.f_narrow(0, 0, bucket.numel)?;
                 for placed in &bucket.tensors {
@@ -104,7 +155,7 @@ impl ShardedTrainer {
                         .f_narrow(0, placed.offset, placed.numel)?
                         .f_copy_(&params[placed.tensor].f_reshape([-1])?)?;
                 }
-                self.group.broadcast(&mut whole, 0)?;
+                group.broadcast(&mut whole, 0)?;
                 for placed in &bucket.tensors {
                     params[placed.tensor]
                         .f_view([-1])?
@@ -115,6 +166,19 @@ impl ShardedTrainer {
         })
     }
 
+    fn check_group(&self, group: &ProcessGroup) -> Result<(), EngineError> {
+        if (group.rank(), group.world()) != (self.rank, self.world) {
+            return Err(EngineError::Config(format!(
+                "this optimizer is rank {} of {}, not rank {} of {}",
+                self.rank,
+                self.world,
+                group.rank(),
+                group.world()
+            )));
+        }
+        Ok(())
+    }
+
     /// Values of AdamW state this rank holds per moment: about a world-th of the parameters.
     pub fn moment_values(&self) -> i64 {
         self.buckets.iter().map(Bucket::owned_values).sum()
@@ -123,7 +187,13 @@ impl ShardedTrainer {
     /// One optimizer step over `batch`, the whole batch as every rank sees it: this rank trains
     /// on its world-th of the rows (the row count must divide evenly). Every rank returns the
     /// same statistics, for the whole batch.
-    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+    pub fn train_step(
+        &mut self,
+        model: &mut Llama,
+        group: &mut ProcessGroup,
+        batch: &Batch,
+    ) -> Result<StepStats, EngineError> {
+        self.check_group(group)?;
         if self.broken {
             return Err(EngineError::Batch(
                 "an earlier step failed part-way on these ranks: rebuild the group and reload the \
@@ -140,12 +210,12 @@ impl ShardedTrainer {
         }
         let mine = batch.rows_slice(rank * rows / world, rows / world)?;
         let predicted = batch.predicted_positions()?;
-        let local = accumulate_gradients(&mut self.model, &self.config, &mine, predicted);
+        let local = accumulate_gradients(model, &self.config, &mine, predicted);
         // Every rank learns whether every rank got this far, so that one rank's failure (out of
         // memory, say) stops them all at once instead of leaving the others waiting in the next
         // collective until the group's timeout.
         let all_ok = self
-            .all_ranks_agree(local.is_ok())
+            .all_ranks_agree(group, local.is_ok(), model.device())
             .inspect_err(|_| self.broken = true)?;
         let local_loss = local?;
         if !all_ok {
@@ -153,26 +223,29 @@ impl ShardedTrainer {
                 "another rank failed to compute its gradient; see that rank's error".into(),
             ));
         }
-        let stepped = self.step_after_gradients(local_loss, predicted, rows, batch);
+        let stepped = self.step_after_gradients(model, group, local_loss, predicted, rows, batch);
         self.broken = stepped.is_err();
         stepped
     }
 
     fn step_after_gradients(
         &mut self,
+        model: &Llama,
+        group: &mut ProcessGroup,
         local_loss: f64,
         predicted: i64,
         rows: usize,
         batch: &Batch,
     ) -> Result<StepStats, EngineError> {
-        let stepped = self.stepped_tensors();
-        tch::no_grad(|| self.scatter_gradients(&stepped))?;
+        let stepped = stepped_tensors(model);
+        tch::no_grad(|| self.scatter_gradients(model, group, &stepped))?;
         // The norm's squares and the loss summed across ranks in one collective.
-        let (squares, loss) = tch::no_grad(|| self.sum_across_ranks(&stepped, local_loss))?;
+        let (squares, loss) =
+            tch::no_grad(|| self.sum_across_ranks(group, &stepped, local_loss, model.device()))?;
         let grad_norm = squares.sqrt();
         let lr = learning_rate(&self.config, self.steps);
         self.steps += 1;
-        tch::no_grad(|| self.update_and_gather(&stepped, grad_norm, lr))?;
+        tch::no_grad(|| self.update_and_gather(model, group, &stepped, grad_norm, lr))?;
         Ok(StepStats {
             loss: loss / predicted as f64,
             grad_norm,
@@ -182,27 +255,30 @@ impl ShardedTrainer {
     }
 
     /// Whether `ok` holds on every rank (a minimum across ranks).
-    fn all_ranks_agree(&mut self, ok: bool) -> Result<bool, EngineError> {
-        let mut flag = Tensor::f_from_slice(&[i64::from(ok)])?.f_to_device(self.model.device())?;
-        self.group.all_reduce(&mut flag, ReduceOp::Min)?;
+    fn all_ranks_agree(
+        &self,
+        group: &mut ProcessGroup,
+        ok: bool,
+        device: Device,
+    ) -> Result<bool, EngineError> {
+        let mut flag = Tensor::f_from_slice(&[i64::from(ok)])?.f_to_device(device)?;
+        group.all_reduce(&mut flag, ReduceOp::Min)?;
         Ok(i64::try_from(flag.f_sum(Kind::Int64)?)? == 1)
     }
 
-    /// Which tensors have a gradient: the same on every rank (all hold the same model). A tensor
-    /// without one is left alone, as the single-process AdamW does; its collectives still run.
-    fn stepped_tensors(&self) -> Vec<bool> {
-        let tensors = &self.model.params.tensors;
-        tensors.iter().map(|t| t.grad().defined()).collect()
-    }
-
     /// Each bucket's gradients summed across ranks, of which this rank keeps its span.
-    fn scatter_gradients(&mut self, stepped: &[bool]) -> Result<(), EngineError> {
-        let world = self.group.world();
+    fn scatter_gradients(
+        &mut self,
+        model: &Llama,
+        group: &mut ProcessGroup,
+        stepped: &[bool],
+    ) -> Result<(), EngineError> {
+        let world = self.world;
         for (bucket, summed) in self.buckets.iter().zip(&mut self.gradients) {
             let whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
             for placed in &bucket.tensors {
                 let slot = whole.f_narrow(0, placed.offset, placed.numel)?;
-                let param = &self.model.params.tensors[placed.tensor];
+                let param = &model.params.tensors[placed.tensor];
                 if stepped[placed.tensor] {
                     slot.shallow_clone()
                         .f_copy_(&param.grad().f_reshape([-1])?)?;
@@ -212,7 +288,7 @@ impl ShardedTrainer {
             }
             let padding = bucket.padded(world) - bucket.numel;
             let _ = whole.f_narrow(0, bucket.numel, padding)?.f_zero_()?;
-            self.group.reduce_scatter(summed, &whole, ReduceOp::Sum)?;
+            group.reduce_scatter(summed, &whole, ReduceOp::Sum)?;
         }
         Ok(())
     }
@@ -220,21 +296,23 @@ impl ShardedTrainer {
     /// The whole gradient's sum of squares and the whole batch's loss: this rank's shares of
     /// both, summed across ranks.
     fn sum_across_ranks(
-        &mut self,
+        &self,
+        group: &mut ProcessGroup,
         stepped: &[bool],
         local_loss: f64,
+        device: Device,
     ) -> Result<(f64, f64), EngineError> {
-        let mut squares = Tensor::f_zeros([1], (Kind::Double, self.model.device()))?;
+        let mut squares = Tensor::f_zeros([1], (Kind::Double, device))?;
         for (bucket, summed) in self.buckets.iter().zip(&self.gradients) {
             for segment in bucket.owned.iter().filter(|s| stepped[s.tensor]) {
                 let part = summed.f_narrow(0, segment.in_span, segment.len)?;
                 squares = squares.f_add(&part.f_square()?.f_sum(Kind::Double)?)?;
             }
         }
-        let loss = Tensor::f_from_slice(&[local_loss])?.f_to_device(self.model.device())?;
+        let loss = Tensor::f_from_slice(&[local_loss])?.f_to_device(device)?;
         let mut both = Tensor::f_cat(&[squares, loss], 0)?;
-        self.group.all_reduce(&mut both, ReduceOp::Sum)?;
-        let both = Vec::<f64>::try_from(&both.f_to_device(tch::Device::Cpu)?)?;
+        group.all_reduce(&mut both, ReduceOp::Sum)?;
+        let both = Vec::<f64>::try_from(&both.f_to_device(Device::Cpu)?)?;
         Ok((both[0], both[1]))
     }
 
@@ -242,6 +320,8 @@ impl ShardedTrainer {
     /// rank's weights.
     fn update_and_gather(
         &mut self,
+        model: &Llama,
+        group: &mut ProcessGroup,
         stepped: &[bool],
         grad_norm: f64,
         lr: f64,
@@ -251,8 +331,8 @@ impl ShardedTrainer {
         let coef = clip / (grad_norm + 1e-6);
         let scale = clip > 0.0 && (coef < 1.0 || coef.is_nan());
         let constants = StepConstants::new(Hyper::of(&self.config), self.steps, lr);
-        let world = self.group.world();
-        let params = &self.model.params.tensors;
+        let world = self.world;
+        let params = &model.params.tensors;
         for (index, bucket) in self.buckets.iter().enumerate() {
             let summed = &mut self.gradients[index];
             if scale {
@@ -279,7 +359,7 @@ impl ShardedTrainer {
                     .f_copy_(&mine)?;
             }
             let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
-            self.group.all_gather(&mut whole, &contribution)?;
+            group.all_gather(&mut whole, &contribution)?;
             for placed in &bucket.tensors {
                 params[placed.tensor]
                     .f_view([-1])?
@@ -288,4 +368,11 @@ impl ShardedTrainer {
         }
         Ok(())
     }
+}
+
+/// Which tensors have a gradient: the same on every rank (all hold the same model). A tensor
+/// without one is left alone, as the single-process AdamW does; its collectives still run.
+fn stepped_tensors(model: &Llama) -> Vec<bool> {
+    let tensors = &model.params.tensors;
+    tensors.iter().map(|t| t.grad().defined()).collect()
 }
