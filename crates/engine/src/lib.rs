@@ -14,6 +14,7 @@ mod model;
 mod optim;
 mod params;
 mod sharded;
+mod sharded_state;
 pub mod tensor_files;
 mod train;
 
@@ -32,6 +33,7 @@ pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
 pub use sharded::{ShardedAdamW, ShardedTrainer};
+pub use sharded_state::moments_path;
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

@@ -138,6 +138,19 @@ impl ShardedAdamW {
         self.steps
     }
 
+    pub(crate) fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
+    /// The first moments' spans, then the second's, bucket by bucket.
+    pub(crate) fn moments(&self) -> impl Iterator<Item = &Tensor> {
+        self.exp_avg.iter().chain(&self.exp_avg_sq)
+    }
+
+    pub(crate) fn moments_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
+        self.exp_avg.iter_mut().chain(&mut self.exp_avg_sq)
+    }
+
     /// Makes every rank's weights rank 0's, bucket by bucket through the scratch: ranks that
     /// loaded or initialised their models apart start the same. Every rank calls it.
     pub fn broadcast_weights(

@@ -51,6 +51,22 @@ impl Batch {
         self.input_ids.size()[0] as usize
     }
 
+    /// Tokens per sample.
+    pub fn seq_len(&self) -> usize {
+        self.input_ids.size().get(1).copied().unwrap_or(0) as usize
+    }
+
+    /// The token ids and the labels, row after row: what [`Batch::from_tokens`] and
+    /// [`Batch::with_labels`] rebuild the batch from (to hand it to another process).
+    pub fn to_tokens(&self) -> Result<(Vec<i64>, Vec<i64>), EngineError> {
+        let flat = |t: &Tensor| -> Result<Vec<i64>, EngineError> {
+            Ok(Vec::<i64>::try_from(
+                &t.f_reshape([-1])?.f_to_device(Device::Cpu)?,
+            )?)
+        };
+        Ok((flat(&self.input_ids)?, flat(&self.labels)?))
+    }
+
     pub(crate) fn predicted_positions(&self) -> Result<i64, EngineError> {
         let seq = self.labels.size()[1];
         let targets = self.labels.f_narrow(1, 1, seq - 1)?;

@@ -19,19 +19,27 @@ use rayon::prelude::*;
 use templar_codec::aggregate::{clip_scale, clip_scales, lower_median, merge_bands};
 use templar_codec::quant::Rule;
 use templar_codec::{
-    CompressError, Payload, Schema, SparseTensor, TensorSpec, aggregate, compress_tensor_in_pieces,
+    CompressError, IndexCoding, Payload, Schema, SparseTensor, TensorSpec, aggregate,
+    compress_tensor_in_pieces, decode,
 };
+use templar_dist::ProcessGroup;
 use templar_engine::memory::{MemoryPlan, Role, WindowShape, check_fits};
 use templar_engine::{
-    AdamW, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer, StepStats,
-    TrainConfig, fill_initial_values, load_optimizer, model_entries, open_weights,
-    parameter_shapes, save_optimizer, save_weights, train_step,
+    AdamW, BUCKET_VALUES, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer,
+    ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer, model_entries,
+    open_weights, parameter_shapes, save_optimizer, save_weights, train_step,
 };
 
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
-use crate::ranks::TensorOwner;
+use crate::ranks::{Command, Ranks, TensorOwner};
+
+/// The inner optimizer of a miner: one process's AdamW, or a rank's share of a sharded one.
+pub enum InnerOptimizer {
+    Local(AdamW),
+    Sharded(ShardedAdamW),
+}
 
 /// The base model as a background save holds it.
 pub type SharedBase = Arc<Vec<Vec<f32>>>;
@@ -45,7 +53,11 @@ pub struct Replica {
     base: SharedBase,
     base_fingerprint: Fingerprint,
     /// The inner optimizer: miners only; a validator never trains.
-    optimizer: Option<AdamW>,
+    optimizer: Option<InnerOptimizer>,
+    /// The node's other ranks, when it spans several (see [`crate::ranks`]).
+    ranks: Option<Ranks>,
+    /// How this node encodes its payloads' indices.
+    pub(crate) coding: IndexCoding,
     train: TrainConfig,
     pub schema: Schema,
     pub outer_lr: f32,
@@ -126,7 +138,10 @@ impl Replica {
                 .collect(),
         );
         let optimizer = match role {
-            Role::Miner => Some(AdamW::new(&model.params, &config.model.train)?),
+            Role::Miner => Some(InnerOptimizer::Local(AdamW::new(
+                &model.params,
+                &config.model.train,
+            )?)),
             Role::Validator => None,
         };
         Ok(Replica {
@@ -134,6 +149,8 @@ impl Replica {
             base,
             base_fingerprint: Fingerprint([0; 32]),
             optimizer,
+            ranks: None,
+            coding: config.codec.index_coding,
             train: config.model.train.clone(),
             schema,
             outer_lr: config.training.outer_lr,
@@ -143,6 +160,7 @@ impl Replica {
 
     /// Replaces the model with the checkpoint in `dir`, tensor by tensor.
     pub fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
+        self.tell_followers(|| Command::Load(dir.to_path_buf()))?;
         let (config, files) = open_weights(dir)?;
         if config != self.model.config {
             return Err(NodeError::State {
@@ -164,6 +182,7 @@ impl Replica {
 
     /// Back to the network's initial model (keeping the optimizer's state).
     pub fn reset(&mut self, config: &NetworkConfig) -> Result<(), NodeError> {
+        self.tell_followers(|| Command::Reset)?;
         let std = config.model.model.initializer_range;
         let base = base_mut(&mut self.base)?;
         for (i, tensor) in base.iter_mut().enumerate() {
@@ -189,7 +208,10 @@ impl Replica {
     /// The inner optimizer's moments, lent to a background save (none for a validator):
     /// training goes on, each step waiting only for moments not yet written.
     pub fn lend_moments(&mut self) -> Option<MomentsLoan> {
-        self.optimizer.as_mut().map(AdamW::lend_moments)
+        match self.optimizer.as_mut()? {
+            InnerOptimizer::Local(adamw) => Some(adamw.lend_moments()),
+            InnerOptimizer::Sharded(_) => None,
+        }
     }
 
     /// The parameters' names in protocol order.
@@ -229,25 +251,58 @@ impl Replica {
         Fingerprint::of_tensors(&tensors)
     }
 
-    /// One inner step on the live weights (miners only).
+    /// One inner step on the live weights (miners only); over a node's ranks, each trains on
+    /// its share of the batch's rows.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
+        self.tell_followers(|| Command::train(batch))?;
         let optimizer = self.optimizer.as_mut().ok_or_else(|| {
             NodeError::Config(
                 "this replica has no optimizer: it is a validator's, which never trains".into(),
             )
         })?;
-        Ok(train_step(&mut self.model, optimizer, &self.train, batch)?)
+        Ok(match (optimizer, &mut self.ranks) {
+            (InnerOptimizer::Local(adamw), _) => {
+                train_step(&mut self.model, adamw, &self.train, batch)?
+            }
+            (InnerOptimizer::Sharded(sharded), Some(ranks)) => {
+                sharded.train_step(&mut self.model, &mut ranks.group, batch)?
+            }
+            (InnerOptimizer::Sharded(_), None) => {
+                return Err(NodeError::Config(
+                    "a sharded optimizer without its ranks".into(),
+                ));
+            }
+        })
     }
 
     /// Optimizer steps taken.
     pub fn optimizer_steps(&self) -> u64 {
-        self.optimizer.as_ref().map_or(0, AdamW::steps)
+        match &self.optimizer {
+            Some(InnerOptimizer::Local(adamw)) => adamw.steps(),
+            Some(InnerOptimizer::Sharded(sharded)) => sharded.steps(),
+            None => 0,
+        }
     }
 
     /// The outer step of a miner, one tensor at a time: the pseudo-gradient `base − live` goes
     /// through error feedback and the codec, and the live tensor is put back to the base. On a
     /// codec failure the error feedback is reset and every tensor is still restored.
+    ///
+    /// Over a node's ranks, each rank compresses the tensors it owns with its own error feedback
+    /// (the others' buffers are empty) and rank 0 returns the assembled payload
+    /// ([`crate::ranks::outer_step`]).
     pub fn outer_step(&mut self, error_feedback: &mut [Vec<f32>]) -> Result<Payload, NodeError> {
+        if self.ranks.is_some() {
+            self.tell_followers(|| Command::OuterStep)?;
+            let bytes = crate::ranks::outer_step(self, error_feedback)?.ok_or_else(|| {
+                NodeError::Ranks("only rank 0 takes the outer step for the node".into())
+            })?;
+            return decode(&self.schema, &bytes).map_err(|e| {
+                NodeError::Ranks(format!(
+                    "the payload the ranks assembled does not decode: {e}"
+                ))
+            });
+        }
         let tensors = self.outer_step_owned(error_feedback, TensorOwner::ALONE)?;
         Ok(Payload {
             tensors: tensors.into_iter().map(|(_, t)| t).collect(),
@@ -329,6 +384,10 @@ impl Replica {
     pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
         if payloads.is_empty() {
             return Ok(());
+        }
+        let (schema, coding) = (&self.schema, self.coding);
+        if let Some(ranks) = &mut self.ranks {
+            ranks.tell(|| Command::apply(schema, payloads, coding))?;
         }
         check_peers(&self.schema, payloads)?;
         let base = base_mut(&mut self.base)?;
@@ -440,17 +499,71 @@ impl Replica {
 
     /// Writes the inner optimizer's state into `dir` (nothing for a validator).
     pub fn save_optimizer(&self, dir: &Path) -> Result<(), NodeError> {
-        if let Some(optimizer) = &self.optimizer {
-            save_optimizer(dir, optimizer, self.model.params.names())?;
+        match &self.optimizer {
+            Some(InnerOptimizer::Local(adamw)) => {
+                save_optimizer(dir, adamw, self.model.params.names())?;
+            }
+            Some(InnerOptimizer::Sharded(sharded)) => {
+                sharded.save_moments(dir)?;
+            }
+            None => {}
         }
         Ok(())
     }
 
     pub fn load_optimizer(&mut self, dir: &Path) -> Result<(), NodeError> {
-        if let Some(optimizer) = &mut self.optimizer {
-            load_optimizer(dir, optimizer, &self.model.params)?;
+        match &mut self.optimizer {
+            Some(InnerOptimizer::Local(adamw)) => load_optimizer(dir, adamw, &self.model.params)?,
+            Some(InnerOptimizer::Sharded(sharded)) => sharded.load_moments(dir)?,
+            None => {}
         }
         Ok(())
+    }
+
+    /// Makes this replica one rank of a node spanning `group` (see [`crate::ranks`]). Every
+    /// rank must hold the same model (checked by fingerprint), and a miner's optimizer becomes
+    /// this rank's share of a sharded one, with fresh moments (load saved ones after joining).
+    pub fn join_ranks(&mut self, mut group: ProcessGroup) -> Result<(), NodeError> {
+        let mine = self.fingerprint().0;
+        let all = group
+            .all_gather_bytes(&mine)
+            .map_err(|e| NodeError::Ranks(format!("comparing the ranks' models: {e}")))?;
+        if let Some(rank) = all.iter().position(|theirs| theirs[..] != mine[..]) {
+            return Err(NodeError::Ranks(format!(
+                "rank {rank} holds another model than rank {}: start every rank from the same \
+                 configuration and state folder",
+                group.rank()
+            )));
+        }
+        if self.optimizer.is_some() {
+            let sharded = ShardedAdamW::with_bucket_values(
+                &self.model,
+                self.train.clone(),
+                &group,
+                BUCKET_VALUES,
+            )?;
+            self.optimizer = Some(InnerOptimizer::Sharded(sharded));
+        }
+        self.ranks = Some(Ranks::new(group));
+        Ok(())
+    }
+
+    /// Which tensors this replica compresses in the outer step.
+    pub fn owner(&self) -> TensorOwner {
+        self.ranks.as_ref().map_or(TensorOwner::ALONE, |r| r.owner)
+    }
+
+    /// The node's ranks, for the operations they take together.
+    pub(crate) fn ranks_mut(&mut self) -> Option<&mut Ranks> {
+        self.ranks.as_mut()
+    }
+
+    /// On rank 0 of a node over ranks, sends the others `command` (made only then).
+    fn tell_followers(&mut self, command: impl FnOnce() -> Command) -> Result<(), NodeError> {
+        match &mut self.ranks {
+            Some(ranks) => ranks.tell(command),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,16 +1,21 @@
-//! The outer step over a node's ranks against one process: the same payload bytes, error
-//! feedback and applied model (fingerprint) at 1, 2 and 4 Gloo ranks, window after window. Ranks
-//! are real processes (the test binary starts copies of itself through the `rank` test, which
-//! does nothing unless `TEMPLAR_RANKS_RANK` is set) meeting in a file store. Every rank trains the
-//! same batches here, so that their live weights are the same bits and the outer step alone is
-//! under test.
+//! A node over Gloo ranks against one process. Ranks are real processes (the test binary starts
+//! copies of itself through the `rank` test, which does nothing unless `TEMPLAR_RANKS_SCENARIO`
+//! is set) meeting in a file store; rank 0 drives its replica as a miner would, and the others
+//! follow its commands ([`ranks::follow`]).
+//!
+//! - `exact`: every rank trains the same batches before joining, so that the live weights are
+//!   the same bits, and the outer step alone is compared: payload bytes and error feedback
+//!   identical to one process at 2 and 4 ranks.
+//! - `node`: two windows of sharded training, outer step and apply; the state saved after the
+//!   first. With `TEMPLAR_RANKS_KILL`, rank 1 is killed during the second window's training.
+//! - `resume`: fresh ranks load that state and take the second window again.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
-use templar_codec::{decode, encode};
+use templar_codec::encode;
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
 use templar_engine::memory::Role;
 use templar_engine::{Batch, Device, Preset};
@@ -18,14 +23,13 @@ use templar_node::config::NetworkConfig;
 use templar_node::ranks::{self, TensorOwner};
 use templar_node::replica::Replica;
 
-const WINDOWS: u64 = 2;
-
 fn config() -> NetworkConfig {
     NetworkConfig::defaults("ranks-test", Preset::load("tiny").unwrap(), "unused")
 }
 
+/// Four rows, so that 2 and 4 ranks each take a whole share.
 fn batch(config: &NetworkConfig, seed: u64) -> Batch {
-    let (rows, seq) = (2, 32);
+    let (rows, seq) = (4, 32);
     let vocab = config.model.model.vocab_size as u64;
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
     let tokens: Vec<i64> = (0..rows * seq)
@@ -39,12 +43,16 @@ fn batch(config: &NetworkConfig, seed: u64) -> Batch {
     Batch::from_tokens(&tokens, rows, seq, vocab as usize).unwrap()
 }
 
-fn train_window(replica: &mut Replica, config: &NetworkConfig, window: u64) {
-    for step in 0..2 {
-        replica
-            .train_step(&batch(config, window * 10 + step))
-            .unwrap();
-    }
+/// Two inner steps of window `window`; their losses.
+fn train_window(replica: &mut Replica, config: &NetworkConfig, window: u64) -> Vec<f64> {
+    (0..2)
+        .map(|step| {
+            replica
+                .train_step(&batch(config, window * 10 + step))
+                .unwrap()
+                .loss
+        })
+        .collect()
 }
 
 fn numels(replica: &Replica) -> Vec<usize> {
@@ -55,148 +63,244 @@ fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
     values.into_iter().flat_map(f32::to_le_bytes).collect()
 }
 
-/// What one process makes: each window's payload bytes, then the error feedback and the
-/// fingerprint after the last window.
-struct Outcome {
-    payloads: Vec<Vec<u8>>,
-    error_feedback: Vec<Vec<f32>>,
-    fingerprint: String,
+fn owned_bytes(ef: &[Vec<f32>], owner: TensorOwner) -> Vec<u8> {
+    f32_bytes(
+        ef.iter()
+            .enumerate()
+            .filter(|(i, _)| owner.owns(*i))
+            .flat_map(|(_, e)| e.iter().copied()),
+    )
 }
 
-fn one_process() -> Outcome {
-    templar_engine::set_threads(1);
-    let config = config();
-    let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
-    let mut ef = TensorOwner::ALONE.error_feedback(numels(&replica));
-    let mut payloads = Vec::new();
-    for window in 0..WINDOWS {
-        train_window(&mut replica, &config, window);
-        let payload = replica.outer_step(&mut ef).unwrap();
-        payloads.push(encode(&replica.schema, &payload, config.codec.index_coding));
-        replica.apply_aggregate(&[&payload]).unwrap();
-    }
-    Outcome {
-        payloads,
-        error_feedback: ef,
-        fingerprint: replica.fingerprint().to_string(),
-    }
-}
-
-fn run_ranks(world: usize, dir: &Path) {
+fn start(scenario: &str, world: usize, dir: &Path, kill: bool) -> Vec<Child> {
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..world)
+    let store = dir.join(format!("store-{scenario}"));
+    (0..world)
         .map(|rank| {
-            Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .args(["--exact", "rank", "--nocapture", "--test-threads=1"])
+                .env("TEMPLAR_RANKS_SCENARIO", scenario)
                 .env("TEMPLAR_RANKS_RANK", rank.to_string())
                 .env("TEMPLAR_RANKS_WORLD", world.to_string())
                 .env("TEMPLAR_RANKS_DIR", dir)
+                .env("TEMPLAR_RANKS_STORE", &store)
                 .env("OMP_NUM_THREADS", "1")
                 .env("RAYON_NUM_THREADS", "1")
                 .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+                .stderr(std::process::Stdio::piped());
+            if kill {
+                command.env("TEMPLAR_RANKS_KILL", "1");
+            }
+            command.spawn().unwrap()
         })
-        .collect();
-    for (rank, child) in children.into_iter().enumerate() {
+        .collect()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn run(scenario: &str, world: usize, dir: &Path) {
+    for (rank, child) in start(scenario, world, dir, false).into_iter().enumerate() {
         let output = child.wait_with_output().unwrap();
         assert!(
             output.status.success(),
-            "rank {rank}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            "{scenario}, rank {rank}: {}",
+            text(&output)
         );
     }
 }
 
+fn read(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 #[test]
-fn ranks_make_the_payload_one_process_makes() {
-    let alone = one_process();
+fn the_outer_step_over_ranks_makes_one_process_payload() {
+    templar_engine::set_threads(1);
+    let config = config();
+    let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let mut ef = TensorOwner::ALONE.error_feedback(numels(&replica));
+    train_window(&mut replica, &config, 0);
+    let payload = replica.outer_step(&mut ef).unwrap();
+    let expected = encode(&replica.schema, &payload, config.codec.index_coding);
     for world in [2, 4] {
         let dir = tempfile::tempdir().unwrap();
-        run_ranks(world, dir.path());
-        let read = |name: String| std::fs::read(dir.path().join(name)).unwrap();
-        for (window, expected) in alone.payloads.iter().enumerate() {
-            let got = read(format!("payload-{window}.bin"));
-            assert!(
-                &got == expected,
-                "{world} ranks, window {window}: payload bytes differ"
-            );
-        }
+        run("exact", world, dir.path());
+        assert!(
+            read(dir.path(), "payload.bin") == expected,
+            "{world} ranks: payload bytes differ"
+        );
         for rank in 0..world {
             let owner = TensorOwner { rank, world };
-            let owned = alone
-                .error_feedback
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| owner.owns(*i))
-                .flat_map(|(_, e)| e.iter().copied());
             assert!(
-                read(format!("ef-{rank}.bin")) == f32_bytes(owned),
+                read(dir.path(), &format!("ef-{rank}.bin")) == owned_bytes(&ef, owner),
                 "{world} ranks, rank {rank}: error feedback differs"
             );
-            let fingerprint = String::from_utf8(read(format!("fingerprint-{rank}"))).unwrap();
-            assert_eq!(fingerprint, alone.fingerprint, "{world} ranks, rank {rank}");
         }
     }
 }
 
-/// One rank of [`run_ranks`]; nothing outside of one.
+#[test]
+fn a_killed_rank_stops_the_node_which_resumes_from_its_saved_state() {
+    templar_engine::set_threads(1);
+    // One process, for the first window's losses.
+    let config = config();
+    let mut alone = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let alone_losses = train_window(&mut alone, &config, 0);
+
+    // Uninterrupted: two windows on two ranks.
+    let whole = tempfile::tempdir().unwrap();
+    run("node", 2, whole.path());
+    let losses: Vec<f64> = serde_json::from_slice(&read(whole.path(), "losses-0.json")).unwrap();
+    for (got, want) in losses.iter().zip(&alone_losses) {
+        assert!((got - want).abs() <= 1e-5, "loss {got} against {want}");
+    }
+    let after_two = read(whole.path(), "fingerprint-1");
+    // Every rank holds the same model after each window.
+    assert_eq!(read(whole.path(), "fingerprint-1.rank-1"), after_two);
+
+    // Rank 1 killed in the second window: rank 0 stops with an error that says a rank is gone
+    // (or, had it stalled instead, that the ranks timed out).
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut children = start("node", 2, dir.path(), true);
+    let marker = dir.path().join("window-1-started");
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "window 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    children[1].kill().unwrap();
+    let mut children = children.into_iter();
+    let leader = children.next().unwrap().wait_with_output().unwrap();
+    let _ = children.next().unwrap().wait();
+    let said = text(&leader);
+    assert!(!leader.status.success(), "rank 0 went on: {said}");
+    assert!(
+        said.contains("a peer rank is gone") || said.contains("timed out"),
+        "{said}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(
+        read(dir.path(), "fingerprint-0"),
+        read(whole.path(), "fingerprint-0")
+    );
+
+    // Fresh ranks resume from the state saved after the first window, and the second window
+    // ends on the uninterrupted run's model, bit for bit.
+    run("resume", 2, dir.path());
+    assert_eq!(read(dir.path(), "fingerprint-1"), after_two);
+    assert_eq!(read(dir.path(), "fingerprint-1.rank-1"), after_two);
+}
+
+/// One rank of a scenario; nothing outside of one.
 #[test]
 fn rank() {
-    let Ok(rank) = std::env::var("TEMPLAR_RANKS_RANK") else {
+    let Ok(scenario) = std::env::var("TEMPLAR_RANKS_SCENARIO") else {
         return;
     };
     templar_engine::set_threads(1);
-    let rank: usize = rank.parse().unwrap();
-    let world: usize = std::env::var("TEMPLAR_RANKS_WORLD")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let dir = std::path::PathBuf::from(std::env::var("TEMPLAR_RANKS_DIR").unwrap());
+    let var = |name: &str| std::env::var(name).unwrap();
+    let (rank, world): (usize, usize) = (
+        var("TEMPLAR_RANKS_RANK").parse().unwrap(),
+        var("TEMPLAR_RANKS_WORLD").parse().unwrap(),
+    );
+    let dir = PathBuf::from(var("TEMPLAR_RANKS_DIR"));
     let timeout = Duration::from_secs(60);
-    let store = Store::file(&dir.join("store"), timeout).unwrap();
+    let store = Store::file(Path::new(&var("TEMPLAR_RANKS_STORE")), timeout).unwrap();
     rendezvous(&store, &Member::new(rank, world, "ranks test"), timeout).unwrap();
     let options = GroupOptions {
         timeout,
         threads: 1,
     };
-    let mut group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
+    let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let config = config();
     let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
-    let owner = TensorOwner::of(&group);
-    let mut ef = owner.error_feedback(numels(&replica));
-    for window in 0..WINDOWS {
-        train_window(&mut replica, &config, window);
-        let made = ranks::outer_step(&mut replica, &mut ef, &mut group, config.codec.index_coding)
-            .unwrap();
-        // Rank 0 has the payload (it would upload it); every rank applies it, as it would
-        // apply the gathered peers' payloads.
-        assert_eq!(made.is_some(), rank == 0);
-        let mut bytes = made.unwrap_or_default();
-        group.broadcast_bytes(&mut bytes, 0).unwrap();
-        if rank == 0 {
-            std::fs::write(dir.join(format!("payload-{window}.bin")), &bytes).unwrap();
-        }
-        let payload = decode(&replica.schema, &bytes).unwrap();
-        replica.apply_aggregate(&[&payload]).unwrap();
+    if scenario == "exact" {
+        train_window(&mut replica, &config, 0);
     }
-    let mine = ef
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| owner.owns(*i))
-        .flat_map(|(_, e)| e.iter().copied());
-    std::fs::write(dir.join(format!("ef-{rank}.bin")), f32_bytes(mine)).unwrap();
-    // Buffers of tensors another rank owns stay empty: a world-th of the error feedback.
-    assert!(
-        ef.iter()
-            .enumerate()
-            .all(|(i, e)| owner.owns(i) || e.is_empty())
-    );
-    std::fs::write(
-        dir.join(format!("fingerprint-{rank}")),
-        replica.fingerprint().to_string(),
-    )
-    .unwrap();
+    replica.join_ranks(group).unwrap();
+    let owner = replica.owner();
+    let mut ef = owner.error_feedback(numels(&replica));
+    if rank != 0 {
+        ranks::follow(&mut replica, &config, &mut ef).unwrap();
+        let fingerprint = replica.fingerprint().to_string();
+        let name = format!("fingerprint-{}.rank-{rank}", last_window(&scenario));
+        std::fs::write(dir.join(name), fingerprint).unwrap();
+        std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
+        return;
+    }
+    match scenario.as_str() {
+        "exact" => {
+            let payload = replica.outer_step(&mut ef).unwrap();
+            let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
+            std::fs::write(dir.join("payload.bin"), bytes).unwrap();
+        }
+        "node" => {
+            for window in 0..2 {
+                if window == 1 {
+                    std::fs::write(dir.join("window-1-started"), b"").unwrap();
+                    if std::env::var("TEMPLAR_RANKS_KILL").is_ok() {
+                        // Steps until the killed rank is missed.
+                        for step in 0.. {
+                            if let Err(error) = replica.train_step(&batch(&config, 10 + step)) {
+                                eprintln!("STOPPED {error}");
+                                std::process::exit(1);
+                            }
+                        }
+                    }
+                }
+                let losses = window_of(&mut replica, &config, &mut ef, window, &dir);
+                std::fs::write(
+                    dir.join(format!("losses-{window}.json")),
+                    serde_json::to_vec(&losses).unwrap(),
+                )
+                .unwrap();
+                if window == 0 {
+                    let state = dir.join("state");
+                    std::fs::create_dir_all(&state).unwrap();
+                    replica.save_weights(&state, u64::MAX).unwrap();
+                    ranks::save_node_state(&mut replica, &ef, &state).unwrap();
+                }
+            }
+        }
+        "resume" => {
+            let state = dir.join("state");
+            replica.load_weights(&state).unwrap();
+            ranks::load_node_state(&mut replica, &mut ef, &state).unwrap();
+            window_of(&mut replica, &config, &mut ef, 1, &dir);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
+    // Dropping the replica tells the other ranks to stop.
+}
+
+fn last_window(scenario: &str) -> u64 {
+    u64::from(scenario != "exact")
+}
+
+/// One window on rank 0: training, the outer step over the ranks, applying the payload (as the
+/// only peer's); the fingerprint after it is written to `fingerprint-{window}`.
+fn window_of(
+    replica: &mut Replica,
+    config: &NetworkConfig,
+    ef: &mut [Vec<f32>],
+    window: u64,
+    dir: &Path,
+) -> Vec<f64> {
+    let losses = train_window(replica, config, window);
+    let payload = replica.outer_step(ef).unwrap();
+    replica.apply_aggregate(&[&payload]).unwrap();
+    let fingerprint = replica.fingerprint().to_string();
+    std::fs::write(dir.join(format!("fingerprint-{window}")), fingerprint).unwrap();
+    losses
 }
