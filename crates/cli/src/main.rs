@@ -10,6 +10,7 @@ mod experiment;
 mod localnet;
 mod model;
 mod node;
+mod ranks;
 mod svg;
 mod wallet;
 

@@ -64,9 +64,25 @@ pub struct NodeArgs {
     state_every: u64,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Intra-op threads (default: all cores).
+    /// Intra-op threads per process (default: all cores, divided among the ranks).
     #[arg(long)]
     threads: Option<i32>,
+    /// Span this many ranks of this machine, one process each: on CUDA rank r trains on GPU r
+    /// (NCCL), on the CPU the ranks share its cores (Gloo). Each rank trains on its share of
+    /// every batch with gradients and AdamW moments sharded, and compresses its share of the
+    /// tensors; rank 0 alone talks to chain and storage. Miners only, for now.
+    #[arg(long, env = "TEMPLAR_RANKS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    ranks: u64,
+    /// How long ranks wait for one another. Other ranks wait for rank 0's next command through
+    /// a window's quiet phases (upload, waiting, gathering), so keep it above a window's length.
+    #[arg(long, default_value_t = 3600)]
+    rank_timeout_s: u64,
+    /// Set by the launcher of `--ranks`: this process is that rank.
+    #[arg(long, hide = true, requires = "rank_store")]
+    rank: Option<usize>,
+    /// Set by the launcher of `--ranks`: the ranks' rendezvous store.
+    #[arg(long, hide = true)]
+    rank_store: Option<PathBuf>,
     /// Stop after this many windows (default: run until Ctrl-C).
     #[arg(long, conflicts_with = "until_window")]
     windows: Option<u64>,
@@ -168,10 +184,32 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn run(role: Role, args: NodeArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+    let world = args.ranks as usize;
+    if world > 1 {
+        if role != Role::Miner {
+            bail!("--ranks is for miners for now: run a validator as one process (--ranks 1)");
+        }
+        if args.behavior.is_some() {
+            bail!("--behavior runs on one process: drop --ranks");
+        }
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / world).max(1) as i32
+    });
     templar_engine::set_threads(threads);
+    if world > 1 {
+        match (args.rank, &args.rank_store) {
+            (None, _) => return crate::ranks::launch(world),
+            (Some(rank), Some(store)) if rank > 0 => {
+                let config = NetworkConfig::load(&args.config)?;
+                let device = args.device.parse::<DeviceChoice>()?.resolve()?;
+                let timeout = std::time::Duration::from_secs(args.rank_timeout_s);
+                return crate::ranks::follow(&config, device, rank, world, store, timeout);
+            }
+            _ => {}
+        }
+    }
     // One node per process on one thread: libtorch does the parallel work.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -190,9 +228,21 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         }
     }
     let config = NetworkConfig::load(&args.config)?;
+    let device = args.device.parse::<DeviceChoice>()?.resolve()?;
+    // Rank 0 of a node over ranks meets the others before anything else.
+    let ranked = match (args.rank, &args.rank_store) {
+        (Some(rank), Some(store)) => {
+            let timeout = std::time::Duration::from_secs(args.rank_timeout_s);
+            let world = args.ranks as usize;
+            Some(crate::ranks::join(
+                &config, device, rank, world, store, timeout,
+            )?)
+        }
+        _ => None,
+    };
+    let device = ranked.as_ref().map_or(device, |(device, _)| *device);
     let hotkey = args.wallet.hotkey()?;
     let chain = AnyChain::open(&ChainTarget::parse(&args.chain), args.netuid).await?;
-    let device = args.device.parse::<DeviceChoice>()?.resolve()?;
     let store_config = StoreConfig {
         s3: S3Settings {
             endpoint: args.storage_endpoint.clone(),
@@ -245,11 +295,11 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     });
     match role {
         Role::Miner => {
-            Miner::new(node, device, state_dir)?
-                .with_behavior(behavior)
-                .with_state_every(args.state_every)
-                .run(stop)
-                .await?
+            let miner = match ranked {
+                Some((_, group)) => Miner::new_ranked(node, device, state_dir, group)?,
+                None => Miner::new(node, device, state_dir)?.with_behavior(behavior),
+            };
+            miner.with_state_every(args.state_every).run(stop).await?
         }
         Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,
     }

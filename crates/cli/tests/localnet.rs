@@ -1,6 +1,9 @@
 //! `templar localnet` end to end, as a user runs it: a real multi-process network (a validator
 //! and two miners on a LocalChain, file storage and the demo corpus), then the same folder run
 //! again, which must resume the network rather than start over. Checked through `report.json`.
+//! The miners span two Gloo ranks each (`--miner-ranks 2`, `templar miner --ranks 2`), so the
+//! node over ranks — its launcher, sharded training, ranked outer step, per-rank saves and
+//! resume — runs here against a one-process validator.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -11,6 +14,7 @@ use serde_json::Value;
 fn localnet(dir: &Path, windows: u64) {
     let output = Command::new(env!("CARGO_BIN_EXE_templar"))
         .args(["localnet", "--miners", "2", "--validators", "1", "--plain"])
+        .args(["--miner-ranks", "2"])
         .args(["--windows", &windows.to_string()])
         .arg("--dir")
         .arg(dir)
@@ -93,6 +97,7 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
             );
         }
     }
+    assert_in_sync(&net);
     for file in ["bpb.svg", "incentive.svg", "bytes.svg", "report.html"] {
         assert!(net.join(file).exists(), "{file} is missing");
     }
@@ -120,6 +125,36 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
         validated(&second).len() > windows.len(),
         "the report lost the first run"
     );
+    assert_in_sync(&net);
+}
+
+/// Every node applied the same model in every window (the miners over ranks, the validator in
+/// one process), and none found itself out of sync.
+fn assert_in_sync(net: &Path) {
+    let mut applied: std::collections::BTreeMap<u64, Vec<(String, String)>> = Default::default();
+    for entry in std::fs::read_dir(net.join("events")).unwrap() {
+        let path = entry.unwrap().path();
+        let node = path.file_stem().unwrap().to_string_lossy().into_owned();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let event = &serde_json::from_str::<Value>(line).unwrap()["event"];
+            assert_ne!(event["event"], "out_of_sync", "{node}: {event}");
+            if event["event"] == "applied" {
+                let window = event["window"].as_u64().unwrap();
+                let fingerprint = event["fingerprint"].as_str().unwrap().to_string();
+                applied
+                    .entry(window)
+                    .or_default()
+                    .push((node.clone(), fingerprint));
+            }
+        }
+    }
+    assert!(applied.len() >= 3, "{applied:?}");
+    for (window, nodes) in &applied {
+        assert!(
+            nodes.iter().all(|(_, f)| *f == nodes[0].1),
+            "window {window}: {nodes:?}"
+        );
+    }
 }
 
 /// (name, uid, hotkey) of every node: who the network's members are.

@@ -131,6 +131,28 @@ impl ProcessGroup {
         })
     }
 
+    /// The group for tensors on `device`: NCCL on CUDA device `i` (this rank's GPU; builds with
+    /// NCCL only, [`crate::NCCL`]), Gloo on the CPU.
+    pub fn on_device(
+        store: &Store,
+        rank: usize,
+        world: usize,
+        device: Device,
+        options: &GroupOptions,
+    ) -> Result<Self> {
+        match device {
+            #[cfg(templar_nccl)]
+            Device::Cuda(index) => Self::nccl(store, rank, world, index, options),
+            #[cfg(not(templar_nccl))]
+            Device::Cuda(_) => Err(DistError::Invalid(
+                "this build has no NCCL (it was built without CUDA's headers; see docs/dist.md): \
+                 run the ranks on the CPU, or build again after scripts/setup"
+                    .into(),
+            )),
+            _ => Self::gloo(store, rank, world, options),
+        }
+    }
+
     pub fn rank(&self) -> usize {
         self.rank
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
 use templar_codec::{Payload, encode};
 use templar_data::{DataReceipt, Split};
+use templar_dist::ProcessGroup;
 use templar_engine::Device;
 use templar_engine::memory::Role;
 use templar_protocol::{Kind, SlotCheck};
@@ -20,11 +21,24 @@ use crate::events::{Event, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
 use crate::node::{Node, aggregate_inputs, now_ms};
+use crate::ranks::load_node_state;
 use crate::replica::Replica;
 use crate::saving::Saving;
 use crate::state::{StateDir, read_f32s};
 
 use crate::saving::ERROR_FEEDBACK_FILE;
+
+/// A saved state of another world size than the node starting on it.
+fn spanned_elsewhere(dir: &std::path::Path, saved: Option<usize>, now: usize) -> NodeError {
+    let saved = saved.unwrap_or(1);
+    NodeError::State {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "it was saved by a miner of {saved} rank(s) and this one has {now}: start it with \
+             --ranks {saved}"
+        ),
+    }
+}
 
 /// What a miner persists besides its model and optimizer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +46,10 @@ struct MinerState {
     last_window: Option<u64>,
     global_step: u64,
     error_feedback_blake3: String,
+    /// The ranks the node spanned (absent: one process); its training state is one file per
+    /// rank then, and resuming needs as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ranks: Option<usize>,
 }
 
 /// When to stop: on request, or after a given window.
@@ -70,6 +88,16 @@ impl<C: Chain> Miner<C> {
     pub fn new(node: Node<C>, device: Device, state_dir: PathBuf) -> Result<Miner<C>, NodeError> {
         let state = StateDir::new(state_dir);
         let saved = state.load_digested::<MinerState>()?;
+        if let Some((
+            MinerState {
+                ranks: Some(world), ..
+            },
+            dir,
+            _,
+        )) = &saved
+        {
+            return Err(spanned_elsewhere(dir, Some(*world), 1));
+        }
         let mut replica = match &saved {
             Some((_, dir, _)) => Replica::resume(&node.config, device, Role::Miner, dir)?,
             None => Replica::new(&node.config, device, Role::Miner)?,
@@ -98,7 +126,70 @@ impl<C: Chain> Miner<C> {
                 state_blake3: digest,
             });
         }
-        Ok(Miner {
+        Ok(Miner::assemble(
+            node,
+            replica,
+            error_feedback,
+            state,
+            position,
+        ))
+    }
+
+    /// Rank 0 of a miner spanning the ranks of `group`: the others follow it
+    /// ([`crate::ranks::follow`]). Resumes from `state_dir` if it holds a state saved by a node
+    /// of as many ranks.
+    pub fn new_ranked(
+        node: Node<C>,
+        device: Device,
+        state_dir: PathBuf,
+        group: ProcessGroup,
+    ) -> Result<Miner<C>, NodeError> {
+        let world = group.world();
+        let state = StateDir::new(state_dir);
+        let saved = state.load_digested::<MinerState>()?;
+        if let Some((record, dir, _)) = &saved
+            && record.ranks != Some(world)
+        {
+            return Err(spanned_elsewhere(dir, record.ranks, world));
+        }
+        // Every rank starts from the initial model, then loads the saved one together.
+        let mut replica = Replica::new(&node.config, device, Role::Miner)?;
+        replica.join_ranks(group)?;
+        let numels = replica.base().iter().map(Vec::len).collect::<Vec<_>>();
+        let mut error_feedback = replica.owner().error_feedback(numels);
+        let mut position = Position {
+            last_window: None,
+            global_step: 0,
+        };
+        if let Some((saved, dir, digest)) = saved {
+            replica.load_weights(&dir)?;
+            load_node_state(&mut replica, &mut error_feedback, &dir)?;
+            position = Position {
+                last_window: saved.last_window,
+                global_step: saved.global_step,
+            };
+            node.events.emit(Event::Resumed {
+                window: saved.last_window,
+                state_blake3: digest,
+            });
+        }
+        Ok(Miner::assemble(
+            node,
+            replica,
+            error_feedback,
+            state,
+            position,
+        ))
+    }
+
+    fn assemble(
+        node: Node<C>,
+        replica: Replica,
+        error_feedback: Vec<Vec<f32>>,
+        state: StateDir,
+        position: Position,
+    ) -> Miner<C> {
+        Miner {
             node,
             replica,
             error_feedback,
@@ -111,7 +202,7 @@ impl<C: Chain> Miner<C> {
             state_every: 1,
             last_saved: None,
             saving: Saving::default(),
-        })
+        }
     }
 
     /// Saves the local state every `windows` windows instead of every window (at least 1). A
@@ -121,7 +212,7 @@ impl<C: Chain> Miner<C> {
         self
     }
 
-    /// Makes this miner misbehave: for test and research networks only.
+    /// Makes this miner misbehave: for test and research networks only (one process only).
     pub fn with_behavior(mut self, behavior: Behavior) -> Miner<C> {
         if !behavior.is_honest() {
             tracing::warn!(%behavior, "this miner attacks the network on purpose (a test behaviour)");
@@ -394,11 +485,14 @@ impl<C: Chain> Miner<C> {
     /// The second stage: the applied base and the record, then the commit.
     fn save_weights(&mut self) -> Result<(), NodeError> {
         let position = self.position;
+        let owner = self.replica.owner();
+        let ranks = (owner.world > 1).then_some(owner.world);
         self.saving
             .commit_with_weights(&self.replica, move |digest| MinerState {
                 last_window: position.last_window,
                 global_step: position.global_step,
                 error_feedback_blake3: digest,
+                ranks,
             })
     }
 

@@ -88,18 +88,17 @@ impl Ranks {
         Command::decode(&bytes)
     }
 
-    /// Every rank's outcome of a step they took together: the first failure, naming its rank,
-    /// fails the step on every rank.
-    fn agree(&mut self, outcome: Result<(), NodeError>, what: &str) -> Result<(), NodeError> {
-        let frame = match &outcome {
-            Ok(()) => vec![FRAME_OK],
-            Err(error) => failure_frame(&error.to_string()),
+    /// Every rank's outcome of a step they took together (`failure`: this rank's error, if
+    /// any): the first failure, naming its rank, fails the step on every rank.
+    pub(crate) fn agree(&mut self, failure: Option<String>, what: &str) -> Result<(), NodeError> {
+        let frame = match failure {
+            None => vec![FRAME_OK],
+            Some(reason) => failure_frame(&reason),
         };
         let frames = self
             .group
             .all_gather_bytes(&frame)
             .map_err(|e| NodeError::Ranks(format!("{what}: {e}")))?;
-        outcome?;
         match first_failure(&frames) {
             Some(failed) => Err(NodeError::Ranks(format!("{what}: {failed}"))),
             None => Ok(()),
@@ -293,11 +292,13 @@ pub fn follow(
             Command::Reset => replica.reset(config)?,
             Command::SaveState(dir) => {
                 let saved = save_rank_state(replica, error_feedback, &dir);
-                joined(replica)?.agree(saved, "saving the ranks' training state")?;
+                let failure = saved.as_ref().err().map(ToString::to_string);
+                joined(replica)?.agree(failure, "saving the ranks' training state")?;
             }
             Command::LoadState(dir) => {
                 let loaded = load_rank_state(replica, error_feedback, &dir);
-                joined(replica)?.agree(loaded, "loading the ranks' training state")?;
+                let failure = loaded.as_ref().err().map(ToString::to_string);
+                joined(replica)?.agree(failure, "loading the ranks' training state")?;
             }
             Command::Stop => return Ok(()),
         }
@@ -317,11 +318,16 @@ pub fn save_node_state(
     replica: &mut Replica,
     error_feedback: &[Vec<f32>],
     dir: &Path,
-) -> Result<(), NodeError> {
-    let ranks = joined(replica)?;
-    ranks.tell(|| Command::SaveState(dir.to_path_buf()))?;
-    let saved = save_rank_state(replica, error_feedback, dir);
-    joined(replica)?.agree(saved, "saving the ranks' training state")
+) -> Result<String, NodeError> {
+    let dir = absolute(dir)?;
+    joined(replica)?.tell(|| Command::SaveState(dir.clone()))?;
+    let saved = save_rank_state(replica, error_feedback, &dir);
+    let failure = saved.as_ref().err().map(ToString::to_string);
+    let agreed = joined(replica)?.agree(failure, "saving the ranks' training state");
+    // This rank's own error first: it keeps its kind (a full disk is explained as one).
+    let digest = saved?;
+    agreed?;
+    Ok(digest)
 }
 
 /// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]).
@@ -330,9 +336,13 @@ pub fn load_node_state(
     error_feedback: &mut Vec<Vec<f32>>,
     dir: &Path,
 ) -> Result<(), NodeError> {
-    joined(replica)?.tell(|| Command::LoadState(dir.to_path_buf()))?;
-    let loaded = load_rank_state(replica, error_feedback, dir);
-    joined(replica)?.agree(loaded, "loading the ranks' training state")
+    let dir = absolute(dir)?;
+    joined(replica)?.tell(|| Command::LoadState(dir.clone()))?;
+    let loaded = load_rank_state(replica, error_feedback, &dir);
+    let failure = loaded.as_ref().err().map(ToString::to_string);
+    let agreed = joined(replica)?.agree(failure, "loading the ranks' training state");
+    loaded?;
+    agreed
 }
 
 /// Where a rank keeps its error feedback in a state folder.
@@ -343,18 +353,23 @@ pub fn error_feedback_path(dir: &Path, owner: TensorOwner) -> PathBuf {
     ))
 }
 
-/// This rank's moments and error feedback into `dir` (rank 0's are saved with the node's state;
-/// this is for the others). The error feedback's digest is written beside it.
+/// This rank's moments and error feedback into `dir` (over a node's ranks each rank writes its
+/// own). The error feedback's digest is written beside it, and returned.
 pub fn save_rank_state(
     replica: &mut Replica,
     error_feedback: &[Vec<f32>],
     dir: &Path,
-) -> Result<(), NodeError> {
+) -> Result<String, NodeError> {
     replica.save_optimizer(dir)?;
     let path = error_feedback_path(dir, replica.owner());
     let digest = write_f32s(&path, error_feedback)?;
     templar_engine::write_atomic(&path.with_extension("blake3"), digest.as_bytes())?;
-    Ok(())
+    Ok(digest)
+}
+
+/// The ranks share a disk, not a working directory's meaning: folders cross as absolute paths.
+pub(crate) fn absolute(dir: &Path) -> Result<PathBuf, NodeError> {
+    std::path::absolute(dir).map_err(|e| NodeError::io(dir, e))
 }
 
 /// Reads what [`save_rank_state`] wrote, checking the error feedback against its digest.

@@ -159,8 +159,25 @@ impl Replica {
     }
 
     /// Replaces the model with the checkpoint in `dir`, tensor by tensor.
+    /// Over a node's ranks every rank loads it, and returns once all have (the folder may be
+    /// a download removed after).
     pub fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
-        self.tell_followers(|| Command::Load(dir.to_path_buf()))?;
+        if self.ranks.is_some() {
+            let dir = crate::ranks::absolute(dir)?;
+            self.tell_followers(|| Command::Load(dir.clone()))?;
+            let loaded = self.load_weights_here(&dir);
+            let failure = loaded.as_ref().err().map(ToString::to_string);
+            let agreed = match &mut self.ranks {
+                Some(ranks) => ranks.agree(failure, "loading the weights"),
+                None => Ok(()),
+            };
+            loaded?;
+            return agreed;
+        }
+        self.load_weights_here(dir)
+    }
+
+    fn load_weights_here(&mut self, dir: &Path) -> Result<(), NodeError> {
         let (config, files) = open_weights(dir)?;
         if config != self.model.config {
             return Err(NodeError::State {
@@ -546,6 +563,11 @@ impl Replica {
         }
         self.ranks = Some(Ranks::new(group));
         Ok(())
+    }
+
+    /// Whether this replica is one rank of a node over several.
+    pub fn is_ranked(&self) -> bool {
+        self.ranks.is_some()
     }
 
     /// Which tensors this replica compresses in the outer step.

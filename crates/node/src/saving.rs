@@ -21,6 +21,7 @@ use serde::Serialize;
 use templar_engine::{DEFAULT_SHARD_BYTES, save_lent_moments};
 
 use crate::error::NodeError;
+use crate::ranks::save_node_state;
 use crate::replica::{Replica, save_base};
 use crate::state::{Background, Staging, StateDir, write_f32s};
 
@@ -57,6 +58,9 @@ impl Saving {
     ) -> Result<(), NodeError> {
         self.finish(error_feedback)?;
         let staging = state.begin(generation)?;
+        if replica.is_ranked() {
+            return self.begin_ranked(staging, replica, error_feedback);
+        }
         let moments = replica.lend_moments();
         let names = replica.parameter_names();
         let lent = Arc::new(Mutex::new(std::mem::take(error_feedback)));
@@ -78,6 +82,35 @@ impl Saving {
             Ok(())
         };
         match Background::spawn("saving the training state", work) {
+            Ok(work) => {
+                self.training_state = Some(TrainingStateSave {
+                    work,
+                    error_feedback: lent,
+                    staged: Some(staged),
+                });
+                Ok(())
+            }
+            Err(error) => {
+                *error_feedback = take_back(&lent);
+                Err(error)
+            }
+        }
+    }
+
+    /// The first stage over a node's ranks: every rank writes its own moments and error
+    /// feedback into the staged generation, now (the ranks' next step waits for the slowest
+    /// writer anyway); the second stage then goes on as for one process.
+    fn begin_ranked(
+        &mut self,
+        staging: Staging,
+        replica: &mut Replica,
+        error_feedback: &mut Vec<Vec<f32>>,
+    ) -> Result<(), NodeError> {
+        let digest = staging.fill(|dir| save_node_state(replica, error_feedback, dir))?;
+        let (send, staged) = sync_channel(1);
+        let _ = send.send(Ok((staging, digest)));
+        let lent = Arc::new(Mutex::new(std::mem::take(error_feedback)));
+        match Background::spawn("the ranks' training state", || Ok(())) {
             Ok(work) => {
                 self.training_state = Some(TrainingStateSave {
                     work,

@@ -5,7 +5,7 @@
 
 mod dashboard;
 mod faults;
-mod fleet;
+pub(crate) mod fleet;
 mod history;
 mod net_chain;
 mod report;
@@ -73,6 +73,10 @@ pub struct LocalnetArgs {
     /// was killed); starts no nodes.
     #[arg(long)]
     report_only: bool,
+    /// Every honest miner spans this many ranks (`templar miner --ranks`): processes of its
+    /// own that share the machine's cores, with gradients, moments and the outer step sharded.
+    #[arg(long, default_value_t = 1)]
+    miner_ranks: usize,
     /// The chain: `embedded` (a LocalChain file in the folder) or `chopsticks` (a real subtensor
     /// runtime, from --chain-spec, run offline by chopsticks; scripts/setup installs it).
     #[arg(long, value_enum, default_value = "embedded")]
@@ -186,8 +190,16 @@ fn run_network(
     let started_ms = templar_node::node::now_ms();
     let mut fleet = Fleet::default();
     let mut commands = BTreeMap::new();
+    let ranks_of = |member: &Member| match (member.role, &member.behavior) {
+        (Role::Miner, None) => args.miner_ranks,
+        _ => 1,
+    };
+    let processes = members.iter().map(ranks_of).sum();
     for member in &members {
-        let mut node_args = node_args(&layout, member, &args.device, until, members.len());
+        let mut node_args = node_args(&layout, member, &args.device, until, processes);
+        if ranks_of(member) > 1 {
+            node_args.extend(["--ranks".into(), ranks_of(member).to_string().into()]);
+        }
         if let Some(behavior) = &member.behavior {
             node_args.extend(["--behavior".into(), behavior.to_string().into()]);
         }
@@ -216,6 +228,12 @@ fn run_network(
 }
 
 fn check_args(args: &LocalnetArgs) -> Result<()> {
+    if !(1..=8).contains(&args.miner_ranks) {
+        bail!(
+            "--miner-ranks {} is out of range: use 1 to 8",
+            args.miner_ranks
+        );
+    }
     if !(1..=64).contains(&args.miners) {
         bail!("--miners {} is out of range: use 1 to 64", args.miners);
     }

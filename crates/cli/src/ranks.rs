@@ -1,0 +1,174 @@
+//! `templar miner --ranks N`: one node over N rank processes of this machine. The command the
+//! operator runs is the launcher: it starts N copies of itself, one per rank (on CUDA, rank r on
+//! GPU r), meeting in a rendezvous folder, and stops them all when one fails. Rank 0 is the node
+//! (chain, storage, data); the others follow its commands (`templar_node::ranks::follow`).
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
+use templar_engine::memory::Role;
+use templar_engine::{Device, DeviceChoice};
+use templar_node::NetworkConfig;
+
+/// Starts the rank processes and waits for them. Rank 0 shares the terminal: Ctrl-C reaches
+/// it alone, and it finishes its window and then stops the others; they run in their own
+/// process group.
+pub fn launch(world: usize) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("templar-ranks-")
+        .tempdir()
+        .context("creating the ranks' rendezvous folder")?;
+    let exe = std::env::current_exe().context("cannot find the templar binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut children: Vec<Child> = Vec::with_capacity(world);
+    for rank in 0..world {
+        let mut command = Command::new(&exe);
+        command
+            .args(&args)
+            .args(["--rank", &rank.to_string()])
+            .arg("--rank-store")
+            .arg(dir.path().join("store"))
+            // NCCL surfaces a lost peer as an error only with these (see docs/dist.md).
+            .env("TORCH_NCCL_BLOCKING_WAIT", "1")
+            .env("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+            .env("TORCH_NCCL_ENABLE_MONITORING", "0");
+        // Each rank in a process group of its own, ended with the launcher: a Ctrl-C reaches
+        // the launcher alone, which passes it to rank 0.
+        crate::localnet::fleet::detach(&mut command);
+        match command.spawn() {
+            Ok(child) => children.push(child),
+            Err(error) => {
+                stop(&mut children);
+                return Err(error).context(format!("starting rank {rank}"));
+            }
+        }
+    }
+    // The launcher outlives a Ctrl-C, to pass it on and report how the ranks ended.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    wait_all(&mut children)
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Rank 0 finishes its window and stops the others (a second Ctrl-C abandons the window).
+fn interrupt(leader: &Child) {
+    if let Ok(pid) = i32::try_from(leader.id()) {
+        // SAFETY: kill(2) only sends a signal; the pid is our own unreaped child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    }
+}
+
+/// Waits until every rank has ended; the first failure stops the rest.
+fn wait_all(children: &mut [Child]) -> Result<()> {
+    let mut ended: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    let mut leader_done: Option<Instant> = None;
+    loop {
+        if INTERRUPTED.swap(false, Ordering::SeqCst) && ended[0].is_none() {
+            tracing::warn!("Ctrl-C: rank 0 finishes the current window, then the ranks stop");
+            interrupt(&children[0]);
+        }
+        for (rank, child) in children.iter_mut().enumerate() {
+            if ended[rank].is_none() {
+                ended[rank] = child.try_wait()?;
+            }
+        }
+        if let Some((rank, status)) = ended
+            .iter()
+            .enumerate()
+            .find_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
+        {
+            stop(children);
+            bail!(
+                "rank {rank} of the node stopped ({status}), so the node stopped; its error is \
+                 above. Start it again: it resumes from its last saved state"
+            );
+        }
+        if ended.iter().all(Option::is_some) {
+            return Ok(());
+        }
+        // Rank 0 tells the others to stop as it ends; give them a moment.
+        if ended[0].is_some() {
+            let since = *leader_done.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(60) {
+                stop(children);
+                bail!("rank 0 ended but other ranks did not stop within a minute");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop(children: &mut [Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// This process's rank of the node: the device it trains on (rank r on GPU r under CUDA) and
+/// its process group, once every rank has arrived and matches.
+pub fn join(
+    config: &NetworkConfig,
+    device: Device,
+    rank: usize,
+    world: usize,
+    store: &Path,
+    timeout: Duration,
+) -> Result<(Device, ProcessGroup)> {
+    let store = Store::file(store, timeout)?;
+    let network = config.network()?.id();
+    let fingerprint = format!(
+        "templar {} network {}",
+        env!("CARGO_PKG_VERSION"),
+        network
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    rendezvous(&store, &Member::new(rank, world, fingerprint), timeout)?;
+    let options = GroupOptions {
+        timeout,
+        threads: 2,
+    };
+    let device = match device {
+        Device::Cuda(_) => DeviceChoice::Cuda(rank).resolve().with_context(|| {
+            format!("rank {rank} of {world} trains on GPU {rank}: one GPU per rank")
+        })?,
+        other => other,
+    };
+    let group = ProcessGroup::on_device(&store, rank, world, device, &options)?;
+    Ok((device, group))
+}
+
+/// A rank other than 0: its replica follows rank 0's until rank 0 stops.
+pub fn follow(
+    config: &NetworkConfig,
+    device: Device,
+    rank: usize,
+    world: usize,
+    store: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let (device, group) = join(config, device, rank, world, store, timeout)?;
+    let mut replica = templar_node::replica::Replica::new(config, device, Role::Miner)?;
+    replica.join_ranks(group)?;
+    let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
+    let mut error_feedback = replica.owner().error_feedback(numels);
+    templar_node::ranks::follow(&mut replica, config, &mut error_feedback)?;
+    tracing::info!(rank, "rank 0 stopped; this rank stops too");
+    Ok(())
+}
