@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 mod codec;
+mod devices;
 mod quantizer;
 mod ranks;
 mod synthetic;
@@ -18,6 +19,9 @@ pub enum BenchCommand {
     Quantizer(quantizer::Args),
     /// Inner-loop training throughput of a model preset (optionally against PyTorch on the same libtorch).
     Train(train::Args),
+    /// The same miner window on the CPU and on another device (CUDA in bf16): how far apart the
+    /// updates their payloads decode to are.
+    Devices(devices::Args),
     /// One miner window and one validator window, each in its own process: peak memory, seconds
     /// per phase, bytes between device and host.
     Window(window::Args),
@@ -29,5 +33,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Quantizer(args) => quantizer::run(args),
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Window(args) => window::run(args),
+        BenchCommand::Devices(args) => devices::run(args),
     }
 }

@@ -159,7 +159,7 @@ fn args_for_ranks(args: &Args) -> Vec<String> {
 }
 
 /// Deterministic random token batches of the preset's shape: the same for every process.
-fn batches(preset: &Preset, count: u64) -> Result<Vec<Batch>> {
+pub(super) fn batches(preset: &Preset, count: u64) -> Result<Vec<Batch>> {
     let (model, train) = (&preset.model, &preset.train);
     let batch_tokens = train.batch_size * train.seq_len;
     let mut state = 0x5eed_u64;
