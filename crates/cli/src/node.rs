@@ -69,8 +69,9 @@ pub struct NodeArgs {
     threads: Option<i32>,
     /// Span this many ranks of this machine, one process each: on CUDA rank r trains on GPU r
     /// (NCCL), on the CPU the ranks share its cores (Gloo). Each rank trains on its share of
-    /// every batch with gradients and AdamW moments sharded, and compresses its share of the
-    /// tensors; rank 0 alone talks to chain and storage. Miners only, for now.
+    /// every batch with gradients and AdamW moments sharded and compresses its share of the
+    /// tensors (a validator: measures its share of every evaluation); rank 0 alone talks to
+    /// chain and storage.
     #[arg(long, env = "TEMPLAR_RANKS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     ranks: u64,
     /// How long ranks wait for one another. Other ranks wait for rank 0's next command through
@@ -185,13 +186,8 @@ fn hex(bytes: &[u8]) -> String {
 
 pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     let world = args.ranks as usize;
-    if world > 1 {
-        if role != Role::Miner {
-            bail!("--ranks is for miners for now: run a validator as one process (--ranks 1)");
-        }
-        if args.behavior.is_some() {
-            bail!("--behavior runs on one process: drop --ranks");
-        }
+    if world > 1 && args.behavior.is_some() {
+        bail!("--behavior runs on one process: drop --ranks");
     }
     let threads = args.threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -205,7 +201,18 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
                 let config = NetworkConfig::load(&args.config)?;
                 let device = args.device.parse::<DeviceChoice>()?.resolve()?;
                 let timeout = std::time::Duration::from_secs(args.rank_timeout_s);
-                return crate::ranks::follow(&config, device, rank, world, store, timeout);
+                let replica_role = match role {
+                    Role::Miner => templar_engine::memory::Role::Miner,
+                    Role::Validator => templar_engine::memory::Role::Validator,
+                };
+                return crate::ranks::follow(
+                    &config,
+                    device,
+                    replica_role,
+                    (rank, world),
+                    store,
+                    timeout,
+                );
             }
             _ => {}
         }
@@ -301,7 +308,13 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
             };
             miner.with_state_every(args.state_every).run(stop).await?
         }
-        Role::Validator => Validator::new(node, device, state_dir)?.run(stop).await?,
+        Role::Validator => {
+            let validator = match ranked {
+                Some((_, group)) => Validator::new_ranked(node, device, state_dir, group)?,
+                None => Validator::new(node, device, state_dir)?,
+            };
+            validator.run(stop).await?
+        }
     }
     Ok(())
 }

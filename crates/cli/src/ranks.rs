@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,9 +14,9 @@ use templar_engine::memory::Role;
 use templar_engine::{Device, DeviceChoice};
 use templar_node::NetworkConfig;
 
-/// Starts the rank processes and waits for them. Rank 0 shares the terminal: Ctrl-C reaches
-/// it alone, and it finishes its window and then stops the others; they run in their own
-/// process group.
+/// Starts the rank processes and waits for them. Each rank runs in a process group of its own:
+/// a Ctrl-C (or SIGTERM) reaches the launcher alone, which passes it to rank 0 as a Ctrl-C;
+/// rank 0 finishes its window and then stops the others. A third one stops every rank at once.
 pub fn launch(world: usize) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("templar-ranks-")
@@ -47,21 +47,24 @@ pub fn launch(world: usize) -> Result<()> {
             }
         }
     }
-    // The launcher outlives a Ctrl-C, to pass it on and report how the ranks ended.
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // The launcher outlives a Ctrl-C or a SIGTERM, to pass it on and report how the ranks ended.
+    // SAFETY: the handler only adds to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_interrupt as *const () as libc::sighandler_t,
-        )
-    };
-    wait_all(&mut children)
+        let handler = on_interrupt as *const () as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    let waited = wait_all(&mut children);
+    if waited.is_err() {
+        stop(&mut children);
+    }
+    waited
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Rank 0 finishes its window and stops the others (a second Ctrl-C abandons the window).
@@ -76,10 +79,17 @@ fn interrupt(leader: &Child) {
 fn wait_all(children: &mut [Child]) -> Result<()> {
     let mut ended: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut leader_done: Option<Instant> = None;
+    let mut passed_on = 0;
     loop {
-        if INTERRUPTED.swap(false, Ordering::SeqCst) && ended[0].is_none() {
-            tracing::warn!("Ctrl-C: rank 0 finishes the current window, then the ranks stop");
+        let interrupts = INTERRUPTS.load(Ordering::SeqCst);
+        if interrupts >= 3 {
+            stop(children);
+            bail!("stopped every rank at once (a third interrupt)");
+        }
+        if interrupts > passed_on && ended[0].is_none() {
+            tracing::warn!("interrupted: rank 0 finishes the current window, then the ranks stop");
             interrupt(&children[0]);
+            passed_on = interrupts;
         }
         for (rank, child) in children.iter_mut().enumerate() {
             if ended[rank].is_none() {
@@ -154,18 +164,18 @@ pub fn join(
     Ok((device, group))
 }
 
-/// A rank other than 0: its replica follows rank 0's until rank 0 stops.
+/// A rank other than 0: its replica (a miner's or a validator's, as `role`) follows rank 0's
+/// until rank 0 stops.
 pub fn follow(
     config: &NetworkConfig,
     device: Device,
-    rank: usize,
-    world: usize,
+    role: Role,
+    (rank, world): (usize, usize),
     store: &Path,
     timeout: Duration,
 ) -> Result<()> {
     let (device, group) = join(config, device, rank, world, store, timeout)?;
-    let mut replica = templar_node::replica::Replica::new(config, device, Role::Miner)?;
-    replica.join_ranks(group)?;
+    let mut replica = templar_node::replica::Replica::new_ranked(config, device, role, group)?;
     let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
     let mut error_feedback = replica.owner().error_feedback(numels);
     templar_node::ranks::follow(&mut replica, config, &mut error_feedback)?;

@@ -1,9 +1,9 @@
 //! `templar localnet` end to end, as a user runs it: a real multi-process network (a validator
 //! and two miners on a LocalChain, file storage and the demo corpus), then the same folder run
 //! again, which must resume the network rather than start over. Checked through `report.json`.
-//! The miners span two Gloo ranks each (`--miner-ranks 2`, `templar miner --ranks 2`), so the
-//! node over ranks — its launcher, sharded training, ranked outer step, per-rank saves and
-//! resume — runs here against a one-process validator.
+//! Every node spans two Gloo ranks (`--miner-ranks 2 --validator-ranks 2`, `templar miner|validator
+//! --ranks 2`), so the node over ranks — its launcher, sharded training, the ranked outer step,
+//! evaluations split across ranks, per-rank saves and resume — runs here end to end.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -14,7 +14,7 @@ use serde_json::Value;
 fn localnet(dir: &Path, windows: u64) {
     let output = Command::new(env!("CARGO_BIN_EXE_templar"))
         .args(["localnet", "--miners", "2", "--validators", "1", "--plain"])
-        .args(["--miner-ranks", "2"])
+        .args(["--miner-ranks", "2", "--validator-ranks", "2"])
         .args(["--windows", &windows.to_string()])
         .arg("--dir")
         .arg(dir)
@@ -128,8 +128,7 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
     assert_in_sync(&net);
 }
 
-/// Every node applied the same model in every window (the miners over ranks, the validator in
-/// one process), and none found itself out of sync.
+/// Every node applied the same model in every window, and none found itself out of sync.
 fn assert_in_sync(net: &Path) {
     let mut applied: std::collections::BTreeMap<u64, Vec<(String, String)>> = Default::default();
     for entry in std::fs::read_dir(net.join("events")).unwrap() {

@@ -1,5 +1,5 @@
-//! Collectives on bytes, for what ranks exchange besides tensors (encoded payload records, a
-//! window's downloads): carried in `uint8` tensors on the group's device.
+//! Collectives on plain values, for what ranks exchange besides tensors (encoded payload records,
+//! commands, loss totals): carried in tensors on the group's device.
 
 use tch::{Device, Kind, Tensor};
 
@@ -48,6 +48,18 @@ impl ProcessGroup {
         let mut tensor = self.to_group(Tensor::f_from_slice(bytes)?)?;
         self.broadcast(&mut tensor, root)?;
         *bytes = Vec::<u8>::try_from(&tensor.f_to_device(Device::Cpu)?)?;
+        Ok(())
+    }
+
+    /// `values` summed (or combined by `op`) across ranks, in place, in f64.
+    pub fn all_reduce_f64s(&mut self, values: &mut [f64], op: crate::ReduceOp) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let mut tensor = self.to_group(Tensor::f_from_slice(values)?)?;
+        self.all_reduce(&mut tensor, op)?;
+        let reduced = Vec::<f64>::try_from(&tensor.f_to_device(Device::Cpu)?)?;
+        values.copy_from_slice(&reduced);
         Ok(())
     }
 

@@ -312,6 +312,9 @@ fn collectives(group: &mut ProcessGroup) {
         group.all_gather(&mut wrong, &mine),
         Err(DistError::Invalid(_))
     ));
+    let mut totals = [rank as f64 + 0.5, 1e-17];
+    group.all_reduce_f64s(&mut totals, ReduceOp::Sum).unwrap();
+    assert_eq!(totals, [2.0, 2e-17]);
     // Bytes of different lengths from each rank, one empty.
     let mine = vec![rank as u8 + 7; rank * 3];
     let gathered = group.all_gather_bytes(&mine).unwrap();

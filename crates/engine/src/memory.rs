@@ -55,6 +55,9 @@ pub struct WindowShape {
     pub recompute: bool,
     /// Threads the outer step compresses tensors on, each with a piece of scratch.
     pub codec_threads: usize,
+    /// Rank processes the node spans on this machine (1: one process). The plan is then one
+    /// rank's, the worst rank's where the shares differ, and the host's memory is shared by all.
+    pub ranks: usize,
 }
 
 /// Resident memory of the `templar` process before any model buffer: libtorch's libraries (the
@@ -74,6 +77,8 @@ pub const STATE_GENERATIONS: u64 = 2;
 pub struct MemoryPlan {
     pub role: Role,
     pub parameters: u64,
+    /// Processes of the node on one host (each holds these items).
+    pub ranks: u64,
     pub items: Vec<Item>,
 }
 
@@ -113,6 +118,46 @@ impl MemoryPlan {
             items.push(item("CUDA context", Place::Device, CUDA_CONTEXT_BYTES));
         }
         match role {
+            Role::Miner if shape.ranks > 1 => {
+                let share = RankShare::of(model, shape.ranks);
+                items.push(state_item("gradients (f32)", device, f32s));
+                items.push(state_item(
+                    "AdamW moments (2 × f32, this rank's spans)",
+                    device,
+                    2 * share.span_bytes,
+                ));
+                items.push(state_item(
+                    "summed gradient spans (f32)",
+                    device,
+                    share.span_bytes,
+                ));
+                items.push(item(
+                    "sharded step scratch (one padded bucket)",
+                    device,
+                    share.bucket_scratch_bytes,
+                ));
+                items.push(state_item(
+                    "error feedback (f32, this rank's tensors)",
+                    Place::Host,
+                    share.owned_tensor_bytes,
+                ));
+                items.push(item(
+                    "outer step's records from every rank",
+                    Place::Host,
+                    shape.payload_bytes,
+                ));
+                items.push(item(
+                    "activations (training)",
+                    device,
+                    training_activation_bytes(model, shape),
+                ));
+                // Rank 0's, the largest: the weights besides its moments and error feedback.
+                items.push(item(
+                    "state on disk (rank 0's files)",
+                    Place::Disk,
+                    STATE_GENERATIONS * (f32s + 2 * share.span_bytes + share.owned_tensor_bytes),
+                ));
+            }
             Role::Miner => {
                 items.push(state_item("gradients (f32)", device, f32s));
                 items.push(state_item("AdamW moments (2 × f32)", device, 2 * f32s));
@@ -144,6 +189,7 @@ impl MemoryPlan {
         MemoryPlan {
             role,
             parameters: p,
+            ranks: shape.ranks.max(1) as u64,
             items,
         }
     }
@@ -189,7 +235,8 @@ pub fn check_fits(plan: &MemoryPlan, device: tch::Device) -> Result<(), EngineEr
         ))
     };
     if let Some(available) = available_host_bytes() {
-        let need = plan.bytes(Place::Host);
+        // The ranks of a node share the host: each holds the plan's host items.
+        let need = plan.bytes(Place::Host) * plan.ranks;
         if need > available {
             return Err(refuse("host", need, available));
         }
@@ -245,6 +292,48 @@ fn state_item(what: &'static str, place: Place, bytes: u64) -> Item {
     }
 }
 
+/// The worst rank's share of a model sharded over `ranks` ranks, from the layouts the code uses:
+/// the sharded optimizer's buckets ([`crate::buckets`]) and the outer step's round robin of whole
+/// tensors.
+struct RankShare {
+    /// Every bucket's span on one rank, in f32 bytes (moments and summed gradients each).
+    span_bytes: u64,
+    /// The largest padded bucket, in f32 bytes: the step's scratch.
+    bucket_scratch_bytes: u64,
+    /// The largest round-robin share of whole tensors, in f32 bytes: a rank's error feedback.
+    owned_tensor_bytes: u64,
+}
+
+impl RankShare {
+    fn of(model: &ModelConfig, ranks: usize) -> RankShare {
+        let numels: Vec<i64> = crate::params::parameter_shapes(model)
+            .iter()
+            .map(|(_, shape)| shape.iter().product())
+            .collect();
+        let buckets = crate::buckets::buckets(&numels, 0, ranks, crate::buckets::BUCKET_VALUES);
+        let owned = (0..ranks)
+            .map(|rank| {
+                numels
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % ranks == rank)
+                    .map(|(_, n)| *n as u64)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
+        RankShare {
+            span_bytes: 4 * buckets.iter().map(|b| b.span as u64).sum::<u64>(),
+            bucket_scratch_bytes: 4 * buckets
+                .iter()
+                .map(|b| b.padded(ranks) as u64)
+                .max()
+                .unwrap_or(0),
+            owned_tensor_bytes: 4 * owned,
+        }
+    }
+}
+
 /// Tensors autograd keeps for the backward pass of one micro-batch, in f32 (bf16 autocast on
 /// CUDA keeps most of them at half that; the estimate stays on the safe side). Per token and
 /// layer: the two norms' inputs and outputs, q, k and v before and after rotation, the attention
@@ -296,6 +385,7 @@ impl WindowShape {
             device_is_host,
             recompute: train.recompute_activations,
             codec_threads: codec_threads(),
+            ranks: 1,
         }
     }
 }
@@ -314,6 +404,7 @@ mod tests {
     fn a_miner_holds_weights_grads_moments_error_feedback_and_one_copy() {
         let preset = Preset::load("8b").unwrap();
         let shape = WindowShape {
+            ranks: 1,
             micro_batch: 1,
             seq_len: 8,
             payloads: 0,
@@ -344,6 +435,7 @@ mod tests {
         let preset = Preset::load("8b").unwrap();
         let (h, i, kv, layers) = (4_096u64, 14_336u64, 1_024u64, 32u64);
         let shape = |recompute| WindowShape {
+            ranks: 1,
             micro_batch: 2,
             seq_len: 2_048,
             payloads: 0,

@@ -199,7 +199,7 @@ impl Returns {
 }
 
 /// Values of a tensor updated at once by [`AdamW::step`].
-const STEP_PIECE: i64 = 1 << 22;
+pub(crate) const STEP_PIECE: i64 = 1 << 22;
 
 /// Flat views `start..start + len` of each tensor (the parameter, its gradient, its moments).
 fn pieces(tensors: &[Tensor; 4], start: i64, len: i64) -> Result<[Tensor; 4], EngineError> {

@@ -14,7 +14,7 @@ use crate::buckets::{BUCKET_VALUES, Bucket, buckets};
 use crate::config::TrainConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
-use crate::optim::{Hyper, StepConstants, learning_rate};
+use crate::optim::{Hyper, STEP_PIECE, StepConstants, learning_rate};
 use crate::train::{Batch, StepStats, accumulate_gradients};
 
 /// A model trained by one rank of a process group; every rank holds the whole model and the
@@ -74,6 +74,8 @@ pub struct ShardedAdamW {
     config: TrainConfig,
     rank: usize,
     world: usize,
+    /// Values updated at once.
+    piece: i64,
     buckets: Vec<Bucket>,
     /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
     gradients: Vec<Tensor>,
@@ -120,6 +122,7 @@ impl ShardedAdamW {
             config,
             rank,
             world,
+            piece: STEP_PIECE,
             steps: 0,
             broken: false,
         })
@@ -131,6 +134,11 @@ impl ShardedAdamW {
 
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// Updates at most `values` values at once (tests use small pieces, to cut segments).
+    pub fn set_step_piece(&mut self, values: i64) {
+        self.piece = values.max(1);
     }
 
     /// Optimizer steps taken.
@@ -357,19 +365,23 @@ impl ShardedAdamW {
             let contribution = summed.shallow_clone();
             for segment in &bucket.owned {
                 let flat = params[segment.tensor].f_view([-1])?;
-                let mut mine = flat.f_narrow(0, segment.in_tensor, segment.len)?;
-                if stepped[segment.tensor] {
-                    let grad = summed.f_narrow(0, segment.in_span, segment.len)?;
-                    constants.update(
-                        &mut mine,
-                        &grad,
-                        &mut self.exp_avg[index].f_narrow(0, segment.in_span, segment.len)?,
-                        &mut self.exp_avg_sq[index].f_narrow(0, segment.in_span, segment.len)?,
-                    )?;
+                // A piece at a time, as the one-process AdamW steps: the update's temporaries
+                // stay a few MB however large the segment (the embedding's, at 8B).
+                for start in (0..segment.len).step_by(self.piece as usize) {
+                    let len = self.piece.min(segment.len - start);
+                    let (in_tensor, in_span) = (segment.in_tensor + start, segment.in_span + start);
+                    let mut mine = flat.f_narrow(0, in_tensor, len)?;
+                    if stepped[segment.tensor] {
+                        let grad = summed.f_narrow(0, in_span, len)?;
+                        constants.update(
+                            &mut mine,
+                            &grad,
+                            &mut self.exp_avg[index].f_narrow(0, in_span, len)?,
+                            &mut self.exp_avg_sq[index].f_narrow(0, in_span, len)?,
+                        )?;
+                    }
+                    contribution.f_narrow(0, in_span, len)?.f_copy_(&mine)?;
                 }
-                contribution
-                    .f_narrow(0, segment.in_span, segment.len)?
-                    .f_copy_(&mine)?;
             }
             let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
             group.all_gather(&mut whole, &contribution)?;

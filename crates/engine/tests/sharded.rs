@@ -241,6 +241,8 @@ fn rank() {
     }
     if world == 4 {
         trainer.broadcast_weights().unwrap();
+        // Segments updated in pieces, as the embedding's are at 8B.
+        trainer.optimizer.set_step_piece(1000);
     }
     let losses: Vec<f64> = (0..STEPS)
         .map(|s| {

@@ -153,8 +153,7 @@ impl<C: Chain> Miner<C> {
             return Err(spanned_elsewhere(dir, record.ranks, world));
         }
         // Every rank starts from the initial model, then loads the saved one together.
-        let mut replica = Replica::new(&node.config, device, Role::Miner)?;
-        replica.join_ranks(group)?;
+        let mut replica = Replica::new_ranked(&node.config, device, Role::Miner, group)?;
         let numels = replica.base().iter().map(Vec::len).collect::<Vec<_>>();
         let mut error_feedback = replica.owner().error_feedback(numels);
         let mut position = Position {
@@ -249,7 +248,8 @@ impl<C: Chain> Miner<C> {
                 .window_of(self.node.chain.block().await?.number);
             window = head.max(window + 1);
         }
-        self.finish_saving()
+        self.finish_saving()?;
+        self.replica.release_ranks()
     }
 
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {

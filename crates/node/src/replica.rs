@@ -33,7 +33,7 @@ use templar_engine::{
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
-use crate::ranks::{Command, Ranks, TensorOwner};
+use crate::ranks::{Command, Ranks, TensorOwner, WireBatch};
 
 /// The inner optimizer of a miner: one process's AdamW, or a rank's share of a sharded one.
 pub enum InnerOptimizer {
@@ -54,6 +54,7 @@ pub struct Replica {
     base_fingerprint: Fingerprint,
     /// The inner optimizer: miners only; a validator never trains.
     optimizer: Option<InnerOptimizer>,
+    role: Role,
     /// The node's other ranks, when it spans several (see [`crate::ranks`]).
     ranks: Option<Ranks>,
     /// How this node encodes its payloads' indices.
@@ -90,6 +91,17 @@ pub fn memory_plan(
     device: Device,
     payloads: usize,
 ) -> MemoryPlan {
+    ranked_memory_plan(config, role, device, payloads, 1)
+}
+
+/// [`memory_plan`] for one rank of a node of `ranks` ranks on one machine.
+pub fn ranked_memory_plan(
+    config: &NetworkConfig,
+    role: Role,
+    device: Device,
+    payloads: usize,
+    ranks: usize,
+) -> MemoryPlan {
     let payload_bytes = schema_for(config).map_or(0, |s| payload_memory(&s));
     let shape = WindowShape {
         micro_batch: config.model.train.micro_batch_size,
@@ -99,6 +111,7 @@ pub fn memory_plan(
         device_is_host: device == Device::Cpu,
         recompute: config.model.train.recompute_activations,
         codec_threads: templar_engine::memory::codec_threads(),
+        ranks,
     };
     MemoryPlan::new(&config.model.model, role, shape)
 }
@@ -106,7 +119,7 @@ pub fn memory_plan(
 impl Replica {
     /// The network's initial model (the same on every node: seeded by the configuration).
     pub fn new(config: &NetworkConfig, device: Device, role: Role) -> Result<Replica, NodeError> {
-        let mut replica = Replica::allocate(config, device, role)?;
+        let mut replica = Replica::allocate(config, device, role, 1)?;
         replica.reset(config)?;
         Ok(replica)
     }
@@ -119,17 +132,48 @@ impl Replica {
         role: Role,
         dir: &Path,
     ) -> Result<Replica, NodeError> {
-        let mut replica = Replica::allocate(config, device, role)?;
+        let mut replica = Replica::allocate(config, device, role, 1)?;
         replica.load_weights(dir)?;
         Ok(replica)
     }
 
-    /// Zero weights of the right shapes, after checking the role fits this machine.
-    fn allocate(config: &NetworkConfig, device: Device, role: Role) -> Result<Replica, NodeError> {
+    /// The network's initial model as one rank of a node spanning `group`: checked against
+    /// one rank's share of the memory (its ranks share the host), and a miner's optimizer is
+    /// this rank's share of a sharded one from the start (a whole one would not fit where
+    /// sharding is needed).
+    pub fn new_ranked(
+        config: &NetworkConfig,
+        device: Device,
+        role: Role,
+        group: ProcessGroup,
+    ) -> Result<Replica, NodeError> {
+        let world = group.world();
+        let rows = config.model.train.batch_size;
+        if role == Role::Miner && !rows.is_multiple_of(world) {
+            return Err(NodeError::Config(format!(
+                "a batch of {rows} samples does not split evenly over {world} ranks: choose \
+                 --ranks to divide the network's batch size"
+            )));
+        }
+        let mut replica = Replica::allocate(config, device, role, world)?;
+        replica.reset(config)?;
+        replica.join_ranks(group)?;
+        Ok(replica)
+    }
+
+    /// Zero weights of the right shapes, after checking the role fits this machine as one of
+    /// `ranks` ranks.
+    fn allocate(
+        config: &NetworkConfig,
+        device: Device,
+        role: Role,
+        ranks: usize,
+    ) -> Result<Replica, NodeError> {
         // Checked with the peer set's payloads: a validator gathers more, as many as there are
         // candidates, which the chain decides later.
         let gathered = config.gather.peer_count + config.gather.reserve_count;
-        check_fits(&memory_plan(config, role, device, gathered), device)?;
+        let plan = ranked_memory_plan(config, role, device, gathered, ranks);
+        check_fits(&plan, device)?;
         let model = Llama::zeros(&config.model.model, device)?;
         let schema = schema_for(config)?;
         let base: SharedBase = Arc::new(
@@ -137,18 +181,20 @@ impl Replica {
                 .map(|i| vec![0f32; schema.plan(i).numel()])
                 .collect(),
         );
+        // Over ranks, a miner's optimizer comes with the group (`join_ranks`).
         let optimizer = match role {
-            Role::Miner => Some(InnerOptimizer::Local(AdamW::new(
+            Role::Miner if ranks == 1 => Some(InnerOptimizer::Local(AdamW::new(
                 &model.params,
                 &config.model.train,
             )?)),
-            Role::Validator => None,
+            Role::Miner | Role::Validator => None,
         };
         Ok(Replica {
             model,
             base,
             base_fingerprint: Fingerprint([0; 32]),
             optimizer,
+            role,
             ranks: None,
             coding: config.codec.index_coding,
             train: config.model.train.clone(),
@@ -199,6 +245,7 @@ impl Replica {
 
     /// Back to the network's initial model (keeping the optimizer's state).
     pub fn reset(&mut self, config: &NetworkConfig) -> Result<(), NodeError> {
+        base_mut(&mut self.base)?;
         self.tell_followers(|| Command::Reset)?;
         let std = config.model.model.initializer_range;
         let base = base_mut(&mut self.base)?;
@@ -271,7 +318,7 @@ impl Replica {
     /// One inner step on the live weights (miners only); over a node's ranks, each trains on
     /// its share of the batch's rows.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
-        self.tell_followers(|| Command::train(batch))?;
+        self.tell_followers(|| Command::Train(WireBatch::of(batch)))?;
         let optimizer = self.optimizer.as_mut().ok_or_else(|| {
             NodeError::Config(
                 "this replica has no optimizer: it is a validator's, which never trains".into(),
@@ -402,11 +449,13 @@ impl Replica {
         if payloads.is_empty() {
             return Ok(());
         }
+        // Checked before the other ranks are told: they would apply what this rank refuses.
+        check_peers(&self.schema, payloads)?;
+        base_mut(&mut self.base)?;
         let (schema, coding) = (&self.schema, self.coding);
         if let Some(ranks) = &mut self.ranks {
-            ranks.tell(|| Command::apply(schema, payloads, coding))?;
+            ranks.tell(|| Command::Apply(Command::encode_payloads(schema, payloads, coding)))?;
         }
-        check_peers(&self.schema, payloads)?;
         let base = base_mut(&mut self.base)?;
         // A piece of scratch for the call, not kept: a miner trains next, at its peak.
         let mut scratch = Vec::new();
@@ -448,12 +497,25 @@ impl Replica {
     /// Live weights `← base − scale · g`, where `g` is one peer's update clipped, tensor by tensor,
     /// to the lower median norm of `all` gathered payloads (what a validator measures). Undo with
     /// [`Replica::restore`].
+    ///
+    /// Over a node's ranks, `all` must be what [`Replica::share_candidates`] handed the other
+    /// ranks, and `peer` one of them.
     pub fn apply_one(
         &mut self,
         peer: &Payload,
         all: &[&Payload],
         scale: f32,
     ) -> Result<(), NodeError> {
+        if self.leads_ranks() {
+            let index = all
+                .iter()
+                .position(|p| std::ptr::eq(*p, peer))
+                .ok_or_else(|| {
+                    NodeError::Ranks("the judged payload is not one of the candidates".into())
+                })?;
+            check_peers(&self.schema, all)?;
+            self.tell_followers(|| Command::ApplyOne { index, scale })?;
+        }
         check_peers(&self.schema, std::slice::from_ref(&peer))?;
         check_peers(&self.schema, all)?;
         let mut scratch = Vec::new();
@@ -485,6 +547,7 @@ impl Replica {
 
     /// Live weights back to the base, tensor by tensor.
     pub fn restore(&mut self) -> Result<(), NodeError> {
+        self.tell_followers(|| Command::Restore)?;
         for i in 0..self.base.len() {
             self.send_base(i)?;
         }
@@ -502,10 +565,58 @@ impl Replica {
     }
 
     /// Loss totals of `batch` on the live weights, a micro-batch at a time.
-    pub fn evaluate(&self, batch: &Batch, bytes: u64) -> Result<Evaluation, NodeError> {
-        Ok(self
-            .model
-            .evaluate_in(batch, bytes, self.train.micro_batch_size)?)
+    /// Over a node's ranks each rank measures its share of the rows and the totals are summed
+    /// across ranks: every rank returns the whole batch's.
+    pub fn evaluate(&mut self, batch: &Batch, bytes: u64) -> Result<Evaluation, NodeError> {
+        let micro = self.train.micro_batch_size;
+        let Some(ranks) = &mut self.ranks else {
+            return Ok(self.model.evaluate_in(batch, bytes, micro)?);
+        };
+        ranks.tell(|| Command::Evaluate(WireBatch::of(batch), bytes))?;
+        let (start, len) = ranks.owner.rows(batch.rows());
+        let mine = if len == 0 {
+            Ok(Evaluation::default())
+        } else {
+            batch
+                .rows_slice(start, len)
+                .and_then(|part| self.model.evaluate_in(&part, 0, micro))
+        };
+        // Every rank takes part in the sum, even one whose share failed: the others would wait.
+        let mut totals = match &mine {
+            Ok(measured) => [measured.loss_sum, measured.tokens as f64, 0.0],
+            Err(_) => [0.0, 0.0, 1.0],
+        };
+        ranks
+            .group
+            .all_reduce_f64s(&mut totals, templar_dist::ReduceOp::Sum)
+            .map_err(|e| NodeError::Ranks(format!("summing an evaluation: {e}")))?;
+        mine?;
+        if totals[2] > 0.0 {
+            return Err(NodeError::Ranks(
+                "another rank failed to evaluate its share; see its error".into(),
+            ));
+        }
+        Ok(Evaluation {
+            loss_sum: totals[0],
+            tokens: totals[1] as u64,
+            bytes,
+        })
+    }
+
+    /// Over a node's ranks, hands the other ranks the payloads a validator is about to judge
+    /// ([`Replica::apply_one`] clips each against them); nothing in one process.
+    pub fn share_candidates(&mut self, all: &[&Payload]) -> Result<(), NodeError> {
+        let (schema, coding) = (&self.schema, self.coding);
+        match &mut self.ranks {
+            Some(ranks) => {
+                ranks.tell(|| Command::Candidates(Command::encode_payloads(schema, all, coding)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn leads_ranks(&self) -> bool {
+        self.ranks.as_ref().is_some_and(|r| r.owner.rank == 0)
     }
 
     /// Writes the base model into `dir` as a Hugging Face checkpoint, sharded at
@@ -552,7 +663,9 @@ impl Replica {
                 group.rank()
             )));
         }
-        if self.optimizer.is_some() {
+        if self.role == Role::Miner {
+            // A whole optimizer (one trained before joining) goes before the share is made.
+            self.optimizer = None;
             let sharded = ShardedAdamW::with_bucket_values(
                 &self.model,
                 self.train.clone(),
@@ -562,6 +675,17 @@ impl Replica {
             self.optimizer = Some(InnerOptimizer::Sharded(sharded));
         }
         self.ranks = Some(Ranks::new(group));
+        Ok(())
+    }
+
+    /// On rank 0, tells the other ranks to stop, once the node has finished cleanly, and
+    /// leaves the group. Not on an error: the other ranks may be inside an operation whose
+    /// collectives a stop would not match; rank 0's process ending (the launcher then stops
+    /// them) is the signal.
+    pub fn release_ranks(&mut self) -> Result<(), NodeError> {
+        if let Some(mut ranks) = self.ranks.take() {
+            ranks.tell(|| Command::Stop)?;
+        }
         Ok(())
     }
 

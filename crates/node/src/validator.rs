@@ -29,6 +29,7 @@ use crate::node::{Gathered, Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::replica::Replica;
 use crate::saving::commit_weights;
 use crate::state::{Background, StateDir};
+use templar_dist::ProcessGroup;
 
 /// Model states kept for measuring how far behind a miner's base model is.
 const HISTORY: usize = 16;
@@ -73,8 +74,46 @@ impl<C: Chain> Validator<C> {
             Some((_, dir, _)) => Replica::resume(&node.config, device, Role::Validator, dir)?,
             None => Replica::new(&node.config, device, Role::Validator)?,
         };
+        Ok(Validator::start(
+            node,
+            replica,
+            state_dir,
+            saved.map(|(s, _, d)| (s, d)),
+        ))
+    }
+
+    /// Rank 0 of a validator spanning the ranks of `group`: the others follow it
+    /// ([`crate::ranks::follow`]) and measure their share of every evaluation. A validator's
+    /// saved state is the base and its record, the same at any number of ranks.
+    pub fn new_ranked(
+        node: Node<C>,
+        device: Device,
+        state_dir: PathBuf,
+        group: ProcessGroup,
+    ) -> Result<Validator<C>, NodeError> {
+        let state_dir = StateDir::new(state_dir);
+        let saved = state_dir.load_digested::<ValidatorState>()?;
+        // Every rank starts from the initial model, then loads the saved one together.
+        let mut replica = Replica::new_ranked(&node.config, device, Role::Validator, group)?;
+        if let Some((_, dir, _)) = &saved {
+            replica.load_weights(dir)?;
+        }
+        Ok(Validator::start(
+            node,
+            replica,
+            state_dir,
+            saved.map(|(s, _, d)| (s, d)),
+        ))
+    }
+
+    fn start(
+        node: Node<C>,
+        replica: Replica,
+        state_dir: StateDir,
+        saved: Option<(ValidatorState, String)>,
+    ) -> Validator<C> {
         let state = match saved {
-            Some((state, _, digest)) => {
+            Some((state, digest)) => {
                 node.events.emit(Event::Resumed {
                     window: state.last_window,
                     state_blake3: digest,
@@ -86,13 +125,13 @@ impl<C: Chain> Validator<C> {
                 ..ValidatorState::default()
             },
         };
-        Ok(Validator {
+        Validator {
             node,
             replica,
             state_dir,
             state,
             saving: None,
-        })
+        }
     }
 
     pub async fn run(mut self, stop: Stop) -> Result<(), NodeError> {
@@ -125,7 +164,8 @@ impl<C: Chain> Validator<C> {
             self.run_window(window).await?;
             window += 1;
         }
-        self.finish_saving()
+        self.finish_saving()?;
+        self.replica.release_ranks()
     }
 
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
@@ -195,6 +235,7 @@ impl<C: Chain> Validator<C> {
             owns.push(self.probe(&own)?);
         }
         let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
+        self.replica.share_candidates(&all)?;
         let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
         let n = judged.len();
         let mut evaluations = Vec::with_capacity(n);
@@ -226,7 +267,7 @@ impl<C: Chain> Validator<C> {
     }
 
     /// A set of samples and the current model's loss on it.
-    fn probe(&self, ids: &[u64]) -> Result<Probe, NodeError> {
+    fn probe(&mut self, ids: &[u64]) -> Result<Probe, NodeError> {
         let (batch, bytes) = self.node.data.batch(Split::Train, ids)?;
         let before = self.replica.evaluate(&batch, bytes)?.mean_loss();
         Ok(Probe {
@@ -236,7 +277,7 @@ impl<C: Chain> Validator<C> {
         })
     }
 
-    fn loss(&self, probe: &Probe) -> Result<f64, NodeError> {
+    fn loss(&mut self, probe: &Probe) -> Result<f64, NodeError> {
         Ok(self
             .replica
             .evaluate(&probe.batch, probe.bytes)?
@@ -420,7 +461,7 @@ impl<C: Chain> Validator<C> {
     }
 
     /// Scores the model on the start of the validation split: the network's progress.
-    fn validate(&self, window: u64) -> Result<(), NodeError> {
+    fn validate(&mut self, window: u64) -> Result<(), NodeError> {
         let split = self.node.data.dataset.split(Split::Validation);
         let count = (self.node.config.gauntlet.validation_samples as u64).min(split.len());
         if count == 0 {

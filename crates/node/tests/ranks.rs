@@ -9,6 +9,8 @@
 //! - `node`: two windows of sharded training, outer step and apply; the state saved after the
 //!   first. With `TEMPLAR_RANKS_KILL`, rank 1 is killed during the second window's training.
 //! - `resume`: fresh ranks load that state and take the second window again.
+//! - `judge`: a validator over ranks judges two miners' payloads (each applied alone, measured,
+//!   undone) and applies their aggregate, against one process.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
@@ -201,6 +203,69 @@ fn a_killed_rank_stops_the_node_which_resumes_from_its_saved_state() {
     assert_eq!(read(dir.path(), "fingerprint-1.rank-1"), after_two);
 }
 
+/// Two miners' payloads from the initial model (one process each, different batches).
+fn miners_payloads(config: &NetworkConfig) -> Vec<templar_codec::Payload> {
+    (0..2)
+        .map(|miner| {
+            let mut replica = Replica::new(config, Device::Cpu, Role::Miner).unwrap();
+            train_window(&mut replica, config, 100 + miner);
+            let mut ef = TensorOwner::ALONE.error_feedback(numels(&replica));
+            replica.outer_step(&mut ef).unwrap()
+        })
+        .collect()
+}
+
+/// What a validator measures of `payloads`: the loss of a batch before, with each applied
+/// alone and after restoring, then the fingerprint once their aggregate is applied.
+fn judge(replica: &mut Replica, config: &NetworkConfig) -> (Vec<f64>, String) {
+    let payloads = miners_payloads(config);
+    let all: Vec<&templar_codec::Payload> = payloads.iter().collect();
+    let probe = batch(config, 7);
+    let mut losses = vec![replica.evaluate(&probe, 1000).unwrap().mean_loss()];
+    replica.share_candidates(&all).unwrap();
+    for peer in &all {
+        replica.apply_one(peer, &all, 0.5).unwrap();
+        losses.push(replica.evaluate(&probe, 1000).unwrap().mean_loss());
+        replica.restore().unwrap();
+    }
+    losses.push(replica.evaluate(&probe, 1000).unwrap().mean_loss());
+    replica.apply_aggregate(&all).unwrap();
+    (losses, replica.fingerprint().to_string())
+}
+
+#[test]
+fn a_validator_over_ranks_measures_what_one_process_does() {
+    templar_engine::set_threads(1);
+    let config = config();
+    let mut alone = Replica::new(&config, Device::Cpu, Role::Validator).unwrap();
+    let (expected, fingerprint) = judge(&mut alone, &config);
+    let dir = tempfile::tempdir().unwrap();
+    run("judge", 3, dir.path());
+    let losses: Vec<f64> = serde_json::from_slice(&read(dir.path(), "judged.json")).unwrap();
+    assert_eq!(losses.len(), expected.len());
+    for (got, want) in losses.iter().zip(&expected) {
+        // Each rank's share is a separate f32 forward pass, its total summed in another order.
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs(),
+            "{got} against {want}"
+        );
+    }
+    // Each update changed the loss, and restoring undid it.
+    assert!(expected[1] != expected[0] && expected[2] != expected[0]);
+    assert_eq!(expected[3], expected[0]);
+    for rank in 0..3 {
+        let name = if rank == 0 {
+            "fingerprint-judged".to_string()
+        } else {
+            format!("fingerprint-0.rank-{rank}")
+        };
+        assert_eq!(
+            String::from_utf8(read(dir.path(), &name)).unwrap(),
+            fingerprint
+        );
+    }
+}
+
 /// One rank of a scenario; nothing outside of one.
 #[test]
 fn rank() {
@@ -223,11 +288,20 @@ fn rank() {
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let config = config();
-    let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
-    if scenario == "exact" {
+    let role = if scenario == "judge" {
+        Role::Validator
+    } else {
+        Role::Miner
+    };
+    let mut replica = if scenario == "exact" {
+        // Trained alone first, so that every rank's live weights are the same bits.
+        let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
         train_window(&mut replica, &config, 0);
-    }
-    replica.join_ranks(group).unwrap();
+        replica.join_ranks(group).unwrap();
+        replica
+    } else {
+        Replica::new_ranked(&config, Device::Cpu, role, group).unwrap()
+    };
     let owner = replica.owner();
     let mut ef = owner.error_feedback(numels(&replica));
     if rank != 0 {
@@ -272,6 +346,15 @@ fn rank() {
                 }
             }
         }
+        "judge" => {
+            let (losses, fingerprint) = judge(&mut replica, &config);
+            std::fs::write(
+                dir.join("judged.json"),
+                serde_json::to_vec(&losses).unwrap(),
+            )
+            .unwrap();
+            std::fs::write(dir.join("fingerprint-judged"), fingerprint).unwrap();
+        }
         "resume" => {
             let state = dir.join("state");
             replica.load_weights(&state).unwrap();
@@ -281,11 +364,11 @@ fn rank() {
         other => panic!("unknown scenario {other}"),
     }
     std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
-    // Dropping the replica tells the other ranks to stop.
+    replica.release_ranks().unwrap();
 }
 
 fn last_window(scenario: &str) -> u64 {
-    u64::from(scenario != "exact")
+    u64::from(!matches!(scenario, "exact" | "judge"))
 }
 
 /// One window on rank 0: training, the outer step over the ranks, applying the payload (as the

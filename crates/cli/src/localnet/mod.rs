@@ -77,6 +77,10 @@ pub struct LocalnetArgs {
     /// own that share the machine's cores, with gradients, moments and the outer step sharded.
     #[arg(long, default_value_t = 1)]
     miner_ranks: usize,
+    /// Every validator spans this many ranks (`templar validator --ranks`), each measuring its
+    /// share of every evaluation.
+    #[arg(long, default_value_t = 1)]
+    validator_ranks: usize,
     /// The chain: `embedded` (a LocalChain file in the folder) or `chopsticks` (a real subtensor
     /// runtime, from --chain-spec, run offline by chopsticks; scripts/setup installs it).
     #[arg(long, value_enum, default_value = "embedded")]
@@ -192,6 +196,7 @@ fn run_network(
     let mut commands = BTreeMap::new();
     let ranks_of = |member: &Member| match (member.role, &member.behavior) {
         (Role::Miner, None) => args.miner_ranks,
+        (Role::Validator, _) => args.validator_ranks,
         _ => 1,
     };
     let processes = members.iter().map(ranks_of).sum();
@@ -228,11 +233,13 @@ fn run_network(
 }
 
 fn check_args(args: &LocalnetArgs) -> Result<()> {
-    if !(1..=8).contains(&args.miner_ranks) {
-        bail!(
-            "--miner-ranks {} is out of range: use 1 to 8",
-            args.miner_ranks
-        );
+    for (flag, ranks) in [
+        ("--miner-ranks", args.miner_ranks),
+        ("--validator-ranks", args.validator_ranks),
+    ] {
+        if !(1..=8).contains(&ranks) {
+            bail!("{flag} {ranks} is out of range: use 1 to 8");
+        }
     }
     if !(1..=64).contains(&args.miners) {
         bail!("--miners {} is out of range: use 1 to 64", args.miners);

@@ -1,0 +1,290 @@
+//! What rank 0 asks the other ranks of its node to do, and its bytes between them.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use templar_codec::{IndexCoding, Payload, Schema, encode};
+use templar_engine::Batch;
+
+use crate::error::NodeError;
+
+/// Every operation that changes a replica or measures it, so that the ranks' replicas stay the
+/// same bits and take part in the same collectives.
+#[derive(Debug)]
+pub enum Command {
+    /// One inner step on this batch (each rank takes its share of the rows).
+    Train(WireBatch),
+    /// The outer step ([`super::outer_step`]).
+    OuterStep,
+    /// Apply the aggregate of these encoded payloads, in this order.
+    Apply(Vec<Vec<u8>>),
+    /// Load the weights of this checkpoint folder (one machine: the ranks share its disk).
+    Load(PathBuf),
+    /// Back to the network's initial model.
+    Reset,
+    /// Write this rank's training state (moments, error feedback) into this folder.
+    SaveState(PathBuf),
+    /// Read this rank's training state from this folder.
+    LoadState(PathBuf),
+    /// The encoded payloads a validator judges this window: every judged update is clipped
+    /// against them ([`crate::replica::Replica::apply_one`]).
+    Candidates(Vec<Vec<u8>>),
+    /// Apply candidate `index` alone, scaled by `scale`.
+    ApplyOne {
+        index: usize,
+        scale: f32,
+    },
+    /// Live weights back to the base.
+    Restore,
+    /// Loss totals of this batch (each rank measures its share of the rows), standing for this
+    /// many bytes of text.
+    Evaluate(WireBatch, u64),
+    Stop,
+}
+
+/// A batch as it crosses between ranks: its shape, token ids and labels.
+#[derive(Debug)]
+pub struct WireBatch {
+    pub rows: usize,
+    pub seq_len: usize,
+    pub tokens: Vec<i64>,
+    pub labels: Vec<i64>,
+}
+
+impl WireBatch {
+    /// A batch that cannot be read here travels empty: rebuilding it fails on every rank, and
+    /// the ranks fail the step together.
+    pub fn of(batch: &Batch) -> WireBatch {
+        let (tokens, labels) = batch.to_tokens().unwrap_or_default();
+        WireBatch {
+            rows: batch.rows(),
+            seq_len: batch.seq_len(),
+            tokens,
+            labels,
+        }
+    }
+
+    pub fn batch(&self, vocab: usize) -> Result<Batch, NodeError> {
+        Ok(
+            Batch::from_tokens(&self.tokens, self.rows, self.seq_len, vocab)
+                .and_then(|b| b.with_labels(&self.labels))?,
+        )
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.rows as u64).to_le_bytes());
+        out.extend_from_slice(&(self.seq_len as u64).to_le_bytes());
+        for id in self.tokens.iter().chain(&self.labels) {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+
+    fn read(rest: &mut &[u8]) -> Option<WireBatch> {
+        let rows = usize::try_from(take_u64(rest)?).ok()?;
+        let seq_len = usize::try_from(take_u64(rest)?).ok()?;
+        let n = rows.checked_mul(seq_len)?;
+        let bytes = rest.get(..n.checked_mul(16)?)?;
+        *rest = &rest[bytes.len()..];
+        let ids: Vec<i64> = bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect();
+        let (tokens, labels) = ids.split_at(n);
+        Some(WireBatch {
+            rows,
+            seq_len,
+            tokens: tokens.to_vec(),
+            labels: labels.to_vec(),
+        })
+    }
+}
+
+const TRAIN: u8 = 0;
+const OUTER_STEP: u8 = 1;
+const APPLY: u8 = 2;
+const LOAD: u8 = 3;
+const RESET: u8 = 4;
+const SAVE_STATE: u8 = 5;
+const LOAD_STATE: u8 = 6;
+const STOP: u8 = 7;
+const CANDIDATES: u8 = 8;
+const APPLY_ONE: u8 = 9;
+const RESTORE: u8 = 10;
+const EVALUATE: u8 = 11;
+
+impl Command {
+    pub(crate) fn encode_payloads(
+        schema: &Schema,
+        payloads: &[&Payload],
+        coding: IndexCoding,
+    ) -> Vec<Vec<u8>> {
+        payloads.iter().map(|p| encode(schema, p, coding)).collect()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // The path's own bytes: a name that is not UTF-8 still names the same file.
+        let path = |out: &mut Vec<u8>, dir: &PathBuf| {
+            out.extend_from_slice(dir.as_os_str().as_bytes());
+        };
+        match self {
+            Command::Train(batch) => {
+                out.push(TRAIN);
+                batch.write(&mut out);
+            }
+            Command::OuterStep => out.push(OUTER_STEP),
+            Command::Apply(payloads) => {
+                out.push(APPLY);
+                write_records(&mut out, payloads);
+            }
+            Command::Load(dir) => {
+                out.push(LOAD);
+                path(&mut out, dir);
+            }
+            Command::Reset => out.push(RESET),
+            Command::SaveState(dir) => {
+                out.push(SAVE_STATE);
+                path(&mut out, dir);
+            }
+            Command::LoadState(dir) => {
+                out.push(LOAD_STATE);
+                path(&mut out, dir);
+            }
+            Command::Candidates(payloads) => {
+                out.push(CANDIDATES);
+                write_records(&mut out, payloads);
+            }
+            Command::ApplyOne { index, scale } => {
+                out.push(APPLY_ONE);
+                out.extend_from_slice(&(*index as u64).to_le_bytes());
+                out.extend_from_slice(&scale.to_le_bytes());
+            }
+            Command::Restore => out.push(RESTORE),
+            Command::Evaluate(batch, bytes) => {
+                out.push(EVALUATE);
+                out.extend_from_slice(&bytes.to_le_bytes());
+                batch.write(&mut out);
+            }
+            Command::Stop => out.push(STOP),
+        }
+        out
+    }
+
+    /// Reads a command; payloads are decoded and checked by the caller.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Command, NodeError> {
+        let bad = |what: &str| NodeError::Ranks(format!("rank 0 sent {what}"));
+        let (&tag, mut rest) = bytes.split_first().ok_or_else(|| bad("an empty command"))?;
+        let path = |rest: &[u8]| PathBuf::from(OsStr::from_bytes(rest));
+        let command = match tag {
+            TRAIN => Command::Train(WireBatch::read(&mut rest).ok_or_else(|| bad("a cut batch"))?),
+            OUTER_STEP => Command::OuterStep,
+            APPLY => Command::Apply(read_records(&mut rest).ok_or_else(|| bad("a cut payload"))?),
+            LOAD => return Ok(Command::Load(path(rest))),
+            RESET => Command::Reset,
+            SAVE_STATE => return Ok(Command::SaveState(path(rest))),
+            LOAD_STATE => return Ok(Command::LoadState(path(rest))),
+            CANDIDATES => {
+                Command::Candidates(read_records(&mut rest).ok_or_else(|| bad("a cut payload"))?)
+            }
+            APPLY_ONE => {
+                let index = take_u64(&mut rest).ok_or_else(|| bad("a cut index"))?;
+                let (scale, tail) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| bad("a cut scale"))?;
+                rest = tail;
+                Command::ApplyOne {
+                    index: usize::try_from(index).map_err(|_| bad("an index out of range"))?,
+                    scale: f32::from_le_bytes(*scale),
+                }
+            }
+            RESTORE => Command::Restore,
+            EVALUATE => {
+                let bytes = take_u64(&mut rest).ok_or_else(|| bad("a cut byte count"))?;
+                let batch = WireBatch::read(&mut rest).ok_or_else(|| bad("a cut batch"))?;
+                Command::Evaluate(batch, bytes)
+            }
+            STOP => Command::Stop,
+            other => return Err(bad(&format!("an unknown command {other}"))),
+        };
+        if !rest.is_empty() {
+            return Err(bad("a command with bytes left over"));
+        }
+        Ok(command)
+    }
+}
+
+fn write_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
+    for record in records {
+        out.extend_from_slice(&(record.len() as u64).to_le_bytes());
+        out.extend_from_slice(record);
+    }
+}
+
+fn read_records(rest: &mut &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        records.push(super::take_record(rest)?.to_vec());
+    }
+    Some(records)
+}
+
+fn take_u64(cursor: &mut &[u8]) -> Option<u64> {
+    let (value, rest) = cursor.split_first_chunk::<8>()?;
+    *cursor = rest;
+    Some(u64::from_le_bytes(*value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(command: Command) -> Command {
+        Command::decode(&command.encode()).unwrap()
+    }
+
+    #[test]
+    fn commands_cross_unchanged_and_cut_ones_are_refused() {
+        let batch = WireBatch {
+            rows: 2,
+            seq_len: 3,
+            tokens: vec![1, 2, 3, 4, 5, 6],
+            labels: vec![1, -100, 3, 4, 5, -100],
+        };
+        let Command::Evaluate(back, 77) = round_trip(Command::Evaluate(batch, 77)) else {
+            panic!("not an evaluation");
+        };
+        assert_eq!((back.rows, back.seq_len), (2, 3));
+        assert_eq!(back.labels, vec![1, -100, 3, 4, 5, -100]);
+        let Command::ApplyOne { index: 3, scale } = round_trip(Command::ApplyOne {
+            index: 3,
+            scale: 0.25,
+        }) else {
+            panic!("not apply-one");
+        };
+        assert_eq!(scale, 0.25);
+        let Command::Candidates(records) =
+            round_trip(Command::Candidates(vec![b"ab".to_vec(), Vec::new()]))
+        else {
+            panic!("not candidates");
+        };
+        assert_eq!(records, vec![b"ab".to_vec(), Vec::new()]);
+        let Command::Load(dir) = round_trip(Command::Load("/state/gen-1".into())) else {
+            panic!("not a load");
+        };
+        assert_eq!(dir, PathBuf::from("/state/gen-1"));
+
+        let mut cut = Command::Train(WireBatch {
+            rows: 1,
+            seq_len: 2,
+            tokens: vec![1, 2],
+            labels: vec![1, 2],
+        })
+        .encode();
+        cut.pop();
+        assert!(Command::decode(&cut).is_err());
+        assert!(Command::decode(&[RESTORE, 0]).is_err());
+        assert!(Command::decode(&[200]).is_err());
+        assert!(Command::decode(&[]).is_err());
+    }
+}

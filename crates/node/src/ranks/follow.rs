@@ -1,0 +1,153 @@
+//! The ranks other than 0: carrying out rank 0's commands, and every rank's training state.
+
+use std::path::{Path, PathBuf};
+
+use templar_codec::{Payload, Schema, decode};
+
+use super::command::Command;
+use super::{TensorOwner, joined, outer_step};
+use crate::config::NetworkConfig;
+use crate::error::NodeError;
+use crate::replica::Replica;
+use crate::state::{read_f32s, write_f32s};
+
+/// A rank other than 0: carries out rank 0's commands on its replica, with its own share of
+/// the error feedback, until rank 0 stops (or is lost: an error).
+pub fn follow(
+    replica: &mut Replica,
+    config: &NetworkConfig,
+    error_feedback: &mut Vec<Vec<f32>>,
+) -> Result<(), NodeError> {
+    let vocab = config.model.model.vocab_size;
+    // A validator's payloads under judgement, kept from one command to the next.
+    let mut candidates: Vec<Payload> = Vec::new();
+    loop {
+        match joined(replica)?.receive()? {
+            Command::Train(batch) => {
+                replica.train_step(&batch.batch(vocab)?)?;
+            }
+            Command::OuterStep => {
+                outer_step(replica, error_feedback)?;
+            }
+            Command::Apply(encoded) => {
+                let payloads = decode_all(&replica.schema, &encoded)?;
+                replica.apply_aggregate(&payloads.iter().collect::<Vec<_>>())?;
+            }
+            Command::Load(dir) => replica.load_weights(&dir)?,
+            Command::Reset => replica.reset(config)?,
+            Command::SaveState(dir) => {
+                let saved = save_rank_state(replica, error_feedback, &dir);
+                let failure = saved.as_ref().err().map(ToString::to_string);
+                joined(replica)?.agree(failure, "saving the ranks' training state")?;
+            }
+            Command::LoadState(dir) => {
+                let loaded = load_rank_state(replica, error_feedback, &dir);
+                let failure = loaded.as_ref().err().map(ToString::to_string);
+                joined(replica)?.agree(failure, "loading the ranks' training state")?;
+            }
+            Command::Candidates(encoded) => {
+                candidates = decode_all(&replica.schema, &encoded)?;
+            }
+            Command::ApplyOne { index, scale } => {
+                let all: Vec<&Payload> = candidates.iter().collect();
+                let peer = all.get(index).copied().ok_or_else(|| {
+                    NodeError::Ranks(format!(
+                        "rank 0 asked for candidate {index} of {}",
+                        all.len()
+                    ))
+                })?;
+                replica.apply_one(peer, &all, scale)?;
+            }
+            Command::Restore => replica.restore()?,
+            Command::Evaluate(batch, bytes) => {
+                replica.evaluate(&batch.batch(vocab)?, bytes)?;
+            }
+            Command::Stop => return Ok(()),
+        }
+    }
+}
+
+fn decode_all(schema: &Schema, encoded: &[Vec<u8>]) -> Result<Vec<Payload>, NodeError> {
+    encoded
+        .iter()
+        .map(|bytes| decode(schema, bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::Ranks(format!("rank 0 sent a bad payload: {e}")))
+}
+
+/// On rank 0: every rank's training state (sharded moments, its error feedback) into `dir`,
+/// each rank writing its own files; returns once all are written, or with the first rank's
+/// failure. The weights are the node's to save (every rank holds the same).
+pub fn save_node_state(
+    replica: &mut Replica,
+    error_feedback: &[Vec<f32>],
+    dir: &Path,
+) -> Result<String, NodeError> {
+    let dir = absolute(dir)?;
+    joined(replica)?.tell(|| Command::SaveState(dir.clone()))?;
+    let saved = save_rank_state(replica, error_feedback, &dir);
+    let failure = saved.as_ref().err().map(ToString::to_string);
+    let agreed = joined(replica)?.agree(failure, "saving the ranks' training state");
+    // This rank's own error first: it keeps its kind (a full disk is explained as one).
+    let digest = saved?;
+    agreed?;
+    Ok(digest)
+}
+
+/// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]).
+pub fn load_node_state(
+    replica: &mut Replica,
+    error_feedback: &mut Vec<Vec<f32>>,
+    dir: &Path,
+) -> Result<(), NodeError> {
+    let dir = absolute(dir)?;
+    joined(replica)?.tell(|| Command::LoadState(dir.clone()))?;
+    let loaded = load_rank_state(replica, error_feedback, &dir);
+    let failure = loaded.as_ref().err().map(ToString::to_string);
+    let agreed = joined(replica)?.agree(failure, "loading the ranks' training state");
+    loaded?;
+    agreed
+}
+
+/// Where a rank keeps its error feedback in a state folder.
+pub fn error_feedback_path(dir: &Path, owner: TensorOwner) -> PathBuf {
+    dir.join(format!(
+        "error_feedback.rank-{}-of-{}.bin",
+        owner.rank, owner.world
+    ))
+}
+
+/// This rank's moments and error feedback into `dir` (over a node's ranks each rank writes its
+/// own). The error feedback's digest is written beside it, and returned.
+pub fn save_rank_state(
+    replica: &mut Replica,
+    error_feedback: &[Vec<f32>],
+    dir: &Path,
+) -> Result<String, NodeError> {
+    replica.save_optimizer(dir)?;
+    let path = error_feedback_path(dir, replica.owner());
+    let digest = write_f32s(&path, error_feedback)?;
+    templar_engine::write_atomic(&path.with_extension("blake3"), digest.as_bytes())?;
+    Ok(digest)
+}
+
+/// The ranks share a disk, not a working directory's meaning: folders cross as absolute paths.
+pub(crate) fn absolute(dir: &Path) -> Result<PathBuf, NodeError> {
+    std::path::absolute(dir).map_err(|e| NodeError::io(dir, e))
+}
+
+/// Reads what [`save_rank_state`] wrote, checking the error feedback against its digest.
+pub fn load_rank_state(
+    replica: &mut Replica,
+    error_feedback: &mut Vec<Vec<f32>>,
+    dir: &Path,
+) -> Result<(), NodeError> {
+    replica.load_optimizer(dir)?;
+    let path = error_feedback_path(dir, replica.owner());
+    let digest_path = path.with_extension("blake3");
+    let digest =
+        std::fs::read_to_string(&digest_path).map_err(|e| NodeError::io(&digest_path, e))?;
+    let lengths: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
+    *error_feedback = read_f32s(&path, &lengths, digest.trim())?;
+    Ok(())
+}
