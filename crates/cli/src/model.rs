@@ -25,6 +25,10 @@ pub struct InfoArgs {
     /// Payloads held by a gather (a miner's peers and reserves; a validator's candidates).
     #[arg(long, default_value_t = 20)]
     payloads: usize,
+    /// Plan one rank of a node spanning this many ranks (`templar miner --ranks`); the host's
+    /// total is then every rank's.
+    #[arg(long, default_value_t = 1)]
+    ranks: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -83,6 +87,7 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
     let shape = WindowShape {
         payloads: args.payloads,
         payload_bytes: payload_bound(&preset),
+        ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
     let plan = MemoryPlan::new(&preset.model, role, shape);
@@ -91,15 +96,22 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
             "preset": name,
             "plan": plan,
             "device_bytes": plan.bytes(Place::Device),
-            "host_bytes": plan.bytes(Place::Host),
+            "host_bytes": plan.bytes(Place::Host) * plan.ranks,
             "disk_bytes": plan.bytes(Place::Disk),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     println!(
-        "{name}: one {role:?} window at micro-batch {} × {} tokens, {} payloads gathered",
-        shape.micro_batch, shape.seq_len, shape.payloads
+        "{name}: one {role:?} window at micro-batch {} × {} tokens, {} payloads gathered{}",
+        shape.micro_batch,
+        shape.seq_len,
+        shape.payloads,
+        if shape.ranks > 1 {
+            format!(", one rank of {} (host total: all ranks)", shape.ranks)
+        } else {
+            String::new()
+        }
     );
     for item in &plan.items {
         println!(
@@ -110,11 +122,13 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         );
     }
     for place in [Place::Device, Place::Host, Place::Disk] {
+        // The ranks share the host (and, with a CPU device, hold everything there).
+        let shared = if place == Place::Host { plan.ranks } else { 1 };
         println!(
             "  {:<34} {:<7} {:>10.2} GiB",
             "total",
             format!("{place:?}").to_lowercase(),
-            gib(plan.bytes(place))
+            gib(plan.bytes(place) * shared)
         );
     }
     Ok(())

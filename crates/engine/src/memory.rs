@@ -151,11 +151,12 @@ impl MemoryPlan {
                     device,
                     training_activation_bytes(model, shape),
                 ));
-                // Rank 0's, the largest: the weights besides its moments and error feedback.
+                // The node's: rank 0's weights and every rank's moments and error feedback,
+                // together as much as one process writes (the ranks share the disk).
                 items.push(item(
-                    "state on disk (rank 0's files)",
+                    "state on disk (every rank's files)",
                     Place::Disk,
-                    STATE_GENERATIONS * (f32s + 2 * share.span_bytes + share.owned_tensor_bytes),
+                    STATE_GENERATIONS * 4 * f32s,
                 ));
             }
             Role::Miner => {
@@ -428,6 +429,58 @@ mod tests {
             8 * p + (2 + 2 * 16) * (16 << 20) + PROCESS_BASELINE_BYTES
         );
         assert_eq!(plan.training_state_bytes(), 20 * p);
+    }
+
+    #[test]
+    fn a_rank_holds_its_share_of_moments_and_error_feedback() {
+        // tiny over 2 ranks: 3 033 344 parameters in one bucket (under 32 Mi values), spans of
+        // 1 516 672; whole tensors round robin, the embedding and every even-indexed tensor on
+        // rank 0.
+        let preset = Preset::load("tiny").unwrap();
+        let p = preset.model.parameter_count();
+        let shape = WindowShape {
+            ranks: 2,
+            payloads: 0,
+            payload_bytes: 0,
+            ..WindowShape::of_train(&preset.train, false)
+        };
+        let plan = MemoryPlan::new(&preset.model, Role::Miner, shape);
+        let bytes = |what: &str| {
+            plan.items
+                .iter()
+                .find(|i| i.what.starts_with(what))
+                .map(|i| i.bytes)
+                .unwrap()
+        };
+        let span = p.div_ceil(2);
+        assert_eq!(bytes("AdamW moments"), 2 * 4 * span);
+        assert_eq!(bytes("summed gradient spans"), 4 * span);
+        assert_eq!(bytes("sharded step scratch"), 4 * 2 * span);
+        let shapes = crate::params::parameter_shapes(&preset.model);
+        let share = |rank: usize| -> u64 {
+            shapes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == rank)
+                .map(|(_, (_, s))| s.iter().product::<i64>() as u64)
+                .sum()
+        };
+        assert_eq!(bytes("error feedback"), 4 * share(0).max(share(1)));
+        assert_eq!(plan.ranks, 2);
+        // The whole moments of one process are twice a rank's.
+        let alone = MemoryPlan::new(
+            &preset.model,
+            Role::Miner,
+            WindowShape { ranks: 1, ..shape },
+        );
+        let moments = |plan: &MemoryPlan| {
+            plan.items
+                .iter()
+                .find(|i| i.what.starts_with("AdamW"))
+                .map(|i| i.bytes)
+                .unwrap()
+        };
+        assert_eq!(moments(&alone), 8 * p);
     }
 
     #[test]
