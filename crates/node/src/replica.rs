@@ -218,7 +218,8 @@ impl Replica {
                 None => Ok(()),
             };
             loaded?;
-            return agreed;
+            agreed?;
+            return self.check_ranks_agree("loading the weights");
         }
         self.load_weights_here(dir)
     }
@@ -255,7 +256,7 @@ impl Replica {
             send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
-        Ok(())
+        self.check_ranks_agree("resetting the model")
     }
 
     /// The base model, tensor by tensor in protocol order.
@@ -477,7 +478,7 @@ impl Replica {
             send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
-        Ok(())
+        self.check_ranks_agree("applying the aggregate")
     }
 
     /// The dense aggregate of `payloads` (ascending uid order), with any tensor that is not
@@ -687,6 +688,25 @@ impl Replica {
             ranks.tell(|| Command::Stop)?;
         }
         Ok(())
+    }
+
+    /// Over a node's ranks, after a change of the base: every rank's fingerprint against rank
+    /// 0's, so that replicas that drifted apart stop the node instead of training apart.
+    fn check_ranks_agree(&mut self, what: &str) -> Result<(), NodeError> {
+        let Some(ranks) = &mut self.ranks else {
+            return Ok(());
+        };
+        let mine = self.base_fingerprint.0;
+        let all = ranks
+            .group
+            .all_gather_bytes(&mine)
+            .map_err(|e| NodeError::Ranks(format!("{what}: comparing the ranks' models: {e}")))?;
+        match all.iter().position(|theirs| theirs[..] != all[0][..]) {
+            Some(rank) => Err(NodeError::Ranks(format!(
+                "{what}: rank {rank} holds another model than rank 0"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether this replica is one rank of a node over several.

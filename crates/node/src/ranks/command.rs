@@ -53,8 +53,8 @@ pub struct WireBatch {
 }
 
 impl WireBatch {
-    /// A batch that cannot be read here travels empty: rebuilding it fails on every rank, and
-    /// the ranks fail the step together.
+    /// A batch that cannot be read here travels empty: rebuilding it fails on the other ranks,
+    /// which end, and the node stops.
     pub fn of(batch: &Batch) -> WireBatch {
         let (tokens, labels) = batch.to_tokens().unwrap_or_default();
         WireBatch {
