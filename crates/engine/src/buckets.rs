@@ -1,20 +1,19 @@
 //! How sharded training lays the model's tensors out for its collectives: tensors end to end in
 //! buckets, so that a step makes a few large collectives instead of two per tensor (a collective
 //! has a fixed cost — a round trip between ranks — that dominates for small tensors), while a
-//! bucket's scratch stays bounded however large the model.
+//! bucket's scratch stays bounded however large the model or any one tensor: a tensor that does
+//! not fit what is left of a bucket is cut, its next piece starting the next bucket.
 
-use std::ops::Range;
-
-/// Values a bucket holds at most, unless one tensor alone is larger (it is then a bucket of its
-/// own). 32 Mi values: 128 MB of `f32` scratch, few enough collectives for an 8B model (about
-/// 250 per step each way).
+/// Values a bucket holds at most. 32 Mi values: 128 MB of `f32` scratch, few enough collectives
+/// for an 8B model (about 250 per step each way).
 pub const BUCKET_VALUES: i64 = 1 << 25;
 
-/// A tensor's place in its bucket.
+/// A piece of a tensor in a bucket: the tensor's values `in_tensor..+numel`, at `offset..` of
+/// the bucket (a whole tensor, unless it was cut between buckets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
     pub tensor: usize,
-    /// First value of the tensor in the bucket.
+    pub in_tensor: i64,
     pub offset: i64,
     pub numel: i64,
 }
@@ -55,40 +54,37 @@ impl Bucket {
 
 /// Buckets for tensors of `numels` (in order) as `rank` of `world` sees them.
 pub fn buckets(numels: &[i64], rank: usize, world: usize, bucket_values: i64) -> Vec<Bucket> {
-    let world = world.max(1);
-    let mut groups: Vec<Range<usize>> = Vec::new();
-    let mut start = 0;
-    let mut filled = 0;
-    for (index, &numel) in numels.iter().enumerate() {
-        if index > start && filled + numel > bucket_values {
-            groups.push(start..index);
-            (start, filled) = (index, 0);
+    let (world, cap) = (world.max(1), bucket_values.max(1));
+    let mut filled: Vec<Vec<Placed>> = vec![Vec::new()];
+    let mut room = cap;
+    for (tensor, &numel) in numels.iter().enumerate() {
+        let mut in_tensor = 0;
+        while in_tensor < numel {
+            if room == 0 {
+                filled.push(Vec::new());
+                room = cap;
+            }
+            let take = room.min(numel - in_tensor);
+            if let Some(bucket) = filled.last_mut() {
+                bucket.push(Placed {
+                    tensor,
+                    in_tensor,
+                    offset: cap - room,
+                    numel: take,
+                });
+            }
+            (in_tensor, room) = (in_tensor + take, room - take);
         }
-        filled += numel;
     }
-    if start < numels.len() {
-        groups.push(start..numels.len());
-    }
-    groups
+    filled
         .into_iter()
-        .map(|range| bucket(numels, range, rank, world))
+        .filter(|pieces| !pieces.is_empty())
+        .map(|pieces| bucket(pieces, rank, world))
         .collect()
 }
 
-fn bucket(numels: &[i64], range: Range<usize>, rank: usize, world: usize) -> Bucket {
-    let mut offset = 0;
-    let tensors: Vec<Placed> = range
-        .map(|tensor| {
-            let placed = Placed {
-                tensor,
-                offset,
-                numel: numels[tensor],
-            };
-            offset += numels[tensor];
-            placed
-        })
-        .collect();
-    let numel = offset;
+fn bucket(tensors: Vec<Placed>, rank: usize, world: usize) -> Bucket {
+    let numel = tensors.iter().map(|t| t.numel).sum::<i64>();
     let span = (numel + world as i64 - 1) / world as i64;
     let (low, high) = (
         (rank as i64 * span).min(numel),
@@ -100,7 +96,7 @@ fn bucket(numels: &[i64], range: Range<usize>, rank: usize, world: usize) -> Buc
             let (start, end) = (t.offset.max(low), (t.offset + t.numel).min(high));
             (start < end).then_some(Segment {
                 tensor: t.tensor,
-                in_tensor: start - t.offset,
+                in_tensor: t.in_tensor + start - t.offset,
                 in_span: start - low,
                 len: end - start,
             })
@@ -136,16 +132,41 @@ mod tests {
     }
 
     #[test]
-    fn tensors_fill_buckets_in_order_and_a_large_one_stands_alone() {
-        // Cap 10: [4, 5] fit (9), 3 would make 12, so a new bucket; 20 alone; then [1].
+    fn tensors_fill_buckets_in_order_and_are_cut_where_one_is_full() {
+        // Cap 10: [4, 5] fill 9, the 3 is cut 1 | 2, the 20 is cut 8 | 10 | 2, the last 1
+        // joins that 2.
         let b = buckets(&[4, 5, 3, 20, 1], 0, 2, 10);
-        let members: Vec<Vec<usize>> = b
+        let pieces: Vec<Vec<(usize, i64, i64, i64)>> = b
             .iter()
-            .map(|b| b.tensors.iter().map(|t| t.tensor).collect())
+            .map(|b| {
+                b.tensors
+                    .iter()
+                    .map(|t| (t.tensor, t.in_tensor, t.offset, t.numel))
+                    .collect()
+            })
             .collect();
-        assert_eq!(members, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
-        assert_eq!(b[0].tensors[1].offset, 4);
-        assert_eq!((b[0].numel, b[0].span, b[0].padded(2)), (9, 5, 10));
+        assert_eq!(
+            pieces,
+            vec![
+                vec![(0, 0, 0, 4), (1, 0, 4, 5), (2, 0, 9, 1)],
+                vec![(2, 1, 0, 2), (3, 0, 2, 8)],
+                vec![(3, 8, 0, 10)],
+                vec![(3, 18, 0, 2), (4, 0, 2, 1)],
+            ]
+        );
+        assert!(b.iter().all(|b| b.numel <= 10));
+        assert_eq!((b[3].numel, b[3].span, b[3].padded(2)), (3, 2, 4));
+        // Rank 1 of the second bucket owns values 5..10: tensor 3's values 3..8.
+        let second = &buckets(&[4, 5, 3, 20, 1], 1, 2, 10)[1];
+        assert_eq!(
+            second.owned,
+            vec![Segment {
+                tensor: 3,
+                in_tensor: 3,
+                in_span: 0,
+                len: 5
+            }]
+        );
     }
 
     #[test]

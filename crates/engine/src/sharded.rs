@@ -10,7 +10,7 @@
 use tch::{Device, Kind, Tensor};
 use templar_dist::{ProcessGroup, ReduceOp};
 
-use crate::buckets::{BUCKET_VALUES, Bucket, buckets};
+use crate::buckets::{BUCKET_VALUES, Bucket, Placed, buckets};
 use crate::config::TrainConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
@@ -174,13 +174,15 @@ impl ShardedAdamW {
                 for placed in &bucket.tensors {
                     whole
                         .f_narrow(0, placed.offset, placed.numel)?
-                        .f_copy_(&params[placed.tensor].f_reshape([-1])?)?;
+                        .f_copy_(&piece_of(&params[placed.tensor], placed)?)?;
                 }
                 group.broadcast(&mut whole, 0)?;
                 for placed in &bucket.tensors {
-                    params[placed.tensor]
-                        .f_view([-1])?
-                        .f_copy_(&whole.f_narrow(0, placed.offset, placed.numel)?)?;
+                    piece_of(&params[placed.tensor], placed)?.f_copy_(&whole.f_narrow(
+                        0,
+                        placed.offset,
+                        placed.numel,
+                    )?)?;
                 }
             }
             Ok(())
@@ -302,7 +304,7 @@ impl ShardedAdamW {
                 let param = &model.params.tensors[placed.tensor];
                 if stepped[placed.tensor] {
                     slot.shallow_clone()
-                        .f_copy_(&param.grad().f_reshape([-1])?)?;
+                        .f_copy_(&piece_of(&param.grad().f_contiguous()?, placed)?)?;
                 } else {
                     let _ = slot.shallow_clone().f_zero_()?;
                 }
@@ -386,9 +388,11 @@ impl ShardedAdamW {
             let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
             group.all_gather(&mut whole, &contribution)?;
             for placed in &bucket.tensors {
-                params[placed.tensor]
-                    .f_view([-1])?
-                    .f_copy_(&whole.f_narrow(0, placed.offset, placed.numel)?)?;
+                piece_of(&params[placed.tensor], placed)?.f_copy_(&whole.f_narrow(
+                    0,
+                    placed.offset,
+                    placed.numel,
+                )?)?;
             }
         }
         Ok(())
@@ -400,4 +404,12 @@ impl ShardedAdamW {
 fn stepped_tensors(model: &Llama) -> Vec<bool> {
     let tensors = &model.params.tensors;
     tensors.iter().map(|t| t.grad().defined()).collect()
+}
+
+/// The piece of `tensor` (a parameter or its gradient, contiguous) that `placed` puts in a
+/// bucket, as a flat view of it.
+fn piece_of(tensor: &Tensor, placed: &Placed) -> Result<Tensor, EngineError> {
+    Ok(tensor
+        .f_view([-1])?
+        .f_narrow(0, placed.in_tensor, placed.numel)?)
 }
