@@ -177,13 +177,7 @@ impl ShardedAdamW {
                         .f_copy_(&piece_of(&params[placed.tensor], placed)?)?;
                 }
                 group.broadcast(&mut whole, 0)?;
-                for placed in &bucket.tensors {
-                    piece_of(&params[placed.tensor], placed)?.f_copy_(&whole.f_narrow(
-                        0,
-                        placed.offset,
-                        placed.numel,
-                    )?)?;
-                }
+                unpack(&whole, bucket, params)?;
             }
             Ok(())
         })
@@ -387,13 +381,7 @@ impl ShardedAdamW {
             }
             let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
             group.all_gather(&mut whole, &contribution)?;
-            for placed in &bucket.tensors {
-                piece_of(&params[placed.tensor], placed)?.f_copy_(&whole.f_narrow(
-                    0,
-                    placed.offset,
-                    placed.numel,
-                )?)?;
-            }
+            unpack(&whole, bucket, params)?;
         }
         Ok(())
     }
@@ -412,4 +400,16 @@ fn piece_of(tensor: &Tensor, placed: &Placed) -> Result<Tensor, EngineError> {
     Ok(tensor
         .f_view([-1])?
         .f_narrow(0, placed.in_tensor, placed.numel)?)
+}
+
+/// A whole bucket's values back into the tensors it holds pieces of.
+fn unpack(whole: &Tensor, bucket: &Bucket, params: &[Tensor]) -> Result<(), EngineError> {
+    for placed in &bucket.tensors {
+        piece_of(&params[placed.tensor], placed)?.f_copy_(&whole.f_narrow(
+            0,
+            placed.offset,
+            placed.numel,
+        )?)?;
+    }
+    Ok(())
 }

@@ -28,6 +28,18 @@ use crate::state::{StateDir, read_f32s};
 
 use crate::saving::ERROR_FEEDBACK_FILE;
 
+/// Where a miner resuming from `saved` stands, announced.
+fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
+    node.events.emit(Event::Resumed {
+        window: saved.last_window,
+        state_blake3: digest,
+    });
+    Position {
+        last_window: saved.last_window,
+        global_step: saved.global_step,
+    }
+}
+
 /// A saved state of another world size than the node starting on it.
 fn spanned_elsewhere(dir: &std::path::Path, saved: Option<usize>, now: usize) -> NodeError {
     let saved = saved.unwrap_or(1);
@@ -117,14 +129,7 @@ impl<C: Chain> Miner<C> {
                 &lengths,
                 &saved.error_feedback_blake3,
             )?;
-            position = Position {
-                last_window: saved.last_window,
-                global_step: saved.global_step,
-            };
-            node.events.emit(Event::Resumed {
-                window: saved.last_window,
-                state_blake3: digest,
-            });
+            position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(
             node,
@@ -163,14 +168,7 @@ impl<C: Chain> Miner<C> {
         if let Some((saved, dir, digest)) = saved {
             replica.load_weights(&dir)?;
             load_node_state(&mut replica, &mut error_feedback, &dir)?;
-            position = Position {
-                last_window: saved.last_window,
-                global_step: saved.global_step,
-            };
-            node.events.emit(Event::Resumed {
-                window: saved.last_window,
-                state_blake3: digest,
-            });
+            position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(
             node,

@@ -81,20 +81,13 @@ impl Saving {
             let _ = send.send(written.map(|digest| (staging, digest)));
             Ok(())
         };
-        match Background::spawn("saving the training state", work) {
-            Ok(work) => {
-                self.training_state = Some(TrainingStateSave {
-                    work,
-                    error_feedback: lent,
-                    staged: Some(staged),
-                });
-                Ok(())
-            }
-            Err(error) => {
-                *error_feedback = take_back(&lent);
-                Err(error)
-            }
-        }
+        self.hold_first_stage(
+            "saving the training state",
+            work,
+            lent,
+            staged,
+            error_feedback,
+        )
     }
 
     /// The first stage over a node's ranks: every rank writes its own moments and error
@@ -110,7 +103,28 @@ impl Saving {
         let (send, staged) = sync_channel(1);
         let _ = send.send(Ok((staging, digest)));
         let lent = Arc::new(Mutex::new(std::mem::take(error_feedback)));
-        match Background::spawn("the ranks' training state", || Ok(())) {
+        let done = || Ok(());
+        self.hold_first_stage(
+            "the ranks' training state",
+            done,
+            lent,
+            staged,
+            error_feedback,
+        )
+    }
+
+    /// Keeps the first stage's `work` (started on a thread of its own), the lent error
+    /// feedback and the staged generation; if the thread cannot start, the error feedback comes
+    /// back at once.
+    fn hold_first_stage(
+        &mut self,
+        what: &str,
+        work: impl FnOnce() -> Result<(), NodeError> + Send + 'static,
+        lent: Arc<Mutex<Vec<Vec<f32>>>>,
+        staged: Receiver<Staged>,
+        error_feedback: &mut Vec<Vec<f32>>,
+    ) -> Result<(), NodeError> {
+        match Background::spawn(what, work) {
             Ok(work) => {
                 self.training_state = Some(TrainingStateSave {
                     work,

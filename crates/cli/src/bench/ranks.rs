@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -143,17 +143,9 @@ pub fn run_rank(
     for b in warm {
         trainer.train_step(b)?;
     }
-    let start = Instant::now();
-    let mut losses = Vec::with_capacity(timed.len());
-    for b in timed {
-        losses.push(trainer.train_step(b)?.loss);
-    }
-    let tokens: usize = timed
-        .iter()
-        .map(|b| b.rows() * b.input_ids.size()[1] as usize)
-        .sum();
+    let (tokens_per_s, losses) = super::train::time(timed, |b| Ok(trainer.train_step(b)?.loss))?;
     let figures = RankFigures {
-        tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64(),
+        tokens_per_s,
         losses,
         moment_values: trainer.moment_values(),
     };

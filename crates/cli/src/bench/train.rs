@@ -132,10 +132,18 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Trains `timed`; returns tokens per second and each step's loss.
 fn time_steps(trainer: &mut Trainer, timed: &[Batch]) -> Result<(f64, Vec<f64>)> {
+    time(timed, |b| Ok(trainer.train_step(b)?.loss))
+}
+
+/// Runs `step` (which returns the loss) on each of `timed`; tokens per second and the losses.
+pub(super) fn time(
+    timed: &[Batch],
+    mut step: impl FnMut(&Batch) -> Result<f64>,
+) -> Result<(f64, Vec<f64>)> {
     let start = Instant::now();
     let mut losses = Vec::with_capacity(timed.len());
     for b in timed {
-        losses.push(trainer.train_step(b)?.loss);
+        losses.push(step(b)?);
     }
     let tokens: usize = timed
         .iter()
