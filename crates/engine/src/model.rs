@@ -6,7 +6,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::init::fill_initial_values;
-use crate::params::{Parameters, parameter_shapes};
+use crate::params::{Parameters, dense_grad, parameter_shapes};
 
 /// Labels with this value are ignored by the loss (Hugging Face's convention).
 pub const IGNORE_INDEX: i64 = -100;
@@ -482,17 +482,6 @@ fn chunk_backward(
     }
     let hidden_grad = tch::autocast(autocast, || grad.f_matmul(head))?;
     Ok((f64::try_from(&loss)?, hidden_grad))
-}
-
-/// The gradient of `param`, made (zero, dense, the parameter's own) if the parameter has none
-/// yet, so that gradients can be added to it in place.
-fn dense_grad(param: &Tensor) -> Result<Tensor, EngineError> {
-    let grad = param.grad();
-    if grad.defined() {
-        return Ok(grad);
-    }
-    param.f_sum(Kind::Float)?.f_mul_scalar(0.0)?.f_backward()?;
-    Ok(param.grad())
 }
 
 /// Backpropagates into `output`'s graph with `grad` as its gradient (nothing when `grad` is

@@ -181,11 +181,15 @@ impl Parameters {
         Ok(())
     }
 
-    /// Zeroes every gradient there is, first giving a released one its parameter's shape again.
+    /// Zeroes every parameter's gradient, first giving a released one its parameter's shape
+    /// again and making one that does not exist yet. Made here, before a step's activations,
+    /// the gradients lie together; made by the first backward pass, each would sit between
+    /// activations freed a moment later, and on the host those holes stay resident.
     pub fn zero_gradients(&mut self) -> Result<(), EngineError> {
         for tensor in &self.tensors {
             let mut grad = tensor.grad();
             if !grad.defined() {
+                let _ = dense_grad(tensor)?;
                 continue;
             }
             tch::no_grad(|| -> Result<(), EngineError> {
@@ -351,4 +355,15 @@ impl ParameterReader {
     pub fn read_range(&self, start: usize, out: &mut [f32]) -> Result<(), EngineError> {
         read_range_into(&self.0, start, out)
     }
+}
+
+/// The gradient of `param`, made (zero, dense, the parameter's own) if the parameter has none
+/// yet, so that gradients can be added to it in place.
+pub(crate) fn dense_grad(param: &Tensor) -> Result<Tensor, EngineError> {
+    let grad = param.grad();
+    if grad.defined() {
+        return Ok(grad);
+    }
+    param.f_sum(Kind::Float)?.f_mul_scalar(0.0)?.f_backward()?;
+    Ok(param.grad())
 }

@@ -262,6 +262,23 @@ fn a_pieced_optimizer_step_is_bit_identical() {
     );
 }
 
+/// Zeroing makes every gradient that does not exist yet, zero and of its parameter's size, so
+/// that gradients are allocated before a step's activations, not between them.
+#[test]
+fn zeroing_makes_every_gradient_before_the_first_step() {
+    let mut fresh = trainer(15);
+    let shapes = fresh.model.params.shapes();
+    // No gradient yet: reading one into nothing succeeds (it reads as zeros).
+    assert!((0..shapes.len()).all(|i| fresh.model.params.read_gradient(i, &mut []).is_ok()));
+    fresh.model.params.zero_gradients().unwrap();
+    for (i, shape) in shapes.iter().enumerate() {
+        assert!(fresh.model.params.read_gradient(i, &mut []).is_err(), "{i}");
+        let mut values = vec![1.0f32; shape.iter().product()];
+        fresh.model.params.read_gradient(i, &mut values).unwrap();
+        assert!(values.iter().all(|v| *v == 0.0), "{i}");
+    }
+}
+
 /// Gradients released between steps come back with their shapes, and training goes on with the
 /// same bits.
 #[test]
