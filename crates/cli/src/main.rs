@@ -15,7 +15,10 @@ mod svg;
 mod wallet;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
-// the kernel each time and pays page faults and TLB shootdowns to get them back.
+// the kernel each time and pays page faults and TLB shootdowns to get them back. mimalloc is
+// built without transparent huge pages (`no_thp`): with them each of the base's and the error
+// feedback's hundreds of tensor buffers was made resident in 2 MiB steps, 30 MB more per
+// model-sized set at 150m, for no codec speed the benchmark could see.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
