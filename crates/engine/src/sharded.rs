@@ -67,6 +67,15 @@ impl ShardedTrainer {
     }
 }
 
+/// What decides a rank's buckets: the tensors' sizes in order, the rank, the world size and
+/// the most values a bucket holds.
+pub(crate) struct Layout {
+    pub numels: Vec<i64>,
+    pub rank: usize,
+    pub world: usize,
+    pub bucket_values: i64,
+}
+
 /// AdamW over the ranks of a process group, for a model and a group held apart (a node keeps its
 /// optimizer beside its replica's weights, and uses the group for more than training): gradients
 /// reduce-scattered, moments sharded, weights gathered. Every call must get the same group.
@@ -76,11 +85,15 @@ pub struct ShardedAdamW {
     world: usize,
     /// Values updated at once.
     piece: i64,
-    buckets: Vec<Bucket>,
+    pub(crate) buckets: Vec<Bucket>,
+    /// The tensors' sizes and the bucket size the buckets were made from: what it takes to lay
+    /// them out for another world size (loading moments saved by another number of ranks).
+    pub(crate) numels: Vec<i64>,
+    pub(crate) bucket_values: i64,
     /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
     gradients: Vec<Tensor>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
+    pub(crate) exp_avg: Vec<Tensor>,
+    pub(crate) exp_avg_sq: Vec<Tensor>,
     /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
     scratch: Tensor,
     steps: u64,
@@ -97,15 +110,36 @@ impl ShardedAdamW {
         group: &ProcessGroup,
         bucket_values: i64,
     ) -> Result<Self, EngineError> {
-        let (rank, world) = (group.rank(), group.world());
         let numels: Vec<i64> = model
             .params
             .tensors
             .iter()
             .map(|t| t.numel() as i64)
             .collect();
-        let buckets = buckets(&numels, rank, world, bucket_values.max(1));
-        let options = (Kind::Float, model.device());
+        let layout = Layout {
+            numels,
+            rank: group.rank(),
+            world: group.world(),
+            bucket_values,
+        };
+        Self::for_layout(layout, config, model.device())
+    }
+
+    /// State for tensors of `layout.numels` as `layout.rank` of `layout.world` holds them.
+    pub(crate) fn for_layout(
+        layout: Layout,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let Layout {
+            numels,
+            rank,
+            world,
+            bucket_values,
+        } = layout;
+        let bucket_values = bucket_values.max(1);
+        let buckets = buckets(&numels, rank, world, bucket_values);
+        let options = (Kind::Float, device);
         let spans = || -> Result<Vec<Tensor>, EngineError> {
             buckets
                 .iter()
@@ -119,6 +153,8 @@ impl ShardedAdamW {
             exp_avg_sq: spans()?,
             scratch: Tensor::f_zeros([largest], options)?,
             buckets,
+            numels,
+            bucket_values,
             config,
             rank,
             world,

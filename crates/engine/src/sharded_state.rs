@@ -1,15 +1,17 @@
 //! A rank's share of a sharded optimizer on disk: its step count and the moments of its spans,
 //! one file per rank (`moments.rank-R-of-N.bin`), so that saving and loading cost a world-th of
 //! the moments on each rank. A file fits only the same world size and bucket layout; loading
-//! checks both before a value is used.
+//! checks both before a value is used; [`ShardedAdamW::load_moments_resharded`] reads the files
+//! of another world size.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
+use crate::buckets::{Segment, buckets};
 use crate::error::EngineError;
-use crate::sharded::ShardedAdamW;
+use crate::sharded::{Layout, ShardedAdamW};
 
 const MAGIC: &[u8; 4] = b"TSAM";
 const VERSION: u32 = 1;
@@ -65,9 +67,8 @@ impl ShardedAdamW {
         let mut reader = std::io::BufReader::new(file);
         let mut found = vec![0u8; header.len()];
         reader.read_exact(&mut found).map_err(io)?;
-        let steps_at = 16;
-        if found[..steps_at] != header[..steps_at]
-            || found[steps_at + 8..] != header[steps_at + 8..]
+        if found[..STEPS_AT] != header[..STEPS_AT]
+            || found[STEPS_AT + 8..] != header[STEPS_AT + 8..]
         {
             return Err(bad(
                 "these moments belong to another rank, world size or model: resume with the same \
@@ -75,7 +76,7 @@ impl ShardedAdamW {
             ));
         }
         let mut steps = [0u8; 8];
-        steps.copy_from_slice(&found[steps_at..steps_at + 8]);
+        steps.copy_from_slice(&found[STEPS_AT..STEPS_AT + 8]);
         let mut bytes = Vec::new();
         for tensor in self.moments_mut() {
             let numel = tensor.numel() as i64;
@@ -96,18 +97,323 @@ impl ShardedAdamW {
         Ok(())
     }
 
+    /// Reads the moments a node of `saved_world` ranks saved in `dir` into this rank's share,
+    /// whatever this node's world size: each value is found in the file of the rank that held
+    /// it and read from there, a piece at a time, so a node can resume after its GPU count
+    /// changed. Every file is checked (rank, world size, layout, length, step count) before a
+    /// value changes.
+    pub fn load_moments_resharded(
+        &mut self,
+        dir: &Path,
+        saved_world: usize,
+    ) -> Result<(), EngineError> {
+        if saved_world == self.world() {
+            return self.load_moments(dir);
+        }
+        let mut saved = (0..saved_world)
+            .map(|rank| SavedShare::open(dir, self.saved_layout(rank, saved_world)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let steps = saved.first().map_or(0, |s| s.steps);
+        if let Some(other) = saved.iter().find(|s| s.steps != steps) {
+            return Err(EngineError::checkpoint(
+                &other.path,
+                format!(
+                    "this rank's moments are of step {} and rank 0's of step {steps}: the files \
+                     come from different saves",
+                    other.steps
+                ),
+            ));
+        }
+        for b in 0..self.buckets.len() {
+            for mine in self.buckets[b].owned.clone() {
+                for share in &mut saved {
+                    share.read_overlaps(mine, &self.exp_avg[b], &self.exp_avg_sq[b])?;
+                }
+            }
+        }
+        self.set_steps(steps);
+        Ok(())
+    }
+
+    fn saved_layout(&self, rank: usize, world: usize) -> Layout {
+        Layout {
+            numels: self.numels.clone(),
+            rank,
+            world,
+            bucket_values: self.bucket_values,
+        }
+    }
+
     /// Magic, version, rank, world, steps, then the buckets' span lengths.
     fn header(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.rank() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.world() as u32).to_le_bytes());
-        out.extend_from_slice(&self.steps().to_le_bytes());
         let spans: Vec<i64> = self.moments().map(|t| t.numel() as i64).collect();
-        out.extend_from_slice(&(spans.len() as u32).to_le_bytes());
-        for span in spans {
-            out.extend_from_slice(&span.to_le_bytes());
+        header(self.rank(), self.world(), self.steps(), &spans)
+    }
+}
+
+fn header(rank: usize, world: usize, steps: u64, spans: &[i64]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(rank as u32).to_le_bytes());
+    out.extend_from_slice(&(world as u32).to_le_bytes());
+    out.extend_from_slice(&steps.to_le_bytes());
+    out.extend_from_slice(&(spans.len() as u32).to_le_bytes());
+    for span in spans {
+        out.extend_from_slice(&span.to_le_bytes());
+    }
+    out
+}
+
+/// Where the header keeps the step count.
+const STEPS_AT: usize = 16;
+
+/// One saved rank's moments file, opened and checked against the layout it must have.
+struct SavedShare {
+    path: PathBuf,
+    file: std::fs::File,
+    steps: u64,
+    header_len: u64,
+    /// Values of first moments in the file (the second moments follow them).
+    values: i64,
+    /// The pieces of tensors the saved rank held, each with where its span starts among the
+    /// file's first moments.
+    owned: Vec<(Segment, i64)>,
+}
+
+impl SavedShare {
+    fn open(dir: &Path, layout: Layout) -> Result<SavedShare, EngineError> {
+        let (rank, world) = (layout.rank, layout.world);
+        let path = moments_path(dir, rank, world);
+        let io = |e: std::io::Error| EngineError::io(&path, e);
+        let bad = |reason: String| EngineError::checkpoint(&path, reason);
+        let buckets = buckets(&layout.numels, rank, world, layout.bucket_values.max(1));
+        let mut spans: Vec<i64> = buckets.iter().map(|b| b.span).collect();
+        spans.extend_from_within(..);
+        let expected = header(rank, world, 0, &spans);
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let mut found = vec![0u8; expected.len()];
+        file.read_exact(&mut found)
+            .map_err(|_| bad("the moments file is shorter than its header".into()))?;
+        if found[..STEPS_AT] != expected[..STEPS_AT]
+            || found[STEPS_AT + 8..] != expected[STEPS_AT + 8..]
+        {
+            return Err(bad(format!(
+                "not the moments of rank {rank} of {world} for this model and bucket size"
+            )));
         }
-        out
+        let values: i64 = spans.iter().sum::<i64>() / 2;
+        let length = file.metadata().map_err(io)?.len();
+        if length != (expected.len() as i64 + 8 * values) as u64 {
+            return Err(bad("the moments file is truncated or too long".into()));
+        }
+        let mut steps = [0u8; 8];
+        steps.copy_from_slice(&found[STEPS_AT..STEPS_AT + 8]);
+        let mut start = 0;
+        let mut owned = Vec::new();
+        for bucket in &buckets {
+            owned.extend(bucket.owned.iter().map(|segment| (*segment, start)));
+            start += bucket.span;
+        }
+        Ok(SavedShare {
+            path,
+            file,
+            steps: u64::from_le_bytes(steps),
+            header_len: expected.len() as u64,
+            values,
+            owned,
+        })
+    }
+
+    /// Copies what this file holds of `mine`'s values into the spans `exp_avg` and `exp_avg_sq`
+    /// (`mine.in_span` is where `mine` starts in them).
+    fn read_overlaps(
+        &mut self,
+        mine: Segment,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+    ) -> Result<(), EngineError> {
+        let (low, high) = (mine.in_tensor, mine.in_tensor + mine.len);
+        let overlaps: Vec<(i64, i64, i64)> = self
+            .owned
+            .iter()
+            .filter(|(theirs, _)| theirs.tensor == mine.tensor)
+            .filter_map(|(theirs, span_at)| {
+                let start = low.max(theirs.in_tensor);
+                let end = high.min(theirs.in_tensor + theirs.len);
+                let in_file = span_at + theirs.in_span + (start - theirs.in_tensor);
+                (start < end).then_some((start, end, in_file))
+            })
+            .collect();
+        for (start, end, in_file) in overlaps {
+            for piece in (start..end).step_by(PIECE) {
+                let len = (PIECE as i64).min(end - piece);
+                let at = mine.in_span + piece - mine.in_tensor;
+                let from = in_file + piece - start;
+                for (moments, first) in [(exp_avg, from), (exp_avg_sq, from + self.values)] {
+                    let values = self.read_values(first, len)?;
+                    moments
+                        .f_narrow(0, at, len)?
+                        .f_copy_(&Tensor::f_from_slice(&values)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `len` values from value `first` of the file's moments.
+    fn read_values(&mut self, first: i64, len: i64) -> Result<Vec<f32>, EngineError> {
+        let io = |e: std::io::Error| EngineError::io(&self.path, e);
+        self.file
+            .seek(SeekFrom::Start(self.header_len + 4 * first as u64))
+            .map_err(io)?;
+        let mut bytes = vec![0u8; 4 * len as usize];
+        self.file.read_exact(&mut bytes).map_err(io)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    /// Tensors of uneven sizes in buckets of 16 values: some tensors cut across buckets, some
+    /// buckets padded.
+    const NUMELS: [i64; 5] = [10, 7, 33, 5, 64];
+    const BUCKET: i64 = 16;
+
+    fn share(rank: usize, world: usize) -> ShardedAdamW {
+        let layout = Layout {
+            numels: NUMELS.to_vec(),
+            rank,
+            world,
+            bucket_values: BUCKET,
+        };
+        let config = Preset::load("tiny").unwrap().train;
+        ShardedAdamW::for_layout(layout, config, Device::Cpu).unwrap()
+    }
+
+    /// A moment's value that names where it belongs: tensor, index, and which moment.
+    fn value(tensor: usize, index: i64, second: bool) -> f32 {
+        let v = (tensor * 1000) as f32 + index as f32;
+        if second { -v } else { v }
+    }
+
+    fn fill(optimizer: &mut ShardedAdamW) {
+        for b in 0..optimizer.buckets.len() {
+            for s in optimizer.buckets[b].owned.clone() {
+                for (moments, second) in [
+                    (&optimizer.exp_avg[b], false),
+                    (&optimizer.exp_avg_sq[b], true),
+                ] {
+                    let values: Vec<f32> = (s.in_tensor..s.in_tensor + s.len)
+                        .map(|i| value(s.tensor, i, second))
+                        .collect();
+                    moments
+                        .narrow(0, s.in_span, s.len)
+                        .copy_(&Tensor::from_slice(&values));
+                }
+            }
+        }
+    }
+
+    /// Every value this rank owns is the one `fill` gave it, and the step count is 5.
+    fn check(optimizer: &ShardedAdamW) {
+        assert_eq!(optimizer.steps(), 5);
+        for b in 0..optimizer.buckets.len() {
+            for s in &optimizer.buckets[b].owned {
+                for (moments, second) in [
+                    (&optimizer.exp_avg[b], false),
+                    (&optimizer.exp_avg_sq[b], true),
+                ] {
+                    let found = Vec::<f32>::try_from(moments.narrow(0, s.in_span, s.len)).unwrap();
+                    let expected: Vec<f32> = (s.in_tensor..s.in_tensor + s.len)
+                        .map(|i| value(s.tensor, i, second))
+                        .collect();
+                    assert_eq!(
+                        found,
+                        expected,
+                        "rank {} of {}, {s:?}",
+                        optimizer.rank(),
+                        optimizer.world()
+                    );
+                }
+            }
+        }
+    }
+
+    fn save_world(dir: &Path, world: usize) {
+        for rank in 0..world {
+            let mut optimizer = share(rank, world);
+            fill(&mut optimizer);
+            optimizer.set_steps(5);
+            optimizer.save_moments(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn moments_saved_by_four_ranks_load_into_one_two_three_or_four() {
+        let dir = tempfile::tempdir().unwrap();
+        save_world(dir.path(), 4);
+        for world in [1, 2, 3, 4] {
+            for rank in 0..world {
+                let mut optimizer = share(rank, world);
+                optimizer.load_moments_resharded(dir.path(), 4).unwrap();
+                check(&optimizer);
+            }
+        }
+    }
+
+    #[test]
+    fn moments_saved_by_one_rank_load_into_three() {
+        let dir = tempfile::tempdir().unwrap();
+        save_world(dir.path(), 1);
+        for rank in 0..3 {
+            let mut optimizer = share(rank, 3);
+            optimizer.load_moments_resharded(dir.path(), 1).unwrap();
+            check(&optimizer);
+        }
+    }
+
+    #[test]
+    fn a_missing_mixed_or_damaged_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        save_world(dir.path(), 2);
+        let load = |dir: &Path| {
+            share(0, 3)
+                .load_moments_resharded(dir, 2)
+                .unwrap_err()
+                .to_string()
+        };
+        // A file from another save: rank 1's moments at another step.
+        let mut later = share(1, 2);
+        later.set_steps(6);
+        later.save_moments(dir.path()).unwrap();
+        let error = load(dir.path());
+        assert!(
+            error.contains("moments.rank-1-of-2.bin") && error.contains("step 6"),
+            "{error}"
+        );
+        // Truncated.
+        let path = moments_path(dir.path(), 1, 2);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let error = load(dir.path());
+        assert!(
+            error.contains("moments.rank-1-of-2.bin") && error.contains("truncated"),
+            "{error}"
+        );
+        // Another rank's file in its place.
+        std::fs::copy(moments_path(dir.path(), 0, 2), &path).unwrap();
+        let error = load(dir.path());
+        assert!(error.contains("not the moments of rank 1 of 2"), "{error}");
+        // Missing.
+        std::fs::remove_file(&path).unwrap();
+        let error = load(dir.path());
+        assert!(error.contains("moments.rank-1-of-2.bin"), "{error}");
     }
 }

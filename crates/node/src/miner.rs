@@ -46,7 +46,8 @@ fn spanned_elsewhere(dir: &std::path::Path, saved: Option<usize>, now: usize) ->
     NodeError::State {
         path: dir.to_path_buf(),
         reason: format!(
-            "it was saved by a miner of {saved} rank(s) and this one has {now}: start it with \
+            "it was saved by a miner of {saved} rank(s) and this one has {now}: one process and a \
+             node over ranks keep their training state in different files; start it with \
              --ranks {saved}"
         ),
     }
@@ -142,7 +143,8 @@ impl<C: Chain> Miner<C> {
 
     /// Rank 0 of a miner spanning the ranks of `group`: the others follow it
     /// ([`crate::ranks::follow`]). Resumes from `state_dir` if it holds a state saved by a node
-    /// of as many ranks.
+    /// over ranks, of as many or another number (its moments and error feedback are then laid
+    /// out anew over these ranks).
     pub fn new_ranked(
         node: Node<C>,
         device: Device,
@@ -153,7 +155,7 @@ impl<C: Chain> Miner<C> {
         let state = StateDir::new(state_dir);
         let saved = state.load_digested::<MinerState>()?;
         if let Some((record, dir, _)) = &saved
-            && record.ranks != Some(world)
+            && record.ranks.is_none()
         {
             return Err(spanned_elsewhere(dir, record.ranks, world));
         }
@@ -167,7 +169,16 @@ impl<C: Chain> Miner<C> {
         };
         if let Some((saved, dir, digest)) = saved {
             replica.load_weights(&dir)?;
-            load_node_state(&mut replica, &mut error_feedback, &dir)?;
+            let saved_ranks = saved.ranks.unwrap_or(1);
+            if saved_ranks != world {
+                tracing::info!(
+                    saved_ranks,
+                    ranks = world,
+                    "resuming a state saved over another number of ranks: moments and error \
+                     feedback are laid out anew"
+                );
+            }
+            load_node_state(&mut replica, &mut error_feedback, &dir, saved_ranks)?;
             position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(

@@ -641,9 +641,36 @@ impl Replica {
     }
 
     pub fn load_optimizer(&mut self, dir: &Path) -> Result<(), NodeError> {
+        let saved_ranks = self.ranks.as_ref().map_or(1, |r| r.owner.world);
+        self.load_optimizer_saved_by(dir, saved_ranks)
+    }
+
+    /// Reads the inner optimizer's state that a node of `saved_ranks` ranks wrote into `dir`.
+    /// A node over ranks reads moments saved by any number of ranks (two or more); between one
+    /// process and ranks, the optimizer's files differ and are not converted yet.
+    pub fn load_optimizer_saved_by(
+        &mut self,
+        dir: &Path,
+        saved_ranks: usize,
+    ) -> Result<(), NodeError> {
         match &mut self.optimizer {
-            Some(InnerOptimizer::Local(adamw)) => load_optimizer(dir, adamw, &self.model.params)?,
-            Some(InnerOptimizer::Sharded(sharded)) => sharded.load_moments(dir)?,
+            Some(InnerOptimizer::Local(adamw)) if saved_ranks <= 1 => {
+                load_optimizer(dir, adamw, &self.model.params)?
+            }
+            Some(InnerOptimizer::Sharded(sharded)) if saved_ranks > 1 => {
+                sharded.load_moments_resharded(dir, saved_ranks)?
+            }
+            Some(_) => {
+                return Err(NodeError::State {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "its optimizer state was saved by a miner of {saved_ranks} rank(s) and \
+                         this one has {}: one process and a node over ranks keep it in different \
+                         files; start it with --ranks {saved_ranks}",
+                        self.ranks.as_ref().map_or(1, |r| r.owner.world)
+                    ),
+                });
+            }
             None => {}
         }
         Ok(())

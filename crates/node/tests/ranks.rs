@@ -201,6 +201,14 @@ fn a_killed_rank_stops_the_node_which_resumes_from_its_saved_state() {
     run("resume", 2, dir.path());
     assert_eq!(read(dir.path(), "fingerprint-1"), after_two);
     assert_eq!(read(dir.path(), "fingerprint-1.rank-1"), after_two);
+
+    // Four ranks resume the state two saved: every tensor's error feedback is found (the
+    // payload it makes is two ranks' byte for byte) and training goes on.
+    run("reshard-2", 2, dir.path());
+    run("reshard-4", 4, dir.path());
+    let payload = read(dir.path(), "payload-reshard-2.bin");
+    assert!(!payload.is_empty());
+    assert_eq!(read(dir.path(), "payload-reshard-4.bin"), payload);
 }
 
 /// Two miners' payloads from the initial model (one process each, different batches).
@@ -358,8 +366,20 @@ fn rank() {
         "resume" => {
             let state = dir.join("state");
             replica.load_weights(&state).unwrap();
-            ranks::load_node_state(&mut replica, &mut ef, &state).unwrap();
+            ranks::load_node_state(&mut replica, &mut ef, &state, 2).unwrap();
             window_of(&mut replica, &config, &mut ef, 1, &dir);
+        }
+        "reshard-2" | "reshard-4" => {
+            // The state two ranks saved, loaded by this many; the outer step at once, so that
+            // the payload is the error feedback's alone (the live weights are the base).
+            let state = dir.join("state");
+            replica.load_weights(&state).unwrap();
+            ranks::load_node_state(&mut replica, &mut ef, &state, 2).unwrap();
+            let payload = replica.outer_step(&mut ef).unwrap();
+            let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
+            std::fs::write(dir.join(format!("payload-{scenario}.bin")), bytes).unwrap();
+            // Training goes on with the moments laid out anew.
+            train_window(&mut replica, &config, 1);
         }
         other => panic!("unknown scenario {other}"),
     }

@@ -25,8 +25,11 @@ pub enum Command {
     Reset,
     /// Write this rank's training state (moments, error feedback) into this folder.
     SaveState(PathBuf),
-    /// Read this rank's training state from this folder.
-    LoadState(PathBuf),
+    /// Read this rank's training state from `dir`, saved by a node of `saved_ranks` ranks.
+    LoadState {
+        dir: PathBuf,
+        saved_ranks: usize,
+    },
     /// The encoded payloads a validator judges this window: every judged update is clipped
     /// against them ([`crate::replica::Replica::apply_one`]).
     Candidates(Vec<Vec<u8>>),
@@ -147,8 +150,9 @@ impl Command {
                 out.push(SAVE_STATE);
                 path(&mut out, dir);
             }
-            Command::LoadState(dir) => {
+            Command::LoadState { dir, saved_ranks } => {
                 out.push(LOAD_STATE);
+                out.extend_from_slice(&(*saved_ranks as u64).to_le_bytes());
                 path(&mut out, dir);
             }
             Command::Candidates(payloads) => {
@@ -183,7 +187,13 @@ impl Command {
             LOAD => return Ok(Command::Load(path(rest))),
             RESET => Command::Reset,
             SAVE_STATE => return Ok(Command::SaveState(path(rest))),
-            LOAD_STATE => return Ok(Command::LoadState(path(rest))),
+            LOAD_STATE => {
+                let saved_ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
+                return Ok(Command::LoadState {
+                    saved_ranks: saved_ranks as usize,
+                    dir: path(rest),
+                });
+            }
             CANDIDATES => {
                 Command::Candidates(read_records(&mut rest).ok_or_else(|| bad("a cut payload"))?)
             }
@@ -273,6 +283,17 @@ mod tests {
             panic!("not a load");
         };
         assert_eq!(dir, PathBuf::from("/state/gen-1"));
+        let Command::LoadState {
+            dir,
+            saved_ranks: 4,
+        } = round_trip(Command::LoadState {
+            dir: "/state/gen-2".into(),
+            saved_ranks: 4,
+        })
+        else {
+            panic!("not a state load from 4 ranks");
+        };
+        assert_eq!(dir, PathBuf::from("/state/gen-2"));
 
         let mut cut = Command::Train(WireBatch {
             rows: 1,

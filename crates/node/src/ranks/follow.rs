@@ -40,8 +40,8 @@ pub fn follow(
                 let failure = saved.as_ref().err().map(ToString::to_string);
                 joined(replica)?.agree(failure, "saving the ranks' training state")?;
             }
-            Command::LoadState(dir) => {
-                let loaded = load_rank_state(replica, error_feedback, &dir);
+            Command::LoadState { dir, saved_ranks } => {
+                let loaded = load_rank_state(replica, error_feedback, &dir, saved_ranks);
                 let failure = loaded.as_ref().err().map(ToString::to_string);
                 joined(replica)?.agree(failure, "loading the ranks' training state")?;
             }
@@ -94,15 +94,20 @@ pub fn save_node_state(
     Ok(digest)
 }
 
-/// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]).
+/// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]), saved
+/// by a node of `saved_ranks` ranks — this many or another number.
 pub fn load_node_state(
     replica: &mut Replica,
     error_feedback: &mut Vec<Vec<f32>>,
     dir: &Path,
+    saved_ranks: usize,
 ) -> Result<(), NodeError> {
     let dir = absolute(dir)?;
-    joined(replica)?.tell(|| Command::LoadState(dir.clone()))?;
-    let loaded = load_rank_state(replica, error_feedback, &dir);
+    joined(replica)?.tell(|| Command::LoadState {
+        dir: dir.clone(),
+        saved_ranks,
+    })?;
+    let loaded = load_rank_state(replica, error_feedback, &dir, saved_ranks);
     let failure = loaded.as_ref().err().map(ToString::to_string);
     let agreed = joined(replica)?.agree(failure, "loading the ranks' training state");
     loaded?;
@@ -136,18 +141,44 @@ pub(crate) fn absolute(dir: &Path) -> Result<PathBuf, NodeError> {
     std::path::absolute(dir).map_err(|e| NodeError::io(dir, e))
 }
 
-/// Reads what [`save_rank_state`] wrote, checking the error feedback against its digest.
+/// Reads what [`save_rank_state`] wrote on a node of `saved_ranks` ranks, checking each error
+/// feedback file against its digest. Saved by another number of ranks, this rank's moments are
+/// gathered from the saved ranks' files, and each of its tensors' error feedback is read from
+/// the file of the saved rank that owned the tensor.
 pub fn load_rank_state(
     replica: &mut Replica,
     error_feedback: &mut Vec<Vec<f32>>,
     dir: &Path,
+    saved_ranks: usize,
 ) -> Result<(), NodeError> {
-    replica.load_optimizer(dir)?;
-    let path = error_feedback_path(dir, replica.owner());
-    let digest_path = path.with_extension("blake3");
-    let digest =
-        std::fs::read_to_string(&digest_path).map_err(|e| NodeError::io(&digest_path, e))?;
-    let lengths: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
-    *error_feedback = read_f32s(&path, &lengths, digest.trim())?;
+    replica.load_optimizer_saved_by(dir, saved_ranks)?;
+    let mine = replica.owner();
+    let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
+    let mut loaded: Vec<Vec<f32>> = vec![Vec::new(); numels.len()];
+    for rank in 0..saved_ranks.max(1) {
+        let saved = TensorOwner {
+            rank,
+            world: saved_ranks.max(1),
+        };
+        if !(0..numels.len()).any(|t| saved.owns(t) && mine.owns(t)) {
+            continue;
+        }
+        let lengths: Vec<usize> = numels
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| if saved.owns(t) { n } else { 0 })
+            .collect();
+        let path = error_feedback_path(dir, saved);
+        let digest_path = path.with_extension("blake3");
+        let digest =
+            std::fs::read_to_string(&digest_path).map_err(|e| NodeError::io(&digest_path, e))?;
+        let buffers = read_f32s(&path, &lengths, digest.trim())?;
+        for (t, buffer) in buffers.into_iter().enumerate() {
+            if saved.owns(t) && mine.owns(t) {
+                loaded[t] = buffer;
+            }
+        }
+    }
+    *error_feedback = loaded;
     Ok(())
 }
