@@ -33,7 +33,7 @@ pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
 pub use sharded::{ShardedAdamW, ShardedTrainer};
-pub use sharded_state::moments_path;
+pub use sharded_state::{load_optimizer_from_ranks, moments_path};
 pub use tch::Device;
 pub use tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles};
 pub use train::{Batch, Gradients, StepStats, Trainer, train_step};

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 use crate::buckets::{Segment, buckets};
+use crate::checkpoint::{OPTIMIZER_FILE, OPTIMIZER_STEM};
 use crate::error::EngineError;
+use crate::optim::AdamW;
 use crate::sharded::{Layout, ShardedAdamW};
+use crate::tensor_files::{TensorEntry, TensorFiles};
 
 const MAGIC: &[u8; 4] = b"TSAM";
 const VERSION: u32 = 1;
@@ -113,21 +116,55 @@ impl ShardedAdamW {
         let mut saved = (0..saved_world)
             .map(|rank| SavedShare::open(dir, self.saved_layout(rank, saved_world)))
             .collect::<Result<Vec<_>, _>>()?;
-        let steps = saved.first().map_or(0, |s| s.steps);
-        if let Some(other) = saved.iter().find(|s| s.steps != steps) {
-            return Err(EngineError::checkpoint(
-                &other.path,
-                format!(
-                    "this rank's moments are of step {} and rank 0's of step {steps}: the files \
-                     come from different saves",
-                    other.steps
-                ),
-            ));
-        }
+        let steps = same_steps(&saved)?;
         for b in 0..self.buckets.len() {
             for mine in self.buckets[b].owned.clone() {
                 for share in &mut saved {
                     share.read_overlaps(mine, &self.exp_avg[b], &self.exp_avg_sq[b])?;
+                }
+            }
+        }
+        self.set_steps(steps);
+        Ok(())
+    }
+
+    /// Reads this rank's share of the moments one process saved in `dir`
+    /// ([`crate::save_optimizer`]) for the parameters `params`: every tensor's moments are
+    /// checked present and of their shape first, then only this rank's pieces are read.
+    pub fn load_moments_from_whole(
+        &mut self,
+        dir: &Path,
+        params: &crate::Parameters,
+    ) -> Result<(), EngineError> {
+        let files = TensorFiles::open(dir, OPTIMIZER_STEM)?;
+        let (names, shapes) = (params.names(), params.shapes());
+        let entry = |t: usize, kind: &str| TensorEntry {
+            name: format!("{}.{kind}", names[t]),
+            shape: shapes[t].clone(),
+        };
+        let entries: Vec<TensorEntry> = (0..names.len())
+            .flat_map(|t| [entry(t, "exp_avg"), entry(t, "exp_avg_sq")])
+            .collect();
+        files.check(&entries)?;
+        let steps = whole_steps(&files, dir)?;
+        let mut values = Vec::new();
+        for b in 0..self.buckets.len() {
+            for mine in self.buckets[b].owned.clone() {
+                let (t, at) = (mine.tensor, mine.in_span);
+                for (kind, moments) in [
+                    ("exp_avg", &self.exp_avg[b]),
+                    ("exp_avg_sq", &self.exp_avg_sq[b]),
+                ] {
+                    let name = format!("{}.{kind}", names[t]);
+                    for piece in (0..mine.len).step_by(PIECE) {
+                        let len = (PIECE as i64).min(mine.len - piece);
+                        values.resize(len as usize, 0.0);
+                        let start = (mine.in_tensor + piece) as usize;
+                        files.read_range_into(&name, &shapes[t], start, &mut values)?;
+                        moments
+                            .f_narrow(0, at + piece, len)?
+                            .f_copy_(&Tensor::f_from_slice(&values)?)?;
+                    }
                 }
             }
         }
@@ -149,6 +186,80 @@ impl ShardedAdamW {
         let spans: Vec<i64> = self.moments().map(|t| t.numel() as i64).collect();
         header(self.rank(), self.world(), self.steps(), &spans)
     }
+}
+
+/// One process's optimizer for `params` reads the moments a node of `saved_world` ranks saved in
+/// `dir` with buckets of `bucket_values`: each tensor's values gathered from the saved ranks'
+/// files, every file checked first.
+pub fn load_optimizer_from_ranks(
+    dir: &Path,
+    optimizer: &mut AdamW,
+    params: &crate::Parameters,
+    saved_world: usize,
+    bucket_values: i64,
+) -> Result<(), EngineError> {
+    optimizer.wait_for_loan();
+    let numels: Vec<i64> = params
+        .shapes()
+        .iter()
+        .map(|s| s.iter().product::<usize>() as i64)
+        .collect();
+    let mut saved = (0..saved_world)
+        .map(|rank| {
+            let layout = Layout {
+                numels: numels.clone(),
+                rank,
+                world: saved_world,
+                bucket_values,
+            };
+            SavedShare::open(dir, layout)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let steps = same_steps(&saved)?;
+    for (t, &numel) in numels.iter().enumerate() {
+        let whole = Segment {
+            tensor: t,
+            in_tensor: 0,
+            in_span: 0,
+            len: numel,
+        };
+        let (exp_avg, exp_avg_sq) = (
+            optimizer.exp_avg[t].f_view([-1])?,
+            optimizer.exp_avg_sq[t].f_view([-1])?,
+        );
+        for share in &mut saved {
+            share.read_overlaps(whole, &exp_avg, &exp_avg_sq)?;
+        }
+    }
+    optimizer.step = steps;
+    Ok(())
+}
+
+/// The step count every saved rank's file holds; a file of another save is refused by name.
+fn same_steps(saved: &[SavedShare]) -> Result<u64, EngineError> {
+    let steps = saved.first().map_or(0, |s| s.steps);
+    match saved.iter().find(|s| s.steps != steps) {
+        None => Ok(steps),
+        Some(other) => Err(EngineError::checkpoint(
+            &other.path,
+            format!(
+                "this rank's moments are of step {} and rank 0's of step {steps}: the files \
+                 come from different saves",
+                other.steps
+            ),
+        )),
+    }
+}
+
+/// The step count in one process's optimizer files.
+fn whole_steps(files: &TensorFiles, dir: &Path) -> Result<u64, EngineError> {
+    files
+        .metadata()
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            EngineError::checkpoint(&dir.join(OPTIMIZER_FILE), "metadata has no step count")
+        })
 }
 
 fn header(rank: usize, world: usize, steps: u64, spans: &[i64]) -> Vec<u8> {
@@ -287,19 +398,24 @@ mod tests {
     const BUCKET: i64 = 16;
 
     fn share(rank: usize, world: usize) -> ShardedAdamW {
+        share_of(NUMELS.to_vec(), BUCKET, rank, world)
+    }
+
+    fn share_of(numels: Vec<i64>, bucket_values: i64, rank: usize, world: usize) -> ShardedAdamW {
         let layout = Layout {
-            numels: NUMELS.to_vec(),
+            numels,
             rank,
             world,
-            bucket_values: BUCKET,
+            bucket_values,
         };
         let config = Preset::load("tiny").unwrap().train;
         ShardedAdamW::for_layout(layout, config, Device::Cpu).unwrap()
     }
 
-    /// A moment's value that names where it belongs: tensor, index, and which moment.
+    /// A moment's value that names where it belongs: tensor, index, and which moment (exact in
+    /// f32, and different for neighbouring values and tensors).
     fn value(tensor: usize, index: i64, second: bool) -> f32 {
-        let v = (tensor * 1000) as f32 + index as f32;
+        let v = ((tensor as i64 * 7919 + index * 31) % 1_000_003) as f32 + 1.0;
         if second { -v } else { v }
     }
 
@@ -377,6 +493,73 @@ mod tests {
             optimizer.load_moments_resharded(dir.path(), 1).unwrap();
             check(&optimizer);
         }
+    }
+
+    /// The tiny model's parameters, and its tensors cut into buckets of 64 Ki values.
+    fn tiny() -> (crate::Llama, Vec<i64>, i64) {
+        let model = crate::Llama::zeros(&Preset::load("tiny").unwrap().model, Device::Cpu).unwrap();
+        let numels = model
+            .params
+            .tensors
+            .iter()
+            .map(|t| t.numel() as i64)
+            .collect();
+        (model, numels, 1 << 16)
+    }
+
+    fn check_whole(optimizer: &AdamW) {
+        assert_eq!(optimizer.step, 5);
+        for (t, (m, v)) in optimizer
+            .exp_avg
+            .iter()
+            .zip(&optimizer.exp_avg_sq)
+            .enumerate()
+        {
+            for (moments, second) in [(m, false), (v, true)] {
+                let found = Vec::<f32>::try_from(moments.view([-1])).unwrap();
+                let expected: Vec<f32> = (0..found.len() as i64)
+                    .map(|i| value(t, i, second))
+                    .collect();
+                assert!(found == expected, "tensor {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn moments_cross_between_one_process_and_three_ranks_both_ways() {
+        let (model, numels, bucket) = tiny();
+        let config = Preset::load("tiny").unwrap().train;
+        // One process saves; three ranks load their shares.
+        let mut whole = AdamW::new(&model.params, &config).unwrap();
+        for (t, (m, v)) in whole.exp_avg.iter().zip(&whole.exp_avg_sq).enumerate() {
+            for (moments, second) in [(m, false), (v, true)] {
+                let values: Vec<f32> = (0..moments.numel() as i64)
+                    .map(|i| value(t, i, second))
+                    .collect();
+                moments.view([-1]).copy_(&Tensor::from_slice(&values));
+            }
+        }
+        whole.step = 5;
+        let dir = tempfile::tempdir().unwrap();
+        crate::save_optimizer(dir.path(), &whole, model.params.names()).unwrap();
+        for rank in 0..3 {
+            let mut optimizer = share_of(numels.clone(), bucket, rank, 3);
+            optimizer
+                .load_moments_from_whole(dir.path(), &model.params)
+                .unwrap();
+            check(&optimizer);
+        }
+        // Three ranks save; one process loads.
+        let dir = tempfile::tempdir().unwrap();
+        for rank in 0..3 {
+            let mut optimizer = share_of(numels.clone(), bucket, rank, 3);
+            fill(&mut optimizer);
+            optimizer.set_steps(5);
+            optimizer.save_moments(dir.path()).unwrap();
+        }
+        let mut loaded = AdamW::new(&model.params, &config).unwrap();
+        load_optimizer_from_ranks(dir.path(), &mut loaded, &model.params, 3, bucket).unwrap();
+        check_whole(&loaded);
     }
 
     #[test]

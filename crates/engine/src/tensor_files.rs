@@ -373,6 +373,31 @@ impl TensorFiles {
         Ok(())
     }
 
+    /// Copies values `start..start + out.len()` of tensor `name` (`F32` of `shape`, flattened)
+    /// into `out`: a piece of a tensor, without reading the rest.
+    pub fn read_range_into(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        let data = self.data(name, shape)?;
+        let bytes = data
+            .get(4 * start..4 * (start + out.len()))
+            .ok_or_else(|| {
+                EngineError::Layout(format!(
+                    "{name}: values {start}..{} of a tensor of {}",
+                    start + out.len(),
+                    data.len() / 4
+                ))
+            })?;
+        for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
     /// The bytes of tensor `name`, which must be `F32` of `shape`.
     fn data(&self, name: &str, shape: &[usize]) -> Result<&[u8], EngineError> {
         let Some(stored) = self.tensors.get(name) else {

@@ -21,12 +21,10 @@ use crate::events::{Event, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
 use crate::node::{Node, aggregate_inputs, now_ms};
-use crate::ranks::load_node_state;
+use crate::ranks::{SavedBy, TensorOwner, load_node_state, read_error_feedback};
 use crate::replica::Replica;
 use crate::saving::Saving;
-use crate::state::{StateDir, read_f32s};
-
-use crate::saving::ERROR_FEEDBACK_FILE;
+use crate::state::StateDir;
 
 /// Where a miner resuming from `saved` stands, announced.
 fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
@@ -40,16 +38,15 @@ fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
     }
 }
 
-/// A saved state of another world size than the node starting on it.
-fn spanned_elsewhere(dir: &std::path::Path, saved: Option<usize>, now: usize) -> NodeError {
-    let saved = saved.unwrap_or(1);
-    NodeError::State {
-        path: dir.to_path_buf(),
-        reason: format!(
-            "it was saved by a miner of {saved} rank(s) and this one has {now}: one process and a \
-             node over ranks keep their training state in different files; start it with \
-             --ranks {saved}"
-        ),
+/// Says so when a state saved over one number of ranks is resumed over another.
+fn log_relayout(saved: &SavedBy, ranks: usize) {
+    if saved.ranks() != ranks {
+        tracing::info!(
+            saved_ranks = saved.ranks(),
+            ranks,
+            "resuming a state saved over another number of ranks: the moments and error feedback \
+             are laid out anew"
+        );
     }
 }
 
@@ -63,6 +60,17 @@ struct MinerState {
     /// rank then, and resuming needs as many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ranks: Option<usize>,
+}
+
+impl MinerState {
+    fn saved_by(&self) -> SavedBy {
+        match self.ranks {
+            Some(ranks) => SavedBy::Ranks(ranks),
+            None => SavedBy::OneProcess {
+                error_feedback_blake3: self.error_feedback_blake3.clone(),
+            },
+        }
+    }
 }
 
 /// When to stop: on request, or after a given window.
@@ -101,16 +109,6 @@ impl<C: Chain> Miner<C> {
     pub fn new(node: Node<C>, device: Device, state_dir: PathBuf) -> Result<Miner<C>, NodeError> {
         let state = StateDir::new(state_dir);
         let saved = state.load_digested::<MinerState>()?;
-        if let Some((
-            MinerState {
-                ranks: Some(world), ..
-            },
-            dir,
-            _,
-        )) = &saved
-        {
-            return Err(spanned_elsewhere(dir, Some(*world), 1));
-        }
         let mut replica = match &saved {
             Some((_, dir, _)) => Replica::resume(&node.config, device, Role::Miner, dir)?,
             None => Replica::new(&node.config, device, Role::Miner)?,
@@ -123,13 +121,11 @@ impl<C: Chain> Miner<C> {
             global_step: 0,
         };
         if let Some((saved, dir, digest)) = saved {
-            replica.load_optimizer(&dir)?;
-            let lengths: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
-            error_feedback = read_f32s(
-                &dir.join(ERROR_FEEDBACK_FILE),
-                &lengths,
-                &saved.error_feedback_blake3,
-            )?;
+            let saved_by = saved.saved_by();
+            log_relayout(&saved_by, 1);
+            replica.load_optimizer_saved_by(&dir, saved_by.ranks())?;
+            let numels: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
+            error_feedback = read_error_feedback(&dir, &numels, TensorOwner::ALONE, &saved_by)?;
             position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(
@@ -142,9 +138,9 @@ impl<C: Chain> Miner<C> {
     }
 
     /// Rank 0 of a miner spanning the ranks of `group`: the others follow it
-    /// ([`crate::ranks::follow`]). Resumes from `state_dir` if it holds a state saved by a node
-    /// over ranks, of as many or another number (its moments and error feedback are then laid
-    /// out anew over these ranks).
+    /// ([`crate::ranks::follow`]). Resumes from `state_dir` if it holds a saved state, whether
+    /// one process or a node of as many or another number of ranks saved it (its moments and
+    /// error feedback are then laid out anew over these ranks).
     pub fn new_ranked(
         node: Node<C>,
         device: Device,
@@ -154,11 +150,6 @@ impl<C: Chain> Miner<C> {
         let world = group.world();
         let state = StateDir::new(state_dir);
         let saved = state.load_digested::<MinerState>()?;
-        if let Some((record, dir, _)) = &saved
-            && record.ranks.is_none()
-        {
-            return Err(spanned_elsewhere(dir, record.ranks, world));
-        }
         // Every rank starts from the initial model, then loads the saved one together.
         let mut replica = Replica::new_ranked(&node.config, device, Role::Miner, group)?;
         let numels = replica.base().iter().map(Vec::len).collect::<Vec<_>>();
@@ -169,16 +160,9 @@ impl<C: Chain> Miner<C> {
         };
         if let Some((saved, dir, digest)) = saved {
             replica.load_weights(&dir)?;
-            let saved_ranks = saved.ranks.unwrap_or(1);
-            if saved_ranks != world {
-                tracing::info!(
-                    saved_ranks,
-                    ranks = world,
-                    "resuming a state saved over another number of ranks: moments and error \
-                     feedback are laid out anew"
-                );
-            }
-            load_node_state(&mut replica, &mut error_feedback, &dir, saved_ranks)?;
+            let saved_by = saved.saved_by();
+            log_relayout(&saved_by, world);
+            load_node_state(&mut replica, &mut error_feedback, &dir, &saved_by)?;
             position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(

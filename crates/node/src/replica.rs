@@ -26,8 +26,9 @@ use templar_dist::ProcessGroup;
 use templar_engine::memory::{MemoryPlan, Role, WindowShape, check_fits};
 use templar_engine::{
     AdamW, BUCKET_VALUES, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer,
-    ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer, model_entries,
-    open_weights, parameter_shapes, save_optimizer, save_weights, train_step,
+    ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer,
+    load_optimizer_from_ranks, model_entries, open_weights, parameter_shapes, save_optimizer,
+    save_weights, train_step,
 };
 
 use crate::config::NetworkConfig;
@@ -645,31 +646,27 @@ impl Replica {
         self.load_optimizer_saved_by(dir, saved_ranks)
     }
 
-    /// Reads the inner optimizer's state that a node of `saved_ranks` ranks wrote into `dir`.
-    /// A node over ranks reads moments saved by any number of ranks (two or more); between one
-    /// process and ranks, the optimizer's files differ and are not converted yet.
+    /// Reads the inner optimizer's state that one process (`saved_ranks` 1) or a node of
+    /// `saved_ranks` ranks wrote into `dir`, whatever this replica's ranks: each rank gathers
+    /// its share of the moments from the saved files.
     pub fn load_optimizer_saved_by(
         &mut self,
         dir: &Path,
         saved_ranks: usize,
     ) -> Result<(), NodeError> {
+        let params = &self.model.params;
         match &mut self.optimizer {
             Some(InnerOptimizer::Local(adamw)) if saved_ranks <= 1 => {
-                load_optimizer(dir, adamw, &self.model.params)?
+                load_optimizer(dir, adamw, params)?
             }
-            Some(InnerOptimizer::Sharded(sharded)) if saved_ranks > 1 => {
+            Some(InnerOptimizer::Local(adamw)) => {
+                load_optimizer_from_ranks(dir, adamw, params, saved_ranks, BUCKET_VALUES)?
+            }
+            Some(InnerOptimizer::Sharded(sharded)) if saved_ranks <= 1 => {
+                sharded.load_moments_from_whole(dir, params)?
+            }
+            Some(InnerOptimizer::Sharded(sharded)) => {
                 sharded.load_moments_resharded(dir, saved_ranks)?
-            }
-            Some(_) => {
-                return Err(NodeError::State {
-                    path: dir.to_path_buf(),
-                    reason: format!(
-                        "its optimizer state was saved by a miner of {saved_ranks} rank(s) and \
-                         this one has {}: one process and a node over ranks keep it in different \
-                         files; start it with --ranks {saved_ranks}",
-                        self.ranks.as_ref().map_or(1, |r| r.owner.world)
-                    ),
-                });
             }
             None => {}
         }

@@ -276,6 +276,17 @@ pub fn write_f32s(path: &Path, buffers: &[Vec<f32>]) -> Result<String, NodeError
 /// Reads what [`write_f32s`] wrote into buffers of the given lengths, checking size and digest
 /// before returning anything.
 pub fn read_f32s(path: &Path, lengths: &[usize], digest: &str) -> Result<Vec<Vec<f32>>, NodeError> {
+    read_f32s_keeping(path, lengths, digest, |_| true)
+}
+
+/// [`read_f32s`] keeping only the buffers `keep` names (the others come back empty): the whole
+/// file is still checked against its digest, but only what is kept is held in memory.
+pub fn read_f32s_keeping(
+    path: &Path,
+    lengths: &[usize],
+    digest: &str,
+    keep: impl Fn(usize) -> bool,
+) -> Result<Vec<Vec<f32>>, NodeError> {
     let io = |e| NodeError::io(path, e);
     let file = fs::File::open(path).map_err(io)?;
     let total: usize = lengths.iter().sum();
@@ -290,17 +301,22 @@ pub fn read_f32s(path: &Path, lengths: &[usize], digest: &str) -> Result<Vec<Vec
     let mut hasher = blake3::Hasher::new();
     let mut bytes = vec![0u8; 1 << 16];
     let mut buffers = Vec::with_capacity(lengths.len());
-    for &n in lengths {
-        let mut values = Vec::with_capacity(n);
-        while values.len() < n {
-            let take = ((n - values.len()) * 4).min(bytes.len());
+    for (index, &n) in lengths.iter().enumerate() {
+        let kept = keep(index);
+        let mut values = Vec::with_capacity(if kept { n } else { 0 });
+        let mut read = 0;
+        while read < n {
+            let take = ((n - read) * 4).min(bytes.len());
             input.read_exact(&mut bytes[..take]).map_err(io)?;
             hasher.update(&bytes[..take]);
-            values.extend(
-                bytes[..take]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            read += take / 4;
+            if kept {
+                values.extend(
+                    bytes[..take]
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                );
+            }
         }
         buffers.push(values);
     }
@@ -365,6 +381,8 @@ mod tests {
         let buffers = vec![vec![1.0, -2.5], vec![3.25]];
         let digest = write_f32s(&path, &buffers).unwrap();
         assert_eq!(read_f32s(&path, &[2, 1], &digest).unwrap(), buffers);
+        let second = read_f32s_keeping(&path, &[2, 1], &digest, |i| i == 1).unwrap();
+        assert_eq!(second, vec![Vec::new(), buffers[1].clone()]);
         assert!(read_f32s(&path, &[3], &digest).is_ok());
         assert!(read_f32s(&path, &[2, 2], &digest).is_err());
         fs::write(&path, [0u8; 12]).unwrap();

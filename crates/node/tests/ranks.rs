@@ -22,8 +22,10 @@ use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
 use templar_engine::memory::Role;
 use templar_engine::{Batch, Device, Preset};
 use templar_node::config::NetworkConfig;
-use templar_node::ranks::{self, TensorOwner};
+use templar_node::ranks::{self, SavedBy, TensorOwner};
 use templar_node::replica::Replica;
+use templar_node::saving::ERROR_FEEDBACK_FILE;
+use templar_node::state::write_f32s;
 
 fn config() -> NetworkConfig {
     NetworkConfig::defaults("ranks-test", Preset::load("tiny").unwrap(), "unused")
@@ -211,6 +213,53 @@ fn a_killed_rank_stops_the_node_which_resumes_from_its_saved_state() {
     assert_eq!(read(dir.path(), "payload-reshard-4.bin"), payload);
 }
 
+/// One process's outer step, encoded.
+fn outer_step_bytes(replica: &mut Replica, ef: &mut [Vec<f32>], config: &NetworkConfig) -> Vec<u8> {
+    let payload = replica.outer_step(ef).unwrap();
+    encode(&replica.schema, &payload, config.codec.index_coding)
+}
+
+/// A miner's state crosses between one process and ranks both ways: what one process saved,
+/// two ranks load, and what they save, one process loads; each then makes the payload the other
+/// would have made from the same state (the outer step taken at once, so that the payload is
+/// the error feedback's alone).
+#[test]
+fn a_state_crosses_between_one_process_and_ranks() {
+    templar_engine::set_threads(1);
+    let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state-one");
+    std::fs::create_dir_all(&state).unwrap();
+    // One process trains a window and keeps its error feedback, and saves as a miner does.
+    let mut alone = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let mut ef: Vec<Vec<f32>> = numels(&alone).into_iter().map(|n| vec![0.0; n]).collect();
+    window_of(&mut alone, &config, &mut ef, 0, dir.path());
+    train_window(&mut alone, &config, 1);
+    alone.outer_step(&mut ef).unwrap();
+    alone.save_weights(&state, u64::MAX).unwrap();
+    alone.save_optimizer(&state).unwrap();
+    let digest = write_f32s(&state.join(ERROR_FEEDBACK_FILE), &ef).unwrap();
+    std::fs::write(dir.path().join("ef-digest"), &digest).unwrap();
+    let expected = outer_step_bytes(&mut alone, &mut ef, &config);
+
+    run("from-one", 2, dir.path());
+    assert_eq!(read(dir.path(), "payload-from-one.bin"), expected);
+
+    // One process resumes what the two ranks saved.
+    let saved = dir.path().join("state-ranks");
+    let mut back = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
+    back.load_optimizer_saved_by(&saved, 2).unwrap();
+    let all = numels(&back);
+    let mut ef =
+        ranks::read_error_feedback(&saved, &all, TensorOwner::ALONE, &SavedBy::Ranks(2)).unwrap();
+    assert_eq!(
+        outer_step_bytes(&mut back, &mut ef, &config),
+        read(dir.path(), "payload-after-save.bin")
+    );
+    // And trains on with the moments gathered from the ranks' files.
+    train_window(&mut back, &config, 2);
+}
+
 /// Two miners' payloads from the initial model (one process each, different batches).
 fn miners_payloads(config: &NetworkConfig) -> Vec<templar_codec::Payload> {
     (0..2)
@@ -366,15 +415,36 @@ fn rank() {
         "resume" => {
             let state = dir.join("state");
             replica.load_weights(&state).unwrap();
-            ranks::load_node_state(&mut replica, &mut ef, &state, 2).unwrap();
+            ranks::load_node_state(&mut replica, &mut ef, &state, &SavedBy::Ranks(2)).unwrap();
             window_of(&mut replica, &config, &mut ef, 1, &dir);
+        }
+        "from-one" => {
+            // The state one process saved, loaded by these ranks: the outer step at once, then
+            // their own state saved, and the outer step again.
+            let state = dir.join("state-one");
+            let digest = String::from_utf8(read(&dir, "ef-digest")).unwrap();
+            replica.load_weights(&state).unwrap();
+            let saved = SavedBy::OneProcess {
+                error_feedback_blake3: digest,
+            };
+            ranks::load_node_state(&mut replica, &mut ef, &state, &saved).unwrap();
+            let payload = replica.outer_step(&mut ef).unwrap();
+            let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
+            std::fs::write(dir.join("payload-from-one.bin"), bytes).unwrap();
+            let state = dir.join("state-ranks");
+            std::fs::create_dir_all(&state).unwrap();
+            replica.save_weights(&state, u64::MAX).unwrap();
+            ranks::save_node_state(&mut replica, &ef, &state).unwrap();
+            let payload = replica.outer_step(&mut ef).unwrap();
+            let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
+            std::fs::write(dir.join("payload-after-save.bin"), bytes).unwrap();
         }
         "reshard-2" | "reshard-4" => {
             // The state two ranks saved, loaded by this many; the outer step at once, so that
             // the payload is the error feedback's alone (the live weights are the base).
             let state = dir.join("state");
             replica.load_weights(&state).unwrap();
-            ranks::load_node_state(&mut replica, &mut ef, &state, 2).unwrap();
+            ranks::load_node_state(&mut replica, &mut ef, &state, &SavedBy::Ranks(2)).unwrap();
             let payload = replica.outer_step(&mut ef).unwrap();
             let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
             std::fs::write(dir.join(format!("payload-{scenario}.bin")), bytes).unwrap();

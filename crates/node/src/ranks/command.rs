@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use templar_codec::{IndexCoding, Payload, Schema, encode};
 use templar_engine::Batch;
 
+use super::follow::SavedBy;
 use crate::error::NodeError;
 
 /// Every operation that changes a replica or measures it, so that the ranks' replicas stay the
@@ -25,10 +26,10 @@ pub enum Command {
     Reset,
     /// Write this rank's training state (moments, error feedback) into this folder.
     SaveState(PathBuf),
-    /// Read this rank's training state from `dir`, saved by a node of `saved_ranks` ranks.
+    /// Read this rank's training state from `dir`, saved as `saved` says.
     LoadState {
         dir: PathBuf,
-        saved_ranks: usize,
+        saved: SavedBy,
     },
     /// The encoded payloads a validator judges this window: every judged update is clipped
     /// against them ([`crate::replica::Replica::apply_one`]).
@@ -150,9 +151,17 @@ impl Command {
                 out.push(SAVE_STATE);
                 path(&mut out, dir);
             }
-            Command::LoadState { dir, saved_ranks } => {
+            Command::LoadState { dir, saved } => {
                 out.push(LOAD_STATE);
-                out.extend_from_slice(&(*saved_ranks as u64).to_le_bytes());
+                // Ranks 0 for one process, with its error feedback's digest.
+                let (ranks, digest) = match saved {
+                    SavedBy::OneProcess {
+                        error_feedback_blake3,
+                    } => (0u64, error_feedback_blake3.as_bytes()),
+                    SavedBy::Ranks(ranks) => (*ranks as u64, &[][..]),
+                };
+                out.extend_from_slice(&ranks.to_le_bytes());
+                write_records(&mut out, &[digest.to_vec()]);
                 path(&mut out, dir);
             }
             Command::Candidates(payloads) => {
@@ -188,9 +197,18 @@ impl Command {
             RESET => Command::Reset,
             SAVE_STATE => return Ok(Command::SaveState(path(rest))),
             LOAD_STATE => {
-                let saved_ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
+                let ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
+                let digest = super::take_record(&mut rest).ok_or_else(|| bad("a cut digest"))?;
+                let saved = if ranks == 0 {
+                    SavedBy::OneProcess {
+                        error_feedback_blake3: String::from_utf8(digest.to_vec())
+                            .map_err(|_| bad("a digest that is not text"))?,
+                    }
+                } else {
+                    SavedBy::Ranks(ranks as usize)
+                };
                 return Ok(Command::LoadState {
-                    saved_ranks: saved_ranks as usize,
+                    saved,
                     dir: path(rest),
                 });
             }
@@ -283,17 +301,20 @@ mod tests {
             panic!("not a load");
         };
         assert_eq!(dir, PathBuf::from("/state/gen-1"));
-        let Command::LoadState {
-            dir,
-            saved_ranks: 4,
-        } = round_trip(Command::LoadState {
-            dir: "/state/gen-2".into(),
-            saved_ranks: 4,
-        })
-        else {
-            panic!("not a state load from 4 ranks");
-        };
-        assert_eq!(dir, PathBuf::from("/state/gen-2"));
+        for saved in [
+            SavedBy::Ranks(4),
+            SavedBy::OneProcess {
+                error_feedback_blake3: "ab12".into(),
+            },
+        ] {
+            let Command::LoadState { dir, saved: back } = round_trip(Command::LoadState {
+                dir: "/state/gen-2".into(),
+                saved: saved.clone(),
+            }) else {
+                panic!("not a state load");
+            };
+            assert_eq!((dir, back), (PathBuf::from("/state/gen-2"), saved));
+        }
 
         let mut cut = Command::Train(WireBatch {
             rows: 1,

@@ -9,7 +9,8 @@ use super::{TensorOwner, joined, outer_step};
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::replica::Replica;
-use crate::state::{read_f32s, write_f32s};
+use crate::saving::ERROR_FEEDBACK_FILE;
+use crate::state::{read_f32s_keeping, write_f32s};
 
 /// A rank other than 0: carries out rank 0's commands on its replica, with its own share of
 /// the error feedback, until rank 0 stops (or is lost: an error).
@@ -40,8 +41,8 @@ pub fn follow(
                 let failure = saved.as_ref().err().map(ToString::to_string);
                 joined(replica)?.agree(failure, "saving the ranks' training state")?;
             }
-            Command::LoadState { dir, saved_ranks } => {
-                let loaded = load_rank_state(replica, error_feedback, &dir, saved_ranks);
+            Command::LoadState { dir, saved } => {
+                let loaded = load_rank_state(replica, error_feedback, &dir, &saved);
                 let failure = loaded.as_ref().err().map(ToString::to_string);
                 joined(replica)?.agree(failure, "loading the ranks' training state")?;
             }
@@ -95,19 +96,19 @@ pub fn save_node_state(
 }
 
 /// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]), saved
-/// by a node of `saved_ranks` ranks — this many or another number.
+/// by one process or by a node of this many ranks or another number.
 pub fn load_node_state(
     replica: &mut Replica,
     error_feedback: &mut Vec<Vec<f32>>,
     dir: &Path,
-    saved_ranks: usize,
+    saved: &SavedBy,
 ) -> Result<(), NodeError> {
     let dir = absolute(dir)?;
     joined(replica)?.tell(|| Command::LoadState {
         dir: dir.clone(),
-        saved_ranks,
+        saved: saved.clone(),
     })?;
-    let loaded = load_rank_state(replica, error_feedback, &dir, saved_ranks);
+    let loaded = load_rank_state(replica, error_feedback, &dir, saved);
     let failure = loaded.as_ref().err().map(ToString::to_string);
     let agreed = joined(replica)?.agree(failure, "loading the ranks' training state");
     loaded?;
@@ -141,26 +142,65 @@ pub(crate) fn absolute(dir: &Path) -> Result<PathBuf, NodeError> {
     std::path::absolute(dir).map_err(|e| NodeError::io(dir, e))
 }
 
-/// Reads what [`save_rank_state`] wrote on a node of `saved_ranks` ranks, checking each error
-/// feedback file against its digest. Saved by another number of ranks, this rank's moments are
-/// gathered from the saved ranks' files, and each of its tensors' error feedback is read from
-/// the file of the saved rank that owned the tensor.
+/// How a saved node laid out its training state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedBy {
+    /// One process: one optimizer file, and one error feedback file whose digest is in the
+    /// node's record.
+    OneProcess { error_feedback_blake3: String },
+    /// A node over this many ranks: one moments file and one error feedback file per rank,
+    /// each error feedback's digest beside it.
+    Ranks(usize),
+}
+
+impl SavedBy {
+    pub fn ranks(&self) -> usize {
+        match self {
+            SavedBy::OneProcess { .. } => 1,
+            SavedBy::Ranks(ranks) => *ranks,
+        }
+    }
+}
+
+/// Reads what a node laid out as `saved` wrote into `dir`, whatever this node's ranks: this
+/// rank's moments gathered from the saved optimizer's files, and its tensors' error feedback
+/// from the file that holds each, every file checked against its digest.
 pub fn load_rank_state(
     replica: &mut Replica,
     error_feedback: &mut Vec<Vec<f32>>,
     dir: &Path,
-    saved_ranks: usize,
+    saved: &SavedBy,
 ) -> Result<(), NodeError> {
-    replica.load_optimizer_saved_by(dir, saved_ranks)?;
-    let mine = replica.owner();
+    replica.load_optimizer_saved_by(dir, saved.ranks())?;
     let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
+    *error_feedback = read_error_feedback(dir, &numels, replica.owner(), saved)?;
+    Ok(())
+}
+
+/// The error feedback of the tensors `mine` owns (the others' buffers empty) from the files a
+/// node laid out as `saved` wrote into `dir`. A saved rank's file is read only if it holds
+/// some of them; one process's file is read whole (for its digest) but only `mine`'s buffers
+/// are kept.
+pub fn read_error_feedback(
+    dir: &Path,
+    numels: &[usize],
+    mine: TensorOwner,
+    saved: &SavedBy,
+) -> Result<Vec<Vec<f32>>, NodeError> {
+    let world = match saved {
+        SavedBy::OneProcess {
+            error_feedback_blake3,
+        } => {
+            let path = dir.join(ERROR_FEEDBACK_FILE);
+            return read_f32s_keeping(&path, numels, error_feedback_blake3, |t| mine.owns(t));
+        }
+        SavedBy::Ranks(world) => (*world).max(1),
+    };
     let mut loaded: Vec<Vec<f32>> = vec![Vec::new(); numels.len()];
-    for rank in 0..saved_ranks.max(1) {
-        let saved = TensorOwner {
-            rank,
-            world: saved_ranks.max(1),
-        };
-        if !(0..numels.len()).any(|t| saved.owns(t) && mine.owns(t)) {
+    for rank in 0..world {
+        let saved = TensorOwner { rank, world };
+        let wanted = |t: usize| saved.owns(t) && mine.owns(t);
+        if !(0..numels.len()).any(wanted) {
             continue;
         }
         let lengths: Vec<usize> = numels
@@ -172,13 +212,12 @@ pub fn load_rank_state(
         let digest_path = path.with_extension("blake3");
         let digest =
             std::fs::read_to_string(&digest_path).map_err(|e| NodeError::io(&digest_path, e))?;
-        let buffers = read_f32s(&path, &lengths, digest.trim())?;
+        let buffers = read_f32s_keeping(&path, &lengths, digest.trim(), wanted)?;
         for (t, buffer) in buffers.into_iter().enumerate() {
-            if saved.owns(t) && mine.owns(t) {
+            if wanted(t) {
                 loaded[t] = buffer;
             }
         }
     }
-    *error_feedback = loaded;
-    Ok(())
+    Ok(loaded)
 }

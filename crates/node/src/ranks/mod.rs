@@ -11,7 +11,8 @@ use templar_dist::ProcessGroup;
 pub use command::{Command, WireBatch};
 pub(crate) use follow::absolute;
 pub use follow::{
-    error_feedback_path, follow, load_node_state, load_rank_state, save_node_state, save_rank_state,
+    SavedBy, error_feedback_path, follow, load_node_state, load_rank_state, read_error_feedback,
+    save_node_state, save_rank_state,
 };
 
 use crate::error::NodeError;
