@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
+use templar_engine::fit::{Machine, find_fit};
 use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape};
 
 #[derive(Subcommand)]
@@ -29,6 +30,15 @@ pub struct InfoArgs {
     /// total is then every rank's.
     #[arg(long, default_value_t = 1)]
     ranks: usize,
+    /// Check the role against devices of this much memory (GiB, 2³⁰ bytes), trying the preset's
+    /// window shape first and then cheaper options (recomputing activations, smaller
+    /// micro-batches); needs --role.
+    #[arg(long)]
+    device_memory_gb: Option<f64>,
+    /// With --device-memory-gb: the host's memory for every rank together (GiB); unchecked if
+    /// not given.
+    #[arg(long)]
+    host_memory_gb: Option<f64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -36,6 +46,9 @@ pub struct InfoArgs {
 
 pub fn run(command: ModelCommand) -> Result<()> {
     let ModelCommand::Info(args) = command;
+    if args.role.is_none() && args.device_memory_gb.is_some() {
+        bail!("--device-memory-gb checks one role: add --role miner or --role validator");
+    }
     if let Some(role) = &args.role {
         return plan(&args, role);
     }
@@ -90,6 +103,9 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
+    if let Some(device_gib) = args.device_memory_gb {
+        return fit(args, name, &preset, role, shape, device_gib);
+    }
     let plan = MemoryPlan::new(&preset.model, role, shape);
     if args.json {
         let value = serde_json::json!({
@@ -132,6 +148,83 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn fit(
+    args: &InfoArgs,
+    name: &str,
+    preset: &Preset,
+    role: Role,
+    shape: WindowShape,
+    device_gib: f64,
+) -> Result<()> {
+    let bytes = |gib: f64| -> Result<u64> {
+        if !(gib.is_finite() && gib > 0.0) {
+            bail!("memory sizes are positive numbers of GiB, not {gib}");
+        }
+        Ok((gib * (1u64 << 30) as f64) as u64)
+    };
+    let machine = Machine {
+        device_bytes: (!shape.device_is_host)
+            .then(|| bytes(device_gib))
+            .transpose()?,
+        host_bytes: args.host_memory_gb.map(bytes).transpose()?,
+    };
+    let report = find_fit(&preset.model, &preset.train, role, shape, machine);
+    if args.json {
+        let value = serde_json::json!({ "preset": name, "machine": machine, "fit": report });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "{name}: a {role:?} over {} rank(s), devices of {device_gib} GiB{}",
+        report.ranks,
+        args.host_memory_gb
+            .map_or(String::new(), |h| format!(", a host of {h} GiB"))
+    );
+    println!(
+        "  {:<10} {:>11} {:>12} {:>16} {:>14}  fits",
+        "recompute", "micro-batch", "passes/step", "device GiB/rank", "host GiB (all)"
+    );
+    for (i, c) in report.candidates.iter().enumerate() {
+        println!(
+            "  {:<10} {:>11} {:>12} {:>16.1} {:>14.1}  {}{}",
+            c.shape.recompute,
+            c.shape.micro_batch,
+            c.passes_per_step,
+            gib(c.device_bytes),
+            gib(c.host_bytes),
+            if c.fits() { "yes" } else { "no" },
+            if report.chosen == Some(i) {
+                "  ← chosen"
+            } else {
+                ""
+            }
+        );
+    }
+    match (report.chosen, &report.reason) {
+        (Some(i), _) => {
+            let c = &report.candidates[i];
+            match role {
+                Role::Miner => println!(
+                    "fits: set micro_batch_size = {} and recompute_activations = {} in the \
+                     preset's [train] ({} passes per inner step on each rank)",
+                    c.shape.micro_batch, c.shape.recompute, c.passes_per_step
+                ),
+                Role::Validator => println!(
+                    "fits: set micro_batch_size = {} in the preset's [train] (evaluations run \
+                     in micro-batches of that many samples)",
+                    c.shape.micro_batch
+                ),
+            }
+            Ok(())
+        }
+        (None, reason) => bail!(
+            "{name} does not fit as a {role:?} over {} rank(s): {}",
+            report.ranks,
+            reason.as_deref().unwrap_or("no candidate fits")
+        ),
+    }
 }
 
 /// The largest payload the default codec can send for the preset's model.

@@ -8,6 +8,7 @@ mod config;
 mod device;
 mod error;
 mod eval;
+pub mod fit;
 mod init;
 pub mod memory;
 mod model;

@@ -264,7 +264,8 @@ pub fn available_host_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn free_device_bytes(index: usize) -> Option<u64> {
+/// `cuda:index`'s free memory as `nvidia-smi` reports it.
+pub(crate) fn free_device_bytes(index: usize) -> Option<u64> {
     let output = std::process::Command::new("nvidia-smi")
         .args([
             "--query-gpu=memory.free",

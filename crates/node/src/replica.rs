@@ -23,7 +23,8 @@ use templar_codec::{
     compress_tensor_in_pieces, decode,
 };
 use templar_dist::ProcessGroup;
-use templar_engine::memory::{MemoryPlan, Role, WindowShape, check_fits};
+use templar_engine::fit::check_fits_or_suggest;
+use templar_engine::memory::{MemoryPlan, Role, WindowShape};
 use templar_engine::{
     AdamW, BUCKET_VALUES, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer,
     ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer,
@@ -103,8 +104,19 @@ pub fn ranked_memory_plan(
     payloads: usize,
     ranks: usize,
 ) -> MemoryPlan {
+    let shape = window_shape(config, device, payloads, ranks);
+    MemoryPlan::new(&config.model.model, role, shape)
+}
+
+/// The window shape the network's configuration runs at on `device`, over `ranks` ranks.
+fn window_shape(
+    config: &NetworkConfig,
+    device: Device,
+    payloads: usize,
+    ranks: usize,
+) -> WindowShape {
     let payload_bytes = schema_for(config).map_or(0, |s| payload_memory(&s));
-    let shape = WindowShape {
+    WindowShape {
         micro_batch: config.model.train.micro_batch_size,
         seq_len: config.model.train.seq_len,
         payloads,
@@ -113,8 +125,7 @@ pub fn ranked_memory_plan(
         recompute: config.model.train.recompute_activations,
         codec_threads: templar_engine::memory::codec_threads(),
         ranks,
-    };
-    MemoryPlan::new(&config.model.model, role, shape)
+    }
 }
 
 impl Replica {
@@ -173,8 +184,9 @@ impl Replica {
         // Checked with the peer set's payloads: a validator gathers more, as many as there are
         // candidates, which the chain decides later.
         let gathered = config.gather.peer_count + config.gather.reserve_count;
-        let plan = ranked_memory_plan(config, role, device, gathered, ranks);
-        check_fits(&plan, device)?;
+        let shape = window_shape(config, device, gathered, ranks);
+        let (model, train) = (&config.model.model, &config.model.train);
+        check_fits_or_suggest(model, train, role, shape, device)?;
         let model = Llama::zeros(&config.model.model, device)?;
         let schema = schema_for(config)?;
         let base: SharedBase = Arc::new(

@@ -1,0 +1,58 @@
+//! `templar model info --device-memory-gb`: the fit planner at the command line.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+fn info(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(["model", "info"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
+    let fits = info(&[
+        "--preset",
+        "8b",
+        "--role",
+        "miner",
+        "--ranks",
+        "8",
+        "--device-memory-gb",
+        "139",
+        "--json",
+    ]);
+    assert!(
+        fits.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fits.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&fits.stdout).unwrap();
+    let chosen = report["fit"]["chosen"].as_u64().unwrap() as usize;
+    let candidate = &report["fit"]["candidates"][chosen];
+    assert_eq!(candidate["fits_device"], true);
+    assert!(candidate["device_bytes"].as_u64().unwrap() <= 139 << 30);
+
+    let refused = info(&[
+        "--preset",
+        "70b",
+        "--role",
+        "miner",
+        "--ranks",
+        "8",
+        "--device-memory-gb",
+        "139",
+    ]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("no number of ranks fits until parameters are sharded"),
+        "{said}"
+    );
+
+    let no_role = info(&["--preset", "8b", "--device-memory-gb", "139"]);
+    assert!(!no_role.status.success());
+    assert!(String::from_utf8_lossy(&no_role.stderr).contains("add --role"));
+}

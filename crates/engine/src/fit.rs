@@ -1,0 +1,353 @@
+//! Whether a role fits a machine, and with which options: the preset's own window shape first,
+//! then the options that cost memory less and speed more — recomputing activations, then
+//! smaller micro-batches — each planned by [`MemoryPlan`] over the code's real buffers. The
+//! planner behind `templar model info --device-memory-gb`.
+
+use serde::Serialize;
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::error::EngineError;
+use crate::memory::{
+    MemoryPlan, Place, Role, WindowShape, available_host_bytes, check_fits, free_device_bytes,
+};
+
+/// The memory a machine offers one node: each device's, and the host's (shared by the ranks).
+/// `None`: not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    pub device_bytes: Option<u64>,
+    pub host_bytes: Option<u64>,
+}
+
+/// One candidate shape, planned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub shape: WindowShape,
+    /// One rank's device memory.
+    pub device_bytes: u64,
+    /// The host's memory for every rank.
+    pub host_bytes: u64,
+    pub fits_device: bool,
+    pub fits_host: bool,
+    /// Forward and backward passes each rank makes per inner step at this micro-batch.
+    pub passes_per_step: usize,
+}
+
+impl Candidate {
+    pub fn fits(&self) -> bool {
+        self.fits_device && self.fits_host
+    }
+}
+
+/// The candidates in the order they are tried, and the first that fits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitReport {
+    pub role: Role,
+    pub ranks: usize,
+    pub candidates: Vec<Candidate>,
+    /// Index of the chosen candidate.
+    pub chosen: Option<usize>,
+    /// Why nothing fits, when nothing does.
+    pub reason: Option<String>,
+}
+
+/// Plans `role` at the preset's shape `shape` and then at each cheaper option, against
+/// `machine`.
+pub fn find_fit(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    role: Role,
+    shape: WindowShape,
+    machine: Machine,
+) -> FitReport {
+    let ranks = shape.ranks.max(1);
+    let rows = (train.batch_size / ranks).max(1);
+    let candidates: Vec<Candidate> = candidate_shapes(role, shape, rows)
+        .into_iter()
+        .map(|shape| plan(model, role, shape, machine, rows))
+        .collect();
+    let chosen = candidates.iter().position(Candidate::fits);
+    let reason = chosen
+        .is_none()
+        .then(|| why_not(model, role, ranks, machine, candidates.last()));
+    FitReport {
+        role,
+        ranks,
+        candidates,
+        chosen,
+        reason,
+    }
+}
+
+/// [`check_fits`] for `role` at `shape` on `device`; a refusal also says which cheaper option
+/// would fit this machine, or why none does.
+pub fn check_fits_or_suggest(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    role: Role,
+    shape: WindowShape,
+    device: tch::Device,
+) -> Result<(), EngineError> {
+    let message = match check_fits(&MemoryPlan::new(model, role, shape), device) {
+        Err(EngineError::Memory(message)) => message,
+        other => return other,
+    };
+    let machine = Machine {
+        device_bytes: match device {
+            tch::Device::Cuda(index) => free_device_bytes(index),
+            _ => None,
+        },
+        host_bytes: available_host_bytes(),
+    };
+    let report = find_fit(model, train, role, shape, machine);
+    let hint = match (report.chosen, report.reason) {
+        (Some(i), _) => {
+            let c = &report.candidates[i];
+            format!(
+                "; it fits with micro_batch_size = {} and recompute_activations = {} in the \
+                 preset's [train]",
+                c.shape.micro_batch, c.shape.recompute
+            )
+        }
+        (None, Some(reason)) => format!("; no cheaper option fits either: {reason}"),
+        (None, None) => String::new(),
+    };
+    Err(EngineError::Memory(message + &hint))
+}
+
+/// The preset's shape; for a miner that does not recompute, the same recomputing; then the
+/// micro-batch halved while it still divides a rank's rows, down to one sample.
+fn candidate_shapes(role: Role, shape: WindowShape, rows: usize) -> Vec<WindowShape> {
+    let mut shapes = vec![shape];
+    let mut last = shape;
+    if role == Role::Miner && !last.recompute {
+        last.recompute = true;
+        shapes.push(last);
+    }
+    while last.micro_batch > 1 {
+        last.micro_batch /= 2;
+        if rows.is_multiple_of(last.micro_batch) {
+            shapes.push(last);
+        }
+    }
+    shapes
+}
+
+fn plan(
+    model: &ModelConfig,
+    role: Role,
+    shape: WindowShape,
+    machine: Machine,
+    rows: usize,
+) -> Candidate {
+    let plan = MemoryPlan::new(model, role, shape);
+    let device_bytes = if shape.device_is_host {
+        0
+    } else {
+        plan.bytes(Place::Device)
+    };
+    let host_bytes = plan.bytes(Place::Host) * plan.ranks;
+    Candidate {
+        shape,
+        device_bytes,
+        host_bytes,
+        fits_device: machine.device_bytes.is_none_or(|have| device_bytes <= have),
+        fits_host: machine.host_bytes.is_none_or(|have| host_bytes <= have),
+        passes_per_step: rows.div_ceil(shape.micro_batch.max(1)),
+    }
+}
+
+/// What stops the cheapest candidate: for a miner whose device cannot hold the state every
+/// rank keeps whole, no option or number of ranks helps.
+fn why_not(
+    model: &ModelConfig,
+    role: Role,
+    ranks: usize,
+    machine: Machine,
+    cheapest: Option<&Candidate>,
+) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let Some(cheapest) = cheapest else {
+        return "no shape to plan".into();
+    };
+    let whole = model.parameter_count() * 4 * if role == Role::Miner { 2 } else { 1 };
+    if let Some(have) = machine.device_bytes
+        && !cheapest.fits_device
+        && whole > have
+    {
+        return format!(
+            "every rank holds the whole model's f32 weights{} ({:.1} GiB), more than a device's \
+             {:.1} GiB: no number of ranks fits until parameters are sharded too",
+            if role == Role::Miner {
+                " and gradients"
+            } else {
+                ""
+            },
+            gib(whole),
+            gib(have)
+        );
+    }
+    let mut short = Vec::new();
+    if let (false, Some(have)) = (cheapest.fits_device, machine.device_bytes) {
+        short.push(format!(
+            "a device needs {:.1} GiB of {:.1}",
+            gib(cheapest.device_bytes),
+            gib(have)
+        ));
+    }
+    if let (false, Some(have)) = (cheapest.fits_host, machine.host_bytes) {
+        short.push(format!(
+            "the host needs {:.1} GiB of {:.1} for {ranks} rank(s)",
+            gib(cheapest.host_bytes),
+            gib(have)
+        ));
+    }
+    format!(
+        "even at micro-batch {} with recomputation {}; use more ranks, larger devices or a \
+         larger host",
+        cheapest.shape.micro_batch,
+        short.join(" and ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    const GIB: u64 = 1 << 30;
+
+    fn shape(preset: &Preset, ranks: usize) -> WindowShape {
+        WindowShape {
+            ranks,
+            payloads: 20,
+            payload_bytes: 0,
+            codec_threads: 16,
+            ..WindowShape::of_train(&preset.train, false)
+        }
+    }
+
+    fn fit(name: &str, role: Role, ranks: usize, device_gib: u64) -> FitReport {
+        let preset = Preset::load(name).unwrap();
+        let machine = Machine {
+            device_bytes: Some(device_gib * GIB),
+            host_bytes: None,
+        };
+        find_fit(
+            &preset.model,
+            &preset.train,
+            role,
+            shape(&preset, ranks),
+            machine,
+        )
+    }
+
+    #[test]
+    fn candidates_go_from_the_preset_to_recomputation_to_smaller_micro_batches() {
+        let mut preset = Preset::load("150m").unwrap();
+        preset.train.recompute_activations = false;
+        preset.train.micro_batch_size = 4;
+        preset.train.batch_size = 24;
+        let report = find_fit(
+            &preset.model,
+            &preset.train,
+            Role::Miner,
+            shape(&preset, 1),
+            Machine {
+                device_bytes: None,
+                host_bytes: None,
+            },
+        );
+        let shapes: Vec<(bool, usize, usize)> = report
+            .candidates
+            .iter()
+            .map(|c| (c.shape.recompute, c.shape.micro_batch, c.passes_per_step))
+            .collect();
+        // 24 rows: micro-batches of 4, then 2 and 1 (each divides 24), 6, 12 and 24 passes.
+        assert_eq!(
+            shapes,
+            vec![(false, 4, 6), (true, 4, 6), (true, 2, 12), (true, 1, 24)]
+        );
+        // Unchecked machine: the preset's own shape is chosen.
+        assert_eq!(report.chosen, Some(0));
+        // Each step down costs less device memory.
+        let device: Vec<u64> = report.candidates.iter().map(|c| c.device_bytes).collect();
+        assert!(device.windows(2).all(|w| w[1] < w[0]), "{device:?}");
+    }
+
+    #[test]
+    fn the_first_candidate_that_fits_is_chosen() {
+        let all = fit("8b", Role::Miner, 1, 10_000);
+        assert_eq!(all.chosen, Some(0));
+        // Between the preset's micro-batch of 2 and one sample: one sample is chosen.
+        let (two, one) = (
+            all.candidates[0].device_bytes,
+            all.candidates[1].device_bytes,
+        );
+        assert_eq!(all.candidates[1].shape.micro_batch, 1);
+        let between = (two + one) / 2 / GIB;
+        let report = fit("8b", Role::Miner, 1, between);
+        assert_eq!(report.chosen, Some(1), "{report:?}");
+        assert!(report.reason.is_none());
+    }
+
+    /// A refusal names the option that would fit: this machine's host (whatever its size
+    /// between a few GiB and a few hundred) cannot hold a 150m miner training a million tokens
+    /// a pass, and can at a micro-batch it names.
+    #[test]
+    fn a_refusal_names_the_option_that_fits() {
+        let mut preset = Preset::load("150m").unwrap();
+        preset.train.recompute_activations = false;
+        preset.train.micro_batch_size = 1024;
+        preset.train.batch_size = 1024;
+        let shape = WindowShape {
+            device_is_host: true,
+            ..shape(&preset, 1)
+        };
+        let refused = check_fits_or_suggest(
+            &preset.model,
+            &preset.train,
+            Role::Miner,
+            shape,
+            tch::Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("needs"), "{refused}");
+        assert!(
+            refused.contains("; it fits with micro_batch_size = "),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("recompute_activations = true"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_70b_miner_fits_no_number_of_ranks_until_parameters_are_sharded() {
+        for ranks in [1, 8, 64] {
+            let report = fit("70b", Role::Miner, ranks, 141);
+            assert_eq!(report.chosen, None);
+            let reason = report.reason.unwrap();
+            assert!(reason.contains("no number of ranks fits"), "{reason}");
+        }
+        // A 70B validator holds the weights once, without gradients: one 141 GiB device is too
+        // small for its f32 weights (282 GB) all the same.
+        let report = fit("70b", Role::Validator, 1, 141);
+        assert!(
+            report
+                .reason
+                .unwrap()
+                .contains("whole model's f32 weights (")
+        );
+    }
+
+    #[test]
+    fn an_8b_miner_over_eight_ranks_fits_smaller_devices_than_one() {
+        let one = fit("8b", Role::Miner, 1, 100);
+        assert_eq!(one.chosen, None);
+        let eight = fit("8b", Role::Miner, 8, 100);
+        assert_eq!(eight.chosen, Some(0), "{eight:?}");
+    }
+}
