@@ -3,27 +3,18 @@
 
 use std::process::{Command, Output};
 
-fn info(args: &[&str]) -> Output {
+/// `templar model info` with `args` (words split at spaces).
+fn info(args: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_templar"))
         .args(["model", "info"])
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .unwrap()
 }
 
 #[test]
 fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
-    let fits = info(&[
-        "--preset",
-        "8b",
-        "--role",
-        "miner",
-        "--ranks",
-        "8",
-        "--device-memory-gb",
-        "139",
-        "--json",
-    ]);
+    let fits = info("--preset 8b --role miner --ranks 8 --device-memory-gb 139 --json");
     assert!(
         fits.status.success(),
         "{}",
@@ -35,16 +26,7 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
     assert_eq!(candidate["fits_device"], true);
     assert!(candidate["device_bytes"].as_u64().unwrap() <= 139 << 30);
 
-    let refused = info(&[
-        "--preset",
-        "70b",
-        "--role",
-        "miner",
-        "--ranks",
-        "8",
-        "--device-memory-gb",
-        "139",
-    ]);
+    let refused = info("--preset 70b --role miner --ranks 8 --device-memory-gb 139");
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -52,7 +34,7 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
         "{said}"
     );
 
-    let no_role = info(&["--preset", "8b", "--device-memory-gb", "139"]);
+    let no_role = info("--preset 8b --device-memory-gb 139");
     assert!(!no_role.status.success());
     assert!(String::from_utf8_lossy(&no_role.stderr).contains("add --role"));
 }
