@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
-use templar_engine::fit::{Machine, find_fit};
+use templar_engine::fit::{Machine, find_fit, settings};
 use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape};
 
 #[derive(Subcommand)]
@@ -46,8 +46,12 @@ pub struct InfoArgs {
 
 pub fn run(command: ModelCommand) -> Result<()> {
     let ModelCommand::Info(args) = command;
-    if args.role.is_none() && args.device_memory_gb.is_some() {
-        bail!("--device-memory-gb checks one role: add --role miner or --role validator");
+    let fitting = args.device_memory_gb.is_some() || args.host_memory_gb.is_some();
+    if args.role.is_none() && fitting {
+        bail!(
+            "--device-memory-gb and --host-memory-gb check one role: add --role miner or --role \
+             validator"
+        );
     }
     if let Some(role) = &args.role {
         return plan(&args, role);
@@ -103,8 +107,8 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
-    if let Some(device_gib) = args.device_memory_gb {
-        return fit(args, name, &preset, role, shape, device_gib);
+    if args.device_memory_gb.is_some() || args.host_memory_gb.is_some() {
+        return fit(args, name, &preset, role, shape);
     }
     let plan = MemoryPlan::new(&preset.model, role, shape);
     if args.json {
@@ -150,14 +154,10 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
     Ok(())
 }
 
-fn fit(
-    args: &InfoArgs,
-    name: &str,
-    preset: &Preset,
-    role: Role,
-    shape: WindowShape,
-    device_gib: f64,
-) -> Result<()> {
+fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowShape) -> Result<()> {
+    if shape.device_is_host && args.device_memory_gb.is_some() {
+        bail!("on a CPU the device is the host: give its memory as --host-memory-gb");
+    }
     let bytes = |gib: f64| -> Result<u64> {
         if !(gib.is_finite() && gib > 0.0) {
             bail!("memory sizes are positive numbers of GiB, not {gib}");
@@ -165,9 +165,7 @@ fn fit(
         Ok((gib * (1u64 << 30) as f64) as u64)
     };
     let machine = Machine {
-        device_bytes: (!shape.device_is_host)
-            .then(|| bytes(device_gib))
-            .transpose()?,
+        device_bytes: args.device_memory_gb.map(bytes).transpose()?,
         host_bytes: args.host_memory_gb.map(bytes).transpose()?,
     };
     let report = find_fit(&preset.model, &preset.train, role, shape, machine);
@@ -176,11 +174,14 @@ fn fit(
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
+    let unchecked = || "unchecked".to_string();
     println!(
-        "{name}: a {role:?} over {} rank(s), devices of {device_gib} GiB{}",
+        "{name}: a {role:?} over {} rank(s); each device {}, the host {}",
         report.ranks,
+        args.device_memory_gb
+            .map_or_else(unchecked, |g| format!("{g} GiB")),
         args.host_memory_gb
-            .map_or(String::new(), |h| format!(", a host of {h} GiB"))
+            .map_or_else(unchecked, |h| format!("{h} GiB")),
     );
     println!(
         "  {:<10} {:>11} {:>12} {:>16} {:>14}  fits",
@@ -205,18 +206,11 @@ fn fit(
     match (report.chosen, &report.reason) {
         (Some(i), _) => {
             let c = &report.candidates[i];
-            match role {
-                Role::Miner => println!(
-                    "fits: set micro_batch_size = {} and recompute_activations = {} in the \
-                     preset's [train] ({} passes per inner step on each rank)",
-                    c.shape.micro_batch, c.shape.recompute, c.passes_per_step
-                ),
-                Role::Validator => println!(
-                    "fits: set micro_batch_size = {} in the preset's [train] (evaluations run \
-                     in micro-batches of that many samples)",
-                    c.shape.micro_batch
-                ),
-            }
+            println!(
+                "fits: set {} ({} passes per inner step on each rank)",
+                settings(role, &c.shape),
+                c.passes_per_step
+            );
             Ok(())
         }
         (None, reason) => bail!(

@@ -34,6 +34,10 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
         "{said}"
     );
 
+    let cpu = info("--preset 8b --role miner --device cpu --device-memory-gb 139");
+    assert!(!cpu.status.success());
+    assert!(String::from_utf8_lossy(&cpu.stderr).contains("--host-memory-gb"));
+
     let no_role = info("--preset 8b --device-memory-gb 139");
     assert!(!no_role.status.success());
     assert!(String::from_utf8_lossy(&no_role.stderr).contains("add --role"));

@@ -61,6 +61,19 @@ pub fn find_fit(
     machine: Machine,
 ) -> FitReport {
     let ranks = shape.ranks.max(1);
+    if role == Role::Miner && !train.batch_size.is_multiple_of(ranks) {
+        return FitReport {
+            role,
+            ranks,
+            candidates: Vec::new(),
+            chosen: None,
+            reason: Some(format!(
+                "a batch of {} samples does not split evenly over {ranks} ranks: choose a number \
+                 of ranks that divides it",
+                train.batch_size
+            )),
+        };
+    }
     let rows = (train.batch_size / ranks).max(1);
     let candidates: Vec<Candidate> = candidate_shapes(role, shape, rows)
         .into_iter()
@@ -99,20 +112,44 @@ pub fn check_fits_or_suggest(
         },
         host_bytes: available_host_bytes(),
     };
+    Err(EngineError::Memory(
+        message + &refusal_hint(model, train, role, shape, machine),
+    ))
+}
+
+/// What to add to a refusal of `shape` on `machine`: the first cheaper option that fits, or
+/// why none does (nothing when the shape itself fits: the machine changed between two reads).
+fn refusal_hint(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    role: Role,
+    shape: WindowShape,
+    machine: Machine,
+) -> String {
     let report = find_fit(model, train, role, shape, machine);
-    let hint = match (report.chosen, report.reason) {
-        (Some(i), _) => {
-            let c = &report.candidates[i];
-            format!(
-                "; it fits with micro_batch_size = {} and recompute_activations = {} in the \
-                 preset's [train]",
-                c.shape.micro_batch, c.shape.recompute
-            )
-        }
+    match (report.chosen, report.reason) {
+        (Some(0), _) | (None, None) => String::new(),
+        (Some(i), _) => format!(
+            "; it fits with {}",
+            settings(role, &report.candidates[i].shape)
+        ),
         (None, Some(reason)) => format!("; no cheaper option fits either: {reason}"),
-        (None, None) => String::new(),
-    };
-    Err(EngineError::Memory(message + &hint))
+    }
+}
+
+/// The preset settings a shape stands for, as an operator writes them in `[train]`.
+pub fn settings(role: Role, shape: &WindowShape) -> String {
+    match role {
+        Role::Miner => format!(
+            "micro_batch_size = {} and recompute_activations = {} in the preset's [train]",
+            shape.micro_batch, shape.recompute
+        ),
+        Role::Validator => format!(
+            "micro_batch_size = {} in the preset's [train] (evaluations run in micro-batches of \
+             that many samples)",
+            shape.micro_batch
+        ),
+    }
 }
 
 /// The preset's shape; for a miner that does not recompute, the same recomputing; then the
@@ -202,10 +239,21 @@ fn why_not(
             gib(have)
         ));
     }
+    // More ranks shrink a miner's device share (its moments are sharded), never the host's
+    // (every rank holds the network model) nor a validator's (every rank holds the weights).
+    let advice = match (role, cheapest.fits_device, cheapest.shape.device_is_host) {
+        (Role::Miner, false, false) => "use more ranks or larger devices",
+        (_, false, false) => "use larger devices",
+        _ => "use a larger host, or fewer ranks",
+    };
     format!(
-        "even at micro-batch {} with recomputation {}; use more ranks, larger devices or a \
-         larger host",
+        "even at micro-batch {}{}, {}; {advice}",
         cheapest.shape.micro_batch,
+        if role == Role::Miner && cheapest.shape.recompute {
+            " with recomputation"
+        } else {
+            ""
+        },
         short.join(" and ")
     )
 }
@@ -291,9 +339,9 @@ mod tests {
         assert!(report.reason.is_none());
     }
 
-    /// A refusal names the option that would fit: this machine's host (whatever its size
-    /// between a few GiB and a few hundred) cannot hold a 150m miner training a million tokens
-    /// a pass, and can at a micro-batch it names.
+    /// A refusal names the option that would fit, worded for the role: a host of 64 GiB cannot
+    /// hold a 150m miner training a million tokens a pass (nor one of 16 GiB a validator
+    /// evaluating them), and can at a smaller micro-batch.
     #[test]
     fn a_refusal_names_the_option_that_fits() {
         let mut preset = Preset::load("150m").unwrap();
@@ -304,23 +352,53 @@ mod tests {
             device_is_host: true,
             ..shape(&preset, 1)
         };
-        let refused = check_fits_or_suggest(
-            &preset.model,
-            &preset.train,
-            Role::Miner,
-            shape,
-            tch::Device::Cpu,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(refused.contains("needs"), "{refused}");
+        let machine = Machine {
+            device_bytes: None,
+            host_bytes: Some(64 * GIB),
+        };
+        let (model, train) = (&preset.model, &preset.train);
+        let miner = refusal_hint(model, train, Role::Miner, shape, machine);
         assert!(
-            refused.contains("; it fits with micro_batch_size = "),
-            "{refused}"
+            miner.starts_with("; it fits with micro_batch_size = "),
+            "{miner}"
         );
+        assert!(miner.contains("recompute_activations = true"), "{miner}");
+        // A validator keeps no graph: its million tokens need less, and 16 GiB still too little.
+        let small = Machine {
+            device_bytes: None,
+            host_bytes: Some(16 * GIB),
+        };
+        let validator = refusal_hint(model, train, Role::Validator, shape, small);
         assert!(
-            refused.contains("recompute_activations = true"),
-            "{refused}"
+            validator.starts_with("; it fits with micro_batch_size = "),
+            "{validator}"
+        );
+        assert!(!validator.contains("recompute"), "{validator}");
+        // A host too small for any option: said, with what to do.
+        let tiny_host = Machine {
+            device_bytes: None,
+            host_bytes: Some(GIB),
+        };
+        let none = refusal_hint(model, train, Role::Miner, shape, tiny_host);
+        assert!(none.contains("no cheaper option fits either"), "{none}");
+        assert!(none.contains("use a larger host"), "{none}");
+        // The preset's own shape fitting (a second read of the machine found more): nothing.
+        let roomy = Machine {
+            device_bytes: None,
+            host_bytes: Some(1 << 50),
+        };
+        assert_eq!(refusal_hint(model, train, Role::Miner, shape, roomy), "");
+    }
+
+    #[test]
+    fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
+        let report = fit("8b", Role::Miner, 3, 10_000);
+        assert_eq!(report.chosen, None);
+        assert!(
+            report
+                .reason
+                .unwrap()
+                .contains("does not split evenly over 3 ranks")
         );
     }
 

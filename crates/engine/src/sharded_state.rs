@@ -113,6 +113,7 @@ impl ShardedAdamW {
         if saved_world == self.world() {
             return self.load_moments(dir);
         }
+        no_ranks_refused(dir, saved_world)?;
         let mut saved = (0..saved_world)
             .map(|rank| SavedShare::open(dir, self.saved_layout(rank, saved_world)))
             .collect::<Result<Vec<_>, _>>()?;
@@ -198,6 +199,7 @@ pub fn load_optimizer_from_ranks(
     saved_world: usize,
     bucket_values: i64,
 ) -> Result<(), EngineError> {
+    no_ranks_refused(dir, saved_world)?;
     optimizer.wait_for_loan();
     let numels: Vec<i64> = params
         .shapes()
@@ -232,6 +234,17 @@ pub fn load_optimizer_from_ranks(
         }
     }
     optimizer.step = steps;
+    Ok(())
+}
+
+/// A save by 0 ranks has no files to read: refused rather than read as nothing.
+fn no_ranks_refused(dir: &Path, saved_world: usize) -> Result<(), EngineError> {
+    if saved_world == 0 {
+        return Err(EngineError::checkpoint(
+            dir,
+            "moments said to be saved by 0 ranks",
+        ));
+    }
     Ok(())
 }
 

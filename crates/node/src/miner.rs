@@ -40,9 +40,10 @@ fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
 
 /// Says so when a state saved over one number of ranks is resumed over another.
 fn log_relayout(saved: &SavedBy, ranks: usize) {
-    if saved.ranks() != ranks {
+    let saved_ranks = saved.ranks().unwrap_or(1);
+    if saved_ranks != ranks {
         tracing::info!(
-            saved_ranks = saved.ranks(),
+            saved_ranks,
             ranks,
             "resuming a state saved over another number of ranks: the moments and error feedback \
              are laid out anew"

@@ -654,33 +654,31 @@ impl Replica {
     }
 
     pub fn load_optimizer(&mut self, dir: &Path) -> Result<(), NodeError> {
-        let saved_ranks = self.ranks.as_ref().map_or(1, |r| r.owner.world);
+        let saved_ranks = self.ranks.as_ref().map(|r| r.owner.world);
         self.load_optimizer_saved_by(dir, saved_ranks)
     }
 
-    /// Reads the inner optimizer's state that one process (`saved_ranks` 1) or a node of
+    /// Reads the inner optimizer's state that one process (`saved_ranks` none) or a node of
     /// `saved_ranks` ranks wrote into `dir`, whatever this replica's ranks: each rank gathers
     /// its share of the moments from the saved files.
     pub fn load_optimizer_saved_by(
         &mut self,
         dir: &Path,
-        saved_ranks: usize,
+        saved_ranks: Option<usize>,
     ) -> Result<(), NodeError> {
         let params = &self.model.params;
-        match &mut self.optimizer {
-            Some(InnerOptimizer::Local(adamw)) if saved_ranks <= 1 => {
-                load_optimizer(dir, adamw, params)?
+        match (&mut self.optimizer, saved_ranks) {
+            (Some(InnerOptimizer::Local(adamw)), None) => load_optimizer(dir, adamw, params)?,
+            (Some(InnerOptimizer::Local(adamw)), Some(ranks)) => {
+                load_optimizer_from_ranks(dir, adamw, params, ranks, BUCKET_VALUES)?
             }
-            Some(InnerOptimizer::Local(adamw)) => {
-                load_optimizer_from_ranks(dir, adamw, params, saved_ranks, BUCKET_VALUES)?
-            }
-            Some(InnerOptimizer::Sharded(sharded)) if saved_ranks <= 1 => {
+            (Some(InnerOptimizer::Sharded(sharded)), None) => {
                 sharded.load_moments_from_whole(dir, params)?
             }
-            Some(InnerOptimizer::Sharded(sharded)) => {
-                sharded.load_moments_resharded(dir, saved_ranks)?
+            (Some(InnerOptimizer::Sharded(sharded)), Some(ranks)) => {
+                sharded.load_moments_resharded(dir, ranks)?
             }
-            None => {}
+            (None, _) => {}
         }
         Ok(())
     }

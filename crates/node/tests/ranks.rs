@@ -248,7 +248,7 @@ fn a_state_crosses_between_one_process_and_ranks() {
     // One process resumes what the two ranks saved.
     let saved = dir.path().join("state-ranks");
     let mut back = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
-    back.load_optimizer_saved_by(&saved, 2).unwrap();
+    back.load_optimizer_saved_by(&saved, Some(2)).unwrap();
     let all = numels(&back);
     let mut ef =
         ranks::read_error_feedback(&saved, &all, TensorOwner::ALONE, &SavedBy::Ranks(2)).unwrap();

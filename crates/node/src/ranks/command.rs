@@ -111,6 +111,9 @@ const LOAD: u8 = 3;
 const RESET: u8 = 4;
 const SAVE_STATE: u8 = 5;
 const LOAD_STATE: u8 = 6;
+/// How a state load's saver is told: one process, or ranks.
+const SAVED_BY_ONE_PROCESS: u8 = 0;
+const SAVED_BY_RANKS: u8 = 1;
 const STOP: u8 = 7;
 const CANDIDATES: u8 = 8;
 const APPLY_ONE: u8 = 9;
@@ -153,15 +156,18 @@ impl Command {
             }
             Command::LoadState { dir, saved } => {
                 out.push(LOAD_STATE);
-                // Ranks 0 for one process, with its error feedback's digest.
-                let (ranks, digest) = match saved {
+                match saved {
                     SavedBy::OneProcess {
                         error_feedback_blake3,
-                    } => (0u64, error_feedback_blake3.as_bytes()),
-                    SavedBy::Ranks(ranks) => (*ranks as u64, &[][..]),
-                };
-                out.extend_from_slice(&ranks.to_le_bytes());
-                write_records(&mut out, &[digest.to_vec()]);
+                    } => {
+                        out.push(SAVED_BY_ONE_PROCESS);
+                        write_records(&mut out, &[error_feedback_blake3.as_bytes().to_vec()]);
+                    }
+                    SavedBy::Ranks(ranks) => {
+                        out.push(SAVED_BY_RANKS);
+                        out.extend_from_slice(&(*ranks as u64).to_le_bytes());
+                    }
+                }
                 path(&mut out, dir);
             }
             Command::Candidates(payloads) => {
@@ -197,15 +203,22 @@ impl Command {
             RESET => Command::Reset,
             SAVE_STATE => return Ok(Command::SaveState(path(rest))),
             LOAD_STATE => {
-                let ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
-                let digest = super::take_record(&mut rest).ok_or_else(|| bad("a cut digest"))?;
-                let saved = if ranks == 0 {
-                    SavedBy::OneProcess {
-                        error_feedback_blake3: String::from_utf8(digest.to_vec())
-                            .map_err(|_| bad("a digest that is not text"))?,
+                let (&kind, tail) = rest.split_first().ok_or_else(|| bad("a cut state load"))?;
+                rest = tail;
+                let saved = match kind {
+                    SAVED_BY_ONE_PROCESS => {
+                        let digest =
+                            super::take_record(&mut rest).ok_or_else(|| bad("a cut digest"))?;
+                        SavedBy::OneProcess {
+                            error_feedback_blake3: String::from_utf8(digest.to_vec())
+                                .map_err(|_| bad("a digest that is not text"))?,
+                        }
                     }
-                } else {
-                    SavedBy::Ranks(ranks as usize)
+                    SAVED_BY_RANKS => {
+                        let ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
+                        SavedBy::Ranks(ranks as usize)
+                    }
+                    _ => return Err(bad("a state load of an unknown kind")),
                 };
                 return Ok(Command::LoadState {
                     saved,

@@ -154,10 +154,11 @@ pub enum SavedBy {
 }
 
 impl SavedBy {
-    pub fn ranks(&self) -> usize {
+    /// The saving node's ranks; none for one process.
+    pub fn ranks(&self) -> Option<usize> {
         match self {
-            SavedBy::OneProcess { .. } => 1,
-            SavedBy::Ranks(ranks) => *ranks,
+            SavedBy::OneProcess { .. } => None,
+            SavedBy::Ranks(ranks) => Some(*ranks),
         }
     }
 }
@@ -194,7 +195,13 @@ pub fn read_error_feedback(
             let path = dir.join(ERROR_FEEDBACK_FILE);
             return read_f32s_keeping(&path, numels, error_feedback_blake3, |t| mine.owns(t));
         }
-        SavedBy::Ranks(world) => (*world).max(1),
+        SavedBy::Ranks(0) => {
+            return Err(NodeError::State {
+                path: dir.to_path_buf(),
+                reason: "its record says it was saved by 0 ranks".into(),
+            });
+        }
+        SavedBy::Ranks(world) => *world,
     };
     let mut loaded: Vec<Vec<f32>> = vec![Vec::new(); numels.len()];
     for rank in 0..world {
