@@ -194,13 +194,19 @@ pub fn load_optimizer(
             crate::params::write_from(tensor, &scratch)?;
         }
     }
-    let path = dir.join(OPTIMIZER_FILE);
-    optimizer.step = files
+    optimizer.step = optimizer_steps(&files, dir)?;
+    Ok(())
+}
+
+/// The step count in the metadata of the optimizer files [`save_optimizer`] wrote in `dir`.
+pub(crate) fn optimizer_steps(files: &TensorFiles, dir: &Path) -> Result<u64, EngineError> {
+    files
         .metadata()
         .get("step")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| EngineError::checkpoint(&path, "metadata has no step count"))?;
-    Ok(())
+        .ok_or_else(|| {
+            EngineError::checkpoint(&dir.join(OPTIMIZER_FILE), "metadata has no step count")
+        })
 }
 
 /// Write to a temporary sibling, sync, rename over the target, sync the folder.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 use crate::buckets::{Segment, buckets};
-use crate::checkpoint::{OPTIMIZER_FILE, OPTIMIZER_STEM};
+use crate::checkpoint::{OPTIMIZER_STEM, optimizer_steps};
 use crate::error::EngineError;
 use crate::optim::AdamW;
 use crate::sharded::{Layout, ShardedAdamW};
@@ -87,10 +87,7 @@ impl ShardedAdamW {
                 let len = (PIECE as i64).min(numel - start);
                 bytes.resize(4 * len as usize, 0);
                 reader.read_exact(&mut bytes).map_err(io)?;
-                let piece: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let piece = f32s(&bytes);
                 tensor
                     .f_narrow(0, start, len)?
                     .f_copy_(&Tensor::f_from_slice(&piece)?)?;
@@ -113,11 +110,7 @@ impl ShardedAdamW {
         if saved_world == self.world() {
             return self.load_moments(dir);
         }
-        no_ranks_refused(dir, saved_world)?;
-        let mut saved = (0..saved_world)
-            .map(|rank| SavedShare::open(dir, self.saved_layout(rank, saved_world)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let steps = same_steps(&saved)?;
+        let (mut saved, steps) = open_saved(dir, &self.numels, saved_world, self.bucket_values)?;
         for b in 0..self.buckets.len() {
             for mine in self.buckets[b].owned.clone() {
                 for share in &mut saved {
@@ -147,7 +140,7 @@ impl ShardedAdamW {
             .flat_map(|t| [entry(t, "exp_avg"), entry(t, "exp_avg_sq")])
             .collect();
         files.check(&entries)?;
-        let steps = whole_steps(&files, dir)?;
+        let steps = optimizer_steps(&files, dir)?;
         let mut values = Vec::new();
         for b in 0..self.buckets.len() {
             for mine in self.buckets[b].owned.clone() {
@@ -173,15 +166,6 @@ impl ShardedAdamW {
         Ok(())
     }
 
-    fn saved_layout(&self, rank: usize, world: usize) -> Layout {
-        Layout {
-            numels: self.numels.clone(),
-            rank,
-            world,
-            bucket_values: self.bucket_values,
-        }
-    }
-
     /// Magic, version, rank, world, steps, then the buckets' span lengths.
     fn header(&self) -> Vec<u8> {
         let spans: Vec<i64> = self.moments().map(|t| t.numel() as i64).collect();
@@ -199,25 +183,13 @@ pub fn load_optimizer_from_ranks(
     saved_world: usize,
     bucket_values: i64,
 ) -> Result<(), EngineError> {
-    no_ranks_refused(dir, saved_world)?;
     optimizer.wait_for_loan();
     let numels: Vec<i64> = params
         .shapes()
         .iter()
         .map(|s| s.iter().product::<usize>() as i64)
         .collect();
-    let mut saved = (0..saved_world)
-        .map(|rank| {
-            let layout = Layout {
-                numels: numels.clone(),
-                rank,
-                world: saved_world,
-                bucket_values,
-            };
-            SavedShare::open(dir, layout)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let steps = same_steps(&saved)?;
+    let (mut saved, steps) = open_saved(dir, &numels, saved_world, bucket_values)?;
     for (t, &numel) in numels.iter().enumerate() {
         let whole = Segment {
             tensor: t,
@@ -237,15 +209,34 @@ pub fn load_optimizer_from_ranks(
     Ok(())
 }
 
-/// A save by 0 ranks has no files to read: refused rather than read as nothing.
-fn no_ranks_refused(dir: &Path, saved_world: usize) -> Result<(), EngineError> {
+/// Every saved rank's moments file for tensors of `numels` in buckets of `bucket_values`,
+/// opened and checked, and the step count they share. A save by 0 ranks has no files to read:
+/// it is refused rather than read as nothing.
+fn open_saved(
+    dir: &Path,
+    numels: &[i64],
+    saved_world: usize,
+    bucket_values: i64,
+) -> Result<(Vec<SavedShare>, u64), EngineError> {
     if saved_world == 0 {
         return Err(EngineError::checkpoint(
             dir,
             "moments said to be saved by 0 ranks",
         ));
     }
-    Ok(())
+    let saved = (0..saved_world)
+        .map(|rank| {
+            let layout = Layout {
+                numels: numels.to_vec(),
+                rank,
+                world: saved_world,
+                bucket_values,
+            };
+            SavedShare::open(dir, layout)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let steps = same_steps(&saved)?;
+    Ok((saved, steps))
 }
 
 /// The step count every saved rank's file holds; a file of another save is refused by name.
@@ -262,17 +253,6 @@ fn same_steps(saved: &[SavedShare]) -> Result<u64, EngineError> {
             ),
         )),
     }
-}
-
-/// The step count in one process's optimizer files.
-fn whole_steps(files: &TensorFiles, dir: &Path) -> Result<u64, EngineError> {
-    files
-        .metadata()
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            EngineError::checkpoint(&dir.join(OPTIMIZER_FILE), "metadata has no step count")
-        })
 }
 
 fn header(rank: usize, world: usize, steps: u64, spans: &[i64]) -> Vec<u8> {
@@ -392,11 +372,16 @@ impl SavedShare {
             .map_err(io)?;
         let mut bytes = vec![0u8; 4 * len as usize];
         self.file.read_exact(&mut bytes).map_err(io)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(f32s(&bytes))
     }
+}
+
+/// Little-endian f32s, as the files hold them.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 #[cfg(test)]

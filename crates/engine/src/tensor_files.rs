@@ -359,18 +359,14 @@ impl TensorFiles {
         shape: &[usize],
         out: &mut [f32],
     ) -> Result<(), EngineError> {
-        let data = self.data(name, shape)?;
-        if out.len() * 4 != data.len() {
+        let values = self.data(name, shape)?.len() / 4;
+        if out.len() != values {
             return Err(EngineError::Layout(format!(
-                "{name}: buffer of {} values for a tensor of {}",
-                out.len(),
-                data.len() / 4
+                "{name}: buffer of {} values for a tensor of {values}",
+                out.len()
             )));
         }
-        for (value, bytes) in out.iter_mut().zip(data.chunks_exact(4)) {
-            *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        }
-        Ok(())
+        self.read_range_into(name, shape, 0, out)
     }
 
     /// Copies values `start..start + out.len()` of tensor `name` (`F32` of `shape`, flattened)
