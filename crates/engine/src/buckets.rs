@@ -83,6 +83,37 @@ pub fn buckets(numels: &[i64], rank: usize, world: usize, bucket_values: i64) ->
         .collect()
 }
 
+/// One bucket per unit: each unit's tensors (`units` are consecutive ranges of `numels`' indices)
+/// laid end to end whatever their size, as a fully sharded step gathers them at once.
+pub fn unit_buckets(
+    numels: &[i64],
+    units: &[std::ops::Range<usize>],
+    rank: usize,
+    world: usize,
+) -> Vec<Bucket> {
+    units
+        .iter()
+        .map(|unit| {
+            let pieces = numels[unit.clone()]
+                .iter()
+                .scan(0, |offset, &numel| {
+                    let at = *offset;
+                    *offset += numel;
+                    Some((at, numel))
+                })
+                .enumerate()
+                .map(|(k, (offset, numel))| Placed {
+                    tensor: unit.start + k,
+                    in_tensor: 0,
+                    offset,
+                    numel,
+                })
+                .collect();
+            bucket(pieces, rank, world.max(1))
+        })
+        .collect()
+}
+
 fn bucket(tensors: Vec<Placed>, rank: usize, world: usize) -> Bucket {
     let numel = tensors.iter().map(|t| t.numel).sum::<i64>();
     let span = (numel + world as i64 - 1) / world as i64;
@@ -113,6 +144,52 @@ fn bucket(tensors: Vec<Placed>, rank: usize, world: usize) -> Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_is_one_bucket_however_large_cut_into_every_rank_s_span() {
+        // Units {0} and {1, 2} over 2 ranks: 5 values in spans of 3, then 3 + 4 = 7 in spans of 4.
+        let numels = [5, 3, 4];
+        let units = [0..1, 1..3];
+        let rank1 = unit_buckets(&numels, &units, 1, 2);
+        assert_eq!(rank1.len(), 2);
+        assert_eq!((rank1[0].numel, rank1[0].span), (5, 3));
+        assert_eq!(
+            rank1[1].tensors,
+            vec![
+                Placed {
+                    tensor: 1,
+                    in_tensor: 0,
+                    offset: 0,
+                    numel: 3
+                },
+                Placed {
+                    tensor: 2,
+                    in_tensor: 0,
+                    offset: 3,
+                    numel: 4
+                },
+            ]
+        );
+        // Rank 1 owns values 4..7 of the second unit: tensor 2's values 1..4.
+        assert_eq!(
+            rank1[1].owned,
+            vec![Segment {
+                tensor: 2,
+                in_tensor: 1,
+                in_span: 0,
+                len: 3
+            }]
+        );
+        assert_eq!(
+            rank1[0].owned,
+            vec![Segment {
+                tensor: 0,
+                in_tensor: 3,
+                in_span: 0,
+                len: 2
+            }]
+        );
+    }
 
     fn owned(
         numels: &[i64],

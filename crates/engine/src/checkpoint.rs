@@ -142,12 +142,41 @@ fn write_moments(
             names.len()
         )));
     }
-    let mut entries = Vec::with_capacity(2 * n);
-    for (name, tensor) in names.iter().zip(exp_avg) {
+    let shapes: Vec<Vec<usize>> = exp_avg
+        .iter()
+        .map(|t| t.size().iter().map(|&d| d as usize).collect())
+        .collect();
+    write_moments_with(dir, names, &shapes, step, |i, which, start, out| {
+        let moments = [exp_avg, exp_avg_sq][which];
+        if start == 0 && which == 0 {
+            // Every earlier entry is in the file's buffer: its tensor is read.
+            done_before(i);
+        }
+        crate::params::read_range_into(&moments[i], start, out)?;
+        if i + 1 == n && which == 1 && start + out.len() == moments[i].numel() {
+            // The last tensor is read too: no step need wait for the file's sync.
+            done_before(n);
+        }
+        Ok(())
+    })
+}
+
+/// Writes the optimizer files for parameters of `names` and `shapes` at `step`:
+/// `fill(i, which, start, out)` gives values `start..` of parameter `i`'s first moment
+/// (`which` 0) or second (1), a piece at a time, in file order.
+pub(crate) fn write_moments_with(
+    dir: &Path,
+    names: &[String],
+    shapes: &[Vec<usize>],
+    step: u64,
+    mut fill: impl FnMut(usize, usize, usize, &mut [f32]) -> Result<(), EngineError>,
+) -> Result<Vec<String>, EngineError> {
+    let mut entries = Vec::with_capacity(2 * names.len());
+    for (name, shape) in names.iter().zip(shapes) {
         for kind in ["exp_avg", "exp_avg_sq"] {
             entries.push(TensorEntry {
                 name: format!("{name}.{kind}"),
-                shape: tensor.size().iter().map(|&d| d as usize).collect(),
+                shape: shape.clone(),
             });
         }
     }
@@ -158,19 +187,7 @@ fn write_moments(
         &entries,
         &metadata,
         DEFAULT_SHARD_BYTES,
-        |entry, start, out| {
-            let (i, moments) = (entry / 2, [exp_avg, exp_avg_sq][entry % 2]);
-            if start == 0 {
-                // Every earlier entry is in the file's buffer: its tensor is read.
-                done_before(i);
-            }
-            crate::params::read_range_into(&moments[i], start, out)?;
-            if entry + 1 == 2 * n && start + out.len() == moments[i].numel() {
-                // The last tensor is read too: no step need wait for the file's sync.
-                done_before(n);
-            }
-            Ok(())
-        },
+        |entry, start, out| fill(entry / 2, entry % 2, start, out),
     )
 }
 

@@ -76,6 +76,23 @@ impl Llama {
         })
     }
 
+    /// The model's shape with no weights at all: every parameter an empty placeholder, to be
+    /// filled with gathered values while a fully sharded step uses it (see `full_shard`).
+    pub(crate) fn skeleton(config: &ModelConfig, device: Device) -> Result<Self, EngineError> {
+        let names: Vec<String> = parameter_shapes(config)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let tensors = names.iter().map(|_| Tensor::new()).collect();
+        Ok(Self {
+            config: config.clone(),
+            params: Parameters { names, tensors },
+            device,
+            rope: rotary_tables(config, device)?,
+            loss_chunk: loss_chunk(config),
+        })
+    }
+
     pub fn device(&self) -> Device {
         self.device
     }
@@ -152,7 +169,7 @@ impl Llama {
     }
 
     /// The rotary tables cut to the batch's length.
-    fn rotary(&self, input_ids: &Tensor) -> Result<Rotary, EngineError> {
+    pub(crate) fn rotary(&self, input_ids: &Tensor) -> Result<Rotary, EngineError> {
         let size = input_ids.size();
         let (batch, seq) = (size[0], size[1]);
         Ok(Rotary {
@@ -163,7 +180,12 @@ impl Llama {
         })
     }
 
-    fn run_layer(&self, index: usize, x: &Tensor, r: &Rotary) -> Result<Tensor, EngineError> {
+    pub(crate) fn run_layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        r: &Rotary,
+    ) -> Result<Tensor, EngineError> {
         self.decoder_layer(&self.layer(index)?, x, &r.cos, &r.sin, r.batch, r.seq)
     }
 
@@ -328,7 +350,7 @@ impl Llama {
 
     /// The embeddings of `input_ids` as a leaf of the graph: what flows back into them is added
     /// to the embedding's gradient by [`Llama::backward_embedding`].
-    fn embed_for_training(
+    pub(crate) fn embed_for_training(
         &self,
         input_ids: &Tensor,
         autocast: bool,
@@ -341,7 +363,11 @@ impl Llama {
     /// in place: autograd would make a dense temporary the size of the embedding (2 GB at 8B)
     /// for every micro-batch. On CUDA, where adding rows in place is not deterministic, autograd's
     /// own (sorted, deterministic) backward runs instead.
-    fn backward_embedding(&self, input_ids: &Tensor, embedded: &Tensor) -> Result<(), EngineError> {
+    pub(crate) fn backward_embedding(
+        &self,
+        input_ids: &Tensor,
+        embedded: &Tensor,
+    ) -> Result<(), EngineError> {
         let grad = embedded.grad();
         if !grad.defined() {
             return Ok(());
@@ -368,7 +394,7 @@ impl Llama {
     /// than by autograd: the head's is added to its gradient a block of vocabulary rows at a
     /// time (autograd would make a temporary the size of the head, 2 GB at 8B, per chunk), and
     /// the hidden states' is collected and sent back through `x`'s graph once.
-    fn backward_head(
+    pub(crate) fn backward_head(
         &self,
         x: &Tensor,
         labels: &Tensor,
@@ -486,7 +512,7 @@ fn chunk_backward(
 
 /// Backpropagates into `output`'s graph with `grad` as its gradient (nothing when `grad` is
 /// undefined: the loss did not reach it).
-fn backward_with(output: &Tensor, grad: &Tensor) -> Result<(), EngineError> {
+pub(crate) fn backward_with(output: &Tensor, grad: &Tensor) -> Result<(), EngineError> {
     if grad.defined() {
         output.f_mul(grad)?.f_sum(output.kind())?.f_backward()?;
     }
@@ -494,7 +520,7 @@ fn backward_with(output: &Tensor, grad: &Tensor) -> Result<(), EngineError> {
 }
 
 /// The rotary tables and the batch's shape, shared by every layer.
-struct Rotary {
+pub(crate) struct Rotary {
     cos: Tensor,
     sin: Tensor,
     batch: i64,

@@ -10,7 +10,7 @@
 use tch::{Device, Kind, Tensor};
 use templar_dist::{ProcessGroup, ReduceOp};
 
-use crate::buckets::{BUCKET_VALUES, Bucket, Placed, buckets};
+use crate::buckets::{BUCKET_VALUES, Bucket, Placed, Segment, buckets};
 use crate::config::TrainConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
@@ -91,11 +91,11 @@ pub struct ShardedAdamW {
     pub(crate) numels: Vec<i64>,
     pub(crate) bucket_values: i64,
     /// Per bucket, this rank's span of it: the summed gradient, then the AdamW moments.
-    gradients: Vec<Tensor>,
+    pub(crate) gradients: Vec<Tensor>,
     pub(crate) exp_avg: Vec<Tensor>,
     pub(crate) exp_avg_sq: Vec<Tensor>,
     /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
-    scratch: Tensor,
+    pub(crate) scratch: Tensor,
     steps: u64,
     /// Set when a step failed after its first collective: the ranks may now disagree (some
     /// tensors stepped, others not), so no further step is taken on this group.
@@ -131,14 +131,33 @@ impl ShardedAdamW {
         config: TrainConfig,
         device: Device,
     ) -> Result<Self, EngineError> {
+        let layout = Layout {
+            bucket_values: layout.bucket_values.max(1),
+            ..layout
+        };
+        let buckets = buckets(
+            &layout.numels,
+            layout.rank,
+            layout.world,
+            layout.bucket_values,
+        );
+        Self::for_buckets(buckets, layout, config, device)
+    }
+
+    /// State for `buckets` of the tensors `layout` describes (kept, to lay the tensors out for
+    /// another world size).
+    pub(crate) fn for_buckets(
+        buckets: Vec<Bucket>,
+        layout: Layout,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Self, EngineError> {
         let Layout {
             numels,
             rank,
             world,
             bucket_values,
         } = layout;
-        let bucket_values = bucket_values.max(1);
-        let buckets = buckets(&numels, rank, world, bucket_values);
         let options = (Kind::Float, device);
         let spans = || -> Result<Vec<Tensor>, EngineError> {
             buckets
@@ -166,6 +185,10 @@ impl ShardedAdamW {
 
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    pub(crate) fn config(&self) -> &TrainConfig {
+        &self.config
     }
 
     pub fn world(&self) -> usize {
@@ -308,7 +331,7 @@ impl ShardedAdamW {
     }
 
     /// Whether `ok` holds on every rank (a minimum across ranks).
-    fn all_ranks_agree(
+    pub(crate) fn all_ranks_agree(
         &self,
         group: &mut ProcessGroup,
         ok: bool,
@@ -348,7 +371,7 @@ impl ShardedAdamW {
 
     /// The whole gradient's sum of squares and the whole batch's loss: this rank's shares of
     /// both, summed across ranks.
-    fn sum_across_ranks(
+    pub(crate) fn sum_across_ranks(
         &self,
         group: &mut ProcessGroup,
         stepped: &[bool],
@@ -379,48 +402,71 @@ impl ShardedAdamW {
         grad_norm: f64,
         lr: f64,
     ) -> Result<(), EngineError> {
+        let params = &model.params.tensors;
+        self.step_owned(stepped, grad_norm, lr, |_, segment| {
+            owned_weights(params, segment)
+        })?;
+        let world = self.world;
+        for (bucket, contribution) in self.buckets.iter().zip(&self.gradients) {
+            // This rank's span of the bucket, updated, is written over its summed gradient (used
+            // by now; the padding is zero on every rank), so that the gather needs no buffer of
+            // its own.
+            for segment in &bucket.owned {
+                contribution
+                    .f_narrow(0, segment.in_span, segment.len)?
+                    .f_copy_(&owned_weights(params, segment)?)?;
+            }
+            let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
+            group.all_gather(&mut whole, contribution)?;
+            unpack(&whole, bucket, params)?;
+        }
+        Ok(())
+    }
+
+    /// Clips the summed gradients by `grad_norm` and steps this rank's pieces of the tensors
+    /// that `stepped`: `weights(bucket, segment)` is a flat view of the weights a segment holds.
+    pub(crate) fn step_owned(
+        &mut self,
+        stepped: &[bool],
+        grad_norm: f64,
+        lr: f64,
+        mut weights: impl FnMut(usize, &Segment) -> Result<Tensor, EngineError>,
+    ) -> Result<(), EngineError> {
         let clip = self.config.grad_clip;
         // As torch's clamp_max: a NaN norm makes a NaN coefficient, not an unclipped step.
         let coef = clip / (grad_norm + 1e-6);
         let scale = clip > 0.0 && (coef < 1.0 || coef.is_nan());
         let constants = StepConstants::new(Hyper::of(&self.config), self.steps, lr);
-        let world = self.world;
-        let params = &model.params.tensors;
         for (index, bucket) in self.buckets.iter().enumerate() {
             let summed = &mut self.gradients[index];
             if scale {
                 let _ = summed.f_mul_scalar_(coef as f32 as f64)?;
             }
-            // This rank's span of the bucket, once updated, is written over its summed gradient
-            // (each piece's gradient is used by then; the padding is zero on every rank), so
-            // that the gather needs no buffer of its own.
-            let contribution = summed.shallow_clone();
-            for segment in &bucket.owned {
-                let flat = params[segment.tensor].f_view([-1])?;
+            for segment in bucket.owned.iter().filter(|s| stepped[s.tensor]) {
+                let flat = weights(index, segment)?;
                 // A piece at a time, as the one-process AdamW steps: the update's temporaries
                 // stay a few MB however large the segment (the embedding's, at 8B).
                 for start in (0..segment.len).step_by(self.piece as usize) {
                     let len = self.piece.min(segment.len - start);
-                    let (in_tensor, in_span) = (segment.in_tensor + start, segment.in_span + start);
-                    let mut mine = flat.f_narrow(0, in_tensor, len)?;
-                    if stepped[segment.tensor] {
-                        let grad = summed.f_narrow(0, in_span, len)?;
-                        constants.update(
-                            &mut mine,
-                            &grad,
-                            &mut self.exp_avg[index].f_narrow(0, in_span, len)?,
-                            &mut self.exp_avg_sq[index].f_narrow(0, in_span, len)?,
-                        )?;
-                    }
-                    contribution.f_narrow(0, in_span, len)?.f_copy_(&mine)?;
+                    let in_span = segment.in_span + start;
+                    constants.update(
+                        &mut flat.f_narrow(0, start, len)?,
+                        &summed.f_narrow(0, in_span, len)?,
+                        &mut self.exp_avg[index].f_narrow(0, in_span, len)?,
+                        &mut self.exp_avg_sq[index].f_narrow(0, in_span, len)?,
+                    )?;
                 }
             }
-            let mut whole = self.scratch.f_narrow(0, 0, bucket.padded(world))?;
-            group.all_gather(&mut whole, &contribution)?;
-            unpack(&whole, bucket, params)?;
         }
         Ok(())
     }
+}
+
+/// The weights of `segment`, as a flat view of its tensor.
+fn owned_weights(params: &[Tensor], segment: &Segment) -> Result<Tensor, EngineError> {
+    Ok(params[segment.tensor]
+        .f_view([-1])?
+        .f_narrow(0, segment.in_tensor, segment.len)?)
 }
 
 /// Which tensors have a gradient: the same on every rank (all hold the same model). A tensor

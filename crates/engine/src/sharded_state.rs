@@ -130,8 +130,17 @@ impl ShardedAdamW {
         dir: &Path,
         params: &crate::Parameters,
     ) -> Result<(), EngineError> {
+        self.load_moments_of(dir, params.names(), &params.shapes())
+    }
+
+    /// [`ShardedAdamW::load_moments_from_whole`] for parameters of `names` and `shapes`.
+    pub(crate) fn load_moments_of(
+        &mut self,
+        dir: &Path,
+        names: &[String],
+        shapes: &[Vec<usize>],
+    ) -> Result<(), EngineError> {
         let files = TensorFiles::open(dir, OPTIMIZER_STEM)?;
-        let (names, shapes) = (params.names(), params.shapes());
         let entry = |t: usize, kind: &str| TensorEntry {
             name: format!("{}.{kind}", names[t]),
             shape: shapes[t].clone(),

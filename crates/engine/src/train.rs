@@ -84,7 +84,7 @@ impl Batch {
         })
     }
 
-    fn rows_range(
+    pub(crate) fn rows_range(
         &self,
         start: usize,
         len: usize,

@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
-use templar_engine::{Batch, Device, Llama, Preset, ShardedTrainer, TrainConfig, Trainer};
+use templar_engine::{
+    Batch, Device, FullyShardedTrainer, Llama, Preset, ShardedTrainer, TrainConfig, Trainer,
+    load_model, load_optimizer,
+};
 
 const STEPS: u64 = 3;
 
@@ -67,10 +70,21 @@ fn bucket_values(world: usize) -> i64 {
 
 /// Starts `world` ranks of `scenario` meeting in `dir`.
 fn start_ranks(scenario: &str, world: usize, dir: &Path) -> Vec<std::process::Child> {
+    start_ranks_with(scenario, world, dir, &[])
+}
+
+/// [`start_ranks`] with more environment variables.
+fn start_ranks_with(
+    scenario: &str,
+    world: usize,
+    dir: &Path,
+    vars: &[(&str, &str)],
+) -> Vec<std::process::Child> {
     let exe = std::env::current_exe().unwrap();
     (0..world)
         .map(|rank| {
             Command::new(&exe)
+                .envs(vars.iter().copied())
                 .args(["--exact", "rank", "--nocapture", "--test-threads=1"])
                 .env("TEMPLAR_SHARDED_RANK", rank.to_string())
                 .env("TEMPLAR_SHARDED_WORLD", world.to_string())
@@ -86,38 +100,256 @@ fn start_ranks(scenario: &str, world: usize, dir: &Path) -> Vec<std::process::Ch
         .collect()
 }
 
+/// Waits for every rank to succeed; returns what each printed.
+fn outputs(children: Vec<std::process::Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(rank, child)| {
+            let output = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "rank {rank}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            text
+        })
+        .collect()
+}
+
+/// What a rank printed after `tag`.
+fn printed(text: &str, tag: &str) -> String {
+    text.lines()
+        .find_map(|l| l.split_once(tag).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no {tag} printed: {text}"))
+        .to_string()
+}
+
+/// The f32 values a rank wrote to `name` in `dir`.
+fn read_f32s(dir: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join(name)).unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn write_f32s(path: &Path, values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// Runs `world` ranks; returns their losses, moment counts and final weights, by rank.
 fn run_ranks(world: usize, dir: &Path) -> (Vec<Vec<f64>>, Vec<i64>, Vec<Vec<f32>>) {
-    let children = start_ranks("train", world, dir);
-    let mut losses = Vec::new();
-    let mut moments = Vec::new();
-    for (rank, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "rank {rank}: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let line = |tag: &str| {
-            text.lines()
-                .find_map(|l| l.split_once(tag).map(|(_, rest)| rest))
-                .unwrap_or_else(|| panic!("rank {rank} printed no {tag}: {text}"))
-                .to_string()
-        };
-        losses.push(serde_json::from_str(&line("LOSSES ")).unwrap());
-        moments.push(line("MOMENTS ").parse().unwrap());
-    }
+    let texts = outputs(start_ranks("train", world, dir));
+    let losses = texts
+        .iter()
+        .map(|t| serde_json::from_str(&printed(t, "LOSSES ")).unwrap())
+        .collect();
+    let moments = texts
+        .iter()
+        .map(|t| printed(t, "MOMENTS ").parse().unwrap())
+        .collect();
     let weights = (0..world)
-        .map(|rank| {
-            let bytes = std::fs::read(dir.join(format!("weights-{rank}.bin"))).unwrap();
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
+        .map(|rank| read_f32s(dir, &format!("weights-{rank}.bin")))
         .collect();
     (losses, moments, weights)
+}
+
+fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+fn assert_losses_match(got: &[f64], want: &[f64], what: &str) {
+    assert_losses_within(got, want, 1e-5, what);
+}
+
+fn assert_losses_within(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (step, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tolerance,
+            "{what}, step {step}: loss {g} against {w}"
+        );
+    }
+}
+
+/// The one-process reference for the fully sharded runs: losses of `steps` steps from seed 0,
+/// and the weights after `checkpoint_after` of them.
+fn one_process(tied: bool, steps: u64, checkpoint_after: u64) -> (Vec<f64>, Vec<f32>) {
+    let (mut preset, config) = setup();
+    preset.model.tie_word_embeddings = tied;
+    let model = Llama::new(&preset.model, 0, Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(model, config.clone()).unwrap();
+    let mut at_checkpoint = Vec::new();
+    let losses = (0..steps)
+        .map(|s| {
+            if s == checkpoint_after {
+                at_checkpoint = weights(&trainer.model);
+            }
+            let batch = batch(s, &preset, &config);
+            trainer.train_step(&batch).unwrap().loss
+        })
+        .collect();
+    (losses, at_checkpoint)
+}
+
+#[test]
+fn fully_sharded_ranks_train_save_and_reshard_as_one_process_does() {
+    tch::set_num_threads(1);
+    let (preset, config) = setup();
+    let (expected, expected_weights) = one_process(true, STEPS + 2, STEPS);
+    let parameters = preset.model.parameter_count() as i64;
+    // 4 ranks train from the seed and save.
+    let four = tempfile::tempdir().unwrap();
+    let checkpoint = four.path().join("checkpoint");
+    let vars = [("TEMPLAR_SHARDED_CHECKPOINT", checkpoint.to_str().unwrap())];
+    let texts = outputs(start_ranks_with("full", 4, four.path(), &vars));
+    for (rank, text) in texts.iter().enumerate() {
+        let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
+        assert_losses_match(
+            &losses,
+            &expected[..STEPS as usize],
+            &format!("rank {rank} of 4"),
+        );
+        let held: f64 = printed(text, "PARAM_BYTES ").parse().unwrap();
+        let share = held / (4 * parameters) as f64;
+        assert!(share <= 0.26, "rank {rank} holds {share:.3} of the weights");
+        let worst = worst_difference(
+            &read_f32s(four.path(), &format!("weights-{rank}.bin")),
+            &expected_weights,
+        );
+        assert!(
+            worst <= 1e-5,
+            "rank {rank} of 4: weights differ by up to {worst}"
+        );
+    }
+    let moments: Vec<i64> = texts
+        .iter()
+        .map(|t| printed(t, "MOMENTS ").parse().unwrap())
+        .collect();
+    assert_eq!(moments.iter().sum::<i64>(), parameters, "{moments:?}");
+    let saved = read_f32s(four.path(), "weights-0.bin");
+    // 2 ranks load what 4 saved, hold the same weights bit for bit, and take the next steps as
+    // one process does (the moments came through too).
+    let two = tempfile::tempdir().unwrap();
+    let texts = outputs(start_ranks_with("full-load", 2, two.path(), &vars));
+    for (rank, text) in texts.iter().enumerate() {
+        assert_eq!(
+            read_f32s(two.path(), &format!("loaded-{rank}.bin")),
+            saved,
+            "rank {rank} of 2"
+        );
+        let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
+        assert_losses_match(
+            &losses,
+            &expected[STEPS as usize..],
+            &format!("rank {rank} of 2"),
+        );
+    }
+    // One process loads it as its own checkpoint.
+    let mut model = load_model(&checkpoint, Device::Cpu).unwrap();
+    assert_eq!(weights(&model), saved, "one process");
+    let mut optimizer = templar_engine::AdamW::new(&model.params, &config).unwrap();
+    load_optimizer(&checkpoint, &mut optimizer, &model.params).unwrap();
+    let next: Vec<f64> = (STEPS..STEPS + 2)
+        .map(|s| {
+            let batch = batch(s, &preset, &config);
+            templar_engine::train_step(&mut model, &mut optimizer, &config, &batch)
+                .unwrap()
+                .loss
+        })
+        .collect();
+    assert_losses_match(&next, &expected[STEPS as usize..], "one process");
+}
+
+#[test]
+fn fully_sharded_ranks_with_their_own_head_train_as_one_process_does() {
+    tch::set_num_threads(1);
+    let (expected, _) = one_process(false, STEPS, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("TEMPLAR_SHARDED_UNTIED", "1")];
+    for (rank, text) in outputs(start_ranks_with("full", 2, dir.path(), &vars))
+        .iter()
+        .enumerate()
+    {
+        let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
+        assert_losses_match(&losses, &expected, &format!("rank {rank} of 2"));
+    }
+    // Gathered in bf16, as on CUDA: the weights the layers see are rounded to bf16, so the
+    // losses move by that rounding (about 2e-4 here), no more.
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("TEMPLAR_SHARDED_UNTIED", "1"),
+        ("TEMPLAR_SHARDED_WIRE", "bf16"),
+    ];
+    for (rank, text) in outputs(start_ranks_with("full", 2, dir.path(), &vars))
+        .iter()
+        .enumerate()
+    {
+        let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
+        assert_losses_within(&losses, &expected, 2e-3, &format!("bf16, rank {rank} of 2"));
+        assert!(
+            losses.iter().zip(&expected).any(|(g, w)| g != w),
+            "bf16 changed nothing"
+        );
+    }
+}
+
+/// One rank of the fully sharded scenarios: `full` trains [`STEPS`] steps from seed 0 and saves
+/// into `TEMPLAR_SHARDED_CHECKPOINT` when it is set; `full-load` loads from there and takes two
+/// more steps (the second's loss shows the loaded moments' part in the first's update).
+fn fully_sharded_rank(scenario: &str, group: ProcessGroup, dir: &Path) {
+    let (mut preset, config) = setup();
+    preset.model.tie_word_embeddings = std::env::var("TEMPLAR_SHARDED_UNTIED").is_err();
+    let rank = group.rank();
+    let checkpoint = std::env::var("TEMPLAR_SHARDED_CHECKPOINT").ok();
+    let (mut trainer, steps) = if scenario == "full-load" {
+        let from = Path::new(checkpoint.as_deref().unwrap());
+        let mut trainer =
+            FullyShardedTrainer::load(from, config.clone(), group, Device::Cpu).unwrap();
+        let loaded: Vec<f32> = trainer
+            .gather_weights()
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.data)
+            .collect();
+        write_f32s(&dir.join(format!("loaded-{rank}.bin")), &loaded);
+        (trainer, STEPS..STEPS + 2)
+    } else {
+        let mut trainer =
+            FullyShardedTrainer::new(&preset.model, 0, config.clone(), group, Device::Cpu).unwrap();
+        if std::env::var("TEMPLAR_SHARDED_WIRE").is_ok_and(|w| w == "bf16") {
+            trainer = trainer.with_wire_kind(tch::Kind::BFloat16);
+        }
+        (trainer, 0..STEPS)
+    };
+    let losses: Vec<f64> = steps
+        .map(|s| {
+            trainer
+                .train_step(&batch(s, &preset, &config))
+                .unwrap()
+                .loss
+        })
+        .collect();
+    println!("LOSSES {}", serde_json::to_string(&losses).unwrap());
+    println!("MOMENTS {}", trainer.moment_values());
+    println!("PARAM_BYTES {}", trainer.param_bytes());
+    let weights: Vec<f32> = trainer
+        .gather_weights()
+        .unwrap()
+        .into_iter()
+        .flat_map(|b| b.data)
+        .collect();
+    write_f32s(&dir.join(format!("weights-{rank}.bin")), &weights);
+    if let (Some(to), "full") = (checkpoint, scenario) {
+        trainer.save(Path::new(&to)).unwrap();
+    }
 }
 
 #[test]
@@ -155,11 +387,7 @@ fn gloo_ranks_train_as_one_process_does() {
             "{moments:?}"
         );
         for (rank, weights) in weights.iter().enumerate() {
-            let worst = weights
-                .iter()
-                .zip(&expected_weights)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = worst_difference(weights, &expected_weights);
             assert!(
                 worst <= 1e-5,
                 "{world} ranks, rank {rank}: weights differ by up to {worst}"
@@ -217,6 +445,10 @@ fn rank() {
         threads: 1,
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
+    let scenario = std::env::var("TEMPLAR_SHARDED_SCENARIO").unwrap();
+    if scenario.starts_with("full") {
+        return fully_sharded_rank(&scenario, group, &dir);
+    }
     let (preset, config) = setup();
     // At 4 ranks every rank but the first starts from other weights, and takes rank 0's.
     let seed = if world == 4 { rank as u64 } else { 0 };
@@ -227,7 +459,7 @@ fn rank() {
         .unwrap();
     let mut trainer =
         ShardedTrainer::with_bucket_values(model, config.clone(), group, bucket).unwrap();
-    if std::env::var("TEMPLAR_SHARDED_SCENARIO").unwrap() == "dies" {
+    if scenario == "dies" {
         trainer.train_step(&batch(0, &preset, &config)).unwrap();
         if rank == 1 {
             // Gone without a word between steps, as a killed process would be.
@@ -254,9 +486,8 @@ fn rank() {
         .collect();
     println!("LOSSES {}", serde_json::to_string(&losses).unwrap());
     println!("MOMENTS {}", trainer.moment_values());
-    let bytes: Vec<u8> = weights(&trainer.model)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    std::fs::write(dir.join(format!("weights-{rank}.bin")), bytes).unwrap();
+    write_f32s(
+        &dir.join(format!("weights-{rank}.bin")),
+        &weights(&trainer.model),
+    );
 }

@@ -1,0 +1,640 @@
+//! Training over the ranks of a process group with the parameters themselves sharded (ZeRO
+//! stage 3, FSDP's semantics): no rank ever holds the whole model. The tensors are grouped in
+//! units — the embedding, each decoder layer, the final norm with the head — and each unit is one
+//! bucket (see `buckets`) of which every rank keeps one span of f32 master weights, with its
+//! AdamW moments and summed gradient. A micro-batch gathers each unit just before its forward,
+//! frees it after, and gathers it again for its backward (the backward recomputes each layer from
+//! its saved input, as [`Llama::backward_loss_sum_recomputing`] does), reduce-scattering the
+//! unit's gradients into the spans as soon as they are made. The optimizer then steps the spans;
+//! nothing is gathered after a step. A rank holds its spans (a world-th of the parameters, the
+//! moments and the gradients) and, for a moment, one or two units whole.
+//!
+//! The arithmetic is the one process's (the same gradients, summed in another order), so losses
+//! and weights match [`crate::Trainer`]'s to float rounding: the tests hold them to 1e-5.
+
+use std::ops::Range;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use templar_dist::{ProcessGroup, ReduceOp};
+
+use crate::buckets::{Bucket, unit_buckets};
+use crate::checkpoint::{
+    OPTIMIZER_FILE, OPTIMIZER_STEM, model_entries, open_weights, save_weights, write_moments_with,
+};
+use crate::config::{ModelConfig, TrainConfig};
+use crate::error::EngineError;
+use crate::init::fill_initial_values;
+use crate::model::{Llama, backward_with};
+use crate::optim::learning_rate;
+use crate::params::{NamedBuffer, parameter_shapes, read_range_into};
+use crate::sharded::{Layout, ShardedAdamW};
+use crate::tensor_files::{DEFAULT_SHARD_BYTES, index_name};
+use crate::train::{Batch, StepStats};
+
+/// Values moved between a file or generator and a span at once.
+const PIECE: usize = 1 << 20;
+
+/// A model trained by one rank of a process group with its parameters sharded: every rank
+/// holds a world-th of the weights, and trains on its share of each batch's rows.
+pub struct FullyShardedTrainer {
+    /// The model's computation, its parameters empty placeholders but for the units gathered.
+    model: Llama,
+    /// One bucket per unit: the moments and summed gradients of this rank's spans.
+    optimizer: ShardedAdamW,
+    /// Per unit, this rank's span of the f32 weights.
+    master: Vec<Tensor>,
+    units: Vec<Range<usize>>,
+    shapes: Vec<Vec<i64>>,
+    gathered: Vec<bool>,
+    /// The kind weights are gathered in: bf16 on CUDA (half the bytes of f32 on the wire, and
+    /// what autocast computes in anyway), f32 on the CPU.
+    wire: Kind,
+    /// One span, which a unit's gradients are reduce-scattered into before they are added.
+    received: Tensor,
+    group: ProcessGroup,
+    /// Values of units gathered now, and at most since the trainer was made.
+    gathered_values: i64,
+    peak_gathered_values: i64,
+    /// Set when a step failed part-way: the ranks may disagree, so no further step is taken.
+    broken: bool,
+}
+
+impl FullyShardedTrainer {
+    /// The weights `seed` gives ([`Llama::new`]'s), of which this rank makes and keeps only its
+    /// spans, one tensor's values at a time.
+    pub fn new(
+        config: &ModelConfig,
+        seed: u64,
+        train: TrainConfig,
+        group: ProcessGroup,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let mut trainer = Self::empty(config, train, group, device)?;
+        let shapes = parameter_shapes(config);
+        let range = config.initializer_range;
+        let mut made: Option<usize> = None;
+        let mut values = Vec::new();
+        trainer.fill_master(|tensor, start, out| {
+            if made != Some(tensor) {
+                let (name, shape) = &shapes[tensor];
+                values.resize(shape.iter().product::<i64>() as usize, 0.0);
+                fill_initial_values(name, range, seed, tensor as u64, &mut values);
+                made = Some(tensor);
+            }
+            out.copy_from_slice(&values[start..start + out.len()]);
+            Ok(())
+        })?;
+        Ok(trainer)
+    }
+
+    /// This rank's spans of `model`'s weights, with fresh moments: for tests and for a model
+    /// small enough to hold whole.
+    pub fn from_model(
+        model: &Llama,
+        train: TrainConfig,
+        group: ProcessGroup,
+    ) -> Result<Self, EngineError> {
+        let mut trainer = Self::empty(&model.config, train, group, model.device())?;
+        trainer.fill_master(|tensor, start, out| model.params.read_range(tensor, start, out))?;
+        Ok(trainer)
+    }
+
+    /// Loads what [`FullyShardedTrainer::save`] (or one process's [`crate::save_model`] and
+    /// [`crate::save_optimizer`]) wrote in `dir`, whatever the number of ranks that saved it:
+    /// each rank reads only its spans. Fresh moments when `dir` holds no optimizer files.
+    pub fn load(
+        dir: &Path,
+        train: TrainConfig,
+        group: ProcessGroup,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let (config, files) = open_weights(dir)?;
+        let entries = model_entries(&config);
+        files.check(&entries)?;
+        let mut trainer = Self::empty(&config, train, group, device)?;
+        trainer.fill_master(|tensor, start, out| {
+            let entry = &entries[tensor];
+            files.read_range_into(&entry.name, &entry.shape, start, out)
+        })?;
+        let has_moments =
+            dir.join(OPTIMIZER_FILE).exists() || dir.join(index_name(OPTIMIZER_STEM)).exists();
+        if has_moments {
+            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            let shapes: Vec<Vec<usize>> = entries.iter().map(|e| e.shape.clone()).collect();
+            trainer.optimizer.load_moments_of(dir, &names, &shapes)?;
+        }
+        Ok(trainer)
+    }
+
+    fn empty(
+        config: &ModelConfig,
+        train: TrainConfig,
+        group: ProcessGroup,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let model = Llama::skeleton(config, device)?;
+        let shapes: Vec<Vec<i64>> = parameter_shapes(config)
+            .into_iter()
+            .map(|(_, shape)| shape)
+            .collect();
+        let numels: Vec<i64> = shapes.iter().map(|s| s.iter().product()).collect();
+        let units = units(model.params.names());
+        let (rank, world) = (group.rank(), group.world());
+        let buckets = unit_buckets(&numels, &units, rank, world);
+        let options = (Kind::Float, device);
+        let master = buckets
+            .iter()
+            .map(|b| Tensor::f_zeros([b.span], options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let largest_span = buckets.iter().map(|b| b.span).max().unwrap_or(0);
+        let layout = Layout {
+            numels,
+            rank,
+            world,
+            bucket_values: i64::MAX,
+        };
+        Ok(FullyShardedTrainer {
+            optimizer: ShardedAdamW::for_buckets(buckets, layout, train, device)?,
+            master,
+            gathered: vec![false; units.len()],
+            units,
+            shapes,
+            wire: if device.is_cuda() {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            },
+            received: Tensor::f_zeros([largest_span], options)?,
+            model,
+            group,
+            gathered_values: 0,
+            peak_gathered_values: 0,
+            broken: false,
+        })
+    }
+
+    /// Gathers weights in `kind` (f32 or bf16) rather than the device's default.
+    pub fn with_wire_kind(mut self, kind: Kind) -> Self {
+        self.wire = kind;
+        self
+    }
+
+    /// Writes each of this rank's spans from `read(tensor, start, out)`, which gives values
+    /// `start..start + out.len()` of a tensor, a piece at a time.
+    fn fill_master(
+        &mut self,
+        mut read: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut values = Vec::new();
+        for (bucket, span) in self.optimizer.buckets.iter().zip(&self.master) {
+            for segment in &bucket.owned {
+                for piece in (0..segment.len).step_by(PIECE) {
+                    let len = (PIECE as i64).min(segment.len - piece);
+                    values.resize(len as usize, 0.0);
+                    read(
+                        segment.tensor,
+                        (segment.in_tensor + piece) as usize,
+                        &mut values,
+                    )?;
+                    span.f_narrow(0, segment.in_span + piece, len)?
+                        .f_copy_(&Tensor::f_from_slice(&values)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    pub fn world(&self) -> usize {
+        self.group.world()
+    }
+
+    /// Bytes of weights this rank keeps: its f32 spans.
+    pub fn param_bytes(&self) -> i64 {
+        4 * self.master.iter().map(|s| s.numel() as i64).sum::<i64>()
+    }
+
+    /// Bytes of f32 weights held whole at once, at most, while training: the units gathered
+    /// together (a layer, with the embedding too when the head is the embedding).
+    pub fn peak_gathered_bytes(&self) -> i64 {
+        4 * self.peak_gathered_values
+    }
+
+    /// Values of AdamW state this rank holds per moment.
+    pub fn moment_values(&self) -> i64 {
+        self.optimizer.moment_values()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.steps()
+    }
+
+    /// One optimizer step over `batch`, the whole batch as every rank sees it: this rank trains
+    /// on its world-th of the rows. Every rank returns the same statistics.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
+        if self.broken {
+            return Err(EngineError::Batch(
+                "an earlier step failed part-way on these ranks: rebuild the group and reload the \
+                 last saved state"
+                    .into(),
+            ));
+        }
+        let (rank, world) = (self.rank(), self.world());
+        let rows = batch.rows();
+        if !rows.is_multiple_of(world) {
+            return Err(EngineError::Batch(format!(
+                "a batch of {rows} samples does not split evenly over {world} ranks"
+            )));
+        }
+        let predicted = batch.predicted_positions()?;
+        if predicted == 0 {
+            return Err(EngineError::Batch(
+                "every label is ignored; nothing to train on".into(),
+            ));
+        }
+        let mine = batch.rows_slice(rank * rows / world, rows / world)?;
+        let stepped = self.step(&mine, predicted);
+        self.broken = stepped.is_err();
+        let (loss, grad_norm, lr) = stepped?;
+        Ok(StepStats {
+            loss: loss / predicted as f64,
+            grad_norm,
+            lr,
+            tokens: rows * batch.seq_len(),
+        })
+    }
+
+    /// Gradients of this rank's rows `mine` summed into the spans, then the step: the summed
+    /// loss, the gradient's norm and the learning rate.
+    fn step(&mut self, mine: &Batch, predicted: i64) -> Result<(f64, f64, f64), EngineError> {
+        tch::no_grad(|| {
+            for summed in &mut self.optimizer.gradients {
+                let _ = summed.f_zero_()?;
+            }
+            Ok::<_, EngineError>(())
+        })?;
+        let device = self.model.device();
+        let micro = self.optimizer.config().micro_batch_size.max(1);
+        let mut local_loss = 0.0;
+        for start in (0..mine.rows()).step_by(micro) {
+            let len = micro.min(mine.rows() - start);
+            let (input_ids, labels) = mine.rows_range(start, len, device)?;
+            local_loss += self.micro_batch(&input_ids, &labels, predicted as f64)?;
+        }
+        let every = vec![true; self.shapes.len()];
+        let (squares, loss) = tch::no_grad(|| {
+            self.optimizer
+                .sum_across_ranks(&mut self.group, &every, local_loss, device)
+        })?;
+        let grad_norm = squares.sqrt();
+        let lr = learning_rate(self.optimizer.config(), self.optimizer.steps());
+        self.optimizer.set_steps(self.optimizer.steps() + 1);
+        let master = &self.master;
+        tch::no_grad(|| {
+            self.optimizer
+                .step_owned(&every, grad_norm, lr, |unit, segment| {
+                    Ok(master[unit].f_narrow(0, segment.in_span, segment.len)?)
+                })
+        })?;
+        Ok((loss, grad_norm, lr))
+    }
+
+    /// One micro-batch's gradients, each unit's reduce-scattered into the spans as soon as it
+    /// is complete; returns this micro-batch's summed loss.
+    fn micro_batch(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        divisor: f64,
+    ) -> Result<f64, EngineError> {
+        let autocast = self.model.device().is_cuda();
+        let (embedding, head) = (0, self.units.len() - 1);
+        let layers = self.units.len() - 2;
+        // A tied head is the embedding: kept gathered until the embedding's gradient is done.
+        let tied = self.model.config.tie_word_embeddings;
+        self.gather(embedding)?;
+        let embedded = self.model.embed_for_training(input_ids, autocast)?;
+        let rotary = self.model.rotary(input_ids)?;
+        if !tied {
+            self.release(embedding);
+        }
+        let mut inputs = Vec::with_capacity(layers);
+        let mut x = embedded.f_detach()?;
+        for layer in 0..layers {
+            self.gather(layer + 1)?;
+            let next = tch::no_grad(|| {
+                tch::autocast(autocast, || self.model.run_layer(layer, &x, &rotary))
+            })?;
+            self.release(layer + 1);
+            inputs.push(std::mem::replace(&mut x, next));
+        }
+        let last = x.set_requires_grad(true);
+        self.gather(head)?;
+        let (loss, _) = self.model.backward_head(&last, labels, divisor, autocast)?;
+        self.scatter_gradients(head)?;
+        self.release(head);
+        let mut grad = last.grad();
+        for layer in (0..layers).rev() {
+            let Some(saved) = inputs.pop() else { break };
+            let input = if layer == 0 {
+                embedded.shallow_clone()
+            } else {
+                saved.f_detach()?.set_requires_grad(true)
+            };
+            drop(saved);
+            self.gather(layer + 1)?;
+            let output = tch::autocast(autocast, || self.model.run_layer(layer, &input, &rotary))?;
+            backward_with(&output, &grad)?;
+            drop(output);
+            if layer > 0 {
+                grad = input.grad();
+            }
+            self.scatter_gradients(layer + 1)?;
+            self.release(layer + 1);
+        }
+        self.gather(embedding)?;
+        self.model.backward_embedding(input_ids, &embedded)?;
+        self.scatter_gradients(embedding)?;
+        self.release(embedding);
+        Ok(loss)
+    }
+
+    /// Makes `unit`'s tensors whole on this rank (f32, as the model computes), from every
+    /// rank's span, unless they are already.
+    fn gather(&mut self, unit: usize) -> Result<(), EngineError> {
+        if self.gathered[unit] {
+            return Ok(());
+        }
+        let bucket = &self.optimizer.buckets[unit];
+        let whole = gather_whole(&mut self.group, bucket, &self.master[unit], self.wire)?;
+        for placed in &bucket.tensors {
+            let shape = self.shapes[placed.tensor].as_slice();
+            self.model.params.tensors[placed.tensor] = whole
+                .f_narrow(0, placed.offset, placed.numel)?
+                .f_view(shape)?
+                .f_detach()?
+                .set_requires_grad(true);
+        }
+        self.gathered[unit] = true;
+        self.gathered_values += bucket.numel;
+        self.peak_gathered_values = self.peak_gathered_values.max(self.gathered_values);
+        Ok(())
+    }
+
+    /// Drops `unit`'s whole tensors and their gradients.
+    fn release(&mut self, unit: usize) {
+        if !self.gathered[unit] {
+            return;
+        }
+        // The whole buffer goes with its last view.
+        for tensor in self.units[unit].clone() {
+            self.model.params.tensors[tensor] = Tensor::new();
+        }
+        self.gathered[unit] = false;
+        self.gathered_values -= self.optimizer.buckets[unit].numel;
+    }
+
+    /// Sums `unit`'s gradients across ranks into this rank's span of them.
+    fn scatter_gradients(&mut self, unit: usize) -> Result<(), EngineError> {
+        let world = self.world();
+        let bucket = &self.optimizer.buckets[unit];
+        let whole = self
+            .optimizer
+            .scratch
+            .f_narrow(0, 0, bucket.padded(world))?;
+        tch::no_grad(|| -> Result<(), EngineError> {
+            for placed in &bucket.tensors {
+                let mut slot = whole.f_narrow(0, placed.offset, placed.numel)?;
+                let grad = self.model.params.tensors[placed.tensor].grad();
+                if grad.defined() {
+                    slot.f_copy_(&grad.f_reshape([-1])?)?;
+                } else {
+                    let _ = slot.f_zero_()?;
+                }
+            }
+            let padding = bucket.padded(world) - bucket.numel;
+            let _ = whole.f_narrow(0, bucket.numel, padding)?.f_zero_()?;
+            let mut received = self.received.f_narrow(0, 0, bucket.span)?;
+            self.group
+                .reduce_scatter(&mut received, &whole, ReduceOp::Sum)?;
+            let _ = self.optimizer.gradients[unit].f_add_(&received)?;
+            Ok(())
+        })
+    }
+
+    /// A whole copy of every tensor on every rank, one unit gathered at a time: for tests, and
+    /// for models small enough to hold whole. Every rank calls it.
+    pub fn gather_weights(&mut self) -> Result<Vec<NamedBuffer>, EngineError> {
+        let mut buffers = Vec::with_capacity(self.shapes.len());
+        for unit in 0..self.units.len() {
+            let bucket = &self.optimizer.buckets[unit];
+            let whole = gather_whole(&mut self.group, bucket, &self.master[unit], Kind::Float)?;
+            for placed in &bucket.tensors {
+                let mut data = vec![0f32; placed.numel as usize];
+                read_range_into(
+                    &whole.f_narrow(0, placed.offset, placed.numel)?,
+                    0,
+                    &mut data,
+                )?;
+                buffers.push(NamedBuffer {
+                    name: self.model.params.names[placed.tensor].clone(),
+                    shape: self.shapes[placed.tensor]
+                        .iter()
+                        .map(|&d| d as usize)
+                        .collect(),
+                    data,
+                });
+            }
+        }
+        Ok(buffers)
+    }
+
+    /// Writes the model (`config.json` and safetensors shards, as one process's
+    /// [`crate::save_model`]) and the optimizer (as [`crate::save_optimizer`]) into `dir`:
+    /// every rank takes part in gathering one unit at a time, and rank 0 writes each unit as it
+    /// arrives. What is written is what one process writes, so any number of ranks, or one
+    /// process, or a Hugging Face reader, loads it. Every rank learns whether the write
+    /// succeeded.
+    pub fn save(&mut self, dir: &Path) -> Result<(), EngineError> {
+        let written = if self.rank() == 0 {
+            self.write(dir)
+        } else {
+            self.take_part_in_writing()
+        };
+        let device = self.model.device();
+        let all_ok = self
+            .optimizer
+            .all_ranks_agree(&mut self.group, written.is_ok(), device)?;
+        written?;
+        if !all_ok {
+            return Err(EngineError::checkpoint(
+                dir,
+                "rank 0 failed to write the checkpoint; see its error",
+            ));
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, dir: &Path) -> Result<(), EngineError> {
+        let config = self.model.config.clone();
+        let mut stream = UnitStream::new(&self.optimizer.buckets, vec![&self.master]);
+        save_weights(dir, &config, DEFAULT_SHARD_BYTES, |tensor, start, out| {
+            stream.read(&mut self.group, 0, tensor, start, out)
+        })?;
+        let moments = vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq];
+        let mut stream = UnitStream::new(&self.optimizer.buckets, moments);
+        let names = self.model.params.names.clone();
+        let shapes: Vec<Vec<usize>> = self
+            .shapes
+            .iter()
+            .map(|s| s.iter().map(|&d| d as usize).collect())
+            .collect();
+        let steps = self.optimizer.steps();
+        write_moments_with(dir, &names, &shapes, steps, |tensor, which, start, out| {
+            stream.read(&mut self.group, which, tensor, start, out)
+        })?;
+        Ok(())
+    }
+
+    /// The gathers [`FullyShardedTrainer::write`] makes on rank 0, in its order.
+    fn take_part_in_writing(&mut self) -> Result<(), EngineError> {
+        let sets = [
+            vec![&self.master],
+            vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq],
+        ];
+        for spans in sets {
+            let mut stream = UnitStream::new(&self.optimizer.buckets, spans);
+            for unit in 0..self.units.len() {
+                stream.gather(&mut self.group, unit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tensors' units, by name: the embedding, each decoder layer (`model.layers.{i}.…`), and
+/// what follows (the final norm, and the head when it is not tied); consecutive tensors of one
+/// unit.
+fn units(names: &[String]) -> Vec<Range<usize>> {
+    let unit_of = |name: &str| -> String {
+        match name.strip_prefix("model.layers.") {
+            Some(rest) => format!("layer {}", rest.split('.').next().unwrap_or("")),
+            None if name == "model.embed_tokens.weight" => "embedding".into(),
+            None => "head".into(),
+        }
+    };
+    let mut units: Vec<Range<usize>> = Vec::new();
+    let mut last = None;
+    for (index, name) in names.iter().enumerate() {
+        let unit = unit_of(name);
+        match units.last_mut() {
+            Some(range) if last.as_ref() == Some(&unit) => range.end = index + 1,
+            _ => units.push(index..index + 1),
+        }
+        last = Some(unit);
+    }
+    units
+}
+
+/// A unit's bucket whole, from every rank's span `mine`, sent in `wire` and returned in f32.
+fn gather_whole(
+    group: &mut ProcessGroup,
+    bucket: &Bucket,
+    mine: &Tensor,
+    wire: Kind,
+) -> Result<Tensor, EngineError> {
+    let mut whole = Tensor::f_empty([bucket.padded(group.world())], (wire, mine.device()))?;
+    tch::no_grad(|| group.all_gather(&mut whole, &mine.f_to_kind(wire)?))?;
+    Ok(whole.f_to_kind(Kind::Float)?)
+}
+
+/// Sets of spans (the weights, or both moments) gathered a unit at a time, in unit order, for a
+/// writer that asks for the tensors in order.
+struct UnitStream<'a> {
+    buckets: &'a [Bucket],
+    /// Per set, every unit's span on this rank.
+    sets: Vec<&'a Vec<Tensor>>,
+    /// The unit gathered last, each set of it whole.
+    current: Option<(usize, Vec<Tensor>)>,
+}
+
+impl<'a> UnitStream<'a> {
+    fn new(buckets: &'a [Bucket], sets: Vec<&'a Vec<Tensor>>) -> Self {
+        UnitStream {
+            buckets,
+            sets,
+            current: None,
+        }
+    }
+
+    /// Gathers every set of `unit`.
+    fn gather(&mut self, group: &mut ProcessGroup, unit: usize) -> Result<(), EngineError> {
+        let wholes = self
+            .sets
+            .iter()
+            .map(|spans| gather_whole(group, &self.buckets[unit], &spans[unit], Kind::Float))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.current = Some((unit, wholes));
+        Ok(())
+    }
+
+    /// Values `start..start + out.len()` of `tensor` in set `set`, its unit gathered first
+    /// unless it was the last one gathered.
+    fn read(
+        &mut self,
+        group: &mut ProcessGroup,
+        set: usize,
+        tensor: usize,
+        start: usize,
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        let Some((unit, placed)) = self.buckets.iter().enumerate().find_map(|(unit, b)| {
+            b.tensors
+                .iter()
+                .find(|p| p.tensor == tensor)
+                .map(|p| (unit, *p))
+        }) else {
+            return Err(EngineError::Layout(format!(
+                "no unit holds tensor {tensor}"
+            )));
+        };
+        if self.current.as_ref().map(|(u, _)| *u) != Some(unit) {
+            self.gather(group, unit)?;
+        }
+        let Some((_, wholes)) = &self.current else {
+            return Err(EngineError::Layout(format!("unit {unit} was not gathered")));
+        };
+        let values = wholes[set].f_narrow(0, placed.offset, placed.numel)?;
+        read_range_into(&values, start, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_the_embedding_each_layer_and_the_rest() {
+        let names: Vec<String> = [
+            "model.embed_tokens.weight",
+            "model.layers.0.a",
+            "model.layers.0.b",
+            "model.layers.1.a",
+            "model.layers.10.a",
+            "model.norm.weight",
+            "lm_head.weight",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(units(&names), vec![0..1, 1..3, 3..4, 4..5, 5..7]);
+    }
+}
