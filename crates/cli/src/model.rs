@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
-use templar_engine::fit::{Machine, find_fit, settings};
+use templar_engine::fit::{FitReport, Machine, find_fit, find_full_shard_fit, settings};
 use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape};
 
 #[derive(Subcommand)]
@@ -169,8 +169,16 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
         host_bytes: args.host_memory_gb.map(bytes).transpose()?,
     };
     let report = find_fit(&preset.model, &preset.train, role, shape, machine);
+    // A miner over ranks whose node does not fit: whether its training would, fully sharded.
+    let full = (role == Role::Miner && report.chosen.is_none() && shape.ranks > 1)
+        .then(|| find_full_shard_fit(&preset.model, &preset.train, shape, machine));
     if args.json {
-        let value = serde_json::json!({ "preset": name, "machine": machine, "fit": report });
+        let value = serde_json::json!({
+            "preset": name,
+            "machine": machine,
+            "fit": report,
+            "full_shard": full,
+        });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -213,11 +221,49 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
             );
             Ok(())
         }
-        (None, reason) => bail!(
-            "{name} does not fit as a {role:?} over {} rank(s): {}",
-            report.ranks,
-            reason.as_deref().unwrap_or("no candidate fits")
-        ),
+        (None, reason) => {
+            if let Some(full) = &full {
+                print_full_shard(full);
+            }
+            bail!(
+                "{name} does not fit as a {role:?} over {} rank(s): {}",
+                report.ranks,
+                reason.as_deref().unwrap_or("no candidate fits")
+            )
+        }
+    }
+}
+
+/// The fully sharded trainer's candidates: training state only, since the node's outer step does
+/// not run fully sharded yet.
+fn print_full_shard(report: &FitReport) {
+    println!(
+        "fully sharded training over {} ranks (`templar bench train --shard full`; training \
+         only, the node's outer step is not sharded yet):",
+        report.ranks
+    );
+    println!(
+        "  {:<10} {:>11} {:>12} {:>16} {:>14}  fits",
+        "offload", "micro-batch", "passes/step", "device GiB/rank", "host GiB (all)"
+    );
+    for (i, c) in report.candidates.iter().enumerate() {
+        println!(
+            "  {:<10} {:>11} {:>12} {:>16.1} {:>14.1}  {}{}",
+            c.offload,
+            c.shape.micro_batch,
+            c.passes_per_step,
+            gib(c.device_bytes),
+            gib(c.host_bytes),
+            if c.fits() { "yes" } else { "no" },
+            if report.chosen == Some(i) {
+                "  ← first to fit"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(reason) = &report.reason {
+        println!("  {reason}");
     }
 }
 

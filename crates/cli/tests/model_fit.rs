@@ -33,6 +33,20 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
         said.contains("no number of ranks fits until parameters are sharded"),
         "{said}"
     );
+    // Fully sharded, its training fits once the spans are offloaded to the host.
+    let table = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        table.contains("fully sharded training over 8 ranks"),
+        "{table}"
+    );
+    let chosen = table.lines().find(|l| l.contains("first to fit")).unwrap();
+    assert!(chosen.trim_start().starts_with("true"), "{table}");
+    let json = info("--preset 70b --role miner --ranks 8 --device-memory-gb 139 --json");
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let full = &report["full_shard"];
+    let chosen = &full["candidates"][full["chosen"].as_u64().unwrap() as usize];
+    assert_eq!(chosen["offload"], true);
+    assert!(chosen["device_bytes"].as_u64().unwrap() <= 139 << 30);
 
     let cpu = info("--preset 8b --role miner --device cpu --device-memory-gb 139");
     assert!(!cpu.status.success());

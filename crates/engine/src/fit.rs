@@ -9,6 +9,7 @@ use crate::config::{ModelConfig, TrainConfig};
 use crate::error::EngineError;
 use crate::memory::{
     MemoryPlan, Place, Role, WindowShape, available_host_bytes, check_fits, free_device_bytes,
+    full_shard_plan,
 };
 
 /// The memory a machine offers one node: each device's, and the host's (shared by the ranks).
@@ -31,6 +32,8 @@ pub struct Candidate {
     pub fits_host: bool,
     /// Forward and backward passes each rank makes per inner step at this micro-batch.
     pub passes_per_step: usize,
+    /// Fully sharded only: whether the spans are offloaded to host memory.
+    pub offload: bool,
 }
 
 impl Candidate {
@@ -177,7 +180,10 @@ fn plan(
     machine: Machine,
     rows: usize,
 ) -> Candidate {
-    let plan = MemoryPlan::new(model, role, shape);
+    candidate(MemoryPlan::new(model, role, shape), shape, machine, rows)
+}
+
+fn candidate(plan: MemoryPlan, shape: WindowShape, machine: Machine, rows: usize) -> Candidate {
     let device_bytes = if shape.device_is_host {
         0
     } else {
@@ -191,6 +197,53 @@ fn plan(
         fits_device: machine.device_bytes.is_none_or(|have| device_bytes <= have),
         fits_host: machine.host_bytes.is_none_or(|have| host_bytes <= have),
         passes_per_step: rows.div_ceil(shape.micro_batch.max(1)),
+        offload: false,
+    }
+}
+
+/// Whether a fully sharded trainer ([`crate::FullyShardedTrainer`], [`full_shard_plan`]) fits
+/// `machine` over `shape.ranks` ranks: its spans on the device at the preset's micro-batch and
+/// then at smaller ones, then the same with the spans offloaded to the host. Training state
+/// only: the node's outer step does not run fully sharded yet.
+pub fn find_full_shard_fit(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    shape: WindowShape,
+    machine: Machine,
+) -> FitReport {
+    let ranks = shape.ranks.max(1);
+    let rows = (train.batch_size / ranks).max(1);
+    let recomputing = WindowShape {
+        recompute: true,
+        ..shape
+    };
+    let shapes = candidate_shapes(Role::Miner, recomputing, rows);
+    let candidates: Vec<Candidate> = [false, true]
+        .into_iter()
+        .flat_map(|offload| {
+            shapes.iter().map(move |&shape| Candidate {
+                offload,
+                ..candidate(full_shard_plan(model, shape, offload), shape, machine, rows)
+            })
+        })
+        .collect();
+    let chosen = candidates.iter().position(Candidate::fits);
+    let reason = match (chosen, candidates.last()) {
+        (None, Some(last)) => Some(format!(
+            "fully sharded over {ranks} ranks with the spans offloaded, at micro-batch {}, a \
+             device needs {:.1} GiB and the host {:.1} GiB: use more ranks",
+            last.shape.micro_batch,
+            last.device_bytes as f64 / (1u64 << 30) as f64,
+            last.host_bytes as f64 / (1u64 << 30) as f64,
+        )),
+        _ => None,
+    };
+    FitReport {
+        role: Role::Miner,
+        ranks,
+        candidates,
+        chosen,
+        reason,
     }
 }
 
@@ -288,6 +341,25 @@ mod tests {
             shape(&preset, ranks),
             machine,
         )
+    }
+
+    #[test]
+    fn a_fully_sharded_70b_needs_its_spans_offloaded_on_8_h200s_and_not_on_16() {
+        let preset = Preset::load("70b").unwrap();
+        let machine = Machine {
+            device_bytes: Some(139 * GIB),
+            host_bytes: None,
+        };
+        let over = |ranks| {
+            find_full_shard_fit(&preset.model, &preset.train, shape(&preset, ranks), machine)
+        };
+        let eight = over(8);
+        let chosen = &eight.candidates[eight.chosen.unwrap()];
+        assert!(chosen.offload, "{chosen:?}");
+        // On the device the 16 bytes a parameter of spans alone are 70.6e9 × 16 / 8 = 131 GiB.
+        assert!(eight.candidates.iter().all(|c| c.offload || !c.fits_device));
+        let sixteen = over(16);
+        assert!(!sixteen.candidates[sixteen.chosen.unwrap()].offload);
     }
 
     #[test]

@@ -35,6 +35,48 @@ use crate::train::{Batch, StepStats};
 /// Values moved between a file or generator and a span at once.
 const PIECE: usize = 1 << 20;
 
+/// Where a fully sharded trainer computes, and whether it keeps its spans — the f32 weights, the
+/// AdamW moments and the summed gradients, 16 bytes a parameter over the world — in host memory
+/// instead (pinned, on CUDA): the device then holds only the units gathered, one span of
+/// gradients in flight and the activations, and each step moves the gradients to the host, steps
+/// there, and each gather moves a span to the device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub compute: Device,
+    pub offload: bool,
+}
+
+impl From<Device> for Placement {
+    fn from(compute: Device) -> Self {
+        Placement {
+            compute,
+            offload: false,
+        }
+    }
+}
+
+impl Placement {
+    /// Where the spans live.
+    fn state(self) -> Device {
+        if self.offload {
+            Device::Cpu
+        } else {
+            self.compute
+        }
+    }
+
+    /// A span of `values` zeros where the spans live (pinned when they cross to a GPU, so the
+    /// copies run at the link's full speed).
+    fn span(self, values: i64) -> Result<Tensor, EngineError> {
+        let span = Tensor::f_zeros([values], (Kind::Float, self.state()))?;
+        Ok(if self.offload && self.compute.is_cuda() {
+            span.f_pin_memory(self.compute)?
+        } else {
+            span
+        })
+    }
+}
+
 /// A model trained by one rank of a process group with its parameters sharded: every rank
 /// holds a world-th of the weights, and trains on its share of each batch's rows.
 pub struct FullyShardedTrainer {
@@ -52,6 +94,7 @@ pub struct FullyShardedTrainer {
     wire: Kind,
     /// One span, which a unit's gradients are reduce-scattered into before they are added.
     received: Tensor,
+    placement: Placement,
     group: ProcessGroup,
     /// Values of units gathered now, and at most since the trainer was made.
     gathered_values: i64,
@@ -68,9 +111,9 @@ impl FullyShardedTrainer {
         seed: u64,
         train: TrainConfig,
         group: ProcessGroup,
-        device: Device,
+        placement: impl Into<Placement>,
     ) -> Result<Self, EngineError> {
-        let mut trainer = Self::empty(config, train, group, device)?;
+        let mut trainer = Self::empty(config, train, group, placement.into())?;
         let shapes = parameter_shapes(config);
         let range = config.initializer_range;
         let mut made: Option<usize> = None;
@@ -88,18 +131,6 @@ impl FullyShardedTrainer {
         Ok(trainer)
     }
 
-    /// This rank's spans of `model`'s weights, with fresh moments: for tests and for a model
-    /// small enough to hold whole.
-    pub fn from_model(
-        model: &Llama,
-        train: TrainConfig,
-        group: ProcessGroup,
-    ) -> Result<Self, EngineError> {
-        let mut trainer = Self::empty(&model.config, train, group, model.device())?;
-        trainer.fill_master(|tensor, start, out| model.params.read_range(tensor, start, out))?;
-        Ok(trainer)
-    }
-
     /// Loads what [`FullyShardedTrainer::save`] (or one process's [`crate::save_model`] and
     /// [`crate::save_optimizer`]) wrote in `dir`, whatever the number of ranks that saved it:
     /// each rank reads only its spans. Fresh moments when `dir` holds no optimizer files.
@@ -107,12 +138,12 @@ impl FullyShardedTrainer {
         dir: &Path,
         train: TrainConfig,
         group: ProcessGroup,
-        device: Device,
+        placement: impl Into<Placement>,
     ) -> Result<Self, EngineError> {
         let (config, files) = open_weights(dir)?;
         let entries = model_entries(&config);
         files.check(&entries)?;
-        let mut trainer = Self::empty(&config, train, group, device)?;
+        let mut trainer = Self::empty(&config, train, group, placement.into())?;
         trainer.fill_master(|tensor, start, out| {
             let entry = &entries[tensor];
             files.read_range_into(&entry.name, &entry.shape, start, out)
@@ -131,8 +162,9 @@ impl FullyShardedTrainer {
         config: &ModelConfig,
         train: TrainConfig,
         group: ProcessGroup,
-        device: Device,
+        placement: Placement,
     ) -> Result<Self, EngineError> {
+        let device = placement.compute;
         let model = Llama::skeleton(config, device)?;
         let shapes: Vec<Vec<i64>> = parameter_shapes(config)
             .into_iter()
@@ -142,10 +174,9 @@ impl FullyShardedTrainer {
         let units = units(model.params.names());
         let (rank, world) = (group.rank(), group.world());
         let buckets = unit_buckets(&numels, &units, rank, world);
-        let options = (Kind::Float, device);
         let master = buckets
             .iter()
-            .map(|b| Tensor::f_zeros([b.span], options))
+            .map(|b| placement.span(b.span))
             .collect::<Result<Vec<_>, _>>()?;
         let largest_span = buckets.iter().map(|b| b.span).max().unwrap_or(0);
         let layout = Layout {
@@ -155,7 +186,12 @@ impl FullyShardedTrainer {
             bucket_values: i64::MAX,
         };
         Ok(FullyShardedTrainer {
-            optimizer: ShardedAdamW::for_buckets(buckets, layout, train, device)?,
+            optimizer: ShardedAdamW::for_buckets(
+                buckets,
+                layout,
+                train,
+                (placement.state(), device),
+            )?,
             master,
             gathered: vec![false; units.len()],
             units,
@@ -165,7 +201,8 @@ impl FullyShardedTrainer {
             } else {
                 Kind::Float
             },
-            received: Tensor::f_zeros([largest_span], options)?,
+            received: Tensor::f_zeros([largest_span], (Kind::Float, device))?,
+            placement,
             model,
             group,
             gathered_values: 0,
@@ -375,7 +412,8 @@ impl FullyShardedTrainer {
             return Ok(());
         }
         let bucket = &self.optimizer.buckets[unit];
-        let whole = gather_whole(&mut self.group, bucket, &self.master[unit], self.wire)?;
+        let mine = &self.master[unit];
+        let whole = gather_whole(&mut self.group, bucket, mine, (self.wire, self.placement))?;
         for placed in &bucket.tensors {
             let shape = self.shapes[placed.tensor].as_slice();
             self.model.params.tensors[placed.tensor] = whole
@@ -426,6 +464,7 @@ impl FullyShardedTrainer {
             let mut received = self.received.f_narrow(0, 0, bucket.span)?;
             self.group
                 .reduce_scatter(&mut received, &whole, ReduceOp::Sum)?;
+            let received = received.f_to_device(self.placement.state())?;
             let _ = self.optimizer.gradients[unit].f_add_(&received)?;
             Ok(())
         })
@@ -437,7 +476,8 @@ impl FullyShardedTrainer {
         let mut buffers = Vec::with_capacity(self.shapes.len());
         for unit in 0..self.units.len() {
             let bucket = &self.optimizer.buckets[unit];
-            let whole = gather_whole(&mut self.group, bucket, &self.master[unit], Kind::Float)?;
+            let mine = &self.master[unit];
+            let whole = gather_whole(&mut self.group, bucket, mine, (Kind::Float, self.placement))?;
             for placed in &bucket.tensors {
                 let mut data = vec![0f32; placed.numel as usize];
                 read_range_into(
@@ -486,12 +526,13 @@ impl FullyShardedTrainer {
 
     fn write(&mut self, dir: &Path) -> Result<(), EngineError> {
         let config = self.model.config.clone();
-        let mut stream = UnitStream::new(&self.optimizer.buckets, vec![&self.master]);
+        let mut stream =
+            UnitStream::new(&self.optimizer.buckets, self.placement, vec![&self.master]);
         save_weights(dir, &config, DEFAULT_SHARD_BYTES, |tensor, start, out| {
             stream.read(&mut self.group, 0, tensor, start, out)
         })?;
         let moments = vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq];
-        let mut stream = UnitStream::new(&self.optimizer.buckets, moments);
+        let mut stream = UnitStream::new(&self.optimizer.buckets, self.placement, moments);
         let names = self.model.params.names.clone();
         let shapes: Vec<Vec<usize>> = self
             .shapes
@@ -512,7 +553,7 @@ impl FullyShardedTrainer {
             vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq],
         ];
         for spans in sets {
-            let mut stream = UnitStream::new(&self.optimizer.buckets, spans);
+            let mut stream = UnitStream::new(&self.optimizer.buckets, self.placement, spans);
             for unit in 0..self.units.len() {
                 stream.gather(&mut self.group, unit)?;
             }
@@ -524,7 +565,7 @@ impl FullyShardedTrainer {
 /// The tensors' units, by name: the embedding, each decoder layer (`model.layers.{i}.…`), and
 /// what follows (the final norm, and the head when it is not tied); consecutive tensors of one
 /// unit.
-fn units(names: &[String]) -> Vec<Range<usize>> {
+pub(crate) fn units(names: &[String]) -> Vec<Range<usize>> {
     let unit_of = |name: &str| -> String {
         match name.strip_prefix("model.layers.") {
             Some(rest) => format!("layer {}", rest.split('.').next().unwrap_or("")),
@@ -545,15 +586,18 @@ fn units(names: &[String]) -> Vec<Range<usize>> {
     units
 }
 
-/// A unit's bucket whole, from every rank's span `mine`, sent in `wire` and returned in f32.
+/// A unit's bucket whole on the compute device, from every rank's span `mine`, sent in `wire`
+/// and returned in f32.
 fn gather_whole(
     group: &mut ProcessGroup,
     bucket: &Bucket,
     mine: &Tensor,
-    wire: Kind,
+    (wire, placement): (Kind, Placement),
 ) -> Result<Tensor, EngineError> {
-    let mut whole = Tensor::f_empty([bucket.padded(group.world())], (wire, mine.device()))?;
-    tch::no_grad(|| group.all_gather(&mut whole, &mine.f_to_kind(wire)?))?;
+    let device = placement.compute;
+    let mut whole = Tensor::f_empty([bucket.padded(group.world())], (wire, device))?;
+    let mine = mine.f_to_device(device)?.f_to_kind(wire)?;
+    tch::no_grad(|| group.all_gather(&mut whole, &mine))?;
     Ok(whole.f_to_kind(Kind::Float)?)
 }
 
@@ -561,6 +605,7 @@ fn gather_whole(
 /// writer that asks for the tensors in order.
 struct UnitStream<'a> {
     buckets: &'a [Bucket],
+    placement: Placement,
     /// Per set, every unit's span on this rank.
     sets: Vec<&'a Vec<Tensor>>,
     /// The unit gathered last, each set of it whole.
@@ -568,9 +613,10 @@ struct UnitStream<'a> {
 }
 
 impl<'a> UnitStream<'a> {
-    fn new(buckets: &'a [Bucket], sets: Vec<&'a Vec<Tensor>>) -> Self {
+    fn new(buckets: &'a [Bucket], placement: Placement, sets: Vec<&'a Vec<Tensor>>) -> Self {
         UnitStream {
             buckets,
+            placement,
             sets,
             current: None,
         }
@@ -581,7 +627,15 @@ impl<'a> UnitStream<'a> {
         let wholes = self
             .sets
             .iter()
-            .map(|spans| gather_whole(group, &self.buckets[unit], &spans[unit], Kind::Float))
+            .map(|spans| {
+                let mine = &spans[unit];
+                gather_whole(
+                    group,
+                    &self.buckets[unit],
+                    mine,
+                    (Kind::Float, self.placement),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.current = Some((unit, wholes));
         Ok(())

@@ -30,7 +30,7 @@ pub use config::{ModelConfig, Preset, TrainConfig};
 pub use device::{DeviceChoice, describe, set_threads};
 pub use error::EngineError;
 pub use eval::Evaluation;
-pub use full_shard::FullyShardedTrainer;
+pub use full_shard::{FullyShardedTrainer, Placement};
 pub use init::fill_initial_values;
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};

@@ -376,6 +376,87 @@ fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
     tokens.min(crate::model::loss_chunk(model) as u64)
 }
 
+/// What one rank of a fully sharded trainer ([`crate::FullyShardedTrainer`]) holds to train at
+/// `shape` (`shape.ranks` ranks; it always recomputes activations), its spans offloaded to host
+/// memory or not: the training state only — a node's outer step (its network model, error
+/// feedback and payloads) does not run fully sharded yet. From the trainer's real buffers: the
+/// unit buckets' spans (the worst rank's), the padded scratch of the largest unit, one span in
+/// flight, and at the peak the units gathered together with their gradients (the tied head's
+/// embedding and a layer, or the head) and the largest unit once more on the wire in bf16.
+pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -> MemoryPlan {
+    let ranks = shape.ranks.max(1);
+    let names: Vec<String> = crate::params::parameter_shapes(model)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let numels: Vec<i64> = crate::params::parameter_shapes(model)
+        .iter()
+        .map(|(_, s)| s.iter().product())
+        .collect();
+    let units = crate::full_shard::units(&names);
+    let buckets = crate::buckets::unit_buckets(&numels, &units, 0, ranks);
+    let span_values: u64 = buckets.iter().map(|b| b.span as u64).sum();
+    let largest_span = buckets.iter().map(|b| b.span as u64).max().unwrap_or(0);
+    let largest_padded = buckets
+        .iter()
+        .map(|b| b.padded(ranks) as u64)
+        .max()
+        .unwrap_or(0);
+    let unit_values: Vec<u64> = buckets.iter().map(|b| b.numel as u64).collect();
+    let embedding = unit_values.first().copied().unwrap_or(0);
+    let tied = if model.tie_word_embeddings {
+        embedding
+    } else {
+        0
+    };
+    let others = unit_values.iter().skip(1).copied().max().unwrap_or(0);
+    let together = (tied + others).max(embedding);
+    let largest_unit = unit_values.iter().copied().max().unwrap_or(0);
+    let (device, state) = if shape.device_is_host {
+        (Place::Host, Place::Host)
+    } else if offload {
+        (Place::Device, Place::Host)
+    } else {
+        (Place::Device, Place::Device)
+    };
+    let recomputing = WindowShape {
+        recompute: true,
+        ..shape
+    };
+    let mut items = vec![
+        item("process baseline", Place::Host, PROCESS_BASELINE_BYTES),
+        state_item("weights (f32, this rank's spans)", state, 4 * span_values),
+        state_item("AdamW moments (2 × f32, spans)", state, 8 * span_values),
+        state_item("summed gradient spans (f32)", state, 4 * span_values),
+        item(
+            "units gathered at once, with gradients",
+            device,
+            8 * together,
+        ),
+        item("largest unit on the wire (bf16)", device, 2 * largest_unit),
+        item(
+            "gradient scratch (largest unit)",
+            device,
+            4 * largest_padded,
+        ),
+        item("one span in flight", device, 4 * largest_span),
+        item(
+            "activations (training, recomputed)",
+            device,
+            training_activation_bytes(model, recomputing),
+        ),
+    ];
+    if !shape.device_is_host {
+        items.push(item("CUDA context", Place::Device, CUDA_CONTEXT_BYTES));
+    }
+    MemoryPlan {
+        role: Role::Miner,
+        parameters: model.parameter_count(),
+        ranks: ranks as u64,
+        items,
+    }
+}
+
 impl WindowShape {
     /// The preset's own training shape on a device that is the host or not.
     pub fn of_train(train: &TrainConfig, device_is_host: bool) -> WindowShape {
@@ -401,6 +482,42 @@ pub fn codec_threads() -> usize {
 mod tests {
     use super::*;
     use crate::config::Preset;
+
+    #[test]
+    fn a_fully_sharded_rank_holds_its_spans_and_one_layer_with_the_tied_embedding() {
+        // tiny: embedding 320 × 256 = 81 920; a layer 2·256² + 2·128·256 + 3·704·256 + 2·256
+        // = 737 792; the head unit is the final norm, 256. Over 4 ranks the spans are 20 480,
+        // 184 448 (each layer) and 64: 758 336 values.
+        let preset = Preset::load("tiny").unwrap();
+        let shape = WindowShape {
+            ranks: 4,
+            ..WindowShape::of_train(&preset.train, false)
+        };
+        let plan = full_shard_plan(&preset.model, shape, false);
+        let bytes = |what: &str| {
+            plan.items
+                .iter()
+                .find(|i| i.what.starts_with(what))
+                .map(|i| (i.bytes, i.place))
+                .unwrap()
+        };
+        assert_eq!(bytes("weights"), (4 * 758_336, Place::Device));
+        assert_eq!(bytes("AdamW"), (8 * 758_336, Place::Device));
+        assert_eq!(bytes("summed"), (4 * 758_336, Place::Device));
+        // The tied head keeps the embedding gathered beside a layer: (81 920 + 737 792) values,
+        // weights and gradients.
+        assert_eq!(bytes("units gathered").0, 8 * 819_712);
+        assert_eq!(bytes("largest unit").0, 2 * 737_792);
+        assert_eq!(bytes("gradient scratch").0, 4 * 737_792);
+        assert_eq!(bytes("one span").0, 4 * 184_448);
+        let offloaded = full_shard_plan(&preset.model, shape, true);
+        let state = offloaded.items.iter().filter(|i| i.training_state);
+        assert!(state.clone().all(|i| i.place == Place::Host));
+        assert_eq!(
+            plan.bytes(Place::Device) - offloaded.bytes(Place::Device),
+            16 * 758_336
+        );
+    }
 
     #[test]
     fn a_miner_holds_weights_grads_moments_error_feedback_and_one_copy() {

@@ -141,16 +141,17 @@ impl ShardedAdamW {
             layout.world,
             layout.bucket_values,
         );
-        Self::for_buckets(buckets, layout, config, device)
+        Self::for_buckets(buckets, layout, config, (device, device))
     }
 
     /// State for `buckets` of the tensors `layout` describes (kept, to lay the tensors out for
-    /// another world size).
+    /// another world size), its spans on `device` and its scratch on `scratch_device` (where
+    /// gradients are made).
     pub(crate) fn for_buckets(
         buckets: Vec<Bucket>,
         layout: Layout,
         config: TrainConfig,
-        device: Device,
+        (device, scratch_device): (Device, Device),
     ) -> Result<Self, EngineError> {
         let Layout {
             numels,
@@ -170,7 +171,7 @@ impl ShardedAdamW {
             gradients: spans()?,
             exp_avg: spans()?,
             exp_avg_sq: spans()?,
-            scratch: Tensor::f_zeros([largest], options)?,
+            scratch: Tensor::f_zeros([largest], (Kind::Float, scratch_device))?,
             buckets,
             numels,
             bucket_values,
@@ -378,13 +379,16 @@ impl ShardedAdamW {
         local_loss: f64,
         device: Device,
     ) -> Result<(f64, f64), EngineError> {
-        let mut squares = Tensor::f_zeros([1], (Kind::Double, device))?;
+        // Summed where the spans are (the host, when they are offloaded), sent from `device`.
+        let spans_device = self.gradients.first().map_or(device, Tensor::device);
+        let mut squares = Tensor::f_zeros([1], (Kind::Double, spans_device))?;
         for (bucket, summed) in self.buckets.iter().zip(&self.gradients) {
             for segment in bucket.owned.iter().filter(|s| stepped[s.tensor]) {
                 let part = summed.f_narrow(0, segment.in_span, segment.len)?;
                 squares = squares.f_add(&part.f_square()?.f_sum(Kind::Double)?)?;
             }
         }
+        let squares = squares.f_to_device(device)?;
         let loss = Tensor::f_from_slice(&[local_loss])?.f_to_device(device)?;
         let mut both = Tensor::f_cat(&[squares, loss], 0)?;
         group.all_reduce(&mut both, ReduceOp::Sum)?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
-use templar_engine::{Batch, Device, Llama, Preset, ShardedTrainer};
+use templar_engine::{
+    Batch, Device, FullyShardedTrainer, Llama, Placement, Preset, ShardedTrainer,
+};
 
 /// What one rank measured (printed by rank processes as one JSON line).
 #[derive(Debug, Serialize, Deserialize)]
@@ -16,11 +18,37 @@ pub struct RankFigures {
     pub tokens_per_s: f64,
     pub losses: Vec<f64>,
     pub moment_values: i64,
+    /// Bytes of weights the rank keeps between steps.
+    pub param_bytes: i64,
+    /// Bytes of f32 weights it held whole at once, at most, while training (`--shard full`).
+    pub peak_gathered_bytes: i64,
+    /// The rank process's peak resident memory.
+    pub peak_rss_mb: f64,
+}
+
+/// Who a rank process is and how it trains.
+pub struct Place {
+    pub rank: usize,
+    pub world: usize,
+    pub shard: Shard,
+    pub offload: bool,
+    /// The parent's device: a CUDA rank takes the GPU of its own index.
+    pub device: Device,
+}
+
+/// What the ranks shard: the optimizer's state and the gradients (ZeRO-2; every rank holds the
+/// whole weights), or the weights too (ZeRO-3 / FSDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shard {
+    Optimizer,
+    Full,
 }
 
 #[derive(Debug, Serialize)]
 pub struct RanksReport {
     pub ranks: usize,
+    pub shard: Shard,
     pub threads_per_rank: i32,
     pub tokens_per_s: f64,
     /// Tokens/s on the ranks over tokens/s of one process with the same threads in all.
@@ -29,15 +57,26 @@ pub struct RanksReport {
     pub max_loss_diff: f64,
     /// AdamW values each rank holds per moment.
     pub moment_values: Vec<i64>,
+    /// Bytes of weights each rank keeps between steps, and the whole model's f32 bytes.
+    pub param_bytes_per_rank: Vec<i64>,
+    pub param_bytes_total: i64,
+    /// The most any rank keeps over the whole: about 1 / ranks fully sharded, 1 otherwise.
+    pub param_bytes_ratio: f64,
+    /// Bytes of f32 weights a rank held whole at once, at most (the units gathered together).
+    pub peak_gathered_bytes: i64,
+    /// Each rank process's peak resident memory.
+    pub peak_rss_mb: Vec<f64>,
 }
 
 impl RanksReport {
     pub fn compare(
-        ranks: Vec<RankFigures>,
+        (ranks, shard): (Vec<RankFigures>, Shard),
         threads_per_rank: i32,
-        one_process: f64,
-        losses: &[f64],
+        (one_process, losses): (f64, &[f64]),
+        param_bytes_total: i64,
     ) -> RanksReport {
+        let param_bytes_per_rank: Vec<i64> = ranks.iter().map(|r| r.param_bytes).collect();
+        let most = param_bytes_per_rank.iter().copied().max().unwrap_or(0);
         let max_loss_diff = ranks
             .iter()
             .flat_map(|r| r.losses.iter().zip(losses).map(|(a, b)| (a - b).abs()))
@@ -46,11 +85,21 @@ impl RanksReport {
         let tokens_per_s = ranks.first().map_or(0.0, |r| r.tokens_per_s);
         RanksReport {
             ranks: ranks.len(),
+            shard,
             threads_per_rank,
             tokens_per_s,
             scaling_efficiency: tokens_per_s / one_process,
             max_loss_diff,
             moment_values: ranks.iter().map(|r| r.moment_values).collect(),
+            param_bytes_ratio: most as f64 / param_bytes_total.max(1) as f64,
+            param_bytes_per_rank,
+            param_bytes_total,
+            peak_gathered_bytes: ranks
+                .iter()
+                .map(|r| r.peak_gathered_bytes)
+                .max()
+                .unwrap_or(0),
+            peak_rss_mb: ranks.iter().map(|r| r.peak_rss_mb).collect(),
         }
     }
 }
@@ -123,10 +172,20 @@ pub fn run_rank(
     preset: &Preset,
     batches: &[Batch],
     warmup: u64,
-    rank: usize,
-    world: usize,
+    place: Place,
     dir: &Path,
 ) -> Result<()> {
+    let Place {
+        rank,
+        world,
+        shard,
+        offload,
+        device,
+    } = place;
+    let device = match device {
+        Device::Cuda(_) => Device::Cuda(rank),
+        other => other,
+    };
     let timeout = Duration::from_secs(120);
     let store = Store::file(&dir.join("store"), timeout)?;
     let fingerprint = format!("{} {}", env!("CARGO_PKG_VERSION"), toml::to_string(preset)?);
@@ -136,19 +195,52 @@ pub fn run_rank(
         // One Gloo worker thread: the ranks already share the cores with their training threads.
         threads: 1,
     };
-    let group = ProcessGroup::gloo(&store, rank, world, &options)?;
-    let model = Llama::new(&preset.model, 0, Device::Cpu)?;
-    let mut trainer = ShardedTrainer::new(model, preset.train.clone(), group)?;
+    let group = ProcessGroup::on_device(&store, rank, world, device, &options)?;
     let (warm, timed) = batches.split_at(warmup as usize);
-    for b in warm {
-        trainer.train_step(b)?;
-    }
-    let (tokens_per_s, losses) = super::train::time(timed, |b| Ok(trainer.train_step(b)?.loss))?;
-    let figures = RankFigures {
-        tokens_per_s,
-        losses,
-        moment_values: trainer.moment_values(),
+    let train = preset.train.clone();
+    let figures = match shard {
+        Shard::Optimizer => {
+            let model = Llama::new(&preset.model, 0, device)?;
+            let mut trainer = ShardedTrainer::new(model, train, group)?;
+            let (tokens_per_s, losses) = train_timed(warm, timed, |b| trainer.train_step(b))?;
+            RankFigures {
+                tokens_per_s,
+                losses,
+                moment_values: trainer.moment_values(),
+                param_bytes: 4 * preset.model.parameter_count() as i64,
+                peak_gathered_bytes: 0,
+                peak_rss_mb: super::train::peak_rss_mb(),
+            }
+        }
+        Shard::Full => {
+            let placement = Placement {
+                compute: device,
+                offload,
+            };
+            let mut trainer = FullyShardedTrainer::new(&preset.model, 0, train, group, placement)?;
+            let (tokens_per_s, losses) = train_timed(warm, timed, |b| trainer.train_step(b))?;
+            RankFigures {
+                tokens_per_s,
+                losses,
+                moment_values: trainer.moment_values(),
+                param_bytes: trainer.param_bytes(),
+                peak_gathered_bytes: trainer.peak_gathered_bytes(),
+                peak_rss_mb: super::train::peak_rss_mb(),
+            }
+        }
     };
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
+}
+
+/// Trains the warm-up steps, then times the others: tokens per second and their losses.
+fn train_timed(
+    warm: &[Batch],
+    timed: &[Batch],
+    mut step: impl FnMut(&Batch) -> Result<templar_engine::StepStats, templar_engine::EngineError>,
+) -> Result<(f64, Vec<f64>)> {
+    for b in warm {
+        step(b)?;
+    }
+    super::train::time(timed, |b| Ok(step(b)?.loss))
 }

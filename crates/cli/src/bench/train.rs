@@ -31,11 +31,19 @@ pub struct Args {
     /// Also run bench/reference_train.py (PyTorch) on the same preset and report the ratio.
     #[arg(long)]
     reference: bool,
-    /// Also train on this many Gloo ranks (processes, the threads split among them, gradients
-    /// and moments sharded) and report the scaling efficiency and the largest loss difference
-    /// against the one-process run (CPU only).
+    /// Also train on this many ranks (processes: Gloo on the CPU, the threads split among them;
+    /// NCCL on CUDA, one GPU each) and report the scaling efficiency and the largest loss
+    /// difference against the one-process run.
     #[arg(long, default_value_t = 1)]
     ranks: usize,
+    /// What the ranks shard: the optimizer's state and gradients, or the weights too (`full`:
+    /// each layer gathered just before use). Reports each rank's share of the weights.
+    #[arg(long, value_enum, default_value = "optimizer")]
+    shard: super::ranks::Shard,
+    /// With `--shard full`: keep the weights' and moments' spans in (pinned) host memory, and
+    /// step there.
+    #[arg(long)]
+    offload: bool,
     /// One rank of a `--ranks` run: `RANK` and the rendezvous folder (set by the parent).
     #[arg(long, hide = true, requires = "store")]
     rank: Option<usize>,
@@ -82,12 +90,19 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     templar_engine::set_threads(threads);
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    if args.ranks > 1 && device != templar_engine::Device::Cpu {
-        bail!("--ranks runs Gloo ranks on the CPU; use --device cpu");
+    if args.offload && args.shard != super::ranks::Shard::Full {
+        bail!("--offload moves the spans of fully sharded parameters: add --shard full");
     }
     let batches = batches(&preset, args.warmup + args.steps)?;
     if let (Some(rank), Some(store)) = (args.rank, &args.store) {
-        return super::ranks::run_rank(&preset, &batches, args.warmup, rank, args.ranks, store);
+        let place = super::ranks::Place {
+            rank,
+            world: args.ranks,
+            shard: args.shard,
+            offload: args.offload,
+            device,
+        };
+        return super::ranks::run_rank(&preset, &batches, args.warmup, place, store);
     }
     let (model, train) = (&preset.model, &preset.train);
     let mut trainer = Trainer::new(Llama::new(model, 0, device)?, train.clone())?;
@@ -114,17 +129,18 @@ pub fn run(args: Args) -> Result<()> {
         report.ratio_to_pytorch = Some(tokens_per_s / figures.tokens_per_s);
         report.pytorch = Some(figures);
     }
-    if args.ranks > 1 {
+    // Fully sharded, one rank is worth running too: its gathers and steps are the path.
+    if args.ranks > 1 || args.shard == super::ranks::Shard::Full {
         let per_rank = (threads / args.ranks as i32).max(1);
         let ranked = super::ranks::run_ranks(&args_for_ranks(&args), args.ranks, per_rank)?;
         // The one process timed again after the ranks (the same steps' cost: the shapes are
         // the same), so that a machine that slows or speeds up meanwhile favours neither side.
         let (after, _) = time_steps(&mut trainer, timed)?;
         report.ranks = Some(super::ranks::RanksReport::compare(
-            ranked,
+            (ranked, args.shard),
             per_rank,
-            (tokens_per_s + after) / 2.0,
-            &losses,
+            ((tokens_per_s + after) / 2.0, &losses),
+            4 * model.parameter_count() as i64,
         ));
     }
     print(&report, args.json)
@@ -162,8 +178,16 @@ fn args_for_ranks(args: &Args) -> Vec<String> {
         "--warmup".into(),
         args.warmup.to_string(),
         "--device".into(),
-        "cpu".into(),
+        args.device.clone(),
+        "--shard".into(),
+        match args.shard {
+            super::ranks::Shard::Optimizer => "optimizer".into(),
+            super::ranks::Shard::Full => "full".into(),
+        },
     ]
+    .into_iter()
+    .chain(args.offload.then(|| "--offload".to_string()))
+    .collect()
 }
 
 /// Deterministic random token batches of the preset's shape: the same for every process.
@@ -208,6 +232,19 @@ fn print(report: &Report, json: bool) -> Result<()> {
         println!(
             "{} ranks {:>10.0} tokens/s   scaling efficiency {:.3}   largest loss difference {:.2e}",
             ranks.ranks, ranks.tokens_per_s, ranks.scaling_efficiency, ranks.max_loss_diff
+        );
+        println!(
+            "         sharding {:?}: param_bytes_per_rank / param_bytes_total {:.3}   \
+             largest gathered at once {:.1} MB   peak RSS per rank {} MB",
+            ranks.shard,
+            ranks.param_bytes_ratio,
+            ranks.peak_gathered_bytes as f64 / 1e6,
+            ranks
+                .peak_rss_mb
+                .iter()
+                .map(|mb| format!("{mb:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
         );
     }
     if let (Some(p), Some(ratio)) = (&report.pytorch, report.ratio_to_pytorch) {
