@@ -7,8 +7,12 @@ use std::process::Command;
 #[test]
 fn fully_sharded_ranks_keep_a_share_of_the_weights_and_train_as_one_process() {
     let output = Command::new(env!("CARGO_BIN_EXE_templar"))
-        .args(["bench", "train", "--preset", "tiny", "--device", "cpu", "--json"])
-        .args(["--ranks", "2", "--shard", "full", "--steps", "2", "--warmup", "1"])
+        .args([
+            "bench", "train", "--preset", "tiny", "--device", "cpu", "--json",
+        ])
+        .args([
+            "--ranks", "2", "--shard", "full", "--steps", "2", "--warmup", "1",
+        ])
         .output()
         .unwrap();
     assert!(

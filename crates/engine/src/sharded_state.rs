@@ -55,6 +55,9 @@ impl ShardedAdamW {
     /// layout, or one of the wrong length, before any value changes. Read a piece at a time:
     /// every rank loads at once, and a whole file each would be the moments twice over.
     pub fn load_moments(&mut self, dir: &Path) -> Result<(), EngineError> {
+        // Every rank's file is of this save (the same step count): a rank that resumed from a
+        // file an older save left would step apart from the others from then on.
+        open_saved(dir, &self.numels, self.world(), self.bucket_values)?;
         let path = moments_path(dir, self.rank(), self.world());
         let io = |e: std::io::Error| EngineError::io(&path, e);
         let bad = |reason: &str| EngineError::checkpoint(&path, reason.to_string());
@@ -605,5 +608,23 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = load(dir.path());
         assert!(error.contains("moments.rank-1-of-2.bin"), "{error}");
+    }
+
+    #[test]
+    fn a_rank_of_the_same_world_refuses_when_another_rank_s_file_is_of_another_save() {
+        let dir = tempfile::tempdir().unwrap();
+        save_world(dir.path(), 2);
+        let mut later = share(1, 2);
+        later.set_steps(6);
+        later.save_moments(dir.path()).unwrap();
+        // Rank 0's own file is whole and of its layout; rank 1's is of a later save.
+        let error = share(0, 2)
+            .load_moments(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("moments.rank-1-of-2.bin") && error.contains("step 6"),
+            "{error}"
+        );
     }
 }
