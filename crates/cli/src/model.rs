@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
 use templar_engine::fit::{FitReport, Machine, find_fit, find_full_shard_fit, settings};
-use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape};
+use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape, full_shard_plan};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -39,6 +39,11 @@ pub struct InfoArgs {
     /// not given.
     #[arg(long)]
     host_memory_gb: Option<f64>,
+    /// Plan a miner's training fully sharded over --ranks (`templar bench train --shard full`;
+    /// training only, the node's outer step does not run sharded yet): its buffers, or with
+    /// --device-memory-gb whether it fits, its spans on the device or offloaded.
+    #[arg(long)]
+    full_shard: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -107,10 +112,17 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
+    if args.full_shard && role != Role::Miner {
+        bail!("--full-shard plans a miner's training: use --role miner");
+    }
     if args.device_memory_gb.is_some() || args.host_memory_gb.is_some() {
         return fit(args, name, &preset, role, shape);
     }
-    let plan = MemoryPlan::new(&preset.model, role, shape);
+    let plan = if args.full_shard {
+        full_shard_plan(&preset.model, shape, false)
+    } else {
+        MemoryPlan::new(&preset.model, role, shape)
+    };
     if args.json {
         let value = serde_json::json!({
             "preset": name,
@@ -170,8 +182,19 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
     };
     let report = find_fit(&preset.model, &preset.train, role, shape, machine);
     // A miner over ranks whose node does not fit: whether its training would, fully sharded.
-    let full = (role == Role::Miner && report.chosen.is_none() && shape.ranks > 1)
+    let full = (role == Role::Miner && report.chosen.is_none() && shape.ranks > 1
+        || args.full_shard)
         .then(|| find_full_shard_fit(&preset.model, &preset.train, shape, machine));
+    if let (Some(full), false) = (&full, args.json || !args.full_shard) {
+        print_full_shard(full);
+        if full.chosen.is_none() {
+            bail!(
+                "{name}'s training does not fit fully sharded over {} rank(s)",
+                full.ranks
+            );
+        }
+        return Ok(());
+    }
     if args.json {
         let value = serde_json::json!({
             "preset": name,

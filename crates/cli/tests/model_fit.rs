@@ -41,6 +41,14 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
     );
     let chosen = table.lines().find(|l| l.contains("first to fit")).unwrap();
     assert!(chosen.trim_start().starts_with("true"), "{table}");
+    // Asked for, the fully sharded plan is shown for a model whose node fits too.
+    let asked = info("--preset 150m --role miner --ranks 4 --full-shard --device-memory-gb 16");
+    assert!(asked.status.success());
+    let table = String::from_utf8_lossy(&asked.stdout);
+    assert!(
+        table.contains("fully sharded training over 4 ranks"),
+        "{table}"
+    );
     let json = info("--preset 70b --role miner --ranks 8 --device-memory-gb 139 --json");
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let full = &report["full_shard"];

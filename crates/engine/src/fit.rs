@@ -65,17 +65,7 @@ pub fn find_fit(
 ) -> FitReport {
     let ranks = shape.ranks.max(1);
     if role == Role::Miner && !train.batch_size.is_multiple_of(ranks) {
-        return FitReport {
-            role,
-            ranks,
-            candidates: Vec::new(),
-            chosen: None,
-            reason: Some(format!(
-                "a batch of {} samples does not split evenly over {ranks} ranks: choose a number \
-                 of ranks that divides it",
-                train.batch_size
-            )),
-        };
+        return unsplit_batch(train, ranks);
     }
     let rows = (train.batch_size / ranks).max(1);
     let candidates: Vec<Candidate> = candidate_shapes(role, shape, rows)
@@ -137,6 +127,21 @@ fn refusal_hint(
             settings(role, &report.candidates[i].shape)
         ),
         (None, Some(reason)) => format!("; no cheaper option fits either: {reason}"),
+    }
+}
+
+/// The refusal of a miner's batch that does not split over `ranks`, as the trainers refuse it.
+fn unsplit_batch(train: &TrainConfig, ranks: usize) -> FitReport {
+    FitReport {
+        role: Role::Miner,
+        ranks,
+        candidates: Vec::new(),
+        chosen: None,
+        reason: Some(format!(
+            "a batch of {} samples does not split evenly over {ranks} ranks: choose a number of \
+             ranks that divides it",
+            train.batch_size
+        )),
     }
 }
 
@@ -212,6 +217,9 @@ pub fn find_full_shard_fit(
     machine: Machine,
 ) -> FitReport {
     let ranks = shape.ranks.max(1);
+    if !train.batch_size.is_multiple_of(ranks) {
+        return unsplit_batch(train, ranks);
+    }
     let rows = (train.batch_size / ranks).max(1);
     let recomputing = WindowShape {
         recompute: true,
@@ -231,10 +239,16 @@ pub fn find_full_shard_fit(
     let reason = match (chosen, candidates.last()) {
         (None, Some(last)) => Some(format!(
             "fully sharded over {ranks} ranks with the spans offloaded, at micro-batch {}, a \
-             device needs {:.1} GiB and the host {:.1} GiB: use more ranks",
+             device needs {:.1} GiB and the host {:.1} GiB: {}",
             last.shape.micro_batch,
             last.device_bytes as f64 / (1u64 << 30) as f64,
             last.host_bytes as f64 / (1u64 << 30) as f64,
+            // Offloaded, more ranks shrink a device's share but not the host's total.
+            if last.fits_device {
+                "use a larger host, or spread the ranks over more hosts"
+            } else {
+                "use more ranks or larger devices"
+            }
         )),
         _ => None,
     };
@@ -360,6 +374,12 @@ mod tests {
         assert!(eight.candidates.iter().all(|c| c.offload || !c.fits_device));
         let sixteen = over(16);
         assert!(!sixteen.candidates[sixteen.chosen.unwrap()].offload);
+        // A batch that does not split over the ranks is refused as the trainer refuses it.
+        let mut odd = preset.train.clone();
+        odd.batch_size = 12;
+        let refused = find_full_shard_fit(&preset.model, &odd, shape(&preset, 8), machine);
+        assert!(refused.chosen.is_none());
+        assert!(refused.reason.unwrap().contains("does not split evenly"));
     }
 
     #[test]

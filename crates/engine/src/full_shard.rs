@@ -24,7 +24,7 @@ use crate::checkpoint::{
 };
 use crate::config::{ModelConfig, TrainConfig};
 use crate::error::EngineError;
-use crate::init::fill_initial_values;
+use crate::init::fill_initial_range;
 use crate::model::{Llama, backward_with};
 use crate::optim::learning_rate;
 use crate::params::{NamedBuffer, parameter_shapes, read_range_into};
@@ -105,7 +105,7 @@ pub struct FullyShardedTrainer {
 
 impl FullyShardedTrainer {
     /// The weights `seed` gives ([`Llama::new`]'s), of which this rank makes and keeps only its
-    /// spans, one tensor's values at a time.
+    /// spans: no tensor is ever made whole.
     pub fn new(
         config: &ModelConfig,
         seed: u64,
@@ -114,18 +114,10 @@ impl FullyShardedTrainer {
         placement: impl Into<Placement>,
     ) -> Result<Self, EngineError> {
         let mut trainer = Self::empty(config, train, group, placement.into())?;
-        let shapes = parameter_shapes(config);
-        let range = config.initializer_range;
-        let mut made: Option<usize> = None;
-        let mut values = Vec::new();
+        let names = trainer.model.params.names.clone();
+        let std = config.initializer_range;
         trainer.fill_master(|tensor, start, out| {
-            if made != Some(tensor) {
-                let (name, shape) = &shapes[tensor];
-                values.resize(shape.iter().product::<i64>() as usize, 0.0);
-                fill_initial_values(name, range, seed, tensor as u64, &mut values);
-                made = Some(tensor);
-            }
-            out.copy_from_slice(&values[start..start + out.len()]);
+            fill_initial_range(&names[tensor], std, seed, tensor as u64, start, out);
             Ok(())
         })?;
         Ok(trainer)
@@ -154,6 +146,18 @@ impl FullyShardedTrainer {
             let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
             let shapes: Vec<Vec<usize>> = entries.iter().map(|e| e.shape.clone()).collect();
             trainer.optimizer.load_moments_of(dir, &names, &shapes)?;
+        } else if holds_rank_moments(dir) {
+            return Err(EngineError::checkpoint(
+                dir,
+                "this folder holds a ranked node's per-rank moments (moments.rank-R-of-N.bin), \
+                 which a fully sharded trainer does not read: load it with the ranks that saved \
+                 it, or resume those ranks and save one process's optimizer files",
+            ));
+        } else {
+            tracing::warn!(
+                "{} holds weights but no optimizer state: the moments start fresh, at step 0",
+                dir.display()
+            );
         }
         Ok(trainer)
     }
@@ -165,6 +169,13 @@ impl FullyShardedTrainer {
         placement: Placement,
     ) -> Result<Self, EngineError> {
         let device = placement.compute;
+        if group.device() != device {
+            return Err(EngineError::Config(format!(
+                "a process group on {:?} cannot gather for training on {device:?}: make the \
+                 group on the device that computes",
+                group.device()
+            )));
+        }
         let model = Llama::skeleton(config, device)?;
         let shapes: Vec<Vec<i64>> = parameter_shapes(config)
             .into_iter()
@@ -278,13 +289,7 @@ impl FullyShardedTrainer {
     /// One optimizer step over `batch`, the whole batch as every rank sees it: this rank trains
     /// on its world-th of the rows. Every rank returns the same statistics.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
-        if self.broken {
-            return Err(EngineError::Batch(
-                "an earlier step failed part-way on these ranks: rebuild the group and reload the \
-                 last saved state"
-                    .into(),
-            ));
-        }
+        self.refuse_if_broken()?;
         let (rank, world) = (self.rank(), self.world());
         let rows = batch.rows();
         if !rows.is_multiple_of(world) {
@@ -298,9 +303,22 @@ impl FullyShardedTrainer {
                 "every label is ignored; nothing to train on".into(),
             ));
         }
+        let longest = self.model.config.max_position_embeddings;
+        if batch.seq_len() > longest {
+            return Err(EngineError::Batch(format!(
+                "sequence length {} exceeds max_position_embeddings {longest}",
+                batch.seq_len()
+            )));
+        }
         let mine = batch.rows_slice(rank * rows / world, rows / world)?;
         let stepped = self.step(&mine, predicted);
-        self.broken = stepped.is_err();
+        if stepped.is_err() {
+            // What was gathered when it failed goes; the ranks may now disagree.
+            self.broken = true;
+            for unit in 0..self.units.len() {
+                self.release(unit);
+            }
+        }
         let (loss, grad_norm, lr) = stepped?;
         Ok(StepStats {
             loss: loss / predicted as f64,
@@ -308,6 +326,19 @@ impl FullyShardedTrainer {
             lr,
             tokens: rows * batch.seq_len(),
         })
+    }
+
+    /// After a collective failed part-way, the ranks may be in different collectives: nothing
+    /// more is done on this group.
+    fn refuse_if_broken(&self) -> Result<(), EngineError> {
+        if self.broken {
+            return Err(EngineError::Batch(
+                "an earlier step or save failed part-way on these ranks: rebuild the group and \
+                 reload the last saved state"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Gradients of this rank's rows `mine` summed into the spans, then the step: the summed
@@ -473,6 +504,13 @@ impl FullyShardedTrainer {
     /// A whole copy of every tensor on every rank, one unit gathered at a time: for tests, and
     /// for models small enough to hold whole. Every rank calls it.
     pub fn gather_weights(&mut self) -> Result<Vec<NamedBuffer>, EngineError> {
+        self.refuse_if_broken()?;
+        let gathered = self.gather_all_weights();
+        self.broken = gathered.is_err();
+        gathered
+    }
+
+    fn gather_all_weights(&mut self) -> Result<Vec<NamedBuffer>, EngineError> {
         let mut buffers = Vec::with_capacity(self.shapes.len());
         for unit in 0..self.units.len() {
             let bucket = &self.optimizer.buckets[unit];
@@ -505,15 +543,19 @@ impl FullyShardedTrainer {
     /// process, or a Hugging Face reader, loads it. Every rank learns whether the write
     /// succeeded.
     pub fn save(&mut self, dir: &Path) -> Result<(), EngineError> {
-        let written = if self.rank() == 0 {
-            self.write(dir)
-        } else {
-            self.take_part_in_writing()
+        self.refuse_if_broken()?;
+        let written = match self.stream_checkpoint(dir) {
+            Ok(written) => written,
+            Err(failed) => {
+                self.broken = true;
+                return Err(failed);
+            }
         };
         let device = self.model.device();
         let all_ok = self
             .optimizer
-            .all_ranks_agree(&mut self.group, written.is_ok(), device)?;
+            .all_ranks_agree(&mut self.group, written.is_ok(), device)
+            .inspect_err(|_| self.broken = true)?;
         written?;
         if !all_ok {
             return Err(EngineError::checkpoint(
@@ -524,15 +566,13 @@ impl FullyShardedTrainer {
         Ok(())
     }
 
-    fn write(&mut self, dir: &Path) -> Result<(), EngineError> {
+    /// Every unit's weights, then its moments, gathered on every rank; rank 0 writes them as
+    /// they arrive. Every rank makes every gather whatever the writer does, so that a failed
+    /// write leaves the ranks in step: the outer error is a failed collective, the inner one
+    /// rank 0's write.
+    fn stream_checkpoint(&mut self, dir: &Path) -> Result<Result<(), EngineError>, EngineError> {
+        let writing = self.rank() == 0;
         let config = self.model.config.clone();
-        let mut stream =
-            UnitStream::new(&self.optimizer.buckets, self.placement, vec![&self.master]);
-        save_weights(dir, &config, DEFAULT_SHARD_BYTES, |tensor, start, out| {
-            stream.read(&mut self.group, 0, tensor, start, out)
-        })?;
-        let moments = vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq];
-        let mut stream = UnitStream::new(&self.optimizer.buckets, self.placement, moments);
         let names = self.model.params.names.clone();
         let shapes: Vec<Vec<usize>> = self
             .shapes
@@ -540,26 +580,39 @@ impl FullyShardedTrainer {
             .map(|s| s.iter().map(|&d| d as usize).collect())
             .collect();
         let steps = self.optimizer.steps();
-        write_moments_with(dir, &names, &shapes, steps, |tensor, which, start, out| {
-            stream.read(&mut self.group, which, tensor, start, out)
-        })?;
-        Ok(())
-    }
-
-    /// The gathers [`FullyShardedTrainer::write`] makes on rank 0, in its order.
-    fn take_part_in_writing(&mut self) -> Result<(), EngineError> {
-        let sets = [
-            vec![&self.master],
-            vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq],
-        ];
-        for spans in sets {
-            let mut stream = UnitStream::new(&self.optimizer.buckets, self.placement, spans);
-            for unit in 0..self.units.len() {
-                stream.gather(&mut self.group, unit)?;
-            }
+        let (buckets, placement, group) =
+            (&self.optimizer.buckets, self.placement, &mut self.group);
+        let mut weights = UnitStream::new(buckets, placement, vec![&self.master]);
+        let mut written = if writing {
+            save_weights(dir, &config, DEFAULT_SHARD_BYTES, |tensor, start, out| {
+                weights.read(group, 0, tensor, start, out)
+            })
+            .map(drop)
+        } else {
+            Ok(())
+        };
+        weights.drain(group)?;
+        let moments = vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq];
+        let mut moments = UnitStream::new(buckets, placement, moments);
+        if writing && written.is_ok() {
+            written =
+                write_moments_with(dir, &names, &shapes, steps, |tensor, which, start, out| {
+                    moments.read(group, which, tensor, start, out)
+                })
+                .map(drop);
         }
-        Ok(())
+        moments.drain(group)?;
+        Ok(written)
     }
+}
+
+/// Whether `dir` holds a ranked node's per-rank moments files.
+fn holds_rank_moments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("moments.rank-"))
+    })
 }
 
 /// The tensors' units, by name: the embedding, each decoder layer (`model.layers.{i}.…`), and
@@ -601,13 +654,15 @@ fn gather_whole(
     Ok(whole.f_to_kind(Kind::Float)?)
 }
 
-/// Sets of spans (the weights, or both moments) gathered a unit at a time, in unit order, for a
-/// writer that asks for the tensors in order.
+/// Sets of spans (the weights, or both moments) gathered a unit at a time, each unit once and in
+/// order, for a writer that asks for the tensors in order.
 struct UnitStream<'a> {
     buckets: &'a [Bucket],
     placement: Placement,
     /// Per set, every unit's span on this rank.
     sets: Vec<&'a Vec<Tensor>>,
+    /// The next unit to gather.
+    next: usize,
     /// The unit gathered last, each set of it whole.
     current: Option<(usize, Vec<Tensor>)>,
 }
@@ -618,12 +673,15 @@ impl<'a> UnitStream<'a> {
             buckets,
             placement,
             sets,
+            next: 0,
             current: None,
         }
     }
 
-    /// Gathers every set of `unit`.
-    fn gather(&mut self, group: &mut ProcessGroup, unit: usize) -> Result<(), EngineError> {
+    /// Gathers every set of the next unit, the last one's dropped first.
+    fn gather_next(&mut self, group: &mut ProcessGroup) -> Result<(), EngineError> {
+        self.current = None;
+        let unit = self.next;
         let wholes = self
             .sets
             .iter()
@@ -638,11 +696,21 @@ impl<'a> UnitStream<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.current = Some((unit, wholes));
+        self.next += 1;
         Ok(())
     }
 
-    /// Values `start..start + out.len()` of `tensor` in set `set`, its unit gathered first
-    /// unless it was the last one gathered.
+    /// The gathers of every unit not gathered yet.
+    fn drain(&mut self, group: &mut ProcessGroup) -> Result<(), EngineError> {
+        while self.next < self.buckets.len() {
+            self.gather_next(group)?;
+        }
+        self.current = None;
+        Ok(())
+    }
+
+    /// Values `start..start + out.len()` of `tensor` in set `set`, gathering units up to its
+    /// own; a tensor of a unit already passed is refused (its gather is gone).
     fn read(
         &mut self,
         group: &mut ProcessGroup,
@@ -661,8 +729,13 @@ impl<'a> UnitStream<'a> {
                 "no unit holds tensor {tensor}"
             )));
         };
-        if self.current.as_ref().map(|(u, _)| *u) != Some(unit) {
-            self.gather(group, unit)?;
+        if unit + 1 < self.next {
+            return Err(EngineError::Layout(format!(
+                "tensor {tensor} asked for after its unit was passed: tensors are streamed in order"
+            )));
+        }
+        while self.next <= unit {
+            self.gather_next(group)?;
         }
         let Some((_, wholes)) = &self.current else {
             return Err(EngineError::Layout(format!("unit {unit} was not gathered")));

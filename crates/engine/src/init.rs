@@ -16,32 +16,51 @@ pub fn initial_values(name: &str, shape: &[i64], std: f64, seed: u64, index: u64
 /// `k` is drawn from states `2k+1` and `2k+2` after the tensor's start), so any stretch can be
 /// computed on its own and the result does not depend on the thread count.
 pub fn fill_initial_values(name: &str, std: f64, seed: u64, index: u64, out: &mut [f32]) {
+    fill_initial_range(name, std, seed, index, 0, out);
+}
+
+/// Values `first..first + out.len()` of [`fill_initial_values`]'s, without the rest: a rank of a
+/// fully sharded trainer makes only its spans.
+pub fn fill_initial_range(
+    name: &str,
+    std: f64,
+    seed: u64,
+    index: u64,
+    first: usize,
+    out: &mut [f32],
+) {
     if name.ends_with("norm.weight") {
         out.fill(1.0);
         return;
     }
     let start = mix(seed ^ mix(index.wrapping_add(0x7465_6d70_6c61_7221)));
-    // An even stretch length keeps every Box–Muller pair inside one stretch.
+    // Box–Muller: two uniforms in (0, 1] give two independent standard normals.
+    let pair = |k: u64| -> (f32, f32) {
+        let mut state = start.wrapping_add(k.wrapping_mul(2).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let u1 = unit(next(&mut state));
+        let u2 = unit(next(&mut state));
+        let radius = (-2.0 * u1.ln()).sqrt() * std;
+        let angle = std::f64::consts::TAU * u2;
+        ((radius * angle.cos()) as f32, (radius * angle.sin()) as f32)
+    };
     const STRETCH: usize = 1 << 16;
     out.par_chunks_mut(STRETCH)
         .enumerate()
         .for_each(|(c, stretch)| {
-            let first_pair = (c * STRETCH / 2) as u64;
-            let mut state = start.wrapping_add(
-                first_pair
-                    .wrapping_mul(2)
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-            for pair in stretch.chunks_mut(2) {
-                // Box–Muller: two uniforms in (0, 1] give two independent standard normals.
-                let u1 = unit(next(&mut state));
-                let u2 = unit(next(&mut state));
-                let radius = (-2.0 * u1.ln()).sqrt() * std;
-                let angle = std::f64::consts::TAU * u2;
-                pair[0] = (radius * angle.cos()) as f32;
-                if let Some(second) = pair.get_mut(1) {
-                    *second = (radius * angle.sin()) as f32;
+            let offset = first + c * STRETCH;
+            let mut at = 0;
+            while at < stretch.len() {
+                let (even, odd) = pair(((offset + at) / 2) as u64);
+                if (offset + at) % 2 == 1 {
+                    stretch[at] = odd;
+                    at += 1;
+                    continue;
                 }
+                stretch[at] = even;
+                if let Some(second) = stretch.get_mut(at + 1) {
+                    *second = odd;
+                }
+                at += 2;
             }
         });
 }
@@ -65,6 +84,22 @@ fn unit(bits: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_range_is_the_whole_tensor_s_values_there() {
+        let whole = initial_values("w", &[3, 70_001], 0.02, 7, 3);
+        for (first, len) in [
+            (0, 5),
+            (1, 4),
+            (70_000, 3),
+            (65_535, 65_538),
+            (131_073, 78_930),
+        ] {
+            let mut part = vec![0f32; len];
+            fill_initial_range("w", 0.02, 7, 3, first, &mut part);
+            assert_eq!(part, whole[first..first + len], "{first}..+{len}");
+        }
+    }
 
     #[test]
     fn values_have_the_requested_spread_and_are_reproducible() {

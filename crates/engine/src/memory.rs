@@ -382,7 +382,8 @@ fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
 /// feedback and payloads) does not run fully sharded yet. From the trainer's real buffers: the
 /// unit buckets' spans (the worst rank's), the padded scratch of the largest unit, one span in
 /// flight, and at the peak the units gathered together with their gradients (the tied head's
-/// embedding and a layer, or the head) and the largest unit once more on the wire in bf16.
+/// embedding and a layer, or the head) and, on CUDA, the largest unit once more on the wire in
+/// bf16.
 pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -> MemoryPlan {
     let ranks = shape.ranks.max(1);
     let names: Vec<String> = crate::params::parameter_shapes(model)
@@ -433,7 +434,16 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
             device,
             8 * together,
         ),
-        item("largest unit on the wire (bf16)", device, 2 * largest_unit),
+        // On CUDA a unit arrives in bf16 and is widened to f32; on the CPU it arrives in f32.
+        item(
+            "largest unit on the wire (bf16, CUDA)",
+            device,
+            if shape.device_is_host {
+                0
+            } else {
+                2 * largest_unit
+            },
+        ),
         item(
             "gradient scratch (largest unit)",
             device,

@@ -208,8 +208,22 @@ fn fully_sharded_ranks_train_save_and_reshard_as_one_process_does() {
     // 4 ranks train from the seed and save.
     let four = tempfile::tempdir().unwrap();
     let checkpoint = four.path().join("checkpoint");
+    // A file where rank 0 is first asked to save: its write fails part-way into the gathers.
+    std::fs::write(four.path().join("blocked"), b"").unwrap();
     let vars = [("TEMPLAR_SHARDED_CHECKPOINT", checkpoint.to_str().unwrap())];
     let texts = outputs(start_ranks_with("full", 4, four.path(), &vars));
+    // Every rank learnt of the failed save, and they stayed in step: the save after it worked.
+    assert!(
+        printed(&texts[0], "SAVE_REFUSED ").contains("blocked"),
+        "{}",
+        texts[0]
+    );
+    for text in &texts[1..] {
+        assert!(
+            printed(text, "SAVE_REFUSED ").contains("rank 0 failed"),
+            "{text}"
+        );
+    }
     for (rank, text) in texts.iter().enumerate() {
         let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
         assert_losses_match(
@@ -347,6 +361,11 @@ fn fully_sharded_rank(scenario: &str, group: ProcessGroup, dir: &Path) {
         .flat_map(|b| b.data)
         .collect();
     write_f32s(&dir.join(format!("weights-{rank}.bin")), &weights);
+    let blocked = dir.join("blocked");
+    if blocked.exists() {
+        let refused = trainer.save(&blocked.join("checkpoint")).unwrap_err();
+        println!("SAVE_REFUSED {refused}");
+    }
     if let (Some(to), "full") = (checkpoint, scenario) {
         trainer.save(Path::new(&to)).unwrap();
     }
