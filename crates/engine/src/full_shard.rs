@@ -501,6 +501,96 @@ impl FullyShardedTrainer {
         })
     }
 
+    /// The outer step's read: every tensor that `owns` picks on this rank, whole, without the
+    /// model ever being whole on any rank. Each unit is gathered on every rank in turn (every
+    /// rank calls this, each with its own `owns`) and `visit(i, whole)` sees this rank's tensors
+    /// of it; the unit goes before the next is gathered. A rank's failing `visit` does not stop
+    /// the gathers (the ranks stay in step); every rank then returns an error.
+    pub fn visit_owned(
+        &mut self,
+        owns: impl Fn(usize) -> bool,
+        mut visit: impl FnMut(usize, &Tensor) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        self.refuse_if_broken()?;
+        let mut visited = Ok(());
+        for unit in 0..self.units.len() {
+            let bucket = &self.optimizer.buckets[unit];
+            let mine = &self.master[unit];
+            let whole = gather_whole(&mut self.group, bucket, mine, (Kind::Float, self.placement))
+                .inspect_err(|_| self.broken = true)?;
+            for placed in bucket.tensors.iter().filter(|p| owns(p.tensor)) {
+                if visited.is_ok() {
+                    let shape = self.shapes[placed.tensor].as_slice();
+                    let tensor = whole
+                        .f_narrow(0, placed.offset, placed.numel)?
+                        .f_view(shape)?;
+                    visited = visit(placed.tensor, &tensor);
+                }
+            }
+        }
+        self.agree(visited, "visit its tensors")
+    }
+
+    /// The outer step's write: this rank's spans set from the tensors their owners hold, each
+    /// written by `fill(i, start, out)` (values `start..start + out.len()` of tensor `i`) on the
+    /// rank that `owns` it. A unit at a time: owners lay their tensors out, every other value is
+    /// −0, and the reduce-scatter's sums are then exactly the owners' values (x + −0 = x for
+    /// every x, −0 and NaN included). The moments are left as they are.
+    pub fn set_from_owned(
+        &mut self,
+        owns: impl Fn(usize) -> bool,
+        mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        self.refuse_if_broken()?;
+        let world = self.world();
+        let mut filled = Ok(());
+        let mut values = Vec::new();
+        for unit in 0..self.units.len() {
+            let bucket = &self.optimizer.buckets[unit];
+            let mut whole = self
+                .optimizer
+                .scratch
+                .f_narrow(0, 0, bucket.padded(world))?;
+            let _ = tch::no_grad(|| whole.f_fill_(-0.0))?;
+            for placed in bucket.tensors.iter().filter(|p| owns(p.tensor)) {
+                for start in (0..placed.numel).step_by(PIECE) {
+                    let len = (PIECE as i64).min(placed.numel - start);
+                    values.resize(len as usize, 0.0);
+                    if filled.is_ok() {
+                        filled = fill(placed.tensor, start as usize, &mut values);
+                    }
+                    let at = placed.offset + start;
+                    let source = Tensor::f_from_slice(&values)?.f_to_device(whole.device())?;
+                    tch::no_grad(|| whole.f_narrow(0, at, len)?.f_copy_(&source))?;
+                }
+            }
+            let mut received = self.received.f_narrow(0, 0, bucket.span)?;
+            tch::no_grad(|| {
+                self.group
+                    .reduce_scatter(&mut received, &whole, ReduceOp::Sum)
+            })
+            .inspect_err(|_| self.broken = true)?;
+            tch::no_grad(|| self.master[unit].f_copy_(&received))?;
+        }
+        self.agree(filled, "fill its tensors")
+    }
+
+    /// `done` on every rank, or an error on every rank naming what failed.
+    fn agree(&mut self, done: Result<(), EngineError>, what: &str) -> Result<(), EngineError> {
+        let device = self.model.device();
+        let all_ok = self
+            .optimizer
+            .all_ranks_agree(&mut self.group, done.is_ok(), device)
+            .inspect_err(|_| self.broken = true)?;
+        done?;
+        if !all_ok {
+            return Err(EngineError::Batch(format!(
+                "another rank failed to {what}; see that rank's error"
+            )));
+        }
+        Ok(())
+    }
+
     /// A whole copy of every tensor on every rank, one unit gathered at a time: for tests, and
     /// for models small enough to hold whole. Every rank calls it.
     pub fn gather_weights(&mut self) -> Result<Vec<NamedBuffer>, EngineError> {
@@ -551,19 +641,7 @@ impl FullyShardedTrainer {
                 return Err(failed);
             }
         };
-        let device = self.model.device();
-        let all_ok = self
-            .optimizer
-            .all_ranks_agree(&mut self.group, written.is_ok(), device)
-            .inspect_err(|_| self.broken = true)?;
-        written?;
-        if !all_ok {
-            return Err(EngineError::checkpoint(
-                dir,
-                "rank 0 failed to write the checkpoint; see its error",
-            ));
-        }
-        Ok(())
+        self.agree(written, "write the checkpoint")
     }
 
     /// Every unit's weights, then its moments, gathered on every rank; rank 0 writes them as

@@ -31,7 +31,7 @@ pub use device::{DeviceChoice, describe, set_threads};
 pub use error::EngineError;
 pub use eval::Evaluation;
 pub use full_shard::{FullyShardedTrainer, Placement};
-pub use init::fill_initial_values;
+pub use init::{fill_initial_range, fill_initial_values};
 pub use model::{IGNORE_INDEX, Llama};
 pub use optim::{AdamW, MomentsLoan, learning_rate};
 pub use params::{NamedBuffer, ParameterReader, Parameters, parameter_shapes};
