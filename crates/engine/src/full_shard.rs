@@ -27,7 +27,7 @@ use crate::error::EngineError;
 use crate::init::fill_initial_range;
 use crate::model::{Llama, backward_with};
 use crate::optim::learning_rate;
-use crate::params::{NamedBuffer, parameter_shapes, read_range_into};
+use crate::params::{NamedBuffer, ParameterReader, parameter_shapes, read_range_into};
 use crate::sharded::{Layout, ShardedAdamW};
 use crate::tensor_files::{DEFAULT_SHARD_BYTES, index_name};
 use crate::train::{Batch, StepStats};
@@ -276,6 +276,12 @@ impl FullyShardedTrainer {
         4 * self.peak_gathered_values
     }
 
+    /// The group, for what the ranks do together beside training (the outer step's records):
+    /// every rank must make the same collectives in the same order.
+    pub fn group_mut(&mut self) -> &mut ProcessGroup {
+        &mut self.group
+    }
+
     /// Values of AdamW state this rank holds per moment.
     pub fn moment_values(&self) -> i64 {
         self.optimizer.moment_values()
@@ -504,12 +510,13 @@ impl FullyShardedTrainer {
     /// The outer step's read: every tensor that `owns` picks on this rank, whole, without the
     /// model ever being whole on any rank. Each unit is gathered on every rank in turn (every
     /// rank calls this, each with its own `owns`) and `visit(i, whole)` sees this rank's tensors
-    /// of it; the unit goes before the next is gathered. A rank's failing `visit` does not stop
+    /// of it (read them with [`ParameterReader::read_range`]); the unit goes before the next is
+    /// gathered. A rank's failing `visit` does not stop
     /// the gathers (the ranks stay in step); every rank then returns an error.
     pub fn visit_owned(
         &mut self,
         owns: impl Fn(usize) -> bool,
-        mut visit: impl FnMut(usize, &Tensor) -> Result<(), EngineError>,
+        mut visit: impl FnMut(usize, &ParameterReader) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
         self.refuse_if_broken()?;
         let mut visited = Ok(());
@@ -520,11 +527,8 @@ impl FullyShardedTrainer {
                 .inspect_err(|_| self.broken = true)?;
             for placed in bucket.tensors.iter().filter(|p| owns(p.tensor)) {
                 if visited.is_ok() {
-                    let shape = self.shapes[placed.tensor].as_slice();
-                    let tensor = whole
-                        .f_narrow(0, placed.offset, placed.numel)?
-                        .f_view(shape)?;
-                    visited = visit(placed.tensor, &tensor);
+                    let tensor = whole.f_narrow(0, placed.offset, placed.numel)?;
+                    visited = visit(placed.tensor, &ParameterReader(tensor));
                 }
             }
         }

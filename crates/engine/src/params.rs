@@ -348,7 +348,7 @@ pub(crate) fn write_from(tensor: &mut Tensor, data: &[f32]) -> Result<(), Engine
 
 /// One parameter's values, readable on a thread of its own (see [`Parameters::readers`]) while
 /// nothing trains: a read races with an optimizer step.
-pub struct ParameterReader(Tensor);
+pub struct ParameterReader(pub(crate) Tensor);
 
 impl ParameterReader {
     /// Reads `out.len()` values from flat element `start` on.

@@ -396,10 +396,15 @@ fn fully_sharded_rank(scenario: &str, group: ProcessGroup, dir: &Path) {
     // The outer step's moves: each rank reads the tensors it owns (round robin), whole, and
     // writes the spans back from owners — here the initial weights, each owner making its own.
     let owns = |i: usize| i % world == rank;
+    let numels: Vec<usize> = templar_engine::parameter_shapes(&preset.model)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<i64>() as usize)
+        .collect();
     let mut owned = Vec::new();
     trainer
         .visit_owned(owns, |i, whole| {
-            let values = Vec::<f32>::try_from(whole.reshape([-1])).unwrap();
+            let mut values = vec![0f32; numels[i]];
+            whole.read_range(0, &mut values)?;
             owned.push((i, values));
             Ok(())
         })

@@ -11,6 +11,9 @@
 //! - `resume`: fresh ranks load that state and take the second window again.
 //! - `judge`: a validator over ranks judges two miners' payloads (each applied alone, measured,
 //!   undone) and applies their aggregate, against one process.
+//! - `full-shard`: the outer step of a fully sharded node (no rank holds the whole model) from
+//!   live weights one process trained: payload bytes, error feedback and the fingerprint of
+//!   the weights put back identical to one process at 2 and 4 ranks.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
@@ -20,8 +23,9 @@ use std::time::{Duration, Instant};
 use templar_codec::encode;
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
 use templar_engine::memory::Role;
-use templar_engine::{Batch, Device, Preset};
+use templar_engine::{Batch, Device, FullyShardedTrainer, Preset};
 use templar_node::config::NetworkConfig;
+use templar_node::fingerprint::Fingerprint;
 use templar_node::ranks::{self, SavedBy, TensorOwner};
 use templar_node::replica::Replica;
 use templar_node::saving::ERROR_FEEDBACK_FILE;
@@ -148,6 +152,66 @@ fn the_outer_step_over_ranks_makes_one_process_payload() {
             );
         }
     }
+}
+
+#[test]
+fn a_fully_sharded_outer_step_makes_one_process_payload() {
+    templar_engine::set_threads(1);
+    let config = config();
+    let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let mut ef = TensorOwner::ALONE.error_feedback(numels(&replica));
+    train_window(&mut replica, &config, 0);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for dir in &dirs {
+        // The live weights the ranks start from: one process's, so that the bits are the same.
+        templar_engine::save_model(&dir.path().join("live"), &replica.model).unwrap();
+    }
+    let payload = replica.outer_step(&mut ef).unwrap();
+    let expected = encode(&replica.schema, &payload, config.codec.index_coding);
+    let fingerprint = replica.fingerprint().to_string();
+    for (world, dir) in [2, 4].into_iter().zip(&dirs) {
+        run("full-shard", world, dir.path());
+        assert!(
+            read(dir.path(), "payload.bin") == expected,
+            "{world} ranks: payload bytes differ"
+        );
+        for rank in 0..world {
+            let owner = TensorOwner { rank, world };
+            assert!(
+                read(dir.path(), &format!("ef-{rank}.bin")) == owned_bytes(&ef, owner),
+                "{world} ranks, rank {rank}: error feedback differs"
+            );
+            let put_back = read(dir.path(), &format!("fingerprint.rank-{rank}"));
+            assert_eq!(String::from_utf8(put_back).unwrap(), fingerprint);
+        }
+    }
+}
+
+/// One rank of `full-shard`: the live weights from `live/`, spans only; the base the replica's
+/// initial model, of which the rank keeps the tensors it owns.
+fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
+    let fresh = Replica::new(config, Device::Cpu, Role::Miner).unwrap();
+    let owner = TensorOwner::of(&group);
+    let base: Vec<Vec<f32>> = fresh
+        .base()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| if owner.owns(i) { t.clone() } else { Vec::new() })
+        .collect();
+    let mut ef = owner.error_feedback(numels(&fresh));
+    let train = config.model.train.clone();
+    let live = dir.join("live");
+    let mut trainer = FullyShardedTrainer::load(&live, train, group, Device::Cpu).unwrap();
+    let coding = config.codec.index_coding;
+    let bytes =
+        ranks::outer_step_on_shards(&mut trainer, &fresh.schema, coding, &base, &mut ef).unwrap();
+    if let Some(bytes) = bytes {
+        std::fs::write(dir.join("payload.bin"), bytes).unwrap();
+    }
+    let rank = owner.rank;
+    std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
+    let put_back = Fingerprint::of(&trainer.gather_weights().unwrap()).to_string();
+    std::fs::write(dir.join(format!("fingerprint.rank-{rank}")), put_back).unwrap();
 }
 
 #[test]
@@ -345,6 +409,9 @@ fn rank() {
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let config = config();
+    if scenario == "full-shard" {
+        return full_shard_rank(&config, group, &dir);
+    }
     let role = if scenario == "judge" {
         Role::Validator
     } else {

@@ -4,8 +4,9 @@
 
 mod command;
 mod follow;
+mod full_shard;
 
-use templar_codec::{SparseTensor, assemble, encode_record};
+use templar_codec::{IndexCoding, Schema, SparseTensor, assemble, encode_record};
 use templar_dist::ProcessGroup;
 
 pub use command::{Command, WireBatch};
@@ -14,6 +15,7 @@ pub use follow::{
     SavedBy, error_feedback_path, follow, load_node_state, load_rank_state, read_error_feedback,
     save_node_state, save_rank_state,
 };
+pub use full_shard::outer_step_on_shards;
 
 use crate::error::NodeError;
 use crate::replica::Replica;
@@ -135,7 +137,7 @@ pub fn outer_step(
     let owner = replica.owner();
     let made = replica.outer_step_owned(error_feedback, owner);
     let frame = match &made {
-        Ok(tensors) => frame(replica, tensors),
+        Ok(tensors) => frame(&replica.schema, replica.coding, tensors),
         Err(error) => failure_frame(&error.to_string()),
     };
     let frames = joined(replica)?
@@ -164,10 +166,10 @@ const FRAME_FAILED: u8 = 1;
 
 /// A rank's tensors for rank 0: a tag, then each record as a little-endian `u64` length and its
 /// bytes, in ascending tensor order.
-fn frame(replica: &Replica, tensors: &[(usize, SparseTensor)]) -> Vec<u8> {
+fn frame(schema: &Schema, coding: IndexCoding, tensors: &[(usize, SparseTensor)]) -> Vec<u8> {
     let mut out = vec![FRAME_OK];
     for (i, tensor) in tensors {
-        let record = encode_record(&replica.schema, *i, tensor, replica.coding);
+        let record = encode_record(schema, *i, tensor, coding);
         out.extend_from_slice(&(record.len() as u64).to_le_bytes());
         out.extend_from_slice(&record);
     }
