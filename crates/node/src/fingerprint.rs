@@ -33,25 +33,26 @@ impl Fingerprint {
 
     /// The fingerprint of tensors held anywhere, without copying them.
     pub fn of_tensors(tensors: &[TensorRef<'_>]) -> Fingerprint {
-        let tensor_hashes: Vec<[u8; 32]> = tensors
-            .par_iter()
-            .map(|t| {
-                let mut hasher = blake3::Hasher::new();
-                let mut bytes = Vec::with_capacity(CHUNK * 4);
-                for chunk in t.data.chunks(CHUNK) {
-                    bytes.clear();
-                    bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-                    hasher.update(&bytes);
-                }
-                *hasher.finalize().as_bytes()
-            })
-            .collect();
+        let hashes: Vec<[u8; 32]> = tensors.par_iter().map(|t| tensor_hash(t.data)).collect();
+        let described = tensors
+            .iter()
+            .zip(&hashes)
+            .map(|(t, h)| (t.name, t.shape, h));
+        Fingerprint::combine(described)
+    }
+
+    /// The fingerprint from each tensor's name, shape and [`tensor_hash`], in protocol order:
+    /// what [`Fingerprint::of_tensors`] gives, for tensors whose hashes were made apart (by the
+    /// ranks that hold them).
+    pub fn combine<'a>(
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8; 32])>,
+    ) -> Fingerprint {
         let mut hasher = blake3::Hasher::new_derive_key("templar model fingerprint v1");
-        for (tensor, hash) in tensors.iter().zip(&tensor_hashes) {
-            hasher.update(&(tensor.name.len() as u64).to_le_bytes());
-            hasher.update(tensor.name.as_bytes());
-            hasher.update(&(tensor.shape.len() as u64).to_le_bytes());
-            for dim in tensor.shape {
+        for (name, shape, hash) in tensors {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update(&(shape.len() as u64).to_le_bytes());
+            for dim in shape {
                 hasher.update(&(*dim as u64).to_le_bytes());
             }
             hasher.update(hash);
@@ -63,6 +64,18 @@ impl Fingerprint {
     pub fn short(&self) -> String {
         hex32::encode(&self.0)[..16].to_string()
     }
+}
+
+/// One tensor's values hashed: blake3 over their little-endian `f32` bits.
+pub fn tensor_hash(data: &[f32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = Vec::with_capacity(CHUNK * 4);
+    for chunk in data.chunks(CHUNK) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        hasher.update(&bytes);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 impl std::fmt::Debug for Fingerprint {

@@ -832,7 +832,7 @@ const MERGE_PIECE: usize = 1 << 22;
 /// `scratch`, handing each piece to `apply` with its range of the tensor's values. A tensor whose
 /// merge is not finite anywhere gets no `apply` at all (returns false): with more than one
 /// piece, a first pass looks before anything is applied, so the decision is the whole tensor's.
-fn merge_in_pieces(
+pub(crate) fn merge_in_pieces(
     schema: &Schema,
     scratch: &mut Vec<f32>,
     i: usize,
@@ -894,7 +894,7 @@ fn send(model: &mut Llama, sent: &mut u64, i: usize, data: &[f32]) -> Result<(),
 
 /// `values[j] −= scale · update[j]`, one multiply and one subtract per value (never fused), so
 /// every replica gets bit-identical weights whatever its instruction set.
-fn subtract_scaled(values: &mut [f32], update: &[f32], scale: f32) {
+pub(crate) fn subtract_scaled(values: &mut [f32], update: &[f32], scale: f32) {
     for (value, delta) in values.iter_mut().zip(update) {
         let step = scale * delta;
         *value -= step;
@@ -910,7 +910,7 @@ fn subtracted_from(values: &[f32], update: &mut [f32], scale: f32) {
     }
 }
 
-fn check_peers(schema: &Schema, payloads: &[&Payload]) -> Result<(), NodeError> {
+pub(crate) fn check_peers(schema: &Schema, payloads: &[&Payload]) -> Result<(), NodeError> {
     match payloads
         .iter()
         .position(|p| p.tensors.len() != schema.len())

@@ -12,8 +12,8 @@
 //! - `judge`: a validator over ranks judges two miners' payloads (each applied alone, measured,
 //!   undone) and applies their aggregate, against one process.
 //! - `full-shard`: the outer step of a fully sharded node (no rank holds the whole model) from
-//!   live weights one process trained: payload bytes, error feedback and the fingerprint of
-//!   the weights put back identical to one process at 2 and 4 ranks.
+//!   live weights one process trained, then applying that payload: payload bytes, error
+//!   feedback, and the fingerprints after each identical to one process at 2 and 4 ranks.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
@@ -169,6 +169,10 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
     let payload = replica.outer_step(&mut ef).unwrap();
     let expected = encode(&replica.schema, &payload, config.codec.index_coding);
     let fingerprint = replica.fingerprint().to_string();
+    // The ranks apply their own payload as the one peer: the model after it.
+    replica.apply_aggregate(&[&payload]).unwrap();
+    let applied = replica.fingerprint().to_string();
+    assert_ne!(applied, fingerprint);
     for (world, dir) in [2, 4].into_iter().zip(&dirs) {
         run("full-shard", world, dir.path());
         assert!(
@@ -183,6 +187,15 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
             );
             let put_back = read(dir.path(), &format!("fingerprint.rank-{rank}"));
             assert_eq!(String::from_utf8(put_back).unwrap(), fingerprint);
+            // The fingerprint made from the owners' hashes, and that of the live spans.
+            for name in ["applied", "applied-live"] {
+                let got = read(dir.path(), &format!("{name}.rank-{rank}"));
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    applied,
+                    "{name}, rank {rank}"
+                );
+            }
         }
     }
 }
@@ -192,7 +205,7 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
 fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
     let fresh = Replica::new(config, Device::Cpu, Role::Miner).unwrap();
     let owner = TensorOwner::of(&group);
-    let base: Vec<Vec<f32>> = fresh
+    let mut base: Vec<Vec<f32>> = fresh
         .base()
         .iter()
         .enumerate()
@@ -205,13 +218,30 @@ fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
     let coding = config.codec.index_coding;
     let bytes =
         ranks::outer_step_on_shards(&mut trainer, &fresh.schema, coding, &base, &mut ef).unwrap();
-    if let Some(bytes) = bytes {
+    if let Some(bytes) = &bytes {
         std::fs::write(dir.join("payload.bin"), bytes).unwrap();
     }
     let rank = owner.rank;
     std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
     let put_back = Fingerprint::of(&trainer.gather_weights().unwrap()).to_string();
     std::fs::write(dir.join(format!("fingerprint.rank-{rank}")), put_back).unwrap();
+    // Every rank applies rank 0's payload, handed round as a node's leader hands its gather.
+    let mut payload = bytes.unwrap_or_default();
+    trainer
+        .group_mut()
+        .broadcast_bytes(&mut payload, 0)
+        .unwrap();
+    let payload = templar_codec::decode(&fresh.schema, &payload).unwrap();
+    let (schema, lr) = (&fresh.schema, fresh.outer_lr);
+    let applied =
+        ranks::apply_aggregate_on_shards(&mut trainer, schema, lr, &mut base, &[&payload]).unwrap();
+    std::fs::write(
+        dir.join(format!("applied.rank-{rank}")),
+        applied.to_string(),
+    )
+    .unwrap();
+    let live = Fingerprint::of(&trainer.gather_weights().unwrap()).to_string();
+    std::fs::write(dir.join(format!("applied-live.rank-{rank}")), live).unwrap();
 }
 
 #[test]

@@ -6,12 +6,18 @@
 //! are then set back to the network model from the tensors' owners. The payload's bytes and the
 //! error feedback are one process's, whatever the number of ranks.
 
+use templar_codec::aggregate::clip_scales;
 use templar_codec::quant::Rule;
-use templar_codec::{IndexCoding, Schema, SparseTensor, assemble, compress_tensor_in_pieces};
+use templar_codec::{
+    IndexCoding, Payload, Schema, SparseTensor, assemble, compress_tensor_in_pieces,
+};
+use templar_dist::ProcessGroup;
 use templar_engine::FullyShardedTrainer;
 
-use super::{TensorOwner, failure_frame, first_failure, frame, unframe};
+use super::{TensorOwner, agree, failure_frame, first_failure, frame, unframe};
 use crate::error::NodeError;
+use crate::fingerprint::{Fingerprint, tensor_hash};
+use crate::replica::{check_peers, merge_in_pieces, subtract_scaled};
 
 /// Values of a pseudo-gradient made at once (whole bands, as the one-process outer step).
 const PIECE: usize = 1 << 22;
@@ -88,6 +94,84 @@ pub fn outer_step_on_shards(
     let bytes = assemble(schema, &records)
         .map_err(|e| NodeError::Ranks(format!("assembling the payload: {e}")))?;
     Ok(Some(bytes))
+}
+
+/// `θ ← θ − outer_lr · aggregate(payloads)` on a fully sharded node (the payloads, in ascending
+/// uid order, on every rank): each rank merges the peers' tensors it owns into its share of the
+/// network model (a tensor whose aggregate is not finite anywhere is left as it is, as in one
+/// process), the live spans are set from the owners, and the network model's fingerprint is
+/// made from each owner's tensor hashes. Model and fingerprint are one process's, whatever the
+/// world; a failure on any rank fails the step on every rank.
+pub fn apply_aggregate_on_shards(
+    trainer: &mut FullyShardedTrainer,
+    schema: &Schema,
+    outer_lr: f32,
+    base: &mut [Vec<f32>],
+    payloads: &[&Payload],
+) -> Result<Fingerprint, NodeError> {
+    let owner = TensorOwner {
+        rank: trainer.rank(),
+        world: trainer.world(),
+    };
+    check_owned(schema, owner, base, "network model")?;
+    check_peers(schema, payloads)?;
+    let mut scratch = Vec::new();
+    let mut failure = None;
+    for i in (0..schema.len()).filter(|&i| owner.owns(i)) {
+        let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
+        let scales = clip_scales(&peers);
+        let tensor = &mut base[i];
+        let merged = merge_in_pieces(schema, &mut scratch, i, &peers, &scales, |range, update| {
+            subtract_scaled(&mut tensor[range], update, outer_lr);
+            Ok(())
+        });
+        if let Err(error) = merged {
+            failure = Some(error.to_string());
+            break;
+        }
+    }
+    agree(trainer.group_mut(), failure, "applying the aggregate")?;
+    trainer.set_from_owned(
+        |i| owner.owns(i),
+        |i, start, out| {
+            out.copy_from_slice(&base[i][start..start + out.len()]);
+            Ok(())
+        },
+    )?;
+    fingerprint_on_shards(trainer.group_mut(), schema, owner, base)
+}
+
+/// The fingerprint of a network model held by its tensors' owners: each rank hashes its tensors,
+/// and every rank combines every rank's hashes in protocol order.
+pub fn fingerprint_on_shards(
+    group: &mut ProcessGroup,
+    schema: &Schema,
+    owner: TensorOwner,
+    base: &[Vec<f32>],
+) -> Result<Fingerprint, NodeError> {
+    let mine: Vec<u8> = (0..schema.len())
+        .filter(|&i| owner.owns(i))
+        .flat_map(|i| tensor_hash(&base[i]))
+        .collect();
+    let hashes = group
+        .all_gather_bytes(&mine)
+        .map_err(|e| NodeError::Ranks(format!("gathering the fingerprint's hashes: {e}")))?;
+    let world = owner.world.max(1);
+    let hash_of = |i: usize| -> Result<[u8; 32], NodeError> {
+        let at = 32 * (i / world);
+        hashes
+            .get(i % world)
+            .and_then(|h| h.get(at..at + 32))
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(|| {
+                NodeError::Ranks(format!("rank {} sent no hash of tensor {i}", i % world))
+            })
+    };
+    let hashes: Vec<[u8; 32]> = (0..schema.len()).map(hash_of).collect::<Result<_, _>>()?;
+    let specs = (0..schema.len()).map(|i| schema.spec(i));
+    Ok(Fingerprint::combine(specs.zip(&hashes).map(
+        |(spec, hash)| (spec.name.as_str(), spec.shape.as_slice(), hash),
+    )))
 }
 
 /// `buffers` holds a whole tensor for each tensor `owner` owns and nothing for the others.

@@ -15,7 +15,7 @@ pub use follow::{
     SavedBy, error_feedback_path, follow, load_node_state, load_rank_state, read_error_feedback,
     save_node_state, save_rank_state,
 };
-pub use full_shard::outer_step_on_shards;
+pub use full_shard::{apply_aggregate_on_shards, fingerprint_on_shards, outer_step_on_shards};
 
 use crate::error::NodeError;
 use crate::replica::Replica;
@@ -104,18 +104,27 @@ impl Ranks {
     /// Every rank's outcome of a step they took together (`failure`: this rank's error, if
     /// any): the first failure, naming its rank, fails the step on every rank.
     pub(crate) fn agree(&mut self, failure: Option<String>, what: &str) -> Result<(), NodeError> {
-        let frame = match failure {
-            None => vec![FRAME_OK],
-            Some(reason) => failure_frame(&reason),
-        };
-        let frames = self
-            .group
-            .all_gather_bytes(&frame)
-            .map_err(|e| NodeError::Ranks(format!("{what}: {e}")))?;
-        match first_failure(&frames) {
-            Some(failed) => Err(NodeError::Ranks(format!("{what}: {failed}"))),
-            None => Ok(()),
-        }
+        agree(&mut self.group, failure, what)
+    }
+}
+
+/// Every rank's outcome of what they did together (`failure`: this rank's error): the first
+/// failure, naming its rank, fails it on every rank.
+pub(crate) fn agree(
+    group: &mut ProcessGroup,
+    failure: Option<String>,
+    what: &str,
+) -> Result<(), NodeError> {
+    let frame = match failure {
+        None => vec![FRAME_OK],
+        Some(reason) => failure_frame(&reason),
+    };
+    let frames = group
+        .all_gather_bytes(&frame)
+        .map_err(|e| NodeError::Ranks(format!("{what}: {e}")))?;
+    match first_failure(&frames) {
+        Some(failed) => Err(NodeError::Ranks(format!("{what}: {failed}"))),
+        None => Ok(()),
     }
 }
 
