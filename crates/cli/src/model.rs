@@ -39,8 +39,8 @@ pub struct InfoArgs {
     /// not given.
     #[arg(long)]
     host_memory_gb: Option<f64>,
-    /// Plan a miner's training fully sharded over --ranks (`templar bench train --shard full`;
-    /// training only, the node's outer step does not run sharded yet): its buffers, or with
+    /// Plan a miner fully sharded over --ranks (its training: `templar bench train --shard
+    /// full`; the node does not run one yet): its buffers, or with
     /// --device-memory-gb whether it fits, its spans on the device or offloaded.
     #[arg(long)]
     full_shard: bool,
@@ -261,8 +261,8 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
 /// not run fully sharded yet.
 fn print_full_shard(report: &FitReport) {
     println!(
-        "fully sharded training over {} ranks (`templar bench train --shard full`; training \
-         only, the node's outer step is not sharded yet):",
+        "a fully sharded miner over {} ranks (its training: `templar bench train --shard full`; \
+         the node does not run one yet):",
         report.ranks
     );
     println!(

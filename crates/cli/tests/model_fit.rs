@@ -36,7 +36,7 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
     // Fully sharded, its training fits once the spans are offloaded to the host.
     let table = String::from_utf8_lossy(&refused.stdout);
     assert!(
-        table.contains("fully sharded training over 8 ranks"),
+        table.contains("a fully sharded miner over 8 ranks"),
         "{table}"
     );
     let chosen = table.lines().find(|l| l.contains("first to fit")).unwrap();
@@ -46,7 +46,7 @@ fn an_8b_miner_over_8_ranks_fits_an_h200_and_a_70b_one_does_not() {
     assert!(asked.status.success());
     let table = String::from_utf8_lossy(&asked.stdout);
     assert!(
-        table.contains("fully sharded training over 4 ranks"),
+        table.contains("a fully sharded miner over 4 ranks"),
         "{table}"
     );
     let json = info("--preset 70b --role miner --ranks 8 --device-memory-gb 139 --json");

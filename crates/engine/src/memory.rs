@@ -378,8 +378,9 @@ fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
 
 /// What one rank of a fully sharded trainer ([`crate::FullyShardedTrainer`]) holds to train at
 /// `shape` (`shape.ranks` ranks; it always recomputes activations), its spans offloaded to host
-/// memory or not: the training state only — a node's outer step (its network model, error
-/// feedback and payloads) does not run fully sharded yet. From the trainer's real buffers: the
+/// memory or not, with what the outer step on shards holds beside it (the network model's and
+/// the error feedback's tensors the rank owns, and the gathered payloads; the node's window does
+/// not run fully sharded yet). From the trainer's real buffers: the
 /// unit buckets' spans (the worst rank's), the padded scratch of the largest unit, one span in
 /// flight, and at the peak the units gathered together with their gradients (the tied head's
 /// embedding and a layer, or the head) and, on CUDA, the largest unit once more on the wire in
@@ -454,6 +455,21 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
             "activations (training, recomputed)",
             device,
             training_activation_bytes(model, recomputing),
+        ),
+        state_item(
+            "network model (f32, this rank's tensors)",
+            Place::Host,
+            RankShare::of(model, ranks).owned_tensor_bytes,
+        ),
+        state_item(
+            "error feedback (f32, this rank's tensors)",
+            Place::Host,
+            RankShare::of(model, ranks).owned_tensor_bytes,
+        ),
+        item(
+            "gathered payloads",
+            Place::Host,
+            shape.payloads as u64 * shape.payload_bytes,
         ),
     ];
     if !shape.device_is_host {
