@@ -147,7 +147,7 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
     );
     for item in &plan.items {
         println!(
-            "  {:<34} {:<7} {:>10.2} GiB",
+            "  {:<42} {:<7} {:>10.2} GiB",
             item.what,
             format!("{:?}", item.place).to_lowercase(),
             gib(item.bytes)
@@ -157,7 +157,7 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
         // The ranks share the host (and, with a CPU device, hold everything there).
         let shared = if place == Place::Host { plan.ranks } else { 1 };
         println!(
-            "  {:<34} {:<7} {:>10.2} GiB",
+            "  {:<42} {:<7} {:>10.2} GiB",
             "total",
             format!("{place:?}").to_lowercase(),
             gib(plan.bytes(place) * shared)
