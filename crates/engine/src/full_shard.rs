@@ -18,7 +18,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use templar_dist::{ProcessGroup, ReduceOp};
 
-use crate::buckets::{Bucket, unit_buckets};
+use crate::buckets::{BUCKET_VALUES, Bucket, unit_buckets};
 use crate::checkpoint::{
     OPTIMIZER_FILE, OPTIMIZER_STEM, model_entries, open_weights, save_weights, write_moments_with,
 };
@@ -29,6 +29,7 @@ use crate::model::{Llama, backward_with};
 use crate::optim::learning_rate;
 use crate::params::{NamedBuffer, ParameterReader, parameter_shapes, read_range_into};
 use crate::sharded::{Layout, ShardedAdamW};
+use crate::sharded_state::saved_world;
 use crate::tensor_files::{DEFAULT_SHARD_BYTES, index_name};
 use crate::train::{Batch, StepStats};
 
@@ -124,8 +125,10 @@ impl FullyShardedTrainer {
     }
 
     /// Loads what [`FullyShardedTrainer::save`] (or one process's [`crate::save_model`] and
-    /// [`crate::save_optimizer`]) wrote in `dir`, whatever the number of ranks that saved it:
-    /// each rank reads only its spans. Fresh moments when `dir` holds no optimizer files.
+    /// [`crate::save_optimizer`], or a ranked node's weights and per-rank moments,
+    /// [`ShardedAdamW::save_moments`]) wrote in `dir`, whatever the number of ranks that saved
+    /// it: each rank reads only its spans. Fresh moments, with a warning, when `dir` holds no
+    /// optimizer state.
     pub fn load(
         dir: &Path,
         train: TrainConfig,
@@ -146,13 +149,12 @@ impl FullyShardedTrainer {
             let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
             let shapes: Vec<Vec<usize>> = entries.iter().map(|e| e.shape.clone()).collect();
             trainer.optimizer.load_moments_of(dir, &names, &shapes)?;
-        } else if holds_rank_moments(dir) {
-            return Err(EngineError::checkpoint(
-                dir,
-                "this folder holds a ranked node's per-rank moments (moments.rank-R-of-N.bin), \
-                 which a fully sharded trainer does not read: load it with the ranks that saved \
-                 it, or resume those ranks and save one process's optimizer files",
-            ));
+        } else if let Some(world) = saved_world(dir)? {
+            // A ranked node's state (ZeRO-2, buckets of BUCKET_VALUES): each of this rank's
+            // spans read from the files of the ranks that held its values.
+            trainer
+                .optimizer
+                .load_moments_laid_out(dir, world, BUCKET_VALUES)?;
         } else {
             tracing::warn!(
                 "{} holds weights but no optimizer state: the moments start fresh, at step 0",
@@ -686,15 +688,6 @@ impl FullyShardedTrainer {
         moments.drain(group)?;
         Ok(written)
     }
-}
-
-/// Whether `dir` holds a ranked node's per-rank moments files.
-fn holds_rank_moments(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("moments.rank-"))
-    })
 }
 
 /// The tensors' units, by name: the embedding, each decoder layer (`model.layers.{i}.…`), and

@@ -26,6 +26,31 @@ pub fn moments_path(dir: &Path, rank: usize, world: usize) -> PathBuf {
     dir.join(format!("moments.rank-{rank}-of-{world}.bin"))
 }
 
+/// The number of ranks whose moments files `dir` holds, from rank 0's file name; `None` when
+/// it holds none. Two saves of different world sizes in one folder are refused.
+pub(crate) fn saved_world(dir: &Path) -> Result<Option<usize>, EngineError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
+    let mut worlds: Vec<usize> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let world = name
+                .strip_prefix("moments.rank-0-of-")?
+                .strip_suffix(".bin")?;
+            world.parse().ok()
+        })
+        .collect();
+    worlds.sort_unstable();
+    match worlds.as_slice() {
+        [] => Ok(None),
+        [world] => Ok(Some(*world)),
+        several => Err(EngineError::checkpoint(
+            dir,
+            format!("holds the moments of {several:?} ranks at once: keep one save per folder"),
+        )),
+    }
+}
+
 impl ShardedAdamW {
     /// Writes this rank's moments into `dir`, atomically, a piece at a time.
     pub fn save_moments(&self, dir: &Path) -> Result<(), EngineError> {
@@ -113,7 +138,19 @@ impl ShardedAdamW {
         if saved_world == self.world() {
             return self.load_moments(dir);
         }
-        let (mut saved, steps) = open_saved(dir, &self.numels, saved_world, self.bucket_values)?;
+        self.load_moments_laid_out(dir, saved_world, self.bucket_values)
+    }
+
+    /// [`ShardedAdamW::load_moments_resharded`] from ranks whose buckets held at most
+    /// `saved_bucket_values` values, whatever this optimizer's own layout (a fully sharded
+    /// trainer's buckets are its units).
+    pub(crate) fn load_moments_laid_out(
+        &mut self,
+        dir: &Path,
+        saved_world: usize,
+        saved_bucket_values: i64,
+    ) -> Result<(), EngineError> {
+        let (mut saved, steps) = open_saved(dir, &self.numels, saved_world, saved_bucket_values)?;
         for b in 0..self.buckets.len() {
             for mine in self.buckets[b].owned.clone() {
                 for share in &mut saved {
@@ -608,6 +645,17 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = load(dir.path());
         assert!(error.contains("moments.rank-1-of-2.bin"), "{error}");
+    }
+
+    #[test]
+    fn the_saved_world_is_read_from_the_file_names_and_two_saves_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_world(dir.path()).unwrap(), None);
+        save_world(dir.path(), 3);
+        assert_eq!(saved_world(dir.path()).unwrap(), Some(3));
+        save_world(dir.path(), 2);
+        let error = saved_world(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("[2, 3]"), "{error}");
     }
 
     #[test]

@@ -307,6 +307,29 @@ fn fully_sharded_ranks_train_save_and_reshard_as_one_process_does() {
 }
 
 #[test]
+fn a_ranked_node_s_state_resumes_fully_sharded_on_another_number_of_ranks() {
+    tch::set_num_threads(1);
+    let (expected, _) = one_process(true, STEPS + 2, STEPS);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let vars = [("TEMPLAR_SHARDED_CHECKPOINT", state.to_str().unwrap())];
+    // 2 ranks of ZeRO-2 (whole weights, moments in buckets) save; 4 fully sharded ranks resume.
+    outputs(start_ranks_with("train", 2, dir.path(), &vars));
+    let four = tempfile::tempdir().unwrap();
+    for (rank, text) in outputs(start_ranks_with("full-load", 4, four.path(), &vars))
+        .iter()
+        .enumerate()
+    {
+        let losses: Vec<f64> = serde_json::from_str(&printed(text, "LOSSES ")).unwrap();
+        assert_losses_match(
+            &losses,
+            &expected[STEPS as usize..],
+            &format!("rank {rank} of 4"),
+        );
+    }
+}
+
+#[test]
 fn fully_sharded_ranks_with_their_own_head_train_as_one_process_does() {
     tch::set_num_threads(1);
     let (expected, _) = one_process(false, STEPS, 0);
@@ -573,4 +596,13 @@ fn rank() {
         &dir.join(format!("weights-{rank}.bin")),
         &weights(&trainer.model),
     );
+    // A ranked node's state: rank 0's weights, every rank's moments.
+    if let Ok(to) = std::env::var("TEMPLAR_SHARDED_CHECKPOINT") {
+        let to = Path::new(&to);
+        std::fs::create_dir_all(to).unwrap();
+        if rank == 0 {
+            templar_engine::save_model(to, &trainer.model).unwrap();
+        }
+        trainer.optimizer.save_moments(to).unwrap();
+    }
 }
