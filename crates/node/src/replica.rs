@@ -420,16 +420,7 @@ impl Replica {
             .into_par_iter()
             .flat_map_iter(|group| {
                 group.into_iter().map(|(i, live, feedback)| {
-                    // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
-                    let band = schema.plan(i).band_len();
-                    let fill = |first_band: usize, out: &mut [f32]| {
-                        let start = first_band * band;
-                        live.read_range(start, out).map_err(|e| e.to_string())?;
-                        for (live, base) in out.iter_mut().zip(&base[i][start..]) {
-                            *live = base - *live;
-                        }
-                        Ok(())
-                    };
+                    let fill = pseudo_gradient(schema, i, &live, &base[i]);
                     let tensor = compress_tensor_in_pieces(
                         schema,
                         i,
@@ -890,6 +881,25 @@ fn send(model: &mut Llama, sent: &mut u64, i: usize, data: &[f32]) -> Result<(),
     model.params.write_one(i, data)?;
     *sent += 4 * data.len() as u64;
     Ok(())
+}
+
+/// The pseudo-gradient `base − live` of tensor `i`, a piece of the live tensor at a time: for
+/// [`compress_tensor_in_pieces`], which asks for whole bands from `first_band` on.
+pub(crate) fn pseudo_gradient<'a>(
+    schema: &Schema,
+    i: usize,
+    live: &'a templar_engine::ParameterReader,
+    base: &'a [f32],
+) -> impl FnMut(usize, &mut [f32]) -> Result<(), String> + 'a {
+    let band = schema.plan(i).band_len();
+    move |first_band, out| {
+        let start = first_band * band;
+        live.read_range(start, out).map_err(|e| e.to_string())?;
+        for (live, base) in out.iter_mut().zip(&base[start..]) {
+            *live = base - *live;
+        }
+        Ok(())
+    }
 }
 
 /// `values[j] −= scale · update[j]`, one multiply and one subtract per value (never fused), so

@@ -17,7 +17,7 @@ use templar_engine::FullyShardedTrainer;
 use super::{TensorOwner, agree, failure_frame, first_failure, frame, unframe};
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, tensor_hash};
-use crate::replica::{check_peers, merge_in_pieces, subtract_scaled};
+use crate::replica::{check_peers, merge_in_pieces, pseudo_gradient, subtract_scaled};
 
 /// Values of a pseudo-gradient made at once (whole bands, as the one-process outer step).
 const PIECE: usize = 1 << 22;
@@ -47,16 +47,7 @@ pub fn outer_step_on_shards(
             if failure.is_some() {
                 return Ok(());
             }
-            // The pseudo-gradient `base − live`, a piece of the live tensor at a time.
-            let band = schema.plan(i).band_len();
-            let fill = |first_band: usize, out: &mut [f32]| {
-                let start = first_band * band;
-                live.read_range(start, out).map_err(|e| e.to_string())?;
-                for (live, base) in out.iter_mut().zip(&base[i][start..]) {
-                    *live = base - *live;
-                }
-                Ok(())
-            };
+            let fill = pseudo_gradient(schema, i, live, &base[i]);
             let feedback = &mut error_feedback[i];
             match compress_tensor_in_pieces(schema, i, feedback, PIECE, Rule::Symmetric, fill) {
                 Ok(tensor) => compressed.push((i, tensor)),
@@ -74,13 +65,7 @@ pub fn outer_step_on_shards(
         .all_gather_bytes(&frame)
         .map_err(|e| NodeError::Ranks(format!("gathering the outer step's tensors: {e}")))?;
     // Every live tensor goes back to the base, whatever the codec did (as in one process).
-    trainer.set_from_owned(
-        |i| owner.owns(i),
-        |i, start, out| {
-            out.copy_from_slice(&base[i][start..start + out.len()]);
-            Ok(())
-        },
-    )?;
+    put_back(trainer, owner, base)?;
     if let Some(failed) = first_failure(&frames) {
         error_feedback.iter_mut().for_each(|e| e.fill(0.0));
         return Err(NodeError::Codec(format!(
@@ -131,13 +116,7 @@ pub fn apply_aggregate_on_shards(
         }
     }
     agree(trainer.group_mut(), failure, "applying the aggregate")?;
-    trainer.set_from_owned(
-        |i| owner.owns(i),
-        |i, start, out| {
-            out.copy_from_slice(&base[i][start..start + out.len()]);
-            Ok(())
-        },
-    )?;
+    put_back(trainer, owner, base)?;
     fingerprint_on_shards(trainer.group_mut(), schema, owner, base)
 }
 
@@ -172,6 +151,22 @@ pub fn fingerprint_on_shards(
     Ok(Fingerprint::combine(specs.zip(&hashes).map(
         |(spec, hash)| (spec.name.as_str(), spec.shape.as_slice(), hash),
     )))
+}
+
+/// The live spans set to the network model, from the tensors' owners.
+fn put_back(
+    trainer: &mut FullyShardedTrainer,
+    owner: TensorOwner,
+    base: &[Vec<f32>],
+) -> Result<(), NodeError> {
+    trainer.set_from_owned(
+        |i| owner.owns(i),
+        |i, start, out| {
+            out.copy_from_slice(&base[i][start..start + out.len()]);
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 /// `buffers` holds a whole tensor for each tensor `owner` owns and nothing for the others.
