@@ -102,6 +102,8 @@ pub struct FullyShardedTrainer {
     peak_gathered_values: i64,
     /// Set when a step failed part-way: the ranks may disagree, so no further step is taken.
     broken: bool,
+    /// Values moved between the host and a span at once.
+    piece: usize,
 }
 
 impl FullyShardedTrainer {
@@ -221,7 +223,14 @@ impl FullyShardedTrainer {
             gathered_values: 0,
             peak_gathered_values: 0,
             broken: false,
+            piece: PIECE,
         })
+    }
+
+    /// Moves at most `values` values between the host and a span at once (tests use small
+    /// pieces, to cut tensors).
+    pub fn set_piece(&mut self, values: usize) {
+        self.piece = values.max(1);
     }
 
     /// Gathers weights in `kind` (f32 or bf16) rather than the device's default.
@@ -276,12 +285,6 @@ impl FullyShardedTrainer {
     /// together (a layer, with the embedding too when the head is the embedding).
     pub fn peak_gathered_bytes(&self) -> i64 {
         4 * self.peak_gathered_values
-    }
-
-    /// The group, for what the ranks do together beside training (the outer step's records):
-    /// every rank must make the same collectives in the same order.
-    pub fn group_mut(&mut self) -> &mut ProcessGroup {
-        &mut self.group
     }
 
     /// Values of AdamW state this rank holds per moment.
@@ -513,8 +516,9 @@ impl FullyShardedTrainer {
     /// model ever being whole on any rank. Each unit is gathered on every rank in turn (every
     /// rank calls this, each with its own `owns`) and `visit(i, whole)` sees this rank's tensors
     /// of it (read them with [`ParameterReader::read_range`]); the unit goes before the next is
-    /// gathered. A rank's failing `visit` does not stop
-    /// the gathers (the ranks stay in step); every rank then returns an error.
+    /// gathered. A rank's failing `visit` does not stop the gathers (the ranks stay in step);
+    /// every rank then returns an error. A failure of the gathers themselves marks the trainer
+    /// broken.
     pub fn visit_owned(
         &mut self,
         owns: impl Fn(usize) -> bool,
@@ -522,26 +526,30 @@ impl FullyShardedTrainer {
     ) -> Result<(), EngineError> {
         self.refuse_if_broken()?;
         let mut visited = Ok(());
-        for unit in 0..self.units.len() {
+        let gathered = (0..self.units.len()).try_for_each(|unit| {
             let bucket = &self.optimizer.buckets[unit];
             let mine = &self.master[unit];
-            let whole = gather_whole(&mut self.group, bucket, mine, (Kind::Float, self.placement))
-                .inspect_err(|_| self.broken = true)?;
+            let whole = gather_whole(&mut self.group, bucket, mine, (Kind::Float, self.placement))?;
             for placed in bucket.tensors.iter().filter(|p| owns(p.tensor)) {
                 if visited.is_ok() {
                     let tensor = whole.f_narrow(0, placed.offset, placed.numel)?;
                     visited = visit(placed.tensor, &ParameterReader(tensor));
                 }
             }
-        }
+            Ok::<_, EngineError>(())
+        });
+        self.broken |= gathered.is_err();
+        gathered?;
         self.agree(visited, "visit its tensors")
     }
 
     /// The outer step's write: this rank's spans set from the tensors their owners hold, each
     /// written by `fill(i, start, out)` (values `start..start + out.len()` of tensor `i`) on the
     /// rank that `owns` it. A unit at a time: owners lay their tensors out, every other value is
-    /// −0, and the reduce-scatter's sums are then exactly the owners' values (x + −0 = x for
-    /// every x, −0 and NaN included). The moments are left as they are.
+    /// zero bits, and the reduce-scatter sums the values' bits as integers, so that each value
+    /// is its owner's bit for bit whatever it is (−0, a NaN's payload, a subnormal) and whatever
+    /// the backend does with floats. The moments are left as they are. Any failure, a rank's
+    /// `fill` included, leaves the spans unknown: the trainer is then broken (reload a state).
     pub fn set_from_owned(
         &mut self,
         owns: impl Fn(usize) -> bool,
@@ -551,16 +559,17 @@ impl FullyShardedTrainer {
         let world = self.world();
         let mut filled = Ok(());
         let mut values = Vec::new();
-        for unit in 0..self.units.len() {
+        let piece = self.piece;
+        let scattered = (0..self.units.len()).try_for_each(|unit| {
             let bucket = &self.optimizer.buckets[unit];
             let mut whole = self
                 .optimizer
                 .scratch
                 .f_narrow(0, 0, bucket.padded(world))?;
-            let _ = tch::no_grad(|| whole.f_fill_(-0.0))?;
+            let _ = tch::no_grad(|| whole.f_zero_())?;
             for placed in bucket.tensors.iter().filter(|p| owns(p.tensor)) {
-                for start in (0..placed.numel).step_by(PIECE) {
-                    let len = (PIECE as i64).min(placed.numel - start);
+                for start in (0..placed.numel).step_by(piece) {
+                    let len = (piece as i64).min(placed.numel - start);
                     values.resize(len as usize, 0.0);
                     if filled.is_ok() {
                         filled = fill(placed.tensor, start as usize, &mut values);
@@ -570,15 +579,29 @@ impl FullyShardedTrainer {
                     tch::no_grad(|| whole.f_narrow(0, at, len)?.f_copy_(&source))?;
                 }
             }
-            let mut received = self.received.f_narrow(0, 0, bucket.span)?;
+            let received = self.received.f_narrow(0, 0, bucket.span)?;
             tch::no_grad(|| {
-                self.group
-                    .reduce_scatter(&mut received, &whole, ReduceOp::Sum)
+                let mut bits = received.f_view_dtype(Kind::Int)?;
+                let sent = whole.f_view_dtype(Kind::Int)?;
+                self.group.reduce_scatter(&mut bits, &sent, ReduceOp::Sum)?;
+                Ok::<_, EngineError>(self.master[unit].f_copy_(&received)?)
             })
-            .inspect_err(|_| self.broken = true)?;
-            tch::no_grad(|| self.master[unit].f_copy_(&received))?;
-        }
-        self.agree(filled, "fill its tensors")
+        });
+        let agreed = scattered.and_then(|()| self.agree(filled, "fill its tensors"));
+        self.broken |= agreed.is_err();
+        agreed
+    }
+
+    /// Runs `work` on the group (the node's own collectives beside training); a failure marks
+    /// the trainer broken, as the ranks may now be in different collectives.
+    pub fn with_group<T, E: From<EngineError>>(
+        &mut self,
+        work: impl FnOnce(&mut ProcessGroup) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.refuse_if_broken()?;
+        let done = work(&mut self.group);
+        self.broken |= done.is_err();
+        done
     }
 
     /// `done` on every rank, or an error on every rank naming what failed.

@@ -11,16 +11,17 @@
 //! - `resume`: fresh ranks load that state and take the second window again.
 //! - `judge`: a validator over ranks judges two miners' payloads (each applied alone, measured,
 //!   undone) and applies their aggregate, against one process.
-//! - `full-shard`: the outer step of a fully sharded node (no rank holds the whole model) from
-//!   live weights one process trained, then applying that payload: payload bytes, error
-//!   feedback, and the fingerprints after each identical to one process at 2 and 4 ranks.
+//! - `full-shard`: two outer steps of a fully sharded node (no rank holds the whole model) from
+//!   live weights one process trained, each followed by applying the payloads so far: payload
+//!   bytes, error feedback, and the fingerprints after each identical to one process at 2 and
+//!   4 ranks.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use templar_codec::encode;
+use templar_codec::{Payload, encode};
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
 use templar_engine::memory::Role;
 use templar_engine::{Batch, Device, FullyShardedTrainer, Preset};
@@ -158,6 +159,7 @@ fn the_outer_step_over_ranks_makes_one_process_payload() {
 fn a_fully_sharded_outer_step_makes_one_process_payload() {
     templar_engine::set_threads(1);
     let config = config();
+    let coding = config.codec.index_coding;
     let mut replica = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
     let mut ef = TensorOwner::ALONE.error_feedback(numels(&replica));
     train_window(&mut replica, &config, 0);
@@ -166,38 +168,66 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
         // The live weights the ranks start from: one process's, so that the bits are the same.
         templar_engine::save_model(&dir.path().join("live"), &replica.model).unwrap();
     }
-    let payload = replica.outer_step(&mut ef).unwrap();
-    let expected = encode(&replica.schema, &payload, config.codec.index_coding);
-    let fingerprint = replica.fingerprint().to_string();
-    // The ranks apply their own payload as the one peer: the model after it.
-    replica.apply_aggregate(&[&payload]).unwrap();
-    let applied = replica.fingerprint().to_string();
-    assert_ne!(applied, fingerprint);
+    // Two windows: the first payload applied alone; the second, made from the error feedback
+    // the first left (the live weights are the base by then), applied with the first.
+    let first = replica.outer_step(&mut ef).unwrap();
+    let put_back = replica.fingerprint().to_string();
+    replica.apply_aggregate(&[&first]).unwrap();
+    let applied_1 = replica.fingerprint().to_string();
+    let second = replica.outer_step(&mut ef).unwrap();
+    replica.apply_aggregate(&[&first, &second]).unwrap();
+    let applied_2 = replica.fingerprint().to_string();
+    assert_ne!(applied_1, put_back);
+    assert_ne!(applied_2, applied_1);
+    let payloads = [&first, &second].map(|p| encode(&replica.schema, p, coding));
     for (world, dir) in [2, 4].into_iter().zip(&dirs) {
         run("full-shard", world, dir.path());
-        assert!(
-            read(dir.path(), "payload.bin") == expected,
-            "{world} ranks: payload bytes differ"
-        );
+        for (k, expected) in payloads.iter().enumerate() {
+            let got = read(dir.path(), &format!("payload-{}.bin", k + 1));
+            assert!(got == *expected, "{world} ranks: payload {} differs", k + 1);
+        }
         for rank in 0..world {
             let owner = TensorOwner { rank, world };
             assert!(
                 read(dir.path(), &format!("ef-{rank}.bin")) == owned_bytes(&ef, owner),
                 "{world} ranks, rank {rank}: error feedback differs"
             );
-            let put_back = read(dir.path(), &format!("fingerprint.rank-{rank}"));
-            assert_eq!(String::from_utf8(put_back).unwrap(), fingerprint);
-            // The fingerprint made from the owners' hashes, and that of the live spans.
-            for name in ["applied", "applied-live"] {
+            // The live weights put back, then the model after each apply: the fingerprint made
+            // from the owners' hashes and that of the live spans gathered.
+            for (name, expected) in [
+                ("put-back-live", &put_back),
+                ("applied-1", &applied_1),
+                ("applied-1-live", &applied_1),
+                ("applied-2", &applied_2),
+                ("applied-2-live", &applied_2),
+            ] {
                 let got = read(dir.path(), &format!("{name}.rank-{rank}"));
-                assert_eq!(
-                    String::from_utf8(got).unwrap(),
-                    applied,
-                    "{name}, rank {rank}"
-                );
+                let got = String::from_utf8(got).unwrap();
+                assert_eq!(&got, expected, "{world} ranks, {name}, rank {rank}");
             }
         }
     }
+}
+
+#[test]
+fn a_rank_of_a_fully_sharded_node_that_refuses_its_inputs_fails_the_step_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::new(&config(), Device::Cpu, Role::Miner).unwrap();
+    templar_engine::save_model(&dir.path().join("live"), &replica.model).unwrap();
+    let started = Instant::now();
+    for (rank, child) in start("full-shard-bad", 2, dir.path(), false)
+        .into_iter()
+        .enumerate()
+    {
+        let output = child.wait_with_output().unwrap();
+        let said = text(&output);
+        assert!(output.status.success(), "rank {rank}: {said}");
+        assert!(
+            said.contains("REFUSED") && said.contains("rank 1 of 2: the error-feedback buffer"),
+            "rank {rank}: {said}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 /// One rank of `full-shard`: the live weights from `live/`, spans only; the base the replica's
@@ -205,6 +235,7 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
 fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
     let fresh = Replica::new(config, Device::Cpu, Role::Miner).unwrap();
     let owner = TensorOwner::of(&group);
+    let rank = owner.rank;
     let mut base: Vec<Vec<f32>> = fresh
         .base()
         .iter()
@@ -215,33 +246,54 @@ fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
     let train = config.model.train.clone();
     let live = dir.join("live");
     let mut trainer = FullyShardedTrainer::load(&live, train, group, Device::Cpu).unwrap();
-    let coding = config.codec.index_coding;
-    let bytes =
-        ranks::outer_step_on_shards(&mut trainer, &fresh.schema, coding, &base, &mut ef).unwrap();
-    if let Some(bytes) = &bytes {
-        std::fs::write(dir.join("payload.bin"), bytes).unwrap();
+    // Tensors cut into pieces when they are put back.
+    trainer.set_piece(1000);
+    let (schema, coding, lr) = (&fresh.schema, config.codec.index_coding, fresh.outer_lr);
+    if std::env::var("TEMPLAR_RANKS_SCENARIO").is_ok_and(|s| s == "full-shard-bad") {
+        // Rank 1's error feedback is of another layout: every rank refuses, none waits.
+        if rank == 1 {
+            ef[1].pop();
+        }
+        let refused = ranks::outer_step_on_shards(&mut trainer, schema, coding, &base, &mut ef);
+        println!("REFUSED {}", refused.unwrap_err());
+        return;
     }
-    let rank = owner.rank;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(format!("{name}.rank-{rank}")), text).unwrap();
+    };
+    let mut payloads = Vec::new();
+    for window in 1..=2 {
+        let bytes = ranks::outer_step_on_shards(&mut trainer, schema, coding, &base, &mut ef);
+        let mut bytes = bytes.unwrap().unwrap_or_default();
+        if rank == 0 {
+            std::fs::write(dir.join(format!("payload-{window}.bin")), &bytes).unwrap();
+        }
+        if window == 1 {
+            write("put-back-live", live_fingerprint(&mut trainer));
+        }
+        // Every rank gets rank 0's payload, as a node's leader hands round its gather.
+        trainer
+            .with_group(|group| {
+                group
+                    .broadcast_bytes(&mut bytes, 0)
+                    .map_err(templar_engine::EngineError::from)
+            })
+            .unwrap();
+        payloads.push(templar_codec::decode(schema, &bytes).unwrap());
+        let peers: Vec<&Payload> = payloads.iter().collect();
+        let applied = ranks::apply_aggregate_on_shards(&mut trainer, schema, lr, &mut base, &peers);
+        write(&format!("applied-{window}"), applied.unwrap().to_string());
+        write(
+            &format!("applied-{window}-live"),
+            live_fingerprint(&mut trainer),
+        );
+    }
     std::fs::write(dir.join(format!("ef-{rank}.bin")), owned_bytes(&ef, owner)).unwrap();
-    let put_back = Fingerprint::of(&trainer.gather_weights().unwrap()).to_string();
-    std::fs::write(dir.join(format!("fingerprint.rank-{rank}")), put_back).unwrap();
-    // Every rank applies rank 0's payload, handed round as a node's leader hands its gather.
-    let mut payload = bytes.unwrap_or_default();
-    trainer
-        .group_mut()
-        .broadcast_bytes(&mut payload, 0)
-        .unwrap();
-    let payload = templar_codec::decode(&fresh.schema, &payload).unwrap();
-    let (schema, lr) = (&fresh.schema, fresh.outer_lr);
-    let applied =
-        ranks::apply_aggregate_on_shards(&mut trainer, schema, lr, &mut base, &[&payload]).unwrap();
-    std::fs::write(
-        dir.join(format!("applied.rank-{rank}")),
-        applied.to_string(),
-    )
-    .unwrap();
-    let live = Fingerprint::of(&trainer.gather_weights().unwrap()).to_string();
-    std::fs::write(dir.join(format!("applied-live.rank-{rank}")), live).unwrap();
+}
+
+/// The fingerprint of a fully sharded trainer's live weights, gathered whole (a test's check).
+fn live_fingerprint(trainer: &mut FullyShardedTrainer) -> String {
+    Fingerprint::of(&trainer.gather_weights().unwrap()).to_string()
 }
 
 #[test]
@@ -439,7 +491,7 @@ fn rank() {
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let config = config();
-    if scenario == "full-shard" {
+    if scenario.starts_with("full-shard") {
         return full_shard_rank(&config, group, &dir);
     }
     let role = if scenario == "judge" {

@@ -5,14 +5,17 @@
 //! assembles the payload from every rank's records; and every rank's spans of the live weights
 //! are then set back to the network model from the tensors' owners. The payload's bytes and the
 //! error feedback are one process's, whatever the number of ranks.
+//!
+//! Every check a rank makes alone (its buffers, the schema against its trainer, the payloads)
+//! is agreed on by every rank before the first collective, so that one rank's refusal fails the
+//! step everywhere instead of leaving the others waiting in a gather.
 
 use templar_codec::aggregate::clip_scales;
 use templar_codec::quant::Rule;
 use templar_codec::{
     IndexCoding, Payload, Schema, SparseTensor, assemble, compress_tensor_in_pieces,
 };
-use templar_dist::ProcessGroup;
-use templar_engine::FullyShardedTrainer;
+use templar_engine::{FullyShardedTrainer, parameter_shapes};
 
 use super::{TensorOwner, agree, failure_frame, first_failure, frame, unframe};
 use crate::error::NodeError;
@@ -24,8 +27,9 @@ const PIECE: usize = 1 << 22;
 
 /// The outer step of one rank of a fully sharded node: `base` holds the network model's tensors
 /// this rank owns (the others empty), as does `error_feedback`. Returns the payload's bytes on
-/// rank 0 (`None` elsewhere). The live weights are put back to the base. A codec failure on any
-/// rank fails the step on every rank, naming it, and every rank resets its error feedback.
+/// rank 0 (`None` elsewhere). The live weights are put back to the base. A failure on any rank
+/// (a codec failure: a non-finite pseudo-gradient) fails the step on every rank, naming it, and
+/// every rank resets its error feedback, as one process resets all of it.
 pub fn outer_step_on_shards(
     trainer: &mut FullyShardedTrainer,
     schema: &Schema,
@@ -33,12 +37,33 @@ pub fn outer_step_on_shards(
     base: &[Vec<f32>],
     error_feedback: &mut [Vec<f32>],
 ) -> Result<Option<Vec<u8>>, NodeError> {
-    let owner = TensorOwner {
-        rank: trainer.rank(),
-        world: trainer.world(),
-    };
-    check_owned(schema, owner, base, "network model")?;
-    check_owned(schema, owner, error_feedback, "error-feedback")?;
+    let owner = owner_of(trainer);
+    let checked = check_owned(schema, owner, base, "network model")
+        .and_then(|()| check_owned(schema, owner, error_feedback, "error-feedback"))
+        .and_then(|()| check_trainer(schema, trainer));
+    trainer.with_group(|group| {
+        agree(
+            group,
+            checked.err().map(|e| e.to_string()),
+            "the outer step's inputs",
+        )
+    })?;
+    let stepped = compress_owned(trainer, schema, coding, base, error_feedback);
+    if stepped.is_err() {
+        error_feedback.iter_mut().for_each(|e| e.fill(0.0));
+    }
+    stepped
+}
+
+/// [`outer_step_on_shards`] once its inputs are agreed on.
+fn compress_owned(
+    trainer: &mut FullyShardedTrainer,
+    schema: &Schema,
+    coding: IndexCoding,
+    base: &[Vec<f32>],
+    error_feedback: &mut [Vec<f32>],
+) -> Result<Option<Vec<u8>>, NodeError> {
+    let owner = owner_of(trainer);
     let mut compressed: Vec<(usize, SparseTensor)> = Vec::new();
     let mut failure: Option<String> = None;
     trainer.visit_owned(
@@ -60,14 +85,14 @@ pub fn outer_step_on_shards(
         None => frame(schema, coding, &compressed),
         Some(reason) => failure_frame(reason),
     };
-    let frames = trainer
-        .group_mut()
-        .all_gather_bytes(&frame)
-        .map_err(|e| NodeError::Ranks(format!("gathering the outer step's tensors: {e}")))?;
+    let frames = trainer.with_group(|group| {
+        group
+            .all_gather_bytes(&frame)
+            .map_err(|e| NodeError::Ranks(format!("gathering the outer step's tensors: {e}")))
+    })?;
     // Every live tensor goes back to the base, whatever the codec did (as in one process).
     put_back(trainer, owner, base)?;
     if let Some(failed) = first_failure(&frames) {
-        error_feedback.iter_mut().for_each(|e| e.fill(0.0));
         return Err(NodeError::Codec(format!(
             "{failed}; error feedback was reset"
         )));
@@ -86,7 +111,8 @@ pub fn outer_step_on_shards(
 /// network model (a tensor whose aggregate is not finite anywhere is left as it is, as in one
 /// process), the live spans are set from the owners, and the network model's fingerprint is
 /// made from each owner's tensor hashes. Model and fingerprint are one process's, whatever the
-/// world; a failure on any rank fails the step on every rank.
+/// world. A failure on any rank fails the step on every rank; the live spans are still set to
+/// each rank's base.
 pub fn apply_aggregate_on_shards(
     trainer: &mut FullyShardedTrainer,
     schema: &Schema,
@@ -94,12 +120,21 @@ pub fn apply_aggregate_on_shards(
     base: &mut [Vec<f32>],
     payloads: &[&Payload],
 ) -> Result<Fingerprint, NodeError> {
-    let owner = TensorOwner {
-        rank: trainer.rank(),
-        world: trainer.world(),
-    };
-    check_owned(schema, owner, base, "network model")?;
-    check_peers(schema, payloads)?;
+    let owner = owner_of(trainer);
+    let checked = check_owned(schema, owner, base, "network model")
+        .and_then(|()| check_peers(schema, payloads))
+        .and_then(|()| check_trainer(schema, trainer));
+    trainer.with_group(|group| {
+        agree(
+            group,
+            checked.err().map(|e| e.to_string()),
+            "the aggregate's inputs",
+        )
+    })?;
+    if payloads.is_empty() {
+        // Nothing to apply, as in one process: the model is left exactly as it is.
+        return trainer.with_group(|group| fingerprint_on_shards(group, schema, base));
+    }
     let mut scratch = Vec::new();
     let mut failure = None;
     for i in (0..schema.len()).filter(|&i| owner.owns(i)) {
@@ -115,42 +150,60 @@ pub fn apply_aggregate_on_shards(
             break;
         }
     }
-    agree(trainer.group_mut(), failure, "applying the aggregate")?;
+    let applied = trainer.with_group(|group| agree(group, failure, "applying the aggregate"));
     put_back(trainer, owner, base)?;
-    fingerprint_on_shards(trainer.group_mut(), schema, owner, base)
+    applied?;
+    trainer.with_group(|group| fingerprint_on_shards(group, schema, base))
 }
 
-/// The fingerprint of a network model held by its tensors' owners: each rank hashes its tensors,
-/// and every rank combines every rank's hashes in protocol order.
+/// The fingerprint of a network model held by its tensors' owners (`base`: this rank's tensors,
+/// the others empty): each rank hashes its tensors, and every rank combines every rank's hashes
+/// in protocol order — what hashing the whole model gives, whatever the world.
 pub fn fingerprint_on_shards(
-    group: &mut ProcessGroup,
+    group: &mut templar_dist::ProcessGroup,
     schema: &Schema,
-    owner: TensorOwner,
     base: &[Vec<f32>],
 ) -> Result<Fingerprint, NodeError> {
-    let mine: Vec<u8> = (0..schema.len())
-        .filter(|&i| owner.owns(i))
+    let owner = TensorOwner::of(group);
+    let owned = |rank: usize| (0..schema.len()).filter(move |i| i % owner.world == rank);
+    let mine: Vec<u8> = owned(owner.rank)
         .flat_map(|i| tensor_hash(&base[i]))
         .collect();
-    let hashes = group
+    let frames = group
         .all_gather_bytes(&mine)
         .map_err(|e| NodeError::Ranks(format!("gathering the fingerprint's hashes: {e}")))?;
-    let world = owner.world.max(1);
-    let hash_of = |i: usize| -> Result<[u8; 32], NodeError> {
-        let at = 32 * (i / world);
-        hashes
-            .get(i % world)
-            .and_then(|h| h.get(at..at + 32))
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .ok_or_else(|| {
-                NodeError::Ranks(format!("rank {} sent no hash of tensor {i}", i % world))
-            })
-    };
-    let hashes: Vec<[u8; 32]> = (0..schema.len()).map(hash_of).collect::<Result<_, _>>()?;
+    if frames.len() != owner.world {
+        return Err(NodeError::Ranks(format!(
+            "{} ranks sent hashes to a group of {}",
+            frames.len(),
+            owner.world
+        )));
+    }
+    let mut hashes = vec![[0u8; 32]; schema.len()];
+    for (rank, frame) in frames.iter().enumerate() {
+        let tensors: Vec<usize> = owned(rank).collect();
+        if frame.len() != 32 * tensors.len() {
+            return Err(NodeError::Ranks(format!(
+                "rank {rank} sent {} bytes of hashes for {} tensors",
+                frame.len(),
+                tensors.len()
+            )));
+        }
+        for (i, hash) in tensors.into_iter().zip(frame.chunks_exact(32)) {
+            hashes[i].copy_from_slice(hash);
+        }
+    }
     let specs = (0..schema.len()).map(|i| schema.spec(i));
     Ok(Fingerprint::combine(specs.zip(&hashes).map(
         |(spec, hash)| (spec.name.as_str(), spec.shape.as_slice(), hash),
     )))
+}
+
+fn owner_of(trainer: &FullyShardedTrainer) -> TensorOwner {
+    TensorOwner {
+        rank: trainer.rank(),
+        world: trainer.world(),
+    }
 }
 
 /// The live spans set to the network model, from the tensors' owners.
@@ -166,6 +219,29 @@ fn put_back(
             Ok(())
         },
     )?;
+    Ok(())
+}
+
+/// The trainer's tensors are the schema's, by name and shape, in order.
+fn check_trainer(schema: &Schema, trainer: &FullyShardedTrainer) -> Result<(), NodeError> {
+    let tensors = parameter_shapes(trainer.config());
+    if tensors.len() != schema.len() {
+        return Err(NodeError::Codec(format!(
+            "the trainer has {} tensors, the network's model {}",
+            tensors.len(),
+            schema.len()
+        )));
+    }
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let spec = schema.spec(i);
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        if *name != spec.name || shape != spec.shape {
+            return Err(NodeError::Codec(format!(
+                "the trainer's tensor {i} is {name} {shape:?}, the network's {} {:?}",
+                spec.name, spec.shape
+            )));
+        }
+    }
     Ok(())
 }
 
