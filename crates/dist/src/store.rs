@@ -23,6 +23,16 @@ impl Store {
     /// A store in the file at `path`, created if missing. Ranks on one machine that open the same
     /// path share it. The caller removes the file (it should live in a folder of its own).
     pub fn file(path: &Path, timeout: Duration) -> Result<Store> {
+        // c10d retries opening the file for minutes before it gives up on a missing folder.
+        if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty())
+            && !folder.is_dir()
+        {
+            return Err(crate::DistError::Invalid(format!(
+                "the store's folder {} does not exist: create it (every rank of the node opens \
+                 the same file in it)",
+                folder.display()
+            )));
+        }
         let path = c_string("the store's path", &path.to_string_lossy())?;
         let mut status = ffi::Status::new();
         // SAFETY: the path is a valid C string for the call; status is written by the shim.

@@ -146,6 +146,22 @@ fn ranks_that_do_not_belong_together_are_refused() {
 }
 
 #[test]
+fn a_file_store_in_a_missing_folder_is_refused_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-made");
+    let started = std::time::Instant::now();
+    let error = Store::file(&missing.join("store"), Duration::from_secs(30))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("not-made") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn a_file_store_keeps_values_between_handles() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");

@@ -54,15 +54,43 @@ pub async fn publish(
 ) -> Result<Descriptor, NodeError> {
     let staging = tempdir_for(window)?;
     let written = replica.save_weights(staging.path(), DEFAULT_SHARD_BYTES)?;
+    let of = Published {
+        window,
+        global_step,
+        fingerprint: replica.fingerprint(),
+    };
+    publish_files(store, network, (hotkey, uid), staging.path(), &written, of).await
+}
+
+/// What a checkpoint is of: its window, the global step, and the fingerprint its model loads as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Published {
+    pub window: u64,
+    pub global_step: u64,
+    pub fingerprint: Fingerprint,
+}
+
+/// Publishes the files `names` of `dir` — a model saved by any means: one process's replica, or
+/// a fully sharded trainer's ranks — as the checkpoint `of` says, each file streamed from disk
+/// (a checkpoint is never whole in memory), then the signed descriptor, then moves `latest` to
+/// it.
+pub async fn publish_files(
+    store: &Store,
+    network: &Network,
+    (hotkey, uid): (&Keypair, u16),
+    dir: &Path,
+    names: &[String],
+    of: Published,
+) -> Result<Descriptor, NodeError> {
+    let Published {
+        window,
+        global_step,
+        fingerprint,
+    } = of;
     let mut files = Vec::new();
-    for name in &written {
-        // Streamed from the file: a checkpoint is never whole in memory.
-        let info = store
-            .put_file(
-                &layout::checkpoint_file_key(network, window, name),
-                &staging.path().join(name),
-            )
-            .await?;
+    for name in names {
+        let key = layout::checkpoint_file_key(network, window, name);
+        let info = store.put_file(&key, &dir.join(name)).await?;
         files.push(FileEntry {
             name: name.to_string(),
             size: info.size,
@@ -72,7 +100,7 @@ pub async fn publish(
     let descriptor = Descriptor {
         window,
         global_step,
-        fingerprint: replica.fingerprint(),
+        fingerprint,
         files,
     };
     let json = serde_json::to_vec(&descriptor).unwrap_or_default();
@@ -158,6 +186,29 @@ pub async fn load(
     replica: &mut Replica,
 ) -> Result<(), NodeError> {
     let staging = tempdir_for(descriptor.window)?;
+    download(store, network, descriptor, staging.path()).await?;
+    replica.load_weights(staging.path())?;
+    let fingerprint = replica.fingerprint();
+    if fingerprint != descriptor.fingerprint {
+        return Err(NodeError::CatchUp(format!(
+            "checkpoint {} loads as model {}, its descriptor says {}",
+            descriptor.window,
+            fingerprint.short(),
+            descriptor.fingerprint.short()
+        )));
+    }
+    Ok(())
+}
+
+/// Downloads the checkpoint's files into `dir`, each streamed to disk and verified against the
+/// signed descriptor before it is renamed into place: what any loader (one process, or a fully
+/// sharded trainer's ranks) then reads. The caller checks the fingerprint it loads as.
+pub async fn download(
+    store: &Store,
+    network: &Network,
+    descriptor: &Descriptor,
+    dir: &Path,
+) -> Result<(), NodeError> {
     if !descriptor.files.iter().any(|f| f.name == CONFIG_FILE) {
         return Err(NodeError::CatchUp(format!(
             "checkpoint {} lacks {CONFIG_FILE}",
@@ -186,25 +237,10 @@ pub async fn load(
         // Streamed to disk and verified against the signed descriptor before it is renamed into
         // place; a file that differs is refused, naming the key and both hashes.
         store
-            .get_to_file(
-                &key,
-                &staging.path().join(name),
-                MAX_FILE_BYTES,
-                Some(&expected),
-            )
+            .get_to_file(&key, &dir.join(name), MAX_FILE_BYTES, Some(&expected))
             .await
             .map_err(|e| NodeError::CatchUp(format!("checkpoint file {key}: {e}")))?
             .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
-    }
-    replica.load_weights(staging.path())?;
-    let fingerprint = replica.fingerprint();
-    if fingerprint != descriptor.fingerprint {
-        return Err(NodeError::CatchUp(format!(
-            "checkpoint {} loads as model {}, its descriptor says {}",
-            descriptor.window,
-            fingerprint.short(),
-            descriptor.fingerprint.short()
-        )));
     }
     Ok(())
 }
