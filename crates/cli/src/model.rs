@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use templar_engine::Preset;
-use templar_engine::fit::{FitReport, Machine, find_fit, find_full_shard_fit, settings};
+use templar_engine::fit::{Candidate, FitReport, Machine, find_fit, find_full_shard_fit, settings};
 use templar_engine::memory::{MemoryPlan, Place, Role, WindowShape, full_shard_plan};
 
 #[derive(Subcommand)]
@@ -214,26 +214,7 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
         args.host_memory_gb
             .map_or_else(unchecked, |h| format!("{h} GiB")),
     );
-    println!(
-        "  {:<10} {:>11} {:>12} {:>16} {:>14}  fits",
-        "recompute", "micro-batch", "passes/step", "device GiB/rank", "host GiB (all)"
-    );
-    for (i, c) in report.candidates.iter().enumerate() {
-        println!(
-            "  {:<10} {:>11} {:>12} {:>16.1} {:>14.1}  {}{}",
-            c.shape.recompute,
-            c.shape.micro_batch,
-            c.passes_per_step,
-            gib(c.device_bytes),
-            gib(c.host_bytes),
-            if c.fits() { "yes" } else { "no" },
-            if report.chosen == Some(i) {
-                "  ← chosen"
-            } else {
-                ""
-            }
-        );
-    }
+    print_candidates(&report, ("recompute", |c| c.shape.recompute), "chosen");
     match (report.chosen, &report.reason) {
         (Some(i), _) => {
             let c = &report.candidates[i];
@@ -265,28 +246,35 @@ fn print_full_shard(report: &FitReport) {
          the node does not run one yet):",
         report.ranks
     );
+    print_candidates(report, ("offload", |c| c.offload), "first to fit");
+    if let Some(reason) = &report.reason {
+        println!("  {reason}");
+    }
+}
+
+/// The candidates one to a row: the option that tells them apart (`option`: its column's name
+/// and value), the micro-batch, the passes and the memory, the chosen one marked with `mark`.
+fn print_candidates(report: &FitReport, option: (&str, fn(&Candidate) -> bool), mark: &str) {
+    let (name, value) = option;
     println!(
         "  {:<10} {:>11} {:>12} {:>16} {:>14}  fits",
-        "offload", "micro-batch", "passes/step", "device GiB/rank", "host GiB (all)"
+        name, "micro-batch", "passes/step", "device GiB/rank", "host GiB (all)"
     );
     for (i, c) in report.candidates.iter().enumerate() {
         println!(
             "  {:<10} {:>11} {:>12} {:>16.1} {:>14.1}  {}{}",
-            c.offload,
+            value(c),
             c.shape.micro_batch,
             c.passes_per_step,
             gib(c.device_bytes),
             gib(c.host_bytes),
             if c.fits() { "yes" } else { "no" },
             if report.chosen == Some(i) {
-                "  ← first to fit"
+                format!("  ← {mark}")
             } else {
-                ""
+                String::new()
             }
         );
-    }
-    if let Some(reason) = &report.reason {
-        println!("  {reason}");
     }
 }
 

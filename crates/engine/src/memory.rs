@@ -387,14 +387,10 @@ fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
 /// bf16.
 pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -> MemoryPlan {
     let ranks = shape.ranks.max(1);
-    let names: Vec<String> = crate::params::parameter_shapes(model)
+    let (names, numels): (Vec<String>, Vec<i64>) = crate::params::parameter_shapes(model)
         .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    let numels: Vec<i64> = crate::params::parameter_shapes(model)
-        .iter()
-        .map(|(_, s)| s.iter().product())
-        .collect();
+        .map(|(name, shape)| (name, shape.iter().product::<i64>()))
+        .unzip();
     let units = crate::full_shard::units(&names);
     let buckets = crate::buckets::unit_buckets(&numels, &units, 0, ranks);
     let span_values: u64 = buckets.iter().map(|b| b.span as u64).sum();
@@ -425,6 +421,7 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
         recompute: true,
         ..shape
     };
+    let owned_tensor_bytes = RankShare::of(model, ranks).owned_tensor_bytes;
     let mut items = vec![
         item("process baseline", Place::Host, PROCESS_BASELINE_BYTES),
         state_item("weights (f32, this rank's spans)", state, 4 * span_values),
@@ -459,12 +456,12 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
         state_item(
             "network model (f32, this rank's tensors)",
             Place::Host,
-            RankShare::of(model, ranks).owned_tensor_bytes,
+            owned_tensor_bytes,
         ),
         state_item(
             "error feedback (f32, this rank's tensors)",
             Place::Host,
-            RankShare::of(model, ranks).owned_tensor_bytes,
+            owned_tensor_bytes,
         ),
         item(
             "gathered payloads",

@@ -41,13 +41,7 @@ pub fn outer_step_on_shards(
     let checked = check_owned(schema, owner, base, "network model")
         .and_then(|()| check_owned(schema, owner, error_feedback, "error-feedback"))
         .and_then(|()| check_trainer(schema, trainer));
-    trainer.with_group(|group| {
-        agree(
-            group,
-            checked.err().map(|e| e.to_string()),
-            "the outer step's inputs",
-        )
-    })?;
+    agree_on_inputs(trainer, checked, "the outer step's inputs")?;
     let stepped = compress_owned(trainer, schema, coding, base, error_feedback);
     if stepped.is_err() {
         error_feedback.iter_mut().for_each(|e| e.fill(0.0));
@@ -124,13 +118,7 @@ pub fn apply_aggregate_on_shards(
     let checked = check_owned(schema, owner, base, "network model")
         .and_then(|()| check_peers(schema, payloads))
         .and_then(|()| check_trainer(schema, trainer));
-    trainer.with_group(|group| {
-        agree(
-            group,
-            checked.err().map(|e| e.to_string()),
-            "the aggregate's inputs",
-        )
-    })?;
+    agree_on_inputs(trainer, checked, "the aggregate's inputs")?;
     if payloads.is_empty() {
         // Nothing to apply, as in one process: the model is left exactly as it is.
         return trainer.with_group(|group| fingerprint_on_shards(group, schema, base));
@@ -197,6 +185,17 @@ pub fn fingerprint_on_shards(
     Ok(Fingerprint::combine(specs.zip(&hashes).map(
         |(spec, hash)| (spec.name.as_str(), spec.shape.as_slice(), hash),
     )))
+}
+
+/// What this rank found of its inputs (`checked`), agreed on by every rank before the first
+/// collective: one rank's refusal fails the step everywhere.
+fn agree_on_inputs(
+    trainer: &mut FullyShardedTrainer,
+    checked: Result<(), NodeError>,
+    what: &str,
+) -> Result<(), NodeError> {
+    let failure = checked.err().map(|e| e.to_string());
+    trainer.with_group(|group| agree(group, failure, what))
 }
 
 fn owner_of(trainer: &FullyShardedTrainer) -> TensorOwner {
