@@ -106,9 +106,11 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
     };
     let name = args.preset.as_deref().unwrap_or("tiny");
     let preset = Preset::load(name)?;
+    let (payload_bytes, payload_decoded_bytes) = payload_bound(&preset);
     let shape = WindowShape {
         payloads: args.payloads,
-        payload_bytes: payload_bound(&preset),
+        payload_bytes,
+        payload_decoded_bytes,
         ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
@@ -238,12 +240,11 @@ fn fit(args: &InfoArgs, name: &str, preset: &Preset, role: Role, shape: WindowSh
     }
 }
 
-/// The fully sharded trainer's candidates: training state only, since the node's outer step does
-/// not run fully sharded yet.
+/// A fully sharded miner's candidates, with the command that runs one.
 fn print_full_shard(report: &FitReport) {
     println!(
-        "a fully sharded miner over {} ranks (its training: `templar bench train --shard full`; \
-         the node does not run one yet):",
+        "a fully sharded miner over {0} ranks (`templar miner --ranks {0} --shard full`, with \
+         `--offload` where the row says so):",
         report.ranks
     );
     print_candidates(report, ("offload", |c| c.offload), "first to fit");
@@ -278,9 +279,14 @@ fn print_candidates(report: &FitReport, option: (&str, fn(&Candidate) -> bool), 
     }
 }
 
-/// The largest payload the default codec can send for the preset's model.
-fn payload_bound(preset: &Preset) -> u64 {
+/// What the largest payload the default codec can send for the preset's model holds in
+/// memory, and of that its decoded form.
+fn payload_bound(preset: &Preset) -> (u64, u64) {
     let config = templar_node::NetworkConfig::defaults("plan", preset.clone(), "unused");
-    templar_node::replica::schema_for(&config)
-        .map_or(0, |s| templar_node::replica::payload_memory(&s))
+    templar_node::replica::schema_for(&config).map_or((0, 0), |s| {
+        (
+            templar_node::replica::payload_memory(&s),
+            s.decoded_payload_bytes() as u64,
+        )
+    })
 }

@@ -78,6 +78,17 @@ pub struct NodeArgs {
     /// a window's quiet phases (upload, waiting, gathering), so keep it above a window's length.
     #[arg(long, default_value_t = 3600)]
     rank_timeout_s: u64,
+    /// What a miner's ranks shard: `optimizer` (ZeRO-2: the gradients and AdamW moments; every
+    /// rank holds the whole weights) or `full` (ZeRO-3 / FSDP: the weights too, each layer
+    /// gathered just before it is used and freed after, so no rank ever holds the whole model;
+    /// `templar model info --full-shard` says what fits).
+    #[arg(long, env = "TEMPLAR_SHARD", value_enum, default_value = "optimizer")]
+    shard: crate::ranks::Shard,
+    /// With `--shard full`: keep each rank's f32 weights and AdamW moments in (pinned) host
+    /// memory and step there; the device then holds only the layers gathered and the
+    /// activations.
+    #[arg(long, env = "TEMPLAR_OFFLOAD")]
+    offload: bool,
     /// Set by the launcher of `--ranks`: this process is that rank.
     #[arg(long, hide = true, requires = "rank_store")]
     rank: Option<usize>,
@@ -189,6 +200,11 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     if world > 1 && args.behavior.is_some() {
         bail!("--behavior runs on one process: drop --ranks");
     }
+    let sharding = crate::ranks::Sharding {
+        shard: args.shard,
+        offload: args.offload,
+    };
+    check_sharding(role, world, sharding)?;
     let threads = args.threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / world).max(1) as i32
@@ -207,7 +223,7 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
                 };
                 return crate::ranks::follow(
                     &config,
-                    device,
+                    (device, sharding),
                     replica_role,
                     (rank, world),
                     store,
@@ -303,6 +319,14 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     match role {
         Role::Miner => {
             let miner = match ranked {
+                Some((_, group)) if args.shard == crate::ranks::Shard::Full => {
+                    let placement = crate::ranks::Sharding {
+                        shard: args.shard,
+                        offload: args.offload,
+                    }
+                    .placement(device);
+                    Miner::new_fully_sharded(node, placement, state_dir, group)?
+                }
                 Some((_, group)) => Miner::new_ranked(node, device, state_dir, group)?,
                 None => Miner::new(node, device, state_dir)?.with_behavior(behavior),
             };
@@ -314,6 +338,27 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
                 None => Validator::new(node, device, state_dir)?,
             };
             validator.run(stop).await?
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what the ranks cannot do: full sharding is a miner's, over ranks, and offloading
+/// moves fully sharded spans.
+fn check_sharding(role: Role, world: usize, sharding: crate::ranks::Sharding) -> Result<()> {
+    use crate::ranks::Shard;
+    if sharding.offload && sharding.shard != Shard::Full {
+        bail!("--offload moves the spans of fully sharded parameters: add --shard full");
+    }
+    if sharding.shard == Shard::Full {
+        if role != Role::Miner {
+            bail!(
+                "--shard full is a miner's: a validator judges with the whole model on each \
+                 rank; drop --shard"
+            );
+        }
+        if world < 2 {
+            bail!("--shard full shards the model over ranks: add --ranks N with N of 2 or more");
         }
     }
     Ok(())

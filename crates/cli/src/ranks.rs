@@ -14,6 +14,15 @@ use templar_engine::memory::Role;
 use templar_engine::{Device, DeviceChoice};
 use templar_node::NetworkConfig;
 
+/// What the ranks shard: the optimizer's state and the gradients (ZeRO-2; every rank holds the
+/// whole weights), or the weights too (ZeRO-3 / FSDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shard {
+    Optimizer,
+    Full,
+}
+
 /// Starts the rank processes and waits for them. Each rank runs in a process group of its own:
 /// a Ctrl-C (or SIGTERM) reaches the launcher alone, which passes it to rank 0 as a Ctrl-C;
 /// rank 0 finishes its window and then stops the others. A third one stops every rank at once.
@@ -164,21 +173,47 @@ pub fn join(
     Ok((device, group))
 }
 
-/// A rank other than 0: its replica (a miner's or a validator's, as `role`) follows rank 0's
-/// until rank 0 stops.
+/// A rank other than 0: its replica (a miner's or a validator's, as `role`; a miner's fully
+/// sharded when `sharding` says so) follows rank 0's until rank 0 stops.
 pub fn follow(
     config: &NetworkConfig,
-    device: Device,
+    (device, sharding): (Device, Sharding),
     role: Role,
     (rank, world): (usize, usize),
     store: &Path,
     timeout: Duration,
 ) -> Result<()> {
     let (device, group) = join(config, device, rank, world, store, timeout)?;
+    if sharding.shard == Shard::Full {
+        let placement = sharding.placement(device);
+        let mut replica = templar_node::ranks::FullyShardedReplica::new(config, placement, group)?;
+        let mut error_feedback = replica.fresh_error_feedback();
+        templar_node::ranks::follow_on_shards(&mut replica, config, &mut error_feedback)?;
+        tracing::info!(rank, "rank 0 stopped; this rank stops too");
+        return Ok(());
+    }
     let mut replica = templar_node::replica::Replica::new_ranked(config, device, role, group)?;
     let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
     let mut error_feedback = replica.owner().error_feedback(numels);
     templar_node::ranks::follow(&mut replica, config, &mut error_feedback)?;
     tracing::info!(rank, "rank 0 stopped; this rank stops too");
     Ok(())
+}
+
+/// How a node's ranks share the model: what they shard, and whether fully sharded spans live
+/// in host memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Sharding {
+    pub shard: Shard,
+    pub offload: bool,
+}
+
+impl Sharding {
+    /// Where a fully sharded rank computing on `device` keeps its spans.
+    pub fn placement(self, device: Device) -> templar_engine::Placement {
+        templar_engine::Placement {
+            compute: device,
+            offload: self.offload,
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! again, which must resume the network rather than start over. Checked through `report.json`.
 //! Every node spans two Gloo ranks (`--miner-ranks 2 --validator-ranks 2`, `templar miner|validator
 //! --ranks 2`), so the node over ranks — its launcher, sharded training, the ranked outer step,
-//! evaluations split across ranks, per-rank saves and resume — runs here end to end.
+//! evaluations split across ranks, per-rank saves and resume — runs here end to end. The first
+//! miner shards its model fully (`--full-shard-miners 1`, `templar miner --shard full`): no rank
+//! of it holds the whole model, and it must stay in step with the nodes that do.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -15,6 +17,7 @@ fn localnet(dir: &Path, windows: u64) {
     let output = Command::new(env!("CARGO_BIN_EXE_templar"))
         .args(["localnet", "--miners", "2", "--validators", "1", "--plain"])
         .args(["--miner-ranks", "2", "--validator-ranks", "2"])
+        .args(["--full-shard-miners", "1"])
         .args(["--windows", &windows.to_string()])
         .arg("--dir")
         .arg(dir)
@@ -98,6 +101,8 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
         }
     }
     assert_in_sync(&net);
+    let m1 = std::fs::read_to_string(net.join("logs").join("miner-m1.log")).unwrap();
+    assert!(m1.contains("fully sharded"), "miner m1 did not shard fully");
     for file in ["bpb.svg", "incentive.svg", "bytes.svg", "report.html"] {
         assert!(net.join(file).exists(), "{file} is missing");
     }
@@ -126,6 +131,12 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
         "the report lost the first run"
     );
     assert_in_sync(&net);
+    // The fully sharded miner resumed its own saved state rather than catching up from nothing.
+    let events = std::fs::read_to_string(net.join("events").join("miner-m1.jsonl")).unwrap();
+    assert!(
+        events.contains("\"event\":\"resumed\""),
+        "the fully sharded miner did not resume its state"
+    );
 }
 
 /// Every node applied the same model in every window, and none found itself out of sync.

@@ -29,4 +29,4 @@ pub use error::{AggregateError, CompressError, DecodeError, PlanError};
 pub use payload::{Payload, Quantized, SparseTensor, Values};
 pub use plan::ChunkPlan;
 pub use schema::{Schema, TensorSpec};
-pub use wire::{assemble, decode, encode, encode_record};
+pub use wire::{assemble, decode, decode_keeping, encode, encode_record};

@@ -143,6 +143,17 @@ fn encode_tensor(
 
 /// Validates and decodes an untrusted payload against the schema.
 pub fn decode(schema: &Schema, bytes: &[u8]) -> Result<Payload, DecodeError> {
+    decode_keeping(schema, bytes, |_| true)
+}
+
+/// [`decode`], validating every tensor, but keeping only the tensors `keep` names: the others
+/// are left empty (no indices, no values), so a rank that applies only its own tensors holds
+/// only their share of each payload.
+pub fn decode_keeping(
+    schema: &Schema,
+    bytes: &[u8],
+    keep: impl Fn(usize) -> bool,
+) -> Result<Payload, DecodeError> {
     let limit = schema.max_payload_bytes();
     if bytes.len() > limit {
         return Err(DecodeError::Oversize {
@@ -191,7 +202,14 @@ pub fn decode(schema: &Schema, bytes: &[u8]) -> Result<Payload, DecodeError> {
                 tensor: schema.spec(i).name.clone(),
             });
         }
-        slots[i] = Some(tensor);
+        slots[i] = Some(if keep(i) {
+            tensor
+        } else {
+            SparseTensor {
+                indices: Vec::new(),
+                values: Values::F32(Vec::new()),
+            }
+        });
     }
     if r.remaining() > 0 {
         return Err(DecodeError::TrailingBytes {

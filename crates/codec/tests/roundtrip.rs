@@ -5,8 +5,8 @@ mod common;
 
 use common::{config, encoded, payload, specs};
 use templar_codec::{
-    CodecConfig, IndexCoding, Schema, Transform, ValueCoding, assemble, decode, encode,
-    encode_record,
+    CodecConfig, IndexCoding, Schema, Transform, ValueCoding, assemble, decode, decode_keeping,
+    encode, encode_record,
 };
 
 fn options() -> Vec<CodecConfig> {
@@ -38,6 +38,26 @@ fn every_option_round_trips() {
             let back =
                 decode(&schema, &bytes).unwrap_or_else(|e| panic!("{cfg:?} {coding:?}: {e}"));
             assert_eq!(back, p, "{cfg:?} {coding:?}");
+        }
+    }
+}
+
+#[test]
+fn a_rank_keeps_only_its_tensors() {
+    let schema = Schema::new(specs(), config(ValueCoding::TWO_BIT)).unwrap();
+    let p = payload(&schema, 5);
+    let bytes = encode(&schema, &p, IndexCoding::Rice);
+    let mine = |i: usize| i % 2 == 1;
+    let kept = decode_keeping(&schema, &bytes, mine).unwrap();
+    assert_eq!(kept.tensors.len(), schema.len());
+    for (i, (kept, whole)) in kept.tensors.iter().zip(&p.tensors).enumerate() {
+        if mine(i) {
+            assert_eq!(kept, whole, "tensor {i}");
+        } else {
+            assert!(
+                kept.indices.is_empty() && kept.values.is_empty(),
+                "tensor {i}"
+            );
         }
     }
 }

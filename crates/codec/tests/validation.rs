@@ -6,7 +6,7 @@ mod common;
 use common::encoded;
 use proptest::prelude::*;
 use templar_codec::{
-    CodecConfig, DecodeError, IndexCoding, Schema, TensorSpec, ValueCoding, decode,
+    CodecConfig, DecodeError, IndexCoding, Schema, TensorSpec, ValueCoding, decode, decode_keeping,
 };
 
 // Byte offsets inside a payload of the single tensor "w" [8, 16] (see docs/wire-format.md).
@@ -255,6 +255,12 @@ fn bad_indices() {
             &templar_codec::index::encode_packed12(&all),
         )
     };
+    // A rank that keeps none of the tensors still validates them all.
+    let kept_none = decode_keeping(&schema(), &with(&[0, 1, 2, 16]), |_| false);
+    assert!(matches!(
+        kept_none,
+        Err(DecodeError::IndexOutOfRange { index: 16, .. })
+    ));
     assert!(matches!(
         err(&with(&[0, 1, 2, 16])),
         DecodeError::IndexOutOfRange {

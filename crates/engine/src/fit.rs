@@ -209,7 +209,7 @@ fn candidate(plan: MemoryPlan, shape: WindowShape, machine: Machine, rows: usize
 /// Whether a fully sharded trainer ([`crate::FullyShardedTrainer`], [`full_shard_plan`]) fits
 /// `machine` over `shape.ranks` ranks: its spans on the device at the preset's micro-batch and
 /// then at smaller ones, then the same with the spans offloaded to the host, each with the outer
-/// step on shards beside it. The node does not run a fully sharded miner yet.
+/// step on shards beside it (`templar miner --shard full`).
 pub fn find_full_shard_fit(
     model: &ModelConfig,
     train: &TrainConfig,

@@ -145,25 +145,44 @@ impl FullyShardedTrainer {
             let entry = &entries[tensor];
             files.read_range_into(&entry.name, &entry.shape, start, out)
         })?;
+        trainer.read_moments(dir)?;
+        Ok(trainer)
+    }
+
+    /// Replaces this rank's moments and step count with those saved in `dir`, laid out as
+    /// [`FullyShardedTrainer::load`] reads them (the weights are the caller's to set, with
+    /// [`FullyShardedTrainer::set_from_owned`]). A folder without optimizer state leaves them
+    /// as they are, with a warning. Reads files only: every rank must learn whether the others
+    /// read theirs.
+    pub fn load_moments(&mut self, dir: &Path) -> Result<(), EngineError> {
+        self.refuse_if_broken()?;
+        self.read_moments(dir)
+    }
+
+    fn read_moments(&mut self, dir: &Path) -> Result<(), EngineError> {
         let has_moments =
             dir.join(OPTIMIZER_FILE).exists() || dir.join(index_name(OPTIMIZER_STEM)).exists();
         if has_moments {
-            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
-            let shapes: Vec<Vec<usize>> = entries.iter().map(|e| e.shape.clone()).collect();
-            trainer.optimizer.load_moments_of(dir, &names, &shapes)?;
+            let names = self.model.params.names.clone();
+            let shapes: Vec<Vec<usize>> = self
+                .shapes
+                .iter()
+                .map(|s| s.iter().map(|&d| d as usize).collect())
+                .collect();
+            self.optimizer.load_moments_of(dir, &names, &shapes)?;
         } else if let Some(world) = saved_world(dir)? {
             // A ranked node's state (ZeRO-2, buckets of BUCKET_VALUES): each of this rank's
             // spans read from the files of the ranks that held its values.
-            trainer
-                .optimizer
+            self.optimizer
                 .load_moments_laid_out(dir, world, BUCKET_VALUES)?;
         } else {
             tracing::warn!(
-                "{} holds weights but no optimizer state: the moments start fresh, at step 0",
+                "{} holds weights but no optimizer state: the moments stay as they are (a new \
+                 trainer's start fresh, at step 0)",
                 dir.display()
             );
         }
-        Ok(trainer)
+        Ok(())
     }
 
     fn empty(

@@ -48,6 +48,9 @@ pub struct WindowShape {
     pub payloads: usize,
     /// Memory one gathered payload holds: its largest wire size and its decoded form.
     pub payload_bytes: u64,
+    /// Of `payload_bytes`, the decoded form: a rank of a fully sharded node other than rank 0
+    /// keeps only its own tensors' share of it.
+    pub payload_decoded_bytes: u64,
     /// Whether the device is the host (CPU training): then device buffers count as host memory.
     pub device_is_host: bool,
     /// Whether training recomputes each layer's activations in the backward pass
@@ -378,10 +381,9 @@ fn loss_positions(model: &ModelConfig, tokens: u64) -> u64 {
 
 /// What one rank of a fully sharded trainer ([`crate::FullyShardedTrainer`]) holds to train at
 /// `shape` (`shape.ranks` ranks; it always recomputes activations), its spans offloaded to host
-/// memory or not, with what the outer step on shards holds beside it (the network model's and
-/// the error feedback's tensors the rank owns, and the gathered payloads; the node's window does
-/// not run fully sharded yet). From the trainer's real buffers: the
-/// unit buckets' spans (the worst rank's), the padded scratch of the largest unit, one span in
+/// memory or not, with what the node's window holds beside it (the network model's and the
+/// error feedback's tensors the rank owns, and the gathered payloads: whole on rank 0, only the
+/// rank's own tensors decoded elsewhere). From the trainer's real buffers: the unit buckets' spans (the worst rank's), the padded scratch of the largest unit, one span in
 /// flight, and at the peak the units gathered together with their gradients (the tied head's
 /// embedding and a layer, or the head) and, on CUDA, the largest unit once more on the wire in
 /// bf16.
@@ -464,9 +466,9 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
             owned_tensor_bytes,
         ),
         item(
-            "gathered payloads",
+            "gathered payloads (a rank's mean)",
             Place::Host,
-            shape.payloads as u64 * shape.payload_bytes,
+            shape.payloads as u64 * full_shard_payload_bytes(shape, ranks as u64),
         ),
     ];
     if !shape.device_is_host {
@@ -480,6 +482,16 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
     }
 }
 
+/// What one gathered payload costs a rank of a fully sharded node, on average over its `ranks`
+/// ranks (which share the host, so the mean times the ranks is the host's whole): rank 0 holds
+/// it whole, wire and decoded, as it gathered it; every other rank receives the wire bytes and
+/// keeps decoded only its own tensors, about a rank's share.
+fn full_shard_payload_bytes(shape: WindowShape, ranks: u64) -> u64 {
+    let decoded = shape.payload_decoded_bytes.min(shape.payload_bytes);
+    let follower = shape.payload_bytes - decoded + decoded.div_ceil(ranks);
+    (shape.payload_bytes + (ranks - 1) * follower).div_ceil(ranks)
+}
+
 impl WindowShape {
     /// The preset's own training shape on a device that is the host or not.
     pub fn of_train(train: &TrainConfig, device_is_host: bool) -> WindowShape {
@@ -488,6 +500,7 @@ impl WindowShape {
             seq_len: train.seq_len,
             payloads: 0,
             payload_bytes: 0,
+            payload_decoded_bytes: 0,
             device_is_host,
             recompute: train.recompute_activations,
             codec_threads: codec_threads(),
@@ -533,6 +546,20 @@ mod tests {
         assert_eq!(bytes("largest unit").0, 2 * 737_792);
         assert_eq!(bytes("gradient scratch").0, 4 * 737_792);
         assert_eq!(bytes("one span").0, 4 * 184_448);
+        // Payloads of 1 000 bytes, 600 of them decoded: rank 0 holds each whole, the three
+        // others 400 + 600 / 4 = 550; the mean (1 000 + 3 · 550) / 4 = 662.5, rounded up.
+        let gathering = WindowShape {
+            payloads: 2,
+            payload_bytes: 1_000,
+            payload_decoded_bytes: 600,
+            ..shape
+        };
+        let payloads = full_shard_plan(&preset.model, gathering, false);
+        let held = payloads
+            .items
+            .iter()
+            .find(|i| i.what.starts_with("gathered"));
+        assert_eq!(held.map(|i| i.bytes), Some(2 * 663));
         let offloaded = full_shard_plan(&preset.model, shape, true);
         let state = offloaded.items.iter().filter(|i| i.training_state);
         assert!(state.clone().all(|i| i.place == Place::Host));
@@ -551,6 +578,7 @@ mod tests {
             seq_len: 8,
             payloads: 0,
             payload_bytes: 0,
+            payload_decoded_bytes: 0,
             device_is_host: false,
             recompute: false,
             codec_threads: 16,
@@ -634,6 +662,7 @@ mod tests {
             seq_len: 2_048,
             payloads: 0,
             payload_bytes: 0,
+            payload_decoded_bytes: 0,
             device_is_host: false,
             recompute,
             codec_threads: 16,

@@ -17,6 +17,7 @@ use crate::gauntlet::selection::mix;
 use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
 use crate::miner::Miner;
 use crate::node::{Gathered, Verdict, WindowPeers, now_ms};
+use crate::replica::NetworkReplica;
 
 /// What an attacking miner remembers between windows.
 #[derive(Default)]
@@ -65,7 +66,7 @@ impl<C: Chain> Miner<C> {
             .as_ref()
             .map_or(self.node.data.per_window, |(h, _)| h.samples as usize);
         let header = self.claim(window, samples)?;
-        let schema = self.replica.schema.clone();
+        let schema = self.replica.schema().clone();
         let norms = self.adversary.reference_norms.clone();
         let bytes = match (behavior, trained) {
             (Behavior::Scaled(factor), Some((_, mut payload))) => {
@@ -167,7 +168,7 @@ impl<C: Chain> Miner<C> {
             self.adversary.reference_norms = Some(median_norms(&accepted));
         }
         if self.behavior == Behavior::Lazy && !included.is_empty() {
-            self.adversary.last_aggregate = Some(self.replica.aggregate(included)?);
+            self.adversary.last_aggregate = Some(self.replica.whole()?.aggregate(included)?);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::error::NodeError;
 use crate::events::{Event, Phase};
 use crate::message::{MAX_MANIFEST_BYTES, WindowManifest};
 use crate::node::{Node, Verdict, aggregate_inputs};
-use crate::replica::Replica;
+use crate::replica::NetworkReplica;
 
 /// The validator whose checkpoints and manifests a node follows.
 pub struct Source {
@@ -54,9 +54,9 @@ pub async fn source<C: Chain>(node: &Node<C>) -> Result<Option<Source>, NodeErro
 
 /// Brings `replica` from `position` to include every window up to `target`. Returns the new
 /// position. A node with no state and a network with no checkpoint or manifest starts fresh.
-pub async fn catch_up<C: Chain>(
+pub async fn catch_up<C: Chain, R: NetworkReplica>(
     node: &Node<C>,
-    replica: &mut Replica,
+    replica: &mut R,
     position: Position,
     target: u64,
 ) -> Result<Position, NodeError> {
@@ -145,9 +145,9 @@ pub async fn manifest<C: Chain>(
 }
 
 /// Applies one past window; returns whether anything was aggregated.
-async fn replay<C: Chain>(
+async fn replay<C: Chain, R: NetworkReplica>(
     node: &Node<C>,
-    replica: &mut Replica,
+    replica: &mut R,
     source: &Source,
     window: u64,
 ) -> Result<bool, NodeError> {

@@ -13,7 +13,7 @@ use templar_storage::{FileInfo, ReadOutcome, Store};
 
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, hex32};
-use crate::replica::Replica;
+use crate::replica::{NetworkReplica, Replica};
 
 const MAX_DESCRIPTOR_BYTES: u64 = 64 << 10;
 /// Model files larger than this are refused (a 70B model in f32 is about 280 GB).
@@ -179,11 +179,11 @@ pub async fn latest(
 }
 
 /// Downloads and verifies the checkpoint's files and loads them into `replica`.
-pub async fn load(
+pub async fn load<R: NetworkReplica>(
     store: &Store,
     network: &Network,
     descriptor: &Descriptor,
-    replica: &mut Replica,
+    replica: &mut R,
 ) -> Result<(), NodeError> {
     let staging = tempdir_for(descriptor.window)?;
     download(store, network, descriptor, staging.path()).await?;

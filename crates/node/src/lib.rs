@@ -18,6 +18,7 @@ pub mod fingerprint;
 pub mod gauntlet;
 pub mod message;
 pub mod miner;
+pub mod miner_replica;
 pub mod node;
 pub mod peers;
 pub mod ranks;

@@ -9,8 +9,8 @@ use templar_chain::Chain;
 use templar_codec::{Payload, encode};
 use templar_data::{DataReceipt, Split};
 use templar_dist::ProcessGroup;
-use templar_engine::Device;
 use templar_engine::memory::Role;
+use templar_engine::{Device, Placement};
 use templar_protocol::{Kind, SlotCheck};
 
 use crate::adversary::Adversary;
@@ -20,9 +20,12 @@ use crate::error::NodeError;
 use crate::events::{Event, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
+use crate::miner_replica::MinerReplica;
 use crate::node::{Node, aggregate_inputs, now_ms};
-use crate::ranks::{SavedBy, TensorOwner, load_node_state, read_error_feedback};
-use crate::replica::Replica;
+use crate::ranks::{
+    FullyShardedReplica, SavedBy, TensorOwner, load_node_state, read_error_feedback,
+};
+use crate::replica::{NetworkReplica, Replica};
 use crate::saving::Saving;
 use crate::state::StateDir;
 
@@ -61,13 +64,18 @@ struct MinerState {
     /// rank then, and resuming needs as many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ranks: Option<usize>,
+    /// Whether those ranks trained fully sharded: their moments are then one file, as one
+    /// process writes them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    fully_sharded: bool,
 }
 
 impl MinerState {
     fn saved_by(&self) -> SavedBy {
-        match self.ranks {
-            Some(ranks) => SavedBy::Ranks(ranks),
-            None => SavedBy::OneProcess {
+        match (self.ranks, self.fully_sharded) {
+            (Some(ranks), false) => SavedBy::Ranks(ranks),
+            (Some(ranks), true) => SavedBy::FullyShardedRanks(ranks),
+            (None, _) => SavedBy::OneProcess {
                 error_feedback_blake3: self.error_feedback_blake3.clone(),
             },
         }
@@ -88,7 +96,7 @@ impl Stop {
 
 pub struct Miner<C> {
     pub(crate) node: Node<C>,
-    pub(crate) replica: Replica,
+    pub(crate) replica: MinerReplica,
     error_feedback: Vec<Vec<f32>>,
     state: StateDir,
     pub(crate) position: Position,
@@ -103,6 +111,9 @@ pub struct Miner<C> {
     state_every: u64,
     last_saved: Option<u64>,
     saving: Saving,
+    /// A fully sharded node's state save, due once the window's aggregate is applied (its
+    /// ranks write together, at once: nothing is lent to a background save).
+    sharded_save_due: Option<u64>,
 }
 
 impl<C: Chain> Miner<C> {
@@ -124,14 +135,14 @@ impl<C: Chain> Miner<C> {
         if let Some((saved, dir, digest)) = saved {
             let saved_by = saved.saved_by();
             log_relayout(&saved_by, 1);
-            replica.load_optimizer_saved_by(&dir, saved_by.ranks())?;
+            replica.load_optimizer_saved_by(&dir, saved_by.moments_ranks())?;
             let numels: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
             error_feedback = read_error_feedback(&dir, &numels, TensorOwner::ALONE, &saved_by)?;
             position = resumed(&node, &saved, digest);
         }
         Ok(Miner::assemble(
             node,
-            replica,
+            MinerReplica::Whole(replica),
             error_feedback,
             state,
             position,
@@ -168,7 +179,42 @@ impl<C: Chain> Miner<C> {
         }
         Ok(Miner::assemble(
             node,
-            replica,
+            MinerReplica::Whole(replica),
+            error_feedback,
+            state,
+            position,
+        ))
+    }
+
+    /// Rank 0 of a fully sharded miner spanning the ranks of `group`, its spans placed as
+    /// `placement` says: no rank holds the whole model (see [`FullyShardedReplica`]); the
+    /// others follow it ([`crate::ranks::follow_on_shards`]). Resumes from `state_dir` if it
+    /// holds a saved state, whoever saved it: one process, a ZeRO-2 node or a fully sharded
+    /// one, of any number of ranks.
+    pub fn new_fully_sharded(
+        node: Node<C>,
+        placement: Placement,
+        state_dir: PathBuf,
+        group: ProcessGroup,
+    ) -> Result<Miner<C>, NodeError> {
+        let world = group.world();
+        let state = StateDir::new(state_dir);
+        let saved = state.load_digested::<MinerState>()?;
+        let mut replica = FullyShardedReplica::new(&node.config, placement, group)?;
+        let mut error_feedback = replica.fresh_error_feedback();
+        let mut position = Position {
+            last_window: None,
+            global_step: 0,
+        };
+        if let Some((saved, dir, digest)) = saved {
+            let saved_by = saved.saved_by();
+            log_relayout(&saved_by, world);
+            replica.load_state(&mut error_feedback, &dir, &saved_by)?;
+            position = resumed(&node, &saved, digest);
+        }
+        Ok(Miner::assemble(
+            node,
+            MinerReplica::FullySharded(replica),
             error_feedback,
             state,
             position,
@@ -177,7 +223,7 @@ impl<C: Chain> Miner<C> {
 
     fn assemble(
         node: Node<C>,
-        replica: Replica,
+        replica: MinerReplica,
         error_feedback: Vec<Vec<f32>>,
         state: StateDir,
         position: Position,
@@ -195,6 +241,7 @@ impl<C: Chain> Miner<C> {
             state_every: 1,
             last_saved: None,
             saving: Saving::default(),
+            sharded_save_due: None,
         }
     }
 
@@ -457,7 +504,7 @@ impl<C: Chain> Miner<C> {
     /// The payload's bytes on the wire.
     pub(crate) fn encode(&self, payload: &Payload) -> Vec<u8> {
         encode(
-            &self.replica.schema,
+            self.replica.schema(),
             payload,
             self.node.config.codec.index_coding,
         )
@@ -466,28 +513,47 @@ impl<C: Chain> Miner<C> {
     /// The first stage of a state save: this window's optimizer moments and error feedback.
     fn save_training_state(&mut self, window: u64) -> Result<(), NodeError> {
         self.finish_saving()?;
-        self.saving.begin(
-            &self.state,
-            window,
-            &mut self.replica,
-            &mut self.error_feedback,
-        )?;
         self.last_saved = Some(window);
-        Ok(())
+        match &mut self.replica {
+            MinerReplica::Whole(replica) => {
+                self.saving
+                    .begin(&self.state, window, replica, &mut self.error_feedback)
+            }
+            MinerReplica::FullySharded(_) => {
+                self.sharded_save_due = Some(window);
+                Ok(())
+            }
+        }
     }
 
-    /// The second stage: the applied base and the record, then the commit.
+    /// The second stage: the applied base and the record, then the commit. A fully sharded
+    /// node saves the whole generation now: the weights are the applied base, and the moments
+    /// and error feedback have not changed since the outer step.
     fn save_weights(&mut self) -> Result<(), NodeError> {
         let position = self.position;
         let owner = self.replica.owner();
         let ranks = (owner.world > 1).then_some(owner.world);
-        self.saving
-            .commit_with_weights(&self.replica, move |digest| MinerState {
-                last_window: position.last_window,
-                global_step: position.global_step,
-                error_feedback_blake3: digest,
-                ranks,
-            })
+        let record = move |digest, fully_sharded| MinerState {
+            last_window: position.last_window,
+            global_step: position.global_step,
+            error_feedback_blake3: digest,
+            ranks,
+            fully_sharded,
+        };
+        match &mut self.replica {
+            MinerReplica::Whole(replica) => self
+                .saving
+                .commit_with_weights(replica, move |digest| record(digest, false)),
+            MinerReplica::FullySharded(replica) => {
+                let Some(generation) = self.sharded_save_due.take() else {
+                    return Ok(());
+                };
+                let staging = self.state.begin(generation)?;
+                let error_feedback = &self.error_feedback;
+                let digest = staging.fill(|dir| replica.save_state(error_feedback, dir))?;
+                staging.commit(&record(digest, true))
+            }
+        }
     }
 
     fn finish_saving(&mut self) -> Result<(), NodeError> {

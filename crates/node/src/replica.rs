@@ -24,10 +24,10 @@ use templar_codec::{
 };
 use templar_dist::ProcessGroup;
 use templar_engine::fit::check_fits_or_suggest;
-use templar_engine::memory::{MemoryPlan, Role, WindowShape};
+use templar_engine::memory::{MemoryPlan, Role, WindowShape, full_shard_plan};
 use templar_engine::{
     AdamW, BUCKET_VALUES, Batch, Device, Evaluation, Llama, ModelConfig, MomentsLoan, NamedBuffer,
-    ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer,
+    Placement, ShardedAdamW, StepStats, TrainConfig, fill_initial_values, load_optimizer,
     load_optimizer_from_ranks, model_entries, open_weights, parameter_shapes, save_optimizer,
     save_weights, train_step,
 };
@@ -108,6 +108,41 @@ pub fn ranked_memory_plan(
     MemoryPlan::new(&config.model.model, role, shape)
 }
 
+/// [`memory_plan`] for one rank of a fully sharded miner of `ranks` ranks on one machine
+/// ([`templar_engine::memory::full_shard_plan`]), its spans placed as `placement` says.
+pub fn full_shard_memory_plan(
+    config: &NetworkConfig,
+    placement: Placement,
+    payloads: usize,
+    ranks: usize,
+) -> MemoryPlan {
+    let shape = window_shape(config, placement.compute, payloads, ranks);
+    full_shard_plan(&config.model.model, shape, placement.offload)
+}
+
+/// What following the network asks of a node's model, however its ranks hold it: loading a
+/// checkpoint, applying a window's aggregate, and the fingerprint of the result (see
+/// [`crate::catchup`]).
+pub trait NetworkReplica {
+    fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError>;
+    fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError>;
+    fn fingerprint(&self) -> Fingerprint;
+}
+
+impl NetworkReplica for Replica {
+    fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
+        Replica::load_weights(self, dir)
+    }
+
+    fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
+        Replica::apply_aggregate(self, payloads)
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.base_fingerprint
+    }
+}
+
 /// The window shape the network's configuration runs at on `device`, over `ranks` ranks.
 fn window_shape(
     config: &NetworkConfig,
@@ -115,12 +150,15 @@ fn window_shape(
     payloads: usize,
     ranks: usize,
 ) -> WindowShape {
-    let payload_bytes = schema_for(config).map_or(0, |s| payload_memory(&s));
+    let (payload_bytes, payload_decoded_bytes) = schema_for(config).map_or((0, 0), |s| {
+        (payload_memory(&s), s.decoded_payload_bytes() as u64)
+    });
     WindowShape {
         micro_batch: config.model.train.micro_batch_size,
         seq_len: config.model.train.seq_len,
         payloads,
         payload_bytes,
+        payload_decoded_bytes,
         device_is_host: device == Device::Cpu,
         recompute: config.model.train.recompute_activations,
         codec_threads: templar_engine::memory::codec_threads(),

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use templar_codec::{Payload, encode};
 use templar_dist::{GroupOptions, Member, ProcessGroup, Store, rendezvous};
 use templar_engine::memory::Role;
-use templar_engine::{Batch, Device, FullyShardedTrainer, Preset};
+use templar_engine::{Batch, Device, FullyShardedTrainer, Placement, Preset};
 use templar_node::config::NetworkConfig;
 use templar_node::fingerprint::Fingerprint;
-use templar_node::ranks::{self, SavedBy, TensorOwner};
+use templar_node::ranks::{self, FullyShardedReplica, SavedBy, TensorOwner};
 use templar_node::replica::Replica;
 use templar_node::saving::ERROR_FEEDBACK_FILE;
 use templar_node::state::write_f32s;
@@ -403,7 +403,71 @@ fn a_state_crosses_between_one_process_and_ranks() {
         read(dir.path(), "payload-after-save.bin")
     );
     // And trains on with the moments gathered from the ranks' files.
-    train_window(&mut back, &config, 2);
+    let losses = train_window(&mut back, &config, 2);
+
+    // The same through a fully sharded node: it loads what one process saved and makes its
+    // payload; one process resumes what it saved, makes its next payload, and trains on with
+    // the very moments the ZeRO-2 ranks carried.
+    run("from-one-full", 2, dir.path());
+    assert_eq!(read(dir.path(), "payload-full-from-one.bin"), expected);
+    let saved = dir.path().join("state-full");
+    let by = SavedBy::FullyShardedRanks(2);
+    let mut full = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
+    full.load_optimizer_saved_by(&saved, by.moments_ranks())
+        .unwrap();
+    let mut ef = ranks::read_error_feedback(&saved, &all, TensorOwner::ALONE, &by).unwrap();
+    assert_eq!(
+        outer_step_bytes(&mut full, &mut ef, &config),
+        read(dir.path(), "payload-after-full-save.bin")
+    );
+    assert_eq!(train_window(&mut full, &config, 2), losses);
+    // The ranks applied that payload as one process does.
+    let mut applied = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
+    let bytes = read(dir.path(), "payload-after-full-save.bin");
+    let payload = templar_codec::decode(&applied.schema, &bytes).unwrap();
+    applied.apply_aggregate(&[&payload]).unwrap();
+    assert_eq!(
+        applied.fingerprint().to_string(),
+        String::from_utf8(read(dir.path(), "fingerprint-full-applied")).unwrap()
+    );
+}
+
+/// One rank of `from-one-full`: a fully sharded node (rank 0 drives it, the others follow its
+/// commands) loads the state one process saved, takes the outer step at once, saves its own
+/// state and takes the outer step again.
+fn full_shard_state_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
+    let rank = group.rank();
+    let mut replica =
+        FullyShardedReplica::new(config, Placement::from(Device::Cpu), group).unwrap();
+    let mut ef = replica.fresh_error_feedback();
+    if rank != 0 {
+        ranks::follow_on_shards(&mut replica, config, &mut ef).unwrap();
+        return;
+    }
+    let digest = String::from_utf8(read(dir, "ef-digest")).unwrap();
+    let saved = SavedBy::OneProcess {
+        error_feedback_blake3: digest,
+    };
+    replica
+        .load_state(&mut ef, &dir.join("state-one"), &saved)
+        .unwrap();
+    let outer_step = |replica: &mut FullyShardedReplica, ef: &mut [Vec<f32>], name: &str| {
+        let payload = replica.outer_step(ef).unwrap().unwrap();
+        let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    outer_step(&mut replica, &mut ef, "payload-full-from-one.bin");
+    let state = dir.join("state-full");
+    std::fs::create_dir_all(&state).unwrap();
+    replica.save_state(&ef, &state).unwrap();
+    outer_step(&mut replica, &mut ef, "payload-after-full-save.bin");
+    // Applied by the ranks, each keeping only its own tensors of the payload.
+    let bytes = read(dir, "payload-after-full-save.bin");
+    let payload = templar_codec::decode(&replica.schema, &bytes).unwrap();
+    replica.apply_aggregate(&[&payload]).unwrap();
+    let fingerprint = replica.fingerprint().to_string();
+    std::fs::write(dir.join("fingerprint-full-applied"), fingerprint).unwrap();
+    replica.release().unwrap();
 }
 
 /// Two miners' payloads from the initial model (one process each, different batches).
@@ -491,6 +555,9 @@ fn rank() {
     };
     let group = ProcessGroup::gloo(&store, rank, world, &options).unwrap();
     let config = config();
+    if scenario == "from-one-full" {
+        return full_shard_state_rank(&config, group, &dir);
+    }
     if scenario.starts_with("full-shard") {
         return full_shard_rank(&config, group, &dir);
     }

@@ -36,14 +36,7 @@ pub struct Place {
     pub device: Device,
 }
 
-/// What the ranks shard: the optimizer's state and the gradients (ZeRO-2; every rank holds the
-/// whole weights), or the weights too (ZeRO-3 / FSDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Shard {
-    Optimizer,
-    Full,
-}
+pub use crate::ranks::Shard;
 
 #[derive(Debug, Serialize)]
 pub struct RanksReport {

@@ -77,6 +77,10 @@ pub struct LocalnetArgs {
     /// own that share the machine's cores, with gradients, moments and the outer step sharded.
     #[arg(long, default_value_t = 1)]
     miner_ranks: usize,
+    /// The first this many honest miners shard their model fully over their --miner-ranks ranks
+    /// (`templar miner --shard full`): no rank holds the whole model.
+    #[arg(long, default_value_t = 0)]
+    full_shard_miners: usize,
     /// Every validator spans this many ranks (`templar validator --ranks`), each measuring its
     /// share of every evaluation.
     #[arg(long, default_value_t = 1)]
@@ -200,10 +204,17 @@ fn run_network(
         _ => 1,
     };
     let processes = members.iter().map(ranks_of).sum();
+    let mut honest_miners = 0;
     for member in &members {
         let mut node_args = node_args(&layout, member, &args.device, until, processes);
         if ranks_of(member) > 1 {
             node_args.extend(["--ranks".into(), ranks_of(member).to_string().into()]);
+        }
+        if member.role == Role::Miner && member.behavior.is_none() {
+            honest_miners += 1;
+            if honest_miners <= args.full_shard_miners {
+                node_args.extend(["--shard".into(), "full".into()]);
+            }
         }
         if let Some(behavior) = &member.behavior {
             node_args.extend(["--behavior".into(), behavior.to_string().into()]);
@@ -240,6 +251,12 @@ fn check_args(args: &LocalnetArgs) -> Result<()> {
         if !(1..=8).contains(&ranks) {
             bail!("{flag} {ranks} is out of range: use 1 to 8");
         }
+    }
+    if args.full_shard_miners > 0 && args.miner_ranks < 2 {
+        bail!(
+            "--full-shard-miners shards a miner's model over its ranks: add --miner-ranks 2 or \
+             more"
+        );
     }
     if !(1..=64).contains(&args.miners) {
         bail!("--miners {} is out of range: use 1 to 64", args.miners);

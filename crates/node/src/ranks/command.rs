@@ -114,6 +114,7 @@ const LOAD_STATE: u8 = 6;
 /// How a state load's saver is told: one process, or ranks.
 const SAVED_BY_ONE_PROCESS: u8 = 0;
 const SAVED_BY_RANKS: u8 = 1;
+const SAVED_BY_FULLY_SHARDED_RANKS: u8 = 2;
 const STOP: u8 = 7;
 const CANDIDATES: u8 = 8;
 const APPLY_ONE: u8 = 9;
@@ -121,6 +122,24 @@ const RESTORE: u8 = 10;
 const EVALUATE: u8 = 11;
 
 impl Command {
+    /// The command's name, for messages (its data can be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Train(_) => "train",
+            Command::OuterStep => "outer step",
+            Command::Apply(_) => "apply",
+            Command::Load(_) => "load",
+            Command::Reset => "reset",
+            Command::SaveState(_) => "save state",
+            Command::LoadState { .. } => "load state",
+            Command::Candidates(_) => "candidates",
+            Command::ApplyOne { .. } => "apply one",
+            Command::Restore => "restore",
+            Command::Evaluate(..) => "evaluate",
+            Command::Stop => "stop",
+        }
+    }
+
     pub(crate) fn encode_payloads(
         schema: &Schema,
         payloads: &[&Payload],
@@ -165,6 +184,10 @@ impl Command {
                     }
                     SavedBy::Ranks(ranks) => {
                         out.push(SAVED_BY_RANKS);
+                        out.extend_from_slice(&(*ranks as u64).to_le_bytes());
+                    }
+                    SavedBy::FullyShardedRanks(ranks) => {
+                        out.push(SAVED_BY_FULLY_SHARDED_RANKS);
                         out.extend_from_slice(&(*ranks as u64).to_le_bytes());
                     }
                 }
@@ -214,9 +237,15 @@ impl Command {
                                 .map_err(|_| bad("a digest that is not text"))?,
                         }
                     }
-                    SAVED_BY_RANKS => {
+                    SAVED_BY_RANKS | SAVED_BY_FULLY_SHARDED_RANKS => {
                         let ranks = take_u64(&mut rest).ok_or_else(|| bad("a cut rank count"))?;
-                        SavedBy::Ranks(ranks as usize)
+                        let ranks =
+                            usize::try_from(ranks).map_err(|_| bad("a rank count out of range"))?;
+                        if kind == SAVED_BY_RANKS {
+                            SavedBy::Ranks(ranks)
+                        } else {
+                            SavedBy::FullyShardedRanks(ranks)
+                        }
                     }
                     _ => return Err(bad("a state load of an unknown kind")),
                 };
@@ -316,6 +345,7 @@ mod tests {
         assert_eq!(dir, PathBuf::from("/state/gen-1"));
         for saved in [
             SavedBy::Ranks(4),
+            SavedBy::FullyShardedRanks(3),
             SavedBy::OneProcess {
                 error_feedback_blake3: "ab12".into(),
             },

@@ -151,6 +151,9 @@ pub enum SavedBy {
     /// A node over this many ranks: one moments file and one error feedback file per rank,
     /// each error feedback's digest beside it.
     Ranks(usize),
+    /// A fully sharded node over this many ranks: the moments as one process writes them, and
+    /// one error feedback file per rank, each digest beside it.
+    FullyShardedRanks(usize),
 }
 
 impl SavedBy {
@@ -158,6 +161,14 @@ impl SavedBy {
     pub fn ranks(&self) -> Option<usize> {
         match self {
             SavedBy::OneProcess { .. } => None,
+            SavedBy::Ranks(ranks) | SavedBy::FullyShardedRanks(ranks) => Some(*ranks),
+        }
+    }
+
+    /// The ranks whose files hold the moments; none when one file holds them all.
+    pub fn moments_ranks(&self) -> Option<usize> {
+        match self {
+            SavedBy::OneProcess { .. } | SavedBy::FullyShardedRanks(_) => None,
             SavedBy::Ranks(ranks) => Some(*ranks),
         }
     }
@@ -172,7 +183,7 @@ pub fn load_rank_state(
     dir: &Path,
     saved: &SavedBy,
 ) -> Result<(), NodeError> {
-    replica.load_optimizer_saved_by(dir, saved.ranks())?;
+    replica.load_optimizer_saved_by(dir, saved.moments_ranks())?;
     let numels: Vec<usize> = replica.base().iter().map(Vec::len).collect();
     *error_feedback = read_error_feedback(dir, &numels, replica.owner(), saved)?;
     Ok(())
@@ -195,13 +206,13 @@ pub fn read_error_feedback(
             let path = dir.join(ERROR_FEEDBACK_FILE);
             return read_f32s_keeping(&path, numels, error_feedback_blake3, |t| mine.owns(t));
         }
-        SavedBy::Ranks(0) => {
+        SavedBy::Ranks(0) | SavedBy::FullyShardedRanks(0) => {
             return Err(NodeError::State {
                 path: dir.to_path_buf(),
                 reason: "its record says it was saved by 0 ranks".into(),
             });
         }
-        SavedBy::Ranks(world) => *world,
+        SavedBy::Ranks(world) | SavedBy::FullyShardedRanks(world) => *world,
     };
     let mut loaded: Vec<Vec<f32>> = vec![Vec::new(); numels.len()];
     for rank in 0..world {

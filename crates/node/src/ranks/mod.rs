@@ -15,7 +15,10 @@ pub use follow::{
     SavedBy, error_feedback_path, follow, load_node_state, load_rank_state, read_error_feedback,
     save_node_state, save_rank_state,
 };
-pub use full_shard::{apply_aggregate_on_shards, fingerprint_on_shards, outer_step_on_shards};
+pub use full_shard::{
+    FullyShardedReplica, apply_aggregate_on_shards, fingerprint_on_shards, follow_on_shards,
+    outer_step_on_shards,
+};
 
 use crate::error::NodeError;
 use crate::replica::Replica;
@@ -83,22 +86,12 @@ impl Ranks {
 
     /// On rank 0, sends every other rank `command` (made only then); nothing elsewhere.
     pub(crate) fn tell(&mut self, command: impl FnOnce() -> Command) -> Result<(), NodeError> {
-        if self.owner.rank != 0 {
-            return Ok(());
-        }
-        let mut bytes = command().encode();
-        self.group
-            .broadcast_bytes(&mut bytes, 0)
-            .map_err(|e| NodeError::Ranks(format!("handing the other ranks their work: {e}")))
+        tell(&mut self.group, command)
     }
 
     /// On a rank other than 0, waits for rank 0's next command.
     fn receive(&mut self) -> Result<Command, NodeError> {
-        let mut bytes = Vec::new();
-        self.group
-            .broadcast_bytes(&mut bytes, 0)
-            .map_err(|e| NodeError::Ranks(format!("waiting for rank 0: {e}")))?;
-        Command::decode(&bytes)
+        receive(&mut self.group)
     }
 
     /// Every rank's outcome of a step they took together (`failure`: this rank's error, if
@@ -106,6 +99,29 @@ impl Ranks {
     pub(crate) fn agree(&mut self, failure: Option<String>, what: &str) -> Result<(), NodeError> {
         agree(&mut self.group, failure, what)
     }
+}
+
+/// On rank 0 of `group`, sends every other rank `command` (made only then); nothing elsewhere.
+pub(crate) fn tell(
+    group: &mut ProcessGroup,
+    command: impl FnOnce() -> Command,
+) -> Result<(), NodeError> {
+    if group.rank() != 0 {
+        return Ok(());
+    }
+    let mut bytes = command().encode();
+    group
+        .broadcast_bytes(&mut bytes, 0)
+        .map_err(|e| NodeError::Ranks(format!("handing the other ranks their work: {e}")))
+}
+
+/// On a rank other than 0 of `group`, waits for rank 0's next command.
+pub(crate) fn receive(group: &mut ProcessGroup) -> Result<Command, NodeError> {
+    let mut bytes = Vec::new();
+    group
+        .broadcast_bytes(&mut bytes, 0)
+        .map_err(|e| NodeError::Ranks(format!("waiting for rank 0: {e}")))?;
+    Command::decode(&bytes)
 }
 
 /// Every rank's outcome of what they did together (`failure`: this rank's error): the first

@@ -10,6 +10,10 @@
 //! is agreed on by every rank before the first collective, so that one rank's refusal fails the
 //! step everywhere instead of leaving the others waiting in a gather.
 
+mod replica;
+
+pub use replica::{FullyShardedReplica, follow_on_shards};
+
 use templar_codec::aggregate::clip_scales;
 use templar_codec::quant::Rule;
 use templar_codec::{
@@ -206,7 +210,7 @@ fn owner_of(trainer: &FullyShardedTrainer) -> TensorOwner {
 }
 
 /// The live spans set to the network model, from the tensors' owners.
-fn put_back(
+pub(super) fn put_back(
     trainer: &mut FullyShardedTrainer,
     owner: TensorOwner,
     base: &[Vec<f32>],

@@ -1,0 +1,115 @@
+//! The replica a miner trains: one process's, or a ZeRO-2 rank's, holding the whole model
+//! ([`Replica`]); or a fully sharded rank's, holding its shards only ([`FullyShardedReplica`]).
+//! The window is the same for both; only where the model lives, and how a state is saved,
+//! differ.
+
+use std::path::Path;
+
+use templar_codec::{Payload, Schema};
+use templar_engine::{Batch, StepStats};
+
+use crate::config::NetworkConfig;
+use crate::error::NodeError;
+use crate::fingerprint::Fingerprint;
+use crate::ranks::{FullyShardedReplica, TensorOwner};
+use crate::replica::{NetworkReplica, Replica};
+
+pub enum MinerReplica {
+    /// The whole model on this process: one process, or a rank of a ZeRO-2 node.
+    Whole(Replica),
+    /// One rank's shards of a fully sharded node.
+    FullySharded(FullyShardedReplica),
+}
+
+impl MinerReplica {
+    pub fn schema(&self) -> &Schema {
+        match self {
+            MinerReplica::Whole(replica) => &replica.schema,
+            MinerReplica::FullySharded(replica) => &replica.schema,
+        }
+    }
+
+    /// Which tensors this rank compresses in the outer step.
+    pub fn owner(&self) -> TensorOwner {
+        match self {
+            MinerReplica::Whole(replica) => replica.owner(),
+            MinerReplica::FullySharded(replica) => replica.owner(),
+        }
+    }
+
+    /// Error feedback for this rank: zeros for the tensors it owns, empty for the others.
+    pub fn fresh_error_feedback(&self) -> Vec<Vec<f32>> {
+        let schema = self.schema();
+        let numels = (0..schema.len()).map(|i| schema.plan(i).numel());
+        self.owner().error_feedback(numels)
+    }
+
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.train_step(batch),
+            MinerReplica::FullySharded(replica) => replica.train_step(batch),
+        }
+    }
+
+    /// The outer step; the miner runs on rank 0, which gets the node's payload.
+    pub fn outer_step(&mut self, error_feedback: &mut [Vec<f32>]) -> Result<Payload, NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.outer_step(error_feedback),
+            MinerReplica::FullySharded(replica) => {
+                replica.outer_step(error_feedback)?.ok_or_else(|| {
+                    NodeError::Ranks("only rank 0 takes the outer step for the node".into())
+                })
+            }
+        }
+    }
+
+    /// Back to the network's initial model.
+    pub fn reset(&mut self, config: &NetworkConfig) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.reset(config),
+            MinerReplica::FullySharded(replica) => replica.reset(),
+        }
+    }
+
+    /// On rank 0 of a node over ranks, once it has finished cleanly: the others stop.
+    pub fn release_ranks(&mut self) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.release_ranks(),
+            MinerReplica::FullySharded(replica) => replica.release(),
+        }
+    }
+
+    /// The whole replica, for what only one holding the whole model does (the test
+    /// behaviours); a clear refusal on a fully sharded node.
+    pub fn whole(&self) -> Result<&Replica, NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => Ok(replica),
+            MinerReplica::FullySharded(_) => Err(NodeError::Config(
+                "a fully sharded miner holds no whole model: this needs one process".into(),
+            )),
+        }
+    }
+}
+
+impl NetworkReplica for MinerReplica {
+    fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.load_weights(dir),
+            MinerReplica::FullySharded(replica) => replica.load_weights(dir),
+        }
+    }
+
+    fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.apply_aggregate(payloads),
+            MinerReplica::FullySharded(replica) => replica.apply_aggregate(payloads),
+        }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        match self {
+            MinerReplica::Whole(replica) => replica.fingerprint(),
+            MinerReplica::FullySharded(replica) => replica.fingerprint(),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! A miner's replica on one rank of a fully sharded node: no rank ever holds the whole model.
+//! The live weights are the [`FullyShardedTrainer`]'s spans; the network model (the base) is
+//! held by its tensors' owners, each rank keeping whole only the tensors it owns (the round
+//! robin of [`TensorOwner`]), and its error feedback likewise. Rank 0 drives the node and sends
+//! the other ranks the same commands a ZeRO-2 node does; every operation then runs on every
+//! rank, each on its shards, and every rank learns whether all succeeded.
+
+use std::path::Path;
+
+use templar_codec::{IndexCoding, Payload, Schema, decode, decode_keeping};
+use templar_dist::ProcessGroup;
+use templar_engine::memory::check_fits;
+use templar_engine::{Batch, FullyShardedTrainer, Placement, StepStats, fill_initial_values};
+
+use super::{apply_aggregate_on_shards, fingerprint_on_shards, outer_step_on_shards, put_back};
+use crate::config::NetworkConfig;
+use crate::error::NodeError;
+use crate::fingerprint::Fingerprint;
+use crate::ranks::command::{Command, WireBatch};
+use crate::ranks::follow::{SavedBy, absolute, error_feedback_path, read_error_feedback};
+use crate::ranks::{TensorOwner, agree, receive, tell};
+use crate::replica::{NetworkReplica, check_peers, full_shard_memory_plan, schema_for};
+use crate::state::write_f32s;
+
+/// One rank's share of a fully sharded miner's replica.
+pub struct FullyShardedReplica {
+    trainer: FullyShardedTrainer,
+    /// The network model's tensors this rank owns, whole; the others' buffers are empty.
+    base: Vec<Vec<f32>>,
+    base_fingerprint: Fingerprint,
+    pub schema: Schema,
+    coding: IndexCoding,
+    outer_lr: f32,
+    /// The initial model's seed and standard deviation (for a reset).
+    init: (u64, f64),
+}
+
+impl FullyShardedReplica {
+    /// The network's initial model on this rank of a node spanning `group`, its spans in
+    /// `placement`: checked first against the fully sharded plan of one rank's memory, and the
+    /// batch against the ranks. Every rank makes only its own spans and tensors.
+    pub fn new(
+        config: &NetworkConfig,
+        placement: Placement,
+        group: ProcessGroup,
+    ) -> Result<FullyShardedReplica, NodeError> {
+        let world = group.world();
+        let rows = config.model.train.batch_size;
+        if !rows.is_multiple_of(world) {
+            return Err(NodeError::Config(format!(
+                "a batch of {rows} samples does not split evenly over {world} ranks: choose \
+                 --ranks to divide the network's batch size"
+            )));
+        }
+        let gathered = config.gather.peer_count + config.gather.reserve_count;
+        let plan = full_shard_memory_plan(config, placement, gathered, world);
+        check_fits(&plan, placement.compute)?;
+        let model = &config.model.model;
+        let trainer = FullyShardedTrainer::new(
+            model,
+            config.init_seed,
+            config.model.train.clone(),
+            group,
+            placement,
+        )?;
+        let schema = schema_for(config)?;
+        let base = TensorOwner {
+            rank: trainer.rank(),
+            world,
+        }
+        .error_feedback((0..schema.len()).map(|i| schema.plan(i).numel()));
+        let mut replica = FullyShardedReplica {
+            trainer,
+            base,
+            base_fingerprint: Fingerprint([0; 32]),
+            schema,
+            coding: config.codec.index_coding,
+            outer_lr: config.training.outer_lr,
+            init: (config.init_seed, model.initializer_range),
+        };
+        tracing::info!(
+            rank = replica.trainer.rank(),
+            world,
+            weight_bytes = replica.trainer.param_bytes(),
+            offload = placement.offload,
+            "fully sharded: this rank keeps its spans of the weights and moments, and whole \
+             only the network model's tensors it owns"
+        );
+        replica.fill_initial_base();
+        replica.base_fingerprint = replica
+            .trainer
+            .with_group(|group| fingerprint_on_shards(group, &replica.schema, &replica.base))?;
+        Ok(replica)
+    }
+
+    /// Which tensors this rank owns.
+    pub fn owner(&self) -> TensorOwner {
+        TensorOwner {
+            rank: self.trainer.rank(),
+            world: self.trainer.world(),
+        }
+    }
+
+    /// Error feedback for this rank: zeros for its tensors, empty for the others.
+    pub fn fresh_error_feedback(&self) -> Vec<Vec<f32>> {
+        let numels = (0..self.schema.len()).map(|i| self.schema.plan(i).numel());
+        self.owner().error_feedback(numels)
+    }
+
+    /// The network model's tensors this rank owns (the others empty).
+    pub fn base(&self) -> &[Vec<f32>] {
+        &self.base
+    }
+
+    /// The fingerprint of the network model, the same on every rank.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.base_fingerprint
+    }
+
+    /// Optimizer steps taken.
+    pub fn optimizer_steps(&self) -> u64 {
+        self.trainer.steps()
+    }
+
+    /// One inner step on `batch`, every rank training on its share of the rows.
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
+        self.tell(|| Command::Train(WireBatch::of(batch)))?;
+        Ok(self.trainer.train_step(batch)?)
+    }
+
+    /// The outer step ([`outer_step_on_shards`]): the payload on rank 0, `None` elsewhere.
+    pub fn outer_step(
+        &mut self,
+        error_feedback: &mut [Vec<f32>],
+    ) -> Result<Option<Payload>, NodeError> {
+        self.tell(|| Command::OuterStep)?;
+        let bytes = outer_step_on_shards(
+            &mut self.trainer,
+            &self.schema,
+            self.coding,
+            &self.base,
+            error_feedback,
+        )?;
+        bytes
+            .map(|bytes| {
+                decode(&self.schema, &bytes).map_err(|e| {
+                    NodeError::Ranks(format!(
+                        "the payload the ranks assembled does not decode: {e}"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// `θ ← θ − outer_lr · aggregate(payloads)` ([`apply_aggregate_on_shards`]); payloads in
+    /// ascending uid order. Nothing to do for none, as in one process.
+    pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        // Checked before the other ranks are told: they would apply what this rank refuses.
+        check_peers(&self.schema, payloads)?;
+        let (schema, coding) = (&self.schema, self.coding);
+        self.trainer.with_group(|group| {
+            tell(group, || {
+                Command::Apply(Command::encode_payloads(schema, payloads, coding))
+            })
+        })?;
+        self.base_fingerprint = apply_aggregate_on_shards(
+            &mut self.trainer,
+            &self.schema,
+            self.outer_lr,
+            &mut self.base,
+            payloads,
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the model with the checkpoint in `dir` (the ranks share its disk): each rank
+    /// reads its tensors, and the live spans are set from them.
+    pub fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
+        let dir = absolute(dir)?;
+        self.tell(|| Command::Load(dir.clone()))?;
+        let read = self.read_base(&dir);
+        self.settle_base(read, "loading the weights")
+    }
+
+    /// Back to the network's initial model (the moments are kept, as in one process).
+    pub fn reset(&mut self) -> Result<(), NodeError> {
+        self.tell(|| Command::Reset)?;
+        self.fill_initial_base();
+        self.settle_base(Ok(()), "resetting the model")
+    }
+
+    /// Every rank's training state into `dir` (the node's state folder, which the ranks share):
+    /// the weights and moments as one process writes them ([`FullyShardedTrainer::save`]: any
+    /// number of ranks, or one process, resumes them), and each rank's error feedback beside its
+    /// digest. Returns this rank's error feedback digest once every rank has written.
+    pub fn save_state(
+        &mut self,
+        error_feedback: &[Vec<f32>],
+        dir: &Path,
+    ) -> Result<String, NodeError> {
+        let dir = absolute(dir)?;
+        self.tell(|| Command::SaveState(dir.clone()))?;
+        self.trainer.save(&dir)?;
+        let written = write_error_feedback(&dir, self.owner(), error_feedback);
+        let failure = written.as_ref().err().map(ToString::to_string);
+        let agreed = self
+            .trainer
+            .with_group(|group| agree(group, failure, "saving the ranks' error feedback"));
+        let digest = written?;
+        agreed?;
+        Ok(digest)
+    }
+
+    /// Every rank's training state from `dir`, saved as `saved` says (by one process, a ZeRO-2
+    /// node or a fully sharded one, of any number of ranks): the weights, this rank's moments
+    /// and its tensors' error feedback.
+    pub fn load_state(
+        &mut self,
+        error_feedback: &mut Vec<Vec<f32>>,
+        dir: &Path,
+        saved: &SavedBy,
+    ) -> Result<(), NodeError> {
+        let dir = absolute(dir)?;
+        self.tell(|| Command::LoadState {
+            dir: dir.clone(),
+            saved: saved.clone(),
+        })?;
+        let read = self.read_base(&dir);
+        self.settle_base(read, "loading the saved weights")?;
+        let numels: Vec<usize> = (0..self.schema.len())
+            .map(|i| self.schema.plan(i).numel())
+            .collect();
+        let owner = self.owner();
+        let loaded = self
+            .trainer
+            .load_moments(&dir)
+            .map_err(NodeError::from)
+            .and_then(|()| read_error_feedback(&dir, &numels, owner, saved));
+        let failure = loaded.as_ref().err().map(ToString::to_string);
+        let agreed = self
+            .trainer
+            .with_group(|group| agree(group, failure, "loading the ranks' training state"));
+        *error_feedback = loaded?;
+        agreed
+    }
+
+    /// On rank 0, once the node has finished cleanly: the other ranks stop.
+    pub fn release(&mut self) -> Result<(), NodeError> {
+        self.tell(|| Command::Stop)
+    }
+
+    /// On rank 0, sends the other ranks `command`; nothing elsewhere.
+    fn tell(&mut self, command: impl FnOnce() -> Command) -> Result<(), NodeError> {
+        self.trainer.with_group(|group| tell(group, command))
+    }
+
+    fn receive(&mut self) -> Result<Command, NodeError> {
+        self.trainer.with_group(receive)
+    }
+
+    fn fill_initial_base(&mut self) {
+        let (seed, std) = self.init;
+        let owner = self.owner();
+        for (i, tensor) in self.base.iter_mut().enumerate() {
+            if owner.owns(i) {
+                let name = &self.schema.spec(i).name;
+                fill_initial_values(name, std, seed, i as u64, tensor);
+            }
+        }
+    }
+
+    /// This rank's tensors from the checkpoint in `dir`, every one checked before the first is
+    /// read.
+    fn read_base(&mut self, dir: &Path) -> Result<(), NodeError> {
+        let (config, files) = templar_engine::open_weights(dir)?;
+        if config != *self.trainer.config() {
+            return Err(NodeError::State {
+                path: dir.to_path_buf(),
+                reason: "the checkpoint is of another model shape than the network's".into(),
+            });
+        }
+        files.check(&templar_engine::model_entries(&config))?;
+        let owner = self.owner();
+        for (i, tensor) in self.base.iter_mut().enumerate() {
+            if owner.owns(i) {
+                let spec = self.schema.spec(i);
+                files.read_into(&spec.name, &spec.shape, tensor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After every rank changed its tensors of the base (`changed`: this rank's outcome): all
+    /// learn whether all did, the live spans are set from the base, and the fingerprint made.
+    fn settle_base(&mut self, changed: Result<(), NodeError>, what: &str) -> Result<(), NodeError> {
+        let failure = changed.as_ref().err().map(ToString::to_string);
+        let agreed = self.trainer.with_group(|group| agree(group, failure, what));
+        changed?;
+        agreed?;
+        let owner = self.owner();
+        put_back(&mut self.trainer, owner, &self.base)?;
+        self.base_fingerprint = self
+            .trainer
+            .with_group(|group| fingerprint_on_shards(group, &self.schema, &self.base))?;
+        Ok(())
+    }
+}
+
+impl NetworkReplica for FullyShardedReplica {
+    fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
+        FullyShardedReplica::load_weights(self, dir)
+    }
+
+    fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
+        FullyShardedReplica::apply_aggregate(self, payloads)
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.base_fingerprint
+    }
+}
+
+/// This rank's error feedback into `dir`, its digest beside it; returns the digest.
+fn write_error_feedback(
+    dir: &Path,
+    owner: TensorOwner,
+    error_feedback: &[Vec<f32>],
+) -> Result<String, NodeError> {
+    let path = error_feedback_path(dir, owner);
+    let digest = write_f32s(&path, error_feedback)?;
+    templar_engine::write_atomic(&path.with_extension("blake3"), digest.as_bytes())?;
+    Ok(digest)
+}
+
+/// A rank other than 0 of a fully sharded miner: carries out rank 0's commands with its own
+/// share of the error feedback, until rank 0 stops (or is lost: an error).
+pub fn follow_on_shards(
+    replica: &mut FullyShardedReplica,
+    config: &NetworkConfig,
+    error_feedback: &mut Vec<Vec<f32>>,
+) -> Result<(), NodeError> {
+    let vocab = config.model.model.vocab_size;
+    loop {
+        match replica.receive()? {
+            Command::Train(batch) => {
+                replica.train_step(&batch.batch(vocab)?)?;
+            }
+            Command::OuterStep => {
+                replica.outer_step(error_feedback)?;
+            }
+            Command::Apply(encoded) => {
+                // Every tensor checked, but only this rank's kept: it applies no others.
+                let owner = replica.owner();
+                let payloads = encoded
+                    .into_iter()
+                    .map(|bytes| decode_keeping(&replica.schema, &bytes, |i| owner.owns(i)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| NodeError::Ranks(format!("rank 0 sent a bad payload: {e}")))?;
+                replica.apply_aggregate(&payloads.iter().collect::<Vec<_>>())?;
+            }
+            Command::Load(dir) => replica.load_weights(&dir)?,
+            Command::Reset => replica.reset()?,
+            Command::SaveState(dir) => {
+                replica.save_state(error_feedback, &dir)?;
+            }
+            Command::LoadState { dir, saved } => {
+                replica.load_state(error_feedback, &dir, &saved)?;
+            }
+            Command::Stop => return Ok(()),
+            other => {
+                return Err(NodeError::Ranks(format!(
+                    "rank 0 sent the command {}, which a fully sharded miner does not take: \
+                     only miners run fully sharded",
+                    other.name()
+                )));
+            }
+        }
+    }
+}
