@@ -18,7 +18,9 @@ use crate::error::EngineError;
 use crate::model::Llama;
 use crate::optim::{AdamW, MomentsLoan};
 use crate::params::{Parameters, parameter_shapes};
-use crate::tensor_files::{DEFAULT_SHARD_BYTES, TensorEntry, TensorFiles, write_tensors};
+use crate::tensor_files::{
+    DEFAULT_SHARD_BYTES, ShardLayout, TensorEntry, TensorFiles, write_tensors,
+};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const MODEL_STEM: &str = "model";
@@ -53,20 +55,39 @@ pub fn save_weights(
     max_shard_bytes: u64,
     fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<Vec<String>, EngineError> {
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let mut files = write_tensors(
         dir,
         MODEL_STEM,
         &model_entries(config),
-        &metadata,
+        &weights_metadata(),
         max_shard_bytes,
         fill,
     )?;
+    files.push(write_config(dir, config)?);
+    Ok(files)
+}
+
+fn weights_metadata() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string())])
+}
+
+/// Where a model's weights land in a checkpoint ([`save_weights`]'s files), for writers that
+/// fill them at once.
+pub(crate) fn weights_layout(config: &ModelConfig, max_shard_bytes: u64) -> ShardLayout {
+    ShardLayout::new(
+        MODEL_STEM,
+        &model_entries(config),
+        &weights_metadata(),
+        max_shard_bytes,
+    )
+}
+
+/// `config.json`, as Hugging Face writes it; returns its name.
+pub(crate) fn write_config(dir: &Path, config: &ModelConfig) -> Result<String, EngineError> {
     let json = serde_json::to_vec_pretty(&HfLlamaConfig::from(config))
         .map_err(|e| EngineError::checkpoint(&dir.join(CONFIG_FILE), e.to_string()))?;
     write_atomic(&dir.join(CONFIG_FILE), &json)?;
-    files.push(CONFIG_FILE.to_string());
-    Ok(files)
+    Ok(CONFIG_FILE.to_string())
 }
 
 /// The model configuration of a checkpoint folder and its weights, opened but not read.
@@ -171,6 +192,28 @@ pub(crate) fn write_moments_with(
     step: u64,
     mut fill: impl FnMut(usize, usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<Vec<String>, EngineError> {
+    write_tensors(
+        dir,
+        OPTIMIZER_STEM,
+        &moment_entries(names, shapes),
+        &moments_metadata(step),
+        DEFAULT_SHARD_BYTES,
+        |entry, start, out| fill(entry / 2, entry % 2, start, out),
+    )
+}
+
+/// Where the moments land in the optimizer's files ([`write_moments_with`]'s): entry `2i` is
+/// parameter `i`'s first moment, `2i + 1` its second.
+pub(crate) fn moments_layout(names: &[String], shapes: &[Vec<usize>], step: u64) -> ShardLayout {
+    ShardLayout::new(
+        OPTIMIZER_STEM,
+        &moment_entries(names, shapes),
+        &moments_metadata(step),
+        DEFAULT_SHARD_BYTES,
+    )
+}
+
+fn moment_entries(names: &[String], shapes: &[Vec<usize>]) -> Vec<TensorEntry> {
     let mut entries = Vec::with_capacity(2 * names.len());
     for (name, shape) in names.iter().zip(shapes) {
         for kind in ["exp_avg", "exp_avg_sq"] {
@@ -180,15 +223,11 @@ pub(crate) fn write_moments_with(
             });
         }
     }
-    let metadata = HashMap::from([("step".to_string(), step.to_string())]);
-    write_tensors(
-        dir,
-        OPTIMIZER_STEM,
-        &entries,
-        &metadata,
-        DEFAULT_SHARD_BYTES,
-        |entry, start, out| fill(entry / 2, entry % 2, start, out),
-    )
+    entries
+}
+
+fn moments_metadata(step: u64) -> HashMap<String, String> {
+    HashMap::from([("step".to_string(), step.to_string())])
 }
 
 /// Loads the moments and step count [`save_optimizer`] wrote, after any loan of them is back.

@@ -20,7 +20,8 @@ use templar_dist::{ProcessGroup, ReduceOp};
 
 use crate::buckets::{BUCKET_VALUES, Bucket, unit_buckets};
 use crate::checkpoint::{
-    OPTIMIZER_FILE, OPTIMIZER_STEM, model_entries, open_weights, save_weights, write_moments_with,
+    OPTIMIZER_FILE, OPTIMIZER_STEM, model_entries, moments_layout, open_weights, weights_layout,
+    write_config,
 };
 use crate::config::{ModelConfig, TrainConfig};
 use crate::error::EngineError;
@@ -30,7 +31,7 @@ use crate::optim::learning_rate;
 use crate::params::{NamedBuffer, ParameterReader, parameter_shapes, read_range_into};
 use crate::sharded::{Layout, ShardedAdamW};
 use crate::sharded_state::saved_world;
-use crate::tensor_files::{DEFAULT_SHARD_BYTES, index_name};
+use crate::tensor_files::{DEFAULT_SHARD_BYTES, ShardLayout, index_name};
 use crate::train::{Batch, StepStats};
 
 /// Values moved between a file or generator and a span at once.
@@ -675,60 +676,77 @@ impl FullyShardedTrainer {
     }
 
     /// Writes the model (`config.json` and safetensors shards, as one process's
-    /// [`crate::save_model`]) and the optimizer (as [`crate::save_optimizer`]) into `dir`:
-    /// every rank takes part in gathering one unit at a time, and rank 0 writes each unit as it
-    /// arrives. What is written is what one process writes, so any number of ranks, or one
-    /// process, or a Hugging Face reader, loads it. Every rank learns whether the write
-    /// succeeded.
+    /// [`crate::save_model`]) and the optimizer (as [`crate::save_optimizer`]) into `dir`, which
+    /// every rank sees: rank 0 lays out the files, every rank writes its own spans into them at
+    /// their offsets and syncs them, and rank 0 then publishes them. No value crosses between
+    /// ranks, and the ranks write side by side. What is written is what one process writes, so
+    /// any number of ranks, or one process, or a Hugging Face reader, loads it. Every rank
+    /// learns whether every step succeeded; until the last, no file of the save is in place.
     pub fn save(&mut self, dir: &Path) -> Result<(), EngineError> {
         self.refuse_if_broken()?;
-        let written = match self.stream_checkpoint(dir) {
-            Ok(written) => written,
-            Err(failed) => {
-                self.broken = true;
-                return Err(failed);
-            }
-        };
-        self.agree(written, "write the checkpoint")
-    }
-
-    /// Every unit's weights, then its moments, gathered on every rank; rank 0 writes them as
-    /// they arrive. Every rank makes every gather whatever the writer does, so that a failed
-    /// write leaves the ranks in step: the outer error is a failed collective, the inner one
-    /// rank 0's write.
-    fn stream_checkpoint(&mut self, dir: &Path) -> Result<Result<(), EngineError>, EngineError> {
-        let writing = self.rank() == 0;
-        let config = self.model.config.clone();
-        let names = self.model.params.names.clone();
         let shapes: Vec<Vec<usize>> = self
             .shapes
             .iter()
             .map(|s| s.iter().map(|&d| d as usize).collect())
             .collect();
         let steps = self.optimizer.steps();
-        let (buckets, placement, group) =
-            (&self.optimizer.buckets, self.placement, &mut self.group);
-        let mut weights = UnitStream::new(buckets, placement, vec![&self.master]);
-        let mut written = if writing {
-            save_weights(dir, &config, DEFAULT_SHARD_BYTES, |tensor, start, out| {
-                weights.read(group, 0, tensor, start, out)
-            })
-            .map(drop)
+        let weights = weights_layout(&self.model.config, DEFAULT_SHARD_BYTES);
+        let moments = moments_layout(&self.model.params.names, &shapes, steps);
+        let leads = self.rank() == 0;
+        let created = if leads {
+            weights.create(dir).and_then(|()| moments.create(dir))
         } else {
             Ok(())
         };
-        weights.drain(group)?;
-        let moments = vec![&self.optimizer.exp_avg, &self.optimizer.exp_avg_sq];
-        let mut moments = UnitStream::new(buckets, placement, moments);
-        if writing && written.is_ok() {
-            written =
-                write_moments_with(dir, &names, &shapes, steps, |tensor, which, start, out| {
-                    moments.read(group, which, tensor, start, out)
-                })
-                .map(drop);
+        self.agree(created, "create the checkpoint's files")?;
+        let written = self.write_spans(dir, &weights, &moments);
+        self.agree(written, "write its spans of the checkpoint")?;
+        let published = if leads {
+            weights
+                .publish(dir)
+                .and_then(|_| moments.publish(dir))
+                .and_then(|_| write_config(dir, &self.model.config))
+                .map(drop)
+        } else {
+            Ok(())
+        };
+        self.agree(published, "publish the checkpoint")
+    }
+
+    /// This rank's spans of the weights and both moments, a piece at a time, into the files
+    /// `weights` and `moments` lay out in `dir` (a bucket's padding is no tensor's, and is not
+    /// written).
+    fn write_spans(
+        &self,
+        dir: &Path,
+        weights: &ShardLayout,
+        moments: &ShardLayout,
+    ) -> Result<(), EngineError> {
+        let mut writers = [weights.writer(dir)?, moments.writer(dir)?];
+        let optimizer = &self.optimizer;
+        let sets = [
+            (&self.master, 0, 1, 0),
+            (&optimizer.exp_avg, 1, 2, 0),
+            (&optimizer.exp_avg_sq, 1, 2, 1),
+        ];
+        let mut values = Vec::new();
+        for (spans, writer, stride, which) in sets {
+            for (bucket, span) in optimizer.buckets.iter().zip(spans) {
+                for segment in &bucket.owned {
+                    for piece in (0..segment.len).step_by(self.piece) {
+                        let len = (self.piece as i64).min(segment.len - piece);
+                        values.resize(len as usize, 0.0);
+                        read_range_into(span, (segment.in_span + piece) as usize, &mut values)?;
+                        let entry = stride * segment.tensor + which;
+                        let start = (segment.in_tensor + piece) as usize;
+                        writers[writer].write(entry, start, &values)?;
+                    }
+                }
+            }
         }
-        moments.drain(group)?;
-        Ok(written)
+        let [weights, moments] = writers;
+        weights.sync()?;
+        moments.sync()
     }
 }
 
@@ -769,97 +787,6 @@ fn gather_whole(
     let mine = mine.f_to_device(device)?.f_to_kind(wire)?;
     tch::no_grad(|| group.all_gather(&mut whole, &mine))?;
     Ok(whole.f_to_kind(Kind::Float)?)
-}
-
-/// Sets of spans (the weights, or both moments) gathered a unit at a time, each unit once and in
-/// order, for a writer that asks for the tensors in order.
-struct UnitStream<'a> {
-    buckets: &'a [Bucket],
-    placement: Placement,
-    /// Per set, every unit's span on this rank.
-    sets: Vec<&'a Vec<Tensor>>,
-    /// The next unit to gather.
-    next: usize,
-    /// The unit gathered last, each set of it whole.
-    current: Option<(usize, Vec<Tensor>)>,
-}
-
-impl<'a> UnitStream<'a> {
-    fn new(buckets: &'a [Bucket], placement: Placement, sets: Vec<&'a Vec<Tensor>>) -> Self {
-        UnitStream {
-            buckets,
-            placement,
-            sets,
-            next: 0,
-            current: None,
-        }
-    }
-
-    /// Gathers every set of the next unit, the last one's dropped first.
-    fn gather_next(&mut self, group: &mut ProcessGroup) -> Result<(), EngineError> {
-        self.current = None;
-        let unit = self.next;
-        let wholes = self
-            .sets
-            .iter()
-            .map(|spans| {
-                let mine = &spans[unit];
-                gather_whole(
-                    group,
-                    &self.buckets[unit],
-                    mine,
-                    (Kind::Float, self.placement),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.current = Some((unit, wholes));
-        self.next += 1;
-        Ok(())
-    }
-
-    /// The gathers of every unit not gathered yet.
-    fn drain(&mut self, group: &mut ProcessGroup) -> Result<(), EngineError> {
-        while self.next < self.buckets.len() {
-            self.gather_next(group)?;
-        }
-        self.current = None;
-        Ok(())
-    }
-
-    /// Values `start..start + out.len()` of `tensor` in set `set`, gathering units up to its
-    /// own; a tensor of a unit already passed is refused (its gather is gone).
-    fn read(
-        &mut self,
-        group: &mut ProcessGroup,
-        set: usize,
-        tensor: usize,
-        start: usize,
-        out: &mut [f32],
-    ) -> Result<(), EngineError> {
-        let Some((unit, placed)) = self.buckets.iter().enumerate().find_map(|(unit, b)| {
-            b.tensors
-                .iter()
-                .find(|p| p.tensor == tensor)
-                .map(|p| (unit, *p))
-        }) else {
-            return Err(EngineError::Layout(format!(
-                "no unit holds tensor {tensor}"
-            )));
-        };
-        if unit + 1 < self.next {
-            return Err(EngineError::Layout(format!(
-                "tensor {tensor} asked for after its unit was passed: tensors are streamed in order"
-            )));
-        }
-        while self.next <= unit {
-            self.gather_next(group)?;
-        }
-        let Some((_, wholes)) = &self.current else {
-            return Err(EngineError::Layout(format!("unit {unit} was not gathered")));
-        };
-        let values = wholes[set].f_narrow(0, placed.offset, placed.numel)?;
-        read_range_into(&values, start, out)
-    }
 }
 
 #[cfg(test)]

@@ -115,74 +115,29 @@ fn write_tensors_in_pieces(
     mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<Vec<String>, EngineError> {
     fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-    let shards = plan_shards(entries, max_shard_bytes.max(1));
-    let names: Vec<String> = if shards.len() <= 1 {
-        vec![format!("{stem}.safetensors")]
-    } else {
-        (1..=shards.len())
-            .map(|k| format!("{stem}-{k:05}-of-{:05}.safetensors", shards.len()))
-            .collect()
-    };
+    let layout = ShardLayout::new(stem, entries, metadata, max_shard_bytes);
     let mut scratch = Vec::new();
-    let mut weight_map = BTreeMap::new();
-    for (shard, name) in shards.iter().zip(&names) {
-        let path = dir.join(name);
-        write_atomic_with(&path, |out| {
-            write_shard(
-                out,
-                entries,
-                shard,
-                metadata,
-                piece,
-                &mut scratch,
-                &mut fill,
-            )
+    for file in &layout.files {
+        write_atomic_with(&dir.join(&file.name), |out| {
+            write_shard(out, &layout, file, piece, &mut scratch, &mut fill)
         })?;
-        for &i in shard {
-            weight_map.insert(entries[i].name.clone(), name.clone());
-        }
     }
-    let index_path = dir.join(index_name(stem));
-    if names.len() > 1 {
-        let index = Index {
-            metadata: IndexMetadata {
-                total_size: entries.iter().map(TensorEntry::bytes).sum(),
-            },
-            weight_map,
-        };
-        let json = serde_json::to_vec_pretty(&index)
-            .map_err(|e| EngineError::checkpoint(&index_path, e.to_string()))?;
-        crate::checkpoint::write_atomic(&index_path, &json)?;
-        let mut written = names;
-        written.push(index_name(stem));
-        Ok(written)
-    } else {
-        // A single file needs no index; one left from an earlier, sharded save would mislead.
-        match fs::remove_file(&index_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(EngineError::io(&index_path, e));
-            }
-            _ => {}
-        }
-        Ok(names)
-    }
+    layout.write_index(dir)
 }
 
 fn write_shard(
     out: &mut BufWriter<fs::File>,
-    entries: &[TensorEntry],
-    shard: &[usize],
-    metadata: &HashMap<String, String>,
+    layout: &ShardLayout,
+    file: &ShardFile,
     piece: usize,
     scratch: &mut Vec<f32>,
     fill: &mut impl FnMut(usize, usize, &mut [f32]) -> Result<(), EngineError>,
 ) -> Result<(), std::io::Error> {
-    let header = shard_header(entries, shard, metadata);
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(&header)?;
+    out.write_all(&(file.header.len() as u64).to_le_bytes())?;
+    out.write_all(&file.header)?;
     let mut bytes = Vec::with_capacity(1 << 16);
-    for &i in shard {
-        let numel = entries[i].numel();
+    for &i in &file.tensors {
+        let numel = layout.entries[i].numel();
         for start in (0..numel).step_by(piece.max(1)) {
             scratch.clear();
             scratch.resize(piece.min(numel - start), 0.0);
@@ -195,6 +150,206 @@ fn write_shard(
         }
     }
     Ok(())
+}
+
+/// Where every tensor of a save lands: its files (Hugging Face's names, each with its header)
+/// and each tensor's file and byte offset. One writer fills the files in order
+/// ([`write_tensors`]); several writers (the ranks of a fully sharded trainer) fill them at once,
+/// each at its own values' offsets: one creates the files ([`ShardLayout::create`]), every one
+/// writes and syncs its values ([`ShardLayout::writer`]), and once all have, one publishes them
+/// ([`ShardLayout::publish`]). Both give the same bytes.
+pub struct ShardLayout {
+    files: Vec<ShardFile>,
+    entries: Vec<TensorEntry>,
+    /// Per entry: its file, and the byte offset of its first value in that file.
+    places: Vec<(usize, u64)>,
+    stem: String,
+}
+
+struct ShardFile {
+    name: String,
+    header: Vec<u8>,
+    tensors: Vec<usize>,
+    /// The file's whole length: the header's length field, the header and the values.
+    len: u64,
+}
+
+impl ShardLayout {
+    /// `entries` saved as `stem`, sharded at `max_shard_bytes`, `metadata` in every header.
+    pub fn new(
+        stem: &str,
+        entries: &[TensorEntry],
+        metadata: &HashMap<String, String>,
+        max_shard_bytes: u64,
+    ) -> ShardLayout {
+        let shards = plan_shards(entries, max_shard_bytes.max(1));
+        let count = shards.len();
+        let mut places = vec![(0, 0); entries.len()];
+        let files = shards
+            .into_iter()
+            .enumerate()
+            .map(|(k, tensors)| {
+                let name = if count <= 1 {
+                    format!("{stem}.safetensors")
+                } else {
+                    format!("{stem}-{:05}-of-{count:05}.safetensors", k + 1)
+                };
+                let header = shard_header(entries, &tensors, metadata);
+                let mut offset = 8 + header.len() as u64;
+                for &i in &tensors {
+                    places[i] = (k, offset);
+                    offset += entries[i].bytes();
+                }
+                ShardFile {
+                    name,
+                    header,
+                    tensors,
+                    len: offset,
+                }
+            })
+            .collect();
+        ShardLayout {
+            files,
+            entries: entries.to_vec(),
+            places,
+            stem: stem.to_string(),
+        }
+    }
+
+    /// Creates every file under a temporary name, at its whole length, with its header: the
+    /// values are then written in place by [`ShardLayout::writer`]s.
+    pub fn create(&self, dir: &Path) -> Result<(), EngineError> {
+        fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+        for file in &self.files {
+            let path = partial_path(dir, &file.name);
+            let created = (|| {
+                let mut out = fs::File::create(&path)?;
+                out.write_all(&(file.header.len() as u64).to_le_bytes())?;
+                out.write_all(&file.header)?;
+                out.set_len(file.len)
+            })();
+            created.map_err(|e| EngineError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// A writer of values into the files [`ShardLayout::create`] made in `dir`.
+    pub fn writer<'a>(&'a self, dir: &Path) -> Result<ShardWriter<'a>, EngineError> {
+        let files = self
+            .files
+            .iter()
+            .map(|file| {
+                let path = partial_path(dir, &file.name);
+                let opened = fs::OpenOptions::new().write(true).open(&path);
+                opened
+                    .map(|f| (path.clone(), f))
+                    .map_err(|e| EngineError::io(&path, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ShardWriter {
+            layout: self,
+            files,
+        })
+    }
+
+    /// Once every writer has synced: the files renamed into place and the index written (or a
+    /// stale one removed). Returns the file names, the index (if any) last.
+    pub fn publish(&self, dir: &Path) -> Result<Vec<String>, EngineError> {
+        for file in &self.files {
+            let (partial, path) = (partial_path(dir, &file.name), dir.join(&file.name));
+            fs::rename(&partial, &path).map_err(|e| EngineError::io(&path, e))?;
+        }
+        sync_dir(dir);
+        self.write_index(dir)
+    }
+
+    /// The index of a sharded save, written last; a single file needs none, and one left from an
+    /// earlier, sharded save would mislead.
+    fn write_index(&self, dir: &Path) -> Result<Vec<String>, EngineError> {
+        let mut written: Vec<String> = self.files.iter().map(|f| f.name.clone()).collect();
+        let index_path = dir.join(index_name(&self.stem));
+        if self.files.len() > 1 {
+            let mut weight_map = BTreeMap::new();
+            for file in &self.files {
+                for &i in &file.tensors {
+                    weight_map.insert(self.entries[i].name.clone(), file.name.clone());
+                }
+            }
+            let index = Index {
+                metadata: IndexMetadata {
+                    total_size: self.entries.iter().map(TensorEntry::bytes).sum(),
+                },
+                weight_map,
+            };
+            let json = serde_json::to_vec_pretty(&index)
+                .map_err(|e| EngineError::checkpoint(&index_path, e.to_string()))?;
+            crate::checkpoint::write_atomic(&index_path, &json)?;
+            written.push(index_name(&self.stem));
+        } else {
+            match fs::remove_file(&index_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::io(&index_path, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Writes values into a [`ShardLayout`]'s files in place, from any number of writers at once.
+pub struct ShardWriter<'a> {
+    layout: &'a ShardLayout,
+    files: Vec<(PathBuf, fs::File)>,
+}
+
+impl ShardWriter<'_> {
+    /// Values `start..start + values.len()` of entry `i`.
+    pub fn write(&mut self, i: usize, start: usize, values: &[f32]) -> Result<(), EngineError> {
+        use std::os::unix::fs::FileExt;
+        let entry = self.layout.entries.get(i).ok_or_else(|| {
+            EngineError::Layout(format!("no tensor {i} in a save of {}", self.layout.stem))
+        })?;
+        if start + values.len() > entry.numel() {
+            return Err(EngineError::Layout(format!(
+                "{}: values {start}..{} of a tensor of {}",
+                entry.name,
+                start + values.len(),
+                entry.numel()
+            )));
+        }
+        let (file, offset) = self.layout.places[i];
+        let (path, file) = &self.files[file];
+        let mut bytes = Vec::with_capacity(4 * values.len().min(1 << 14));
+        let mut at = offset + 4 * start as u64;
+        for chunk in values.chunks(1 << 14) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            file.write_all_at(&bytes, at)
+                .map_err(|e| EngineError::io(path, e))?;
+            at += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Every value written reaches the disk.
+    pub fn sync(self) -> Result<(), EngineError> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(|e| EngineError::io(path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a file of a save in progress lives until it is published: one name for every writer.
+fn partial_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.partial"))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
 }
 
 /// The JSON header of a shard, padded with spaces to a multiple of 8 bytes as the format asks.
@@ -529,6 +684,46 @@ mod tests {
                 fs::read(whole.path().join(name)).unwrap(),
                 fs::read(pieces.path().join(name)).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn writers_at_offsets_write_what_one_writer_writes() {
+        let meta = HashMap::from([("step".to_string(), "3".to_string())]);
+        for max in [40, 1 << 20] {
+            let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let expected = write_tensors(one.path(), "m", &entries(), &meta, max, values).unwrap();
+            let layout = ShardLayout::new("m", &entries(), &meta, max);
+            layout.create(many.path()).unwrap();
+            // Two writers, each with every other piece of 2 values, the last tensor first.
+            let mut writers = [
+                layout.writer(many.path()).unwrap(),
+                layout.writer(many.path()).unwrap(),
+            ];
+            let mut k = 0;
+            for (i, entry) in entries().iter().enumerate().rev() {
+                for start in (0..entry.numel()).step_by(2) {
+                    let mut piece = vec![0.0; 2.min(entry.numel() - start)];
+                    values(i, start, &mut piece).unwrap();
+                    writers[k % 2].write(i, start, &piece).unwrap();
+                    k += 1;
+                }
+            }
+            let err = writers[0].write(1, 3, &[0.0, 0.0]).unwrap_err();
+            assert!(err.to_string().contains("b: values 3..5"), "{err}");
+            for writer in writers {
+                writer.sync().unwrap();
+            }
+            assert_eq!(layout.publish(many.path()).unwrap(), expected);
+            for name in &expected {
+                assert_eq!(
+                    fs::read(one.path().join(name)).unwrap(),
+                    fs::read(many.path().join(name)).unwrap(),
+                    "{name}"
+                );
+            }
+            let left: Vec<_> = fs::read_dir(many.path()).unwrap().collect();
+            assert_eq!(left.len(), expected.len(), "partial files left behind");
         }
     }
 
