@@ -18,6 +18,15 @@ use templar_storage::{S3Settings, Store, StoreConfig};
 
 use crate::wallet::WalletArgs;
 
+impl NodeArgs {
+    fn sharding(&self) -> crate::ranks::Sharding {
+        crate::ranks::Sharding {
+            shard: self.shard,
+            offload: self.offload,
+        }
+    }
+}
+
 /// Options every node takes.
 #[derive(Args, Clone)]
 pub struct NodeArgs {
@@ -87,7 +96,7 @@ pub struct NodeArgs {
     /// With `--shard full`: keep each rank's f32 weights and AdamW moments in (pinned) host
     /// memory and step there; the device then holds only the layers gathered and the
     /// activations.
-    #[arg(long, env = "TEMPLAR_OFFLOAD")]
+    #[arg(long, env = "TEMPLAR_OFFLOAD", value_parser = clap::builder::BoolishValueParser::new())]
     offload: bool,
     /// Set by the launcher of `--ranks`: this process is that rank.
     #[arg(long, hide = true, requires = "rank_store")]
@@ -200,11 +209,8 @@ pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     if world > 1 && args.behavior.is_some() {
         bail!("--behavior runs on one process: drop --ranks");
     }
-    let sharding = crate::ranks::Sharding {
-        shard: args.shard,
-        offload: args.offload,
-    };
-    check_sharding(role, world, sharding)?;
+    let sharding = args.sharding();
+    check_sharding(role, sharding)?;
     let threads = args.threads.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / world).max(1) as i32
@@ -252,15 +258,28 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     }
     let config = NetworkConfig::load(&args.config)?;
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    // Rank 0 of a node over ranks meets the others before anything else.
-    let ranked = match (args.rank, &args.rank_store) {
-        (Some(rank), Some(store)) => {
-            let timeout = std::time::Duration::from_secs(args.rank_timeout_s);
+    // Rank 0 of a node over ranks meets the others before anything else; a fully sharded
+    // miner of one rank makes a group of its own (its store lives as long as the node).
+    let timeout = std::time::Duration::from_secs(args.rank_timeout_s);
+    let alone = (args.ranks == 1 && args.shard == crate::ranks::Shard::Full)
+        .then(|| tempfile::Builder::new().prefix("templar-rank-").tempdir())
+        .transpose()
+        .context("creating the rank's store folder")?;
+    let ranked = match (args.rank, &args.rank_store, &alone) {
+        (Some(rank), Some(store), _) => {
             let world = args.ranks as usize;
             Some(crate::ranks::join(
                 &config, device, rank, world, store, timeout,
             )?)
         }
+        (_, _, Some(dir)) => Some(crate::ranks::join(
+            &config,
+            device,
+            0,
+            1,
+            &dir.path().join("store"),
+            timeout,
+        )?),
         _ => None,
     };
     let device = ranked.as_ref().map_or(device, |(device, _)| *device);
@@ -320,11 +339,7 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         Role::Miner => {
             let miner = match ranked {
                 Some((_, group)) if args.shard == crate::ranks::Shard::Full => {
-                    let placement = crate::ranks::Sharding {
-                        shard: args.shard,
-                        offload: args.offload,
-                    }
-                    .placement(device);
+                    let placement = args.sharding().placement(device);
                     Miner::new_fully_sharded(node, placement, state_dir, group)?
                 }
                 Some((_, group)) => Miner::new_ranked(node, device, state_dir, group)?,
@@ -343,23 +358,22 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses what the ranks cannot do: full sharding is a miner's, over ranks, and offloading
-/// moves fully sharded spans.
-fn check_sharding(role: Role, world: usize, sharding: crate::ranks::Sharding) -> Result<()> {
+/// Refuses what the ranks cannot do: full sharding is a miner's (over any number of ranks: one
+/// rank with its spans offloaded trains a model larger than its device), and offloading moves
+/// fully sharded spans.
+fn check_sharding(role: Role, sharding: crate::ranks::Sharding) -> Result<()> {
     use crate::ranks::Shard;
     if sharding.offload && sharding.shard != Shard::Full {
-        bail!("--offload moves the spans of fully sharded parameters: add --shard full");
+        bail!(
+            "--offload (or TEMPLAR_OFFLOAD) moves the spans of fully sharded parameters: add \
+             --shard full"
+        );
     }
-    if sharding.shard == Shard::Full {
-        if role != Role::Miner {
-            bail!(
-                "--shard full is a miner's: a validator judges with the whole model on each \
-                 rank; drop --shard"
-            );
-        }
-        if world < 2 {
-            bail!("--shard full shards the model over ranks: add --ranks N with N of 2 or more");
-        }
+    if sharding.shard == Shard::Full && role != Role::Miner {
+        bail!(
+            "--shard full (or TEMPLAR_SHARD=full) is a miner's: a validator judges with the \
+             whole model on each rank; drop it for the validator"
+        );
     }
     Ok(())
 }

@@ -164,7 +164,8 @@ pub fn join(
         threads: 2,
     };
     let device = match device {
-        Device::Cuda(_) => DeviceChoice::Cuda(rank).resolve().with_context(|| {
+        // One rank keeps the device it was given; over several, rank r trains on GPU r.
+        Device::Cuda(_) if world > 1 => DeviceChoice::Cuda(rank).resolve().with_context(|| {
             format!("rank {rank} of {world} trains on GPU {rank}: one GPU per rank")
         })?,
         other => other,
@@ -211,6 +212,9 @@ pub struct Sharding {
 impl Sharding {
     /// Where a fully sharded rank computing on `device` keeps its spans.
     pub fn placement(self, device: Device) -> templar_engine::Placement {
+        if self.offload && device == Device::Cpu {
+            tracing::warn!("--offload changes nothing on the CPU: the spans are in host memory");
+        }
         templar_engine::Placement {
             compute: device,
             offload: self.offload,

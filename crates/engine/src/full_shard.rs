@@ -681,7 +681,9 @@ impl FullyShardedTrainer {
     /// their offsets and syncs them, and rank 0 then publishes them. No value crosses between
     /// ranks, and the ranks write side by side. What is written is what one process writes, so
     /// any number of ranks, or one process, or a Hugging Face reader, loads it. Every rank
-    /// learns whether every step succeeded; until the last, no file of the save is in place.
+    /// learns whether every step succeeded. The files are put in place one by one at the end:
+    /// save into a fresh folder that becomes current only once the save succeeded (as the
+    /// node's state generations do). A failed save leaves no temporary file behind.
     pub fn save(&mut self, dir: &Path) -> Result<(), EngineError> {
         self.refuse_if_broken()?;
         let shapes: Vec<Vec<usize>> = self
@@ -698,9 +700,19 @@ impl FullyShardedTrainer {
         } else {
             Ok(())
         };
-        self.agree(created, "create the checkpoint's files")?;
-        let written = self.write_spans(dir, &weights, &moments);
-        self.agree(written, "write its spans of the checkpoint")?;
+        let laid_out = self
+            .agree(created, "create the checkpoint's files")
+            .and_then(|()| {
+                let written = self.write_spans(dir, &weights, &moments);
+                self.agree(written, "write its spans of the checkpoint")
+            });
+        if let Err(failed) = laid_out {
+            if leads {
+                weights.discard(dir);
+                moments.discard(dir);
+            }
+            return Err(failed);
+        }
         let published = if leads {
             weights
                 .publish(dir)

@@ -216,21 +216,30 @@ impl ShardLayout {
         }
     }
 
-    /// Creates every file under a temporary name, at its whole length, with its header: the
-    /// values are then written in place by [`ShardLayout::writer`]s.
+    /// Creates every file under a temporary name, its whole length reserved on the disk (a
+    /// disk too small fails here, as a full disk, not in some writer later), with its header:
+    /// the values are then written in place by [`ShardLayout::writer`]s.
     pub fn create(&self, dir: &Path) -> Result<(), EngineError> {
         fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
         for file in &self.files {
             let path = partial_path(dir, &file.name);
             let created = (|| {
                 let mut out = fs::File::create(&path)?;
+                reserve(&out, file.len)?;
                 out.write_all(&(file.header.len() as u64).to_le_bytes())?;
-                out.write_all(&file.header)?;
-                out.set_len(file.len)
+                out.write_all(&file.header)
             })();
             created.map_err(|e| EngineError::io(&path, e))?;
         }
         Ok(())
+    }
+
+    /// Removes the temporary files of a save that failed (best effort: a later save of the same
+    /// layout creates them anew).
+    pub fn discard(&self, dir: &Path) {
+        for file in &self.files {
+            let _ = fs::remove_file(partial_path(dir, &file.name));
+        }
     }
 
     /// A writer of values into the files [`ShardLayout::create`] made in `dir`.
@@ -338,6 +347,19 @@ impl ShardWriter<'_> {
             file.sync_data().map_err(|e| EngineError::io(path, e))?;
         }
         Ok(())
+    }
+}
+
+/// Allocates `len` bytes of `file` on the disk (its length becomes `len`).
+fn reserve(file: &fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: posix_fallocate only reads the descriptor, which `file` keeps open.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // A file system without allocation (some network ones): the length alone.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
 }
 

@@ -71,14 +71,21 @@ struct MinerState {
 }
 
 impl MinerState {
-    fn saved_by(&self) -> SavedBy {
-        match (self.ranks, self.fully_sharded) {
+    fn saved_by(&self, dir: &std::path::Path) -> Result<SavedBy, NodeError> {
+        Ok(match (self.ranks, self.fully_sharded) {
             (Some(ranks), false) => SavedBy::Ranks(ranks),
             (Some(ranks), true) => SavedBy::FullyShardedRanks(ranks),
-            (None, _) => SavedBy::OneProcess {
+            (None, false) => SavedBy::OneProcess {
                 error_feedback_blake3: self.error_feedback_blake3.clone(),
             },
-        }
+            (None, true) => {
+                return Err(NodeError::State {
+                    path: dir.to_path_buf(),
+                    reason: "its record says it was saved fully sharded but not by how many ranks"
+                        .into(),
+                });
+            }
+        })
     }
 }
 
@@ -133,7 +140,7 @@ impl<C: Chain> Miner<C> {
             global_step: 0,
         };
         if let Some((saved, dir, digest)) = saved {
-            let saved_by = saved.saved_by();
+            let saved_by = saved.saved_by(&dir)?;
             log_relayout(&saved_by, 1);
             replica.load_optimizer_saved_by(&dir, saved_by.moments_ranks())?;
             let numels: Vec<usize> = error_feedback.iter().map(Vec::len).collect();
@@ -172,7 +179,7 @@ impl<C: Chain> Miner<C> {
         };
         if let Some((saved, dir, digest)) = saved {
             replica.load_weights(&dir)?;
-            let saved_by = saved.saved_by();
+            let saved_by = saved.saved_by(&dir)?;
             log_relayout(&saved_by, world);
             load_node_state(&mut replica, &mut error_feedback, &dir, &saved_by)?;
             position = resumed(&node, &saved, digest);
@@ -198,16 +205,17 @@ impl<C: Chain> Miner<C> {
         group: ProcessGroup,
     ) -> Result<Miner<C>, NodeError> {
         let world = group.world();
+        // The replica first: every rank makes it together, whatever rank 0 then finds.
+        let mut replica = FullyShardedReplica::new(&node.config, placement, group)?;
         let state = StateDir::new(state_dir);
         let saved = state.load_digested::<MinerState>()?;
-        let mut replica = FullyShardedReplica::new(&node.config, placement, group)?;
         let mut error_feedback = replica.fresh_error_feedback();
         let mut position = Position {
             last_window: None,
             global_step: 0,
         };
         if let Some((saved, dir, digest)) = saved {
-            let saved_by = saved.saved_by();
+            let saved_by = saved.saved_by(&dir)?;
             log_relayout(&saved_by, world);
             replica.load_state(&mut error_feedback, &dir, &saved_by)?;
             position = resumed(&node, &saved, digest);
@@ -531,13 +539,13 @@ impl<C: Chain> Miner<C> {
     /// and error feedback have not changed since the outer step.
     fn save_weights(&mut self) -> Result<(), NodeError> {
         let position = self.position;
-        let owner = self.replica.owner();
-        let ranks = (owner.world > 1).then_some(owner.world);
+        let world = self.replica.owner().world;
         let record = move |digest, fully_sharded| MinerState {
             last_window: position.last_window,
             global_step: position.global_step,
             error_feedback_blake3: digest,
-            ranks,
+            // A fully sharded node writes per-rank error feedback even alone.
+            ranks: (world > 1 || fully_sharded).then_some(world),
             fully_sharded,
         };
         match &mut self.replica {

@@ -37,13 +37,6 @@ impl MinerReplica {
         }
     }
 
-    /// Error feedback for this rank: zeros for the tensors it owns, empty for the others.
-    pub fn fresh_error_feedback(&self) -> Vec<Vec<f32>> {
-        let schema = self.schema();
-        let numels = (0..schema.len()).map(|i| schema.plan(i).numel());
-        self.owner().error_feedback(numels)
-    }
-
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
         match self {
             MinerReplica::Whole(replica) => replica.train_step(batch),

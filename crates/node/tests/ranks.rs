@@ -83,7 +83,7 @@ fn owned_bytes(ef: &[Vec<f32>], owner: TensorOwner) -> Vec<u8> {
 
 fn start(scenario: &str, world: usize, dir: &Path, kill: bool) -> Vec<Child> {
     let exe = std::env::current_exe().unwrap();
-    let store = dir.join(format!("store-{scenario}"));
+    let store = dir.join(format!("store-{scenario}-{world}"));
     (0..world)
         .map(|rank| {
             let mut command = Command::new(&exe);
@@ -405,38 +405,36 @@ fn a_state_crosses_between_one_process_and_ranks() {
     // And trains on with the moments gathered from the ranks' files.
     let losses = train_window(&mut back, &config, 2);
 
-    // The same through a fully sharded node: it loads what one process saved and makes its
-    // payload; one process resumes what it saved, makes its next payload, and trains on with
-    // the very moments the ZeRO-2 ranks carried.
-    run("from-one-full", 2, dir.path());
-    assert_eq!(read(dir.path(), "payload-full-from-one.bin"), expected);
-    let saved = dir.path().join("state-full");
-    let by = SavedBy::FullyShardedRanks(2);
-    let mut full = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
-    full.load_optimizer_saved_by(&saved, by.moments_ranks())
-        .unwrap();
-    let mut ef = ranks::read_error_feedback(&saved, &all, TensorOwner::ALONE, &by).unwrap();
-    assert_eq!(
-        outer_step_bytes(&mut full, &mut ef, &config),
-        read(dir.path(), "payload-after-full-save.bin")
-    );
-    assert_eq!(train_window(&mut full, &config, 2), losses);
-    // The ranks applied that payload as one process does.
-    let mut applied = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
-    let bytes = read(dir.path(), "payload-after-full-save.bin");
-    let payload = templar_codec::decode(&applied.schema, &bytes).unwrap();
-    applied.apply_aggregate(&[&payload]).unwrap();
-    assert_eq!(
-        applied.fingerprint().to_string(),
-        String::from_utf8(read(dir.path(), "fingerprint-full-applied")).unwrap()
-    );
+    // The same through a fully sharded node, of two ranks and of one: it loads what one
+    // process saved and makes its payload; one process resumes what it saved, makes its next
+    // payload, and trains on with the very moments the ZeRO-2 ranks carried.
+    for world in [2, 1] {
+        run("from-one-full", world, dir.path());
+        let read = |name: &str| read(dir.path(), &format!("{name}-{world}"));
+        assert_eq!(read("payload-full-from-one"), expected, "{world} ranks");
+        let saved = dir.path().join(format!("state-full-{world}"));
+        let by = SavedBy::FullyShardedRanks(world);
+        let mut full = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
+        full.load_optimizer_saved_by(&saved, by.moments_ranks())
+            .unwrap();
+        let mut ef = ranks::read_error_feedback(&saved, &all, TensorOwner::ALONE, &by).unwrap();
+        let bytes = read("payload-after-full-save");
+        assert_eq!(outer_step_bytes(&mut full, &mut ef, &config), bytes);
+        assert_eq!(train_window(&mut full, &config, 2), losses, "{world} ranks");
+        // The ranks applied that payload as one process does.
+        let mut applied = Replica::resume(&config, Device::Cpu, Role::Miner, &saved).unwrap();
+        let payload = templar_codec::decode(&applied.schema, &bytes).unwrap();
+        applied.apply_aggregate(&[&payload]).unwrap();
+        let fingerprint = String::from_utf8(read("fingerprint-full-applied")).unwrap();
+        assert_eq!(applied.fingerprint().to_string(), fingerprint);
+    }
 }
 
 /// One rank of `from-one-full`: a fully sharded node (rank 0 drives it, the others follow its
 /// commands) loads the state one process saved, takes the outer step at once, saves its own
 /// state and takes the outer step again.
 fn full_shard_state_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
-    let rank = group.rank();
+    let (rank, world) = (group.rank(), group.world());
     let mut replica =
         FullyShardedReplica::new(config, Placement::from(Device::Cpu), group).unwrap();
     let mut ef = replica.fresh_error_feedback();
@@ -451,22 +449,23 @@ fn full_shard_state_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path
     replica
         .load_state(&mut ef, &dir.join("state-one"), &saved)
         .unwrap();
+    let named = |name: &str| dir.join(format!("{name}-{world}"));
     let outer_step = |replica: &mut FullyShardedReplica, ef: &mut [Vec<f32>], name: &str| {
         let payload = replica.outer_step(ef).unwrap().unwrap();
         let bytes = encode(&replica.schema, &payload, config.codec.index_coding);
-        std::fs::write(dir.join(name), bytes).unwrap();
+        std::fs::write(named(name), bytes).unwrap();
     };
-    outer_step(&mut replica, &mut ef, "payload-full-from-one.bin");
-    let state = dir.join("state-full");
+    outer_step(&mut replica, &mut ef, "payload-full-from-one");
+    let state = named("state-full");
     std::fs::create_dir_all(&state).unwrap();
     replica.save_state(&ef, &state).unwrap();
-    outer_step(&mut replica, &mut ef, "payload-after-full-save.bin");
+    outer_step(&mut replica, &mut ef, "payload-after-full-save");
     // Applied by the ranks, each keeping only its own tensors of the payload.
-    let bytes = read(dir, "payload-after-full-save.bin");
+    let bytes = std::fs::read(named("payload-after-full-save")).unwrap();
     let payload = templar_codec::decode(&replica.schema, &bytes).unwrap();
     replica.apply_aggregate(&[&payload]).unwrap();
     let fingerprint = replica.fingerprint().to_string();
-    std::fs::write(dir.join("fingerprint-full-applied"), fingerprint).unwrap();
+    std::fs::write(named("fingerprint-full-applied"), fingerprint).unwrap();
     replica.release().unwrap();
 }
 

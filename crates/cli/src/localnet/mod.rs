@@ -78,7 +78,8 @@ pub struct LocalnetArgs {
     #[arg(long, default_value_t = 1)]
     miner_ranks: usize,
     /// The first this many honest miners shard their model fully over their --miner-ranks ranks
-    /// (`templar miner --shard full`): no rank holds the whole model.
+    /// (`templar miner --shard full`): no rank holds the whole model (one rank keeps its
+    /// training state in spans and gathers a layer at a time).
     #[arg(long, default_value_t = 0)]
     full_shard_miners: usize,
     /// Every validator spans this many ranks (`templar validator --ranks`), each measuring its
@@ -252,10 +253,11 @@ fn check_args(args: &LocalnetArgs) -> Result<()> {
             bail!("{flag} {ranks} is out of range: use 1 to 8");
         }
     }
-    if args.full_shard_miners > 0 && args.miner_ranks < 2 {
+    if args.full_shard_miners > args.miners {
         bail!(
-            "--full-shard-miners shards a miner's model over its ranks: add --miner-ranks 2 or \
-             more"
+            "--full-shard-miners {} is more than the {} miners: use at most --miners",
+            args.full_shard_miners,
+            args.miners
         );
     }
     if !(1..=64).contains(&args.miners) {

@@ -131,7 +131,16 @@ pub fn save_rank_state(
     dir: &Path,
 ) -> Result<String, NodeError> {
     replica.save_optimizer(dir)?;
-    let path = error_feedback_path(dir, replica.owner());
+    write_error_feedback(dir, replica.owner(), error_feedback)
+}
+
+/// A rank's error feedback into `dir`, its digest beside it; returns the digest.
+pub(crate) fn write_error_feedback(
+    dir: &Path,
+    owner: TensorOwner,
+    error_feedback: &[Vec<f32>],
+) -> Result<String, NodeError> {
+    let path = error_feedback_path(dir, owner);
     let digest = write_f32s(&path, error_feedback)?;
     templar_engine::write_atomic(&path.with_extension("blake3"), digest.as_bytes())?;
     Ok(digest)

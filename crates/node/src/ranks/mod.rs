@@ -54,6 +54,11 @@ impl TensorOwner {
         (start, rows * (self.rank + 1) / world - start)
     }
 
+    /// [`TensorOwner::error_feedback`] for the tensors of `schema`.
+    pub fn error_feedback_of(&self, schema: &Schema) -> Vec<Vec<f32>> {
+        self.error_feedback((0..schema.len()).map(|i| schema.plan(i).numel()))
+    }
+
     /// Error-feedback buffers for this rank: zeros for its tensors, empty for the others.
     pub fn error_feedback(&self, numels: impl IntoIterator<Item = usize>) -> Vec<Vec<f32>> {
         numels
@@ -101,12 +106,13 @@ impl Ranks {
     }
 }
 
-/// On rank 0 of `group`, sends every other rank `command` (made only then); nothing elsewhere.
+/// On rank 0 of `group`, sends every other rank `command` (made only then); nothing elsewhere,
+/// or in a group of one.
 pub(crate) fn tell(
     group: &mut ProcessGroup,
     command: impl FnOnce() -> Command,
 ) -> Result<(), NodeError> {
-    if group.rank() != 0 {
+    if group.rank() != 0 || group.world() == 1 {
         return Ok(());
     }
     let mut bytes = command().encode();
@@ -215,7 +221,7 @@ fn first_failure(frames: &[Vec<u8>]) -> Option<String> {
                 .get(1..)
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            format!("rank {rank}'s outer step failed: {reason}")
+            format!("rank {rank} failed: {reason}")
         })
     })
 }
@@ -302,10 +308,7 @@ mod tests {
         assert!(err.contains("rank 1 sent more"), "{err}");
 
         let failed = vec![vec![FRAME_OK], failure_frame("not finite")];
-        assert_eq!(
-            first_failure(&failed).unwrap(),
-            "rank 1's outer step failed: not finite"
-        );
+        assert_eq!(first_failure(&failed).unwrap(), "rank 1 failed: not finite");
         assert_eq!(first_failure(&frames), None);
     }
 }

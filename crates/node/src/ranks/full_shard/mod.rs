@@ -202,7 +202,8 @@ fn agree_on_inputs(
     trainer.with_group(|group| agree(group, failure, what))
 }
 
-fn owner_of(trainer: &FullyShardedTrainer) -> TensorOwner {
+/// The tensors `trainer`'s rank owns.
+pub(super) fn owner_of(trainer: &FullyShardedTrainer) -> TensorOwner {
     TensorOwner {
         rank: trainer.rank(),
         world: trainer.world(),

@@ -12,15 +12,16 @@ use templar_dist::ProcessGroup;
 use templar_engine::memory::check_fits;
 use templar_engine::{Batch, FullyShardedTrainer, Placement, StepStats, fill_initial_values};
 
-use super::{apply_aggregate_on_shards, fingerprint_on_shards, outer_step_on_shards, put_back};
+use super::{
+    apply_aggregate_on_shards, fingerprint_on_shards, outer_step_on_shards, owner_of, put_back,
+};
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::Fingerprint;
 use crate::ranks::command::{Command, WireBatch};
-use crate::ranks::follow::{SavedBy, absolute, error_feedback_path, read_error_feedback};
+use crate::ranks::follow::{SavedBy, absolute, read_error_feedback, write_error_feedback};
 use crate::ranks::{TensorOwner, agree, receive, tell};
 use crate::replica::{NetworkReplica, check_peers, full_shard_memory_plan, schema_for};
-use crate::state::write_f32s;
 
 /// One rank's share of a fully sharded miner's replica.
 pub struct FullyShardedReplica {
@@ -42,7 +43,7 @@ impl FullyShardedReplica {
     pub fn new(
         config: &NetworkConfig,
         placement: Placement,
-        group: ProcessGroup,
+        mut group: ProcessGroup,
     ) -> Result<FullyShardedReplica, NodeError> {
         let world = group.world();
         let rows = config.model.train.batch_size;
@@ -54,7 +55,13 @@ impl FullyShardedReplica {
         }
         let gathered = config.gather.peer_count + config.gather.reserve_count;
         let plan = full_shard_memory_plan(config, placement, gathered, world);
-        check_fits(&plan, placement.compute)?;
+        // Every rank checks before any allocates: a rank that checked after another had taken
+        // its memory would refuse a node that fits.
+        let fits = check_fits(&plan, placement.compute).map_err(NodeError::from);
+        let failure = fits.as_ref().err().map(ToString::to_string);
+        let agreed = agree(&mut group, failure, "checking the node fits this machine");
+        fits?;
+        agreed?;
         let model = &config.model.model;
         let trainer = FullyShardedTrainer::new(
             model,
@@ -64,11 +71,8 @@ impl FullyShardedReplica {
             placement,
         )?;
         let schema = schema_for(config)?;
-        let base = TensorOwner {
-            rank: trainer.rank(),
-            world,
-        }
-        .error_feedback((0..schema.len()).map(|i| schema.plan(i).numel()));
+        // Whole buffers for the tensors this rank owns, as its error feedback has.
+        let base = owner_of(&trainer).error_feedback_of(&schema);
         let mut replica = FullyShardedReplica {
             trainer,
             base,
@@ -95,16 +99,12 @@ impl FullyShardedReplica {
 
     /// Which tensors this rank owns.
     pub fn owner(&self) -> TensorOwner {
-        TensorOwner {
-            rank: self.trainer.rank(),
-            world: self.trainer.world(),
-        }
+        owner_of(&self.trainer)
     }
 
     /// Error feedback for this rank: zeros for its tensors, empty for the others.
     pub fn fresh_error_feedback(&self) -> Vec<Vec<f32>> {
-        let numels = (0..self.schema.len()).map(|i| self.schema.plan(i).numel());
-        self.owner().error_feedback(numels)
+        self.owner().error_feedback_of(&self.schema)
     }
 
     /// The network model's tensors this rank owns (the others empty).
@@ -174,6 +174,28 @@ impl FullyShardedReplica {
             payloads,
         )?;
         Ok(())
+    }
+
+    /// On a rank other than 0: applies the payloads rank 0 sent, every tensor of each checked
+    /// but only this rank's kept (it applies no others), each payload's bytes dropped once
+    /// decoded. A payload this rank refuses fails the step on every rank, at the agreement on
+    /// the aggregate's inputs rank 0 is waiting in.
+    fn apply_encoded(&mut self, encoded: Vec<Vec<u8>>) -> Result<(), NodeError> {
+        let owner = self.owner();
+        let decoded = encoded
+            .into_iter()
+            .map(|bytes| decode_keeping(&self.schema, &bytes, |i| owner.owns(i)))
+            .collect::<Result<Vec<_>, _>>();
+        match decoded {
+            Ok(payloads) => self.apply_aggregate(&payloads.iter().collect::<Vec<_>>()),
+            Err(error) => {
+                let reason = format!("rank 0 sent a bad payload: {error}");
+                let failure = Some(reason.clone());
+                self.trainer
+                    .with_group(|group| agree(group, failure, "the aggregate's inputs"))?;
+                Err(NodeError::Ranks(reason))
+            }
+        }
     }
 
     /// Replaces the model with the checkpoint in `dir` (the ranks share its disk): each rank
@@ -323,18 +345,6 @@ impl NetworkReplica for FullyShardedReplica {
     }
 }
 
-/// This rank's error feedback into `dir`, its digest beside it; returns the digest.
-fn write_error_feedback(
-    dir: &Path,
-    owner: TensorOwner,
-    error_feedback: &[Vec<f32>],
-) -> Result<String, NodeError> {
-    let path = error_feedback_path(dir, owner);
-    let digest = write_f32s(&path, error_feedback)?;
-    templar_engine::write_atomic(&path.with_extension("blake3"), digest.as_bytes())?;
-    Ok(digest)
-}
-
 /// A rank other than 0 of a fully sharded miner: carries out rank 0's commands with its own
 /// share of the error feedback, until rank 0 stops (or is lost: an error).
 pub fn follow_on_shards(
@@ -351,16 +361,7 @@ pub fn follow_on_shards(
             Command::OuterStep => {
                 replica.outer_step(error_feedback)?;
             }
-            Command::Apply(encoded) => {
-                // Every tensor checked, but only this rank's kept: it applies no others.
-                let owner = replica.owner();
-                let payloads = encoded
-                    .into_iter()
-                    .map(|bytes| decode_keeping(&replica.schema, &bytes, |i| owner.owns(i)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| NodeError::Ranks(format!("rank 0 sent a bad payload: {e}")))?;
-                replica.apply_aggregate(&payloads.iter().collect::<Vec<_>>())?;
-            }
+            Command::Apply(encoded) => replica.apply_encoded(encoded)?,
             Command::Load(dir) => replica.load_weights(&dir)?,
             Command::Reset => replica.reset()?,
             Command::SaveState(dir) => {
