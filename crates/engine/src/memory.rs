@@ -484,9 +484,8 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
 
 /// What one gathered payload costs a rank of a fully sharded node, on average over its `ranks`
 /// ranks (which share the host, so the mean times the ranks is the host's whole). Rank 0 holds
-/// it whole, wire and decoded, as it gathered it, and its wire bytes twice more while it sends
-/// them (the command's records and its encoding). Every other rank holds the wire bytes twice
-/// while it receives them (the message and the command's records), then only its own tensors
+/// it whole, wire and decoded, as it gathered it, and its wire bytes once more in the message
+/// that sends it. Every other rank holds the message's wire bytes and only its own tensors
 /// decoded, about a rank's share. One rank sends nothing.
 fn full_shard_payload_bytes(shape: WindowShape, ranks: u64) -> u64 {
     if ranks <= 1 {
@@ -494,8 +493,8 @@ fn full_shard_payload_bytes(shape: WindowShape, ranks: u64) -> u64 {
     }
     let decoded = shape.payload_decoded_bytes.min(shape.payload_bytes);
     let wire = shape.payload_bytes - decoded;
-    let leader = shape.payload_bytes + 2 * wire;
-    let follower = 2 * wire + decoded.div_ceil(ranks);
+    let leader = shape.payload_bytes + wire;
+    let follower = wire + decoded.div_ceil(ranks);
     (leader + (ranks - 1) * follower).div_ceil(ranks)
 }
 
@@ -554,9 +553,9 @@ mod tests {
         assert_eq!(bytes("gradient scratch").0, 4 * 737_792);
         assert_eq!(bytes("one span").0, 4 * 184_448);
         // Payloads of 1 000 bytes, 600 of them decoded (400 on the wire): rank 0 holds each
-        // whole and sends its wire bytes, 1 000 + 2 · 400 = 1 800; the three others receive
-        // them and keep a quarter decoded, 2 · 400 + 600 / 4 = 950; the mean (1 800 + 3 · 950)
-        // / 4 = 1 162.5, rounded up.
+        // whole and sends its wire bytes, 1 000 + 400 = 1 400; the three others receive them
+        // and keep a quarter decoded, 400 + 600 / 4 = 550; the mean (1 400 + 3 · 550) / 4 =
+        // 762.5, rounded up.
         let gathering = WindowShape {
             payloads: 2,
             payload_bytes: 1_000,
@@ -568,7 +567,7 @@ mod tests {
             .items
             .iter()
             .find(|i| i.what.starts_with("gathered"));
-        assert_eq!(held.map(|i| i.bytes), Some(2 * 1_163));
+        assert_eq!(held.map(|i| i.bytes), Some(2 * 763));
         let offloaded = full_shard_plan(&preset.model, shape, true);
         let state = offloaded.items.iter().filter(|i| i.training_state);
         assert!(state.clone().all(|i| i.place == Place::Host));

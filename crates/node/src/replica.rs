@@ -35,7 +35,7 @@ use templar_engine::{
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
-use crate::ranks::{Command, Ranks, TensorOwner, WireBatch};
+use crate::ranks::{Command, Ranks, TensorOwner, WireBatch, apply_message, candidates_message};
 
 /// The inner optimizer of a miner: one process's AdamW, or a rank's share of a sharded one.
 pub enum InnerOptimizer {
@@ -497,7 +497,7 @@ impl Replica {
         base_mut(&mut self.base)?;
         let (schema, coding) = (&self.schema, self.coding);
         if let Some(ranks) = &mut self.ranks {
-            ranks.tell(|| Command::Apply(Command::encode_payloads(schema, payloads, coding)))?;
+            ranks.tell_message(|| apply_message(schema, payloads, coding))?;
         }
         let base = base_mut(&mut self.base)?;
         // A piece of scratch for the call, not kept: a miner trains next, at its peak.
@@ -651,9 +651,7 @@ impl Replica {
     pub fn share_candidates(&mut self, all: &[&Payload]) -> Result<(), NodeError> {
         let (schema, coding) = (&self.schema, self.coding);
         match &mut self.ranks {
-            Some(ranks) => {
-                ranks.tell(|| Command::Candidates(Command::encode_payloads(schema, all, coding)))
-            }
+            Some(ranks) => ranks.tell_message(|| candidates_message(schema, all, coding)),
             None => Ok(()),
         }
     }

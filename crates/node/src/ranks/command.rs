@@ -19,7 +19,7 @@ pub enum Command {
     /// The outer step ([`super::outer_step`]).
     OuterStep,
     /// Apply the aggregate of these encoded payloads, in this order.
-    Apply(Vec<Vec<u8>>),
+    Apply(Records),
     /// Load the weights of this checkpoint folder (one machine: the ranks share its disk).
     Load(PathBuf),
     /// Back to the network's initial model.
@@ -33,7 +33,7 @@ pub enum Command {
     },
     /// The encoded payloads a validator judges this window: every judged update is clipped
     /// against them ([`crate::replica::Replica::apply_one`]).
-    Candidates(Vec<Vec<u8>>),
+    Candidates(Records),
     /// Apply candidate `index` alone, scaled by `scale`.
     ApplyOne {
         index: usize,
@@ -45,6 +45,55 @@ pub enum Command {
     /// many bytes of text.
     Evaluate(WireBatch, u64),
     Stop,
+}
+
+/// Encoded payloads as a command carries them: read in place from the message that brought them,
+/// so that a rank holds their wire bytes once.
+#[derive(Debug)]
+pub struct Records {
+    message: Vec<u8>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Records {
+    /// Records made here (a test's, or a command round trip's).
+    pub fn of(records: &[Vec<u8>]) -> Records {
+        let mut message = Vec::new();
+        write_records(&mut message, records.iter().map(Vec::as_slice));
+        Records::read(message, 0).unwrap_or(Records {
+            message: Vec::new(),
+            ranges: Vec::new(),
+        })
+    }
+
+    /// The length-prefixed records of `message` from byte `start` to its end; `None` if one is
+    /// cut.
+    fn read(message: Vec<u8>, start: usize) -> Option<Records> {
+        let mut ranges = Vec::new();
+        let mut at = start;
+        while at < message.len() {
+            let (len, _) = message.get(at..)?.split_first_chunk::<8>()?;
+            let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+            let end = (at + 8)
+                .checked_add(len)
+                .filter(|&end| end <= message.len())?;
+            ranges.push(at + 8..end);
+            at = end;
+        }
+        Some(Records { message, ranges })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.ranges.iter().map(|r| &self.message[r.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
 }
 
 /// A batch as it crosses between ranks: its shape, token ids and labels.
@@ -121,6 +170,40 @@ const APPLY_ONE: u8 = 9;
 const RESTORE: u8 = 10;
 const EVALUATE: u8 = 11;
 
+/// The message of an apply command for `payloads`, each encoded straight into it: rank 0 holds
+/// their wire bytes once more, not twice.
+pub(crate) fn apply_message(
+    schema: &Schema,
+    payloads: &[&Payload],
+    coding: IndexCoding,
+) -> Vec<u8> {
+    payloads_message(APPLY, schema, payloads, coding)
+}
+
+/// The message of a candidates command for `payloads` (see [`apply_message`]).
+pub(crate) fn candidates_message(
+    schema: &Schema,
+    payloads: &[&Payload],
+    coding: IndexCoding,
+) -> Vec<u8> {
+    payloads_message(CANDIDATES, schema, payloads, coding)
+}
+
+fn payloads_message(
+    tag: u8,
+    schema: &Schema,
+    payloads: &[&Payload],
+    coding: IndexCoding,
+) -> Vec<u8> {
+    let mut out = vec![tag];
+    for payload in payloads {
+        let record = encode(schema, payload, coding);
+        out.extend_from_slice(&(record.len() as u64).to_le_bytes());
+        out.extend_from_slice(&record);
+    }
+    out
+}
+
 impl Command {
     /// The command's name, for messages (its data can be large).
     pub fn name(&self) -> &'static str {
@@ -140,14 +223,6 @@ impl Command {
         }
     }
 
-    pub(crate) fn encode_payloads(
-        schema: &Schema,
-        payloads: &[&Payload],
-        coding: IndexCoding,
-    ) -> Vec<Vec<u8>> {
-        payloads.iter().map(|p| encode(schema, p, coding)).collect()
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         // The path's own bytes: a name that is not UTF-8 still names the same file.
@@ -160,9 +235,9 @@ impl Command {
                 batch.write(&mut out);
             }
             Command::OuterStep => out.push(OUTER_STEP),
-            Command::Apply(payloads) => {
+            Command::Apply(records) => {
                 out.push(APPLY);
-                write_records(&mut out, payloads);
+                write_records(&mut out, records.iter());
             }
             Command::Load(dir) => {
                 out.push(LOAD);
@@ -180,7 +255,7 @@ impl Command {
                         error_feedback_blake3,
                     } => {
                         out.push(SAVED_BY_ONE_PROCESS);
-                        write_records(&mut out, &[error_feedback_blake3.as_bytes().to_vec()]);
+                        write_records(&mut out, [error_feedback_blake3.as_bytes()]);
                     }
                     SavedBy::Ranks(ranks) => {
                         out.push(SAVED_BY_RANKS);
@@ -193,9 +268,9 @@ impl Command {
                 }
                 path(&mut out, dir);
             }
-            Command::Candidates(payloads) => {
+            Command::Candidates(records) => {
                 out.push(CANDIDATES);
-                write_records(&mut out, payloads);
+                write_records(&mut out, records.iter());
             }
             Command::ApplyOne { index, scale } => {
                 out.push(APPLY_ONE);
@@ -213,15 +288,30 @@ impl Command {
         out
     }
 
-    /// Reads a command; payloads are decoded and checked by the caller.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Command, NodeError> {
+    /// Reads a command; payloads are decoded and checked by the caller, from the message itself.
+    pub(crate) fn decode(message: Vec<u8>) -> Result<Command, NodeError> {
         let bad = |what: &str| NodeError::Ranks(format!("rank 0 sent {what}"));
-        let (&tag, mut rest) = bytes.split_first().ok_or_else(|| bad("an empty command"))?;
+        match message.first() {
+            Some(&APPLY) => {
+                return Records::read(message, 1)
+                    .map(Command::Apply)
+                    .ok_or_else(|| bad("a cut payload"));
+            }
+            Some(&CANDIDATES) => {
+                return Records::read(message, 1)
+                    .map(Command::Candidates)
+                    .ok_or_else(|| bad("a cut payload"));
+            }
+            _ => {}
+        }
+        let (&tag, mut rest) = message
+            .split_first()
+            .ok_or_else(|| bad("an empty command"))?;
         let path = |rest: &[u8]| PathBuf::from(OsStr::from_bytes(rest));
         let command = match tag {
             TRAIN => Command::Train(WireBatch::read(&mut rest).ok_or_else(|| bad("a cut batch"))?),
             OUTER_STEP => Command::OuterStep,
-            APPLY => Command::Apply(read_records(&mut rest).ok_or_else(|| bad("a cut payload"))?),
+
             LOAD => return Ok(Command::Load(path(rest))),
             RESET => Command::Reset,
             SAVE_STATE => return Ok(Command::SaveState(path(rest))),
@@ -254,9 +344,7 @@ impl Command {
                     dir: path(rest),
                 });
             }
-            CANDIDATES => {
-                Command::Candidates(read_records(&mut rest).ok_or_else(|| bad("a cut payload"))?)
-            }
+
             APPLY_ONE => {
                 let index = take_u64(&mut rest).ok_or_else(|| bad("a cut index"))?;
                 let (scale, tail) = rest
@@ -284,19 +372,11 @@ impl Command {
     }
 }
 
-fn write_records(out: &mut Vec<u8>, records: &[Vec<u8>]) {
+fn write_records<'a>(out: &mut Vec<u8>, records: impl IntoIterator<Item = &'a [u8]>) {
     for record in records {
         out.extend_from_slice(&(record.len() as u64).to_le_bytes());
         out.extend_from_slice(record);
     }
-}
-
-fn read_records(rest: &mut &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        records.push(super::take_record(rest)?.to_vec());
-    }
-    Some(records)
 }
 
 fn take_u64(cursor: &mut &[u8]) -> Option<u64> {
@@ -310,7 +390,7 @@ mod tests {
     use super::*;
 
     fn round_trip(command: Command) -> Command {
-        Command::decode(&command.encode()).unwrap()
+        Command::decode(command.encode()).unwrap()
     }
 
     #[test]
@@ -333,12 +413,16 @@ mod tests {
             panic!("not apply-one");
         };
         assert_eq!(scale, 0.25);
-        let Command::Candidates(records) =
-            round_trip(Command::Candidates(vec![b"ab".to_vec(), Vec::new()]))
-        else {
+        let Command::Candidates(records) = round_trip(Command::Candidates(Records::of(&[
+            b"ab".to_vec(),
+            Vec::new(),
+        ]))) else {
             panic!("not candidates");
         };
-        assert_eq!(records, vec![b"ab".to_vec(), Vec::new()]);
+        assert_eq!(records.iter().collect::<Vec<_>>(), vec![&b"ab"[..], b""]);
+        let mut cut = Command::Apply(Records::of(&[b"abc".to_vec()])).encode();
+        cut.pop();
+        assert!(Command::decode(cut).is_err());
         let Command::Load(dir) = round_trip(Command::Load("/state/gen-1".into())) else {
             panic!("not a load");
         };
@@ -367,9 +451,9 @@ mod tests {
         })
         .encode();
         cut.pop();
-        assert!(Command::decode(&cut).is_err());
-        assert!(Command::decode(&[RESTORE, 0]).is_err());
-        assert!(Command::decode(&[200]).is_err());
-        assert!(Command::decode(&[]).is_err());
+        assert!(Command::decode(cut).is_err());
+        assert!(Command::decode(vec![RESTORE, 0]).is_err());
+        assert!(Command::decode(vec![200]).is_err());
+        assert!(Command::decode(Vec::new()).is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use templar_codec::{Payload, Schema, decode};
 
-use super::command::Command;
+use super::command::{Command, Records};
 use super::{TensorOwner, joined, outer_step};
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
@@ -68,7 +68,7 @@ pub fn follow(
     }
 }
 
-fn decode_all(schema: &Schema, encoded: &[Vec<u8>]) -> Result<Vec<Payload>, NodeError> {
+fn decode_all(schema: &Schema, encoded: &Records) -> Result<Vec<Payload>, NodeError> {
     encoded
         .iter()
         .map(|bytes| decode(schema, bytes))

@@ -9,7 +9,8 @@ mod full_shard;
 use templar_codec::{IndexCoding, Schema, SparseTensor, assemble, encode_record};
 use templar_dist::ProcessGroup;
 
-pub use command::{Command, WireBatch};
+pub use command::{Command, Records, WireBatch};
+pub(crate) use command::{apply_message, candidates_message};
 pub(crate) use follow::absolute;
 pub use follow::{
     SavedBy, error_feedback_path, follow, load_node_state, load_rank_state, read_error_feedback,
@@ -94,6 +95,14 @@ impl Ranks {
         tell(&mut self.group, command)
     }
 
+    /// [`Ranks::tell`] with the command's message made by `message`.
+    pub(crate) fn tell_message(
+        &mut self,
+        message: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), NodeError> {
+        tell_message(&mut self.group, message)
+    }
+
     /// On a rank other than 0, waits for rank 0's next command.
     fn receive(&mut self) -> Result<Command, NodeError> {
         receive(&mut self.group)
@@ -112,10 +121,18 @@ pub(crate) fn tell(
     group: &mut ProcessGroup,
     command: impl FnOnce() -> Command,
 ) -> Result<(), NodeError> {
+    tell_message(group, || command().encode())
+}
+
+/// [`tell`] with the command's message made by `message` (see [`command::apply_message`]).
+pub(crate) fn tell_message(
+    group: &mut ProcessGroup,
+    message: impl FnOnce() -> Vec<u8>,
+) -> Result<(), NodeError> {
     if group.rank() != 0 || group.world() == 1 {
         return Ok(());
     }
-    let mut bytes = command().encode();
+    let mut bytes = message();
     group
         .broadcast_bytes(&mut bytes, 0)
         .map_err(|e| NodeError::Ranks(format!("handing the other ranks their work: {e}")))
@@ -127,7 +144,7 @@ pub(crate) fn receive(group: &mut ProcessGroup) -> Result<Command, NodeError> {
     group
         .broadcast_bytes(&mut bytes, 0)
         .map_err(|e| NodeError::Ranks(format!("waiting for rank 0: {e}")))?;
-    Command::decode(&bytes)
+    Command::decode(bytes)
 }
 
 /// Every rank's outcome of what they did together (`failure`: this rank's error): the first

@@ -18,9 +18,9 @@ use super::{
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::Fingerprint;
-use crate::ranks::command::{Command, WireBatch};
+use crate::ranks::command::{Command, Records, WireBatch, apply_message};
 use crate::ranks::follow::{SavedBy, absolute, read_error_feedback, write_error_feedback};
-use crate::ranks::{TensorOwner, agree, receive, tell};
+use crate::ranks::{TensorOwner, agree, receive, tell, tell_message};
 use crate::replica::{NetworkReplica, check_peers, full_shard_memory_plan, schema_for};
 
 /// One rank's share of a fully sharded miner's replica.
@@ -161,11 +161,8 @@ impl FullyShardedReplica {
         // Checked before the other ranks are told: they would apply what this rank refuses.
         check_peers(&self.schema, payloads)?;
         let (schema, coding) = (&self.schema, self.coding);
-        self.trainer.with_group(|group| {
-            tell(group, || {
-                Command::Apply(Command::encode_payloads(schema, payloads, coding))
-            })
-        })?;
+        self.trainer
+            .with_group(|group| tell_message(group, || apply_message(schema, payloads, coding)))?;
         self.base_fingerprint = apply_aggregate_on_shards(
             &mut self.trainer,
             &self.schema,
@@ -177,15 +174,16 @@ impl FullyShardedReplica {
     }
 
     /// On a rank other than 0: applies the payloads rank 0 sent, every tensor of each checked
-    /// but only this rank's kept (it applies no others), each payload's bytes dropped once
-    /// decoded. A payload this rank refuses fails the step on every rank, at the agreement on
+    /// but only this rank's kept (it applies no others), the message dropped once decoded. A payload this rank refuses fails the step on every rank, at the agreement on
     /// the aggregate's inputs rank 0 is waiting in.
-    fn apply_encoded(&mut self, encoded: Vec<Vec<u8>>) -> Result<(), NodeError> {
+    fn apply_encoded(&mut self, encoded: Records) -> Result<(), NodeError> {
         let owner = self.owner();
         let decoded = encoded
-            .into_iter()
-            .map(|bytes| decode_keeping(&self.schema, &bytes, |i| owner.owns(i)))
+            .iter()
+            .map(|bytes| decode_keeping(&self.schema, bytes, |i| owner.owns(i)))
             .collect::<Result<Vec<_>, _>>();
+        // The message goes before the step: from here on, a rank holds its tensors alone.
+        drop(encoded);
         match decoded {
             Ok(payloads) => self.apply_aggregate(&payloads.iter().collect::<Vec<_>>()),
             Err(error) => {
