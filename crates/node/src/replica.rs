@@ -263,13 +263,10 @@ impl Replica {
             let dir = crate::ranks::absolute(dir)?;
             self.tell_followers(|| Command::Load(dir.clone()))?;
             let loaded = self.load_weights_here(&dir);
-            let failure = loaded.as_ref().err().map(ToString::to_string);
-            let agreed = match &mut self.ranks {
-                Some(ranks) => ranks.agree(failure, "loading the weights"),
-                None => Ok(()),
-            };
-            loaded?;
-            agreed?;
+            match &mut self.ranks {
+                Some(ranks) => ranks.agree_on(loaded, "loading the weights")?,
+                None => loaded?,
+            }
             return self.check_ranks_agree("loading the weights");
         }
         self.load_weights_here(dir)

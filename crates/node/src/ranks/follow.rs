@@ -38,13 +38,11 @@ pub fn follow(
             Command::Reset => replica.reset(config)?,
             Command::SaveState(dir) => {
                 let saved = save_rank_state(replica, error_feedback, &dir);
-                let failure = saved.as_ref().err().map(ToString::to_string);
-                joined(replica)?.agree(failure, "saving the ranks' training state")?;
+                joined(replica)?.agree_on(saved, "saving the ranks' training state")?;
             }
             Command::LoadState { dir, saved } => {
                 let loaded = load_rank_state(replica, error_feedback, &dir, &saved);
-                let failure = loaded.as_ref().err().map(ToString::to_string);
-                joined(replica)?.agree(failure, "loading the ranks' training state")?;
+                joined(replica)?.agree_on(loaded, "loading the ranks' training state")?;
             }
             Command::Candidates(encoded) => {
                 candidates = decode_all(&replica.schema, &encoded)?;
@@ -87,12 +85,7 @@ pub fn save_node_state(
     let dir = absolute(dir)?;
     joined(replica)?.tell(|| Command::SaveState(dir.clone()))?;
     let saved = save_rank_state(replica, error_feedback, &dir);
-    let failure = saved.as_ref().err().map(ToString::to_string);
-    let agreed = joined(replica)?.agree(failure, "saving the ranks' training state");
-    // This rank's own error first: it keeps its kind (a full disk is explained as one).
-    let digest = saved?;
-    agreed?;
-    Ok(digest)
+    joined(replica)?.agree_on(saved, "saving the ranks' training state")
 }
 
 /// On rank 0: every rank reads its training state from `dir` (see [`save_node_state`]), saved
@@ -109,10 +102,7 @@ pub fn load_node_state(
         saved: saved.clone(),
     })?;
     let loaded = load_rank_state(replica, error_feedback, &dir, saved);
-    let failure = loaded.as_ref().err().map(ToString::to_string);
-    let agreed = joined(replica)?.agree(failure, "loading the ranks' training state");
-    loaded?;
-    agreed
+    joined(replica)?.agree_on(loaded, "loading the ranks' training state")
 }
 
 /// Where a rank keeps its error feedback in a state folder.

@@ -108,10 +108,13 @@ impl Ranks {
         receive(&mut self.group)
     }
 
-    /// Every rank's outcome of a step they took together (`failure`: this rank's error, if
-    /// any): the first failure, naming its rank, fails the step on every rank.
-    pub(crate) fn agree(&mut self, failure: Option<String>, what: &str) -> Result<(), NodeError> {
-        agree(&mut self.group, failure, what)
+    /// [`agree_on`] over these ranks.
+    pub(crate) fn agree_on<T>(
+        &mut self,
+        outcome: Result<T, NodeError>,
+        what: &str,
+    ) -> Result<T, NodeError> {
+        agree_on(&mut self.group, outcome, what)
     }
 }
 
@@ -145,6 +148,21 @@ pub(crate) fn receive(group: &mut ProcessGroup) -> Result<Command, NodeError> {
         .broadcast_bytes(&mut bytes, 0)
         .map_err(|e| NodeError::Ranks(format!("waiting for rank 0: {e}")))?;
     Command::decode(bytes)
+}
+
+/// `outcome`, this rank's part of what the ranks did together, on every rank: this rank's own
+/// error first (it keeps its kind: a full disk is explained as one), else the first other
+/// rank's failure, naming it.
+pub(crate) fn agree_on<T>(
+    group: &mut ProcessGroup,
+    outcome: Result<T, NodeError>,
+    what: &str,
+) -> Result<T, NodeError> {
+    let failure = outcome.as_ref().err().map(ToString::to_string);
+    let agreed = agree(group, failure, what);
+    let value = outcome?;
+    agreed?;
+    Ok(value)
 }
 
 /// Every rank's outcome of what they did together (`failure`: this rank's error): the first

@@ -20,7 +20,7 @@ use crate::error::NodeError;
 use crate::fingerprint::Fingerprint;
 use crate::ranks::command::{Command, Records, WireBatch, apply_message};
 use crate::ranks::follow::{SavedBy, absolute, read_error_feedback, write_error_feedback};
-use crate::ranks::{TensorOwner, agree, receive, tell, tell_message};
+use crate::ranks::{TensorOwner, agree, agree_on, receive, tell, tell_message};
 use crate::replica::{NetworkReplica, check_peers, full_shard_memory_plan, schema_for};
 
 /// One rank's share of a fully sharded miner's replica.
@@ -58,10 +58,7 @@ impl FullyShardedReplica {
         // Every rank checks before any allocates: a rank that checked after another had taken
         // its memory would refuse a node that fits.
         let fits = check_fits(&plan, placement.compute).map_err(NodeError::from);
-        let failure = fits.as_ref().err().map(ToString::to_string);
-        let agreed = agree(&mut group, failure, "checking the node fits this machine");
-        fits?;
-        agreed?;
+        agree_on(&mut group, fits, "checking the node fits this machine")?;
         let model = &config.model.model;
         let trainer = FullyShardedTrainer::new(
             model,
@@ -225,13 +222,8 @@ impl FullyShardedReplica {
         self.tell(|| Command::SaveState(dir.clone()))?;
         self.trainer.save(&dir)?;
         let written = write_error_feedback(&dir, self.owner(), error_feedback);
-        let failure = written.as_ref().err().map(ToString::to_string);
-        let agreed = self
-            .trainer
-            .with_group(|group| agree(group, failure, "saving the ranks' error feedback"));
-        let digest = written?;
-        agreed?;
-        Ok(digest)
+        self.trainer
+            .with_group(|group| agree_on(group, written, "saving the ranks' error feedback"))
     }
 
     /// Every rank's training state from `dir`, saved as `saved` says (by one process, a ZeRO-2
@@ -259,12 +251,10 @@ impl FullyShardedReplica {
             .load_moments(&dir)
             .map_err(NodeError::from)
             .and_then(|()| read_error_feedback(&dir, &numels, owner, saved));
-        let failure = loaded.as_ref().err().map(ToString::to_string);
-        let agreed = self
+        *error_feedback = self
             .trainer
-            .with_group(|group| agree(group, failure, "loading the ranks' training state"));
-        *error_feedback = loaded?;
-        agreed
+            .with_group(|group| agree_on(group, loaded, "loading the ranks' training state"))?;
+        Ok(())
     }
 
     /// On rank 0, once the node has finished cleanly: the other ranks stop.
@@ -316,10 +306,8 @@ impl FullyShardedReplica {
     /// After every rank changed its tensors of the base (`changed`: this rank's outcome): all
     /// learn whether all did, the live spans are set from the base, and the fingerprint made.
     fn settle_base(&mut self, changed: Result<(), NodeError>, what: &str) -> Result<(), NodeError> {
-        let failure = changed.as_ref().err().map(ToString::to_string);
-        let agreed = self.trainer.with_group(|group| agree(group, failure, what));
-        changed?;
-        agreed?;
+        self.trainer
+            .with_group(|group| agree_on(group, changed, what))?;
         let owner = self.owner();
         put_back(&mut self.trainer, owner, &self.base)?;
         self.base_fingerprint = self
