@@ -1,6 +1,6 @@
 //! The `templar` command line.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -38,15 +38,62 @@ fn return_large_blocks_to_the_kernel() {
     }
 }
 
+/// The version `--version` prints and the ranks of a node compare: the package's, and the
+/// commit it was built from.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TEMPLAR_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "templar",
-    version,
+    version = VERSION,
     about = "Incentivized, permissionless, internet-wide LLM pre-training"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object each (for journald, Loki and the like). Colour
+    /// only when stderr is a terminal and NO_COLOR is unset.
+    #[arg(
+        long,
+        global = true,
+        env = "TEMPLAR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log subscriber: `RUST_LOG`'s filter (default `info`), lines in `format` to `writer`,
+/// coloured only when `ansi`.
+fn log_subscriber<W>(
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().finish()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -83,13 +130,12 @@ enum Command {
 
 fn main() -> Result<()> {
     return_large_blocks_to_the_kernel();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing::subscriber::set_global_default(log_subscriber(cli.log_format, ansi, std::io::stderr))
+        .context("setting up the log")?;
+    match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Experiment(cmd) => experiment::run(cmd),
@@ -116,10 +162,54 @@ pub(crate) fn default_corpus() -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use clap::CommandFactory;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn the_command_line_is_well_formed() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    /// A log writer into memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(format: LogFormat, ansi: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = log_subscriber(format, ansi, move || writer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(window = 7, "stalled");
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn logs_are_json_or_plain_text_for_machines() {
+        let line = logged(LogFormat::Json, false);
+        let value: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(value["level"], "WARN", "{line}");
+        assert_eq!(value["fields"]["message"], "stalled", "{line}");
+        assert_eq!(value["fields"]["window"], 7, "{line}");
+        let text = logged(LogFormat::Text, false);
+        assert!(
+            text.contains("stalled") && text.contains("window=7"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "colour codes in {text:?}");
+        assert!(logged(LogFormat::Text, true).contains('\u{1b}'));
+        assert!(VERSION.contains("(commit "), "{VERSION}");
     }
 }

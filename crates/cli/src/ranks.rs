@@ -152,7 +152,7 @@ pub fn join(
     let network = config.network()?.id();
     let fingerprint = format!(
         "templar {} network {}",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         network
             .iter()
             .map(|b| format!("{b:02x}"))

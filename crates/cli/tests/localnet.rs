@@ -103,6 +103,8 @@ fn a_localnet_trains_pays_its_miners_and_resumes() {
     assert_in_sync(&net);
     let m1 = std::fs::read_to_string(net.join("logs").join("miner-m1.log")).unwrap();
     assert!(m1.contains("fully sharded"), "miner m1 did not shard fully");
+    // A log written to a file, not a terminal, carries no colour codes.
+    assert!(!m1.contains('\u{1b}'), "colour codes in a node's log file");
     for file in ["bpb.svg", "incentive.svg", "bytes.svg", "report.html"] {
         assert!(net.join(file).exists(), "{file} is missing");
     }
