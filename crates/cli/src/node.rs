@@ -206,8 +206,8 @@ fn hex(bytes: &[u8]) -> String {
 
 pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     let world = args.ranks as usize;
-    if world > 1 && args.behavior.is_some() {
-        bail!("--behavior runs on one process: drop --ranks");
+    if (world > 1 || args.shard == crate::ranks::Shard::Full) && args.behavior.is_some() {
+        bail!("--behavior runs on one process holding the whole model: drop --ranks and --shard");
     }
     let sharding = args.sharding();
     check_sharding(role, sharding)?;
