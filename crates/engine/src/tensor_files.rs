@@ -421,10 +421,8 @@ pub(crate) fn write_atomic_with(
         let _ = fs::remove_file(&temporary);
         return Err(EngineError::io(path, error));
     }
-    if let Some(parent) = path.parent()
-        && let Ok(dir) = fs::File::open(parent)
-    {
-        let _ = dir.sync_all();
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
     }
     Ok(())
 }

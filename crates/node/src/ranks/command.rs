@@ -86,14 +86,6 @@ impl Records {
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.ranges.iter().map(|r| &self.message[r.clone()])
     }
-
-    pub fn len(&self) -> usize {
-        self.ranges.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
 }
 
 /// A batch as it crosses between ranks: its shape, token ids and labels.

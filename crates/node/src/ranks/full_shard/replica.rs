@@ -104,19 +104,9 @@ impl FullyShardedReplica {
         self.owner().error_feedback_of(&self.schema)
     }
 
-    /// The network model's tensors this rank owns (the others empty).
-    pub fn base(&self) -> &[Vec<f32>] {
-        &self.base
-    }
-
     /// The fingerprint of the network model, the same on every rank.
     pub fn fingerprint(&self) -> Fingerprint {
         self.base_fingerprint
-    }
-
-    /// Optimizer steps taken.
-    pub fn optimizer_steps(&self) -> u64 {
-        self.trainer.steps()
     }
 
     /// One inner step on `batch`, every rank training on its share of the rows.
