@@ -189,6 +189,22 @@ pub enum ChainError {
     NoSubnet { chain: String, netuid: u16 },
 }
 
+impl ChainError {
+    /// Whether the same call may succeed later with nothing changed: a lost connection, a busy
+    /// database, a block or nonce not there yet, a rate limit. The others need an operator
+    /// (a key to register, a subnet to name, a balance to fund).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Rpc(_)
+                | ChainError::Database(_)
+                | ChainError::FutureBlock { .. }
+                | ChainError::BadNonce { .. }
+                | ChainError::WeightsTooFast { .. }
+        )
+    }
+}
+
 impl From<rusqlite::Error> for ChainError {
     fn from(error: rusqlite::Error) -> Self {
         ChainError::Database(error.to_string())

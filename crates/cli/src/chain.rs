@@ -13,22 +13,41 @@ use templar_protocol::keys::encode_hex;
 
 use crate::wallet::WalletArgs;
 
+/// Which chain and subnet a command uses.
 #[derive(Args, Clone)]
 pub struct ChainPath {
-    /// The chain: a LocalChain file, or a subtensor (finney, test, local, ws://…, wss://…).
-    #[arg(long, env = "TEMPLAR_CHAIN", default_value = "localchain.sqlite")]
-    chain: String,
+    /// The chain: a LocalChain file, or a subtensor (finney, test, local, ws://…, wss://…)
+    /// [default: $BT_SUBTENSOR_NETWORK, else localchain.sqlite]. Also --subtensor.network and
+    /// --subtensor.chain_endpoint, as btcli.
+    #[arg(
+        long = "chain",
+        visible_aliases = ["subtensor.network", "subtensor.chain_endpoint"],
+        env = "TEMPLAR_CHAIN"
+    )]
+    given: Option<String>,
     /// The subnet (required on a subtensor; a LocalChain knows its own).
     #[arg(long, env = "TEMPLAR_NETUID")]
-    netuid: Option<u16>,
+    pub netuid: Option<u16>,
 }
 
+/// The chain when neither --chain nor an environment variable names one.
+const DEFAULT_CHAIN: &str = "localchain.sqlite";
+
 impl ChainPath {
-    fn target(&self) -> ChainTarget {
-        ChainTarget::parse(&self.chain)
+    /// The chain as given: the flag, `TEMPLAR_CHAIN`, btcli's `BT_SUBTENSOR_NETWORK`, or the
+    /// LocalChain file in this folder.
+    pub fn name(&self) -> String {
+        self.given
+            .clone()
+            .or_else(|| std::env::var("BT_SUBTENSOR_NETWORK").ok())
+            .unwrap_or_else(|| DEFAULT_CHAIN.to_string())
     }
 
-    async fn open(&self) -> Result<AnyChain> {
+    pub fn target(&self) -> ChainTarget {
+        ChainTarget::parse(&self.name())
+    }
+
+    pub async fn open(&self) -> Result<AnyChain> {
         Ok(AnyChain::open(&self.target(), self.netuid).await?)
     }
 }
@@ -45,14 +64,18 @@ pub enum ChainCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register the wallet's hotkey, burning the registration cost from the coldkey.
+    /// Register the wallet's hotkey, burning the registration cost from the coldkey. On a
+    /// subtensor the cost is shown and confirmed first.
     Register {
         #[command(flatten)]
         chain: ChainPath,
         #[command(flatten)]
         wallet: WalletArgs,
+        #[command(flatten)]
+        prompt: Prompt,
     },
-    /// Stake TAO from the coldkey's balance on the wallet's hotkey.
+    /// Stake TAO from the coldkey's balance on the wallet's hotkey. On a subtensor the amount
+    /// is shown and confirmed first.
     Stake {
         #[command(flatten)]
         chain: ChainPath,
@@ -61,6 +84,8 @@ pub enum ChainCommand {
         /// TAO to stake.
         #[arg(long)]
         amount: f64,
+        #[command(flatten)]
+        prompt: Prompt,
     },
     /// Set the hotkey's weights.
     Weights {
@@ -129,26 +154,52 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
     match command {
         ChainCommand::Init(args) => init(args),
         ChainCommand::Status { chain, json } => status(&chain, json).await,
-        ChainCommand::Register { chain, wallet } => {
+        ChainCommand::Register {
+            chain: target,
+            wallet,
+            prompt,
+        } => {
             let hotkey = wallet.hotkey()?.account();
+            let chain = target.open().await?;
+            let burn = chain.hyperparameters().await?.burn;
+            prompt.confirm(
+                &target,
+                &format!(
+                    "registering hotkey {hotkey} on netuid {} of {} burns {} TAO from the \
+                     coldkey of wallet {}",
+                    chain.netuid(),
+                    target.name(),
+                    tao(burn),
+                    wallet.wallet
+                ),
+            )?;
             let coldkey = wallet.coldkey()?;
-            let uid = chain.open().await?.register(&coldkey, &hotkey).await?;
+            let uid = chain.register(&coldkey, &hotkey).await?;
             println!("registered {hotkey} as uid {uid}");
             Ok(())
         }
         ChainCommand::Stake {
-            chain,
+            chain: target,
             wallet,
             amount,
+            prompt,
         } => {
             let hotkey = wallet.hotkey()?.account();
             let amount = tao_to_rao(amount).map_err(anyhow::Error::msg)?;
+            let chain = target.open().await?;
+            prompt.confirm(
+                &target,
+                &format!(
+                    "staking {} TAO from the coldkey of wallet {} on hotkey {hotkey} (netuid {} \
+                     of {})",
+                    tao(amount),
+                    wallet.wallet,
+                    chain.netuid(),
+                    target.name()
+                ),
+            )?;
             let coldkey = wallet.coldkey()?;
-            chain
-                .open()
-                .await?
-                .add_stake(&coldkey, &hotkey, amount)
-                .await?;
+            chain.add_stake(&coldkey, &hotkey, amount).await?;
             println!("staked {} TAO on {hotkey}", tao(amount));
             Ok(())
         }
@@ -175,6 +226,40 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             println!("weights set: {uids:?} -> {weights:?}");
             Ok(())
         }
+    }
+}
+
+/// Whether spending TAO is confirmed first.
+#[derive(Args, Clone)]
+pub struct Prompt {
+    /// Spend without asking (for scripts). Without it, a command that spends TAO on a subtensor
+    /// shows the cost and asks on the terminal, and refuses when there is no terminal.
+    #[arg(long, env = "TEMPLAR_NO_PROMPT", value_parser = clap::builder::BoolishValueParser::new())]
+    no_prompt: bool,
+}
+
+impl Prompt {
+    /// Shows `spending` and asks to go ahead, on a subtensor only: a LocalChain's TAO is a test
+    /// chain's, worth nothing.
+    fn confirm(&self, chain: &ChainPath, spending: &str) -> Result<()> {
+        if self.no_prompt || matches!(chain.target(), ChainTarget::Local(_)) {
+            return Ok(());
+        }
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "{spending}: there is no terminal to confirm it on (stdin is not a terminal); \
+                 pass --no-prompt to go ahead without being asked"
+            );
+        }
+        eprint!("{spending}.\ngo ahead? [y/N] ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+            bail!("not confirmed: nothing was spent");
+        }
+        Ok(())
     }
 }
 
@@ -211,7 +296,7 @@ fn init(args: InitArgs) -> Result<()> {
     let ChainTarget::Local(path) = args.chain.target() else {
         bail!(
             "{} is a subtensor, which has its own genesis: init creates LocalChain files only",
-            args.chain.chain
+            args.chain.name()
         );
     };
     let chain = LocalChain::create(&path, &genesis)?;

@@ -8,6 +8,7 @@ mod chain;
 mod data;
 mod experiment;
 mod localnet;
+mod metrics;
 mod model;
 mod node;
 mod ranks;
@@ -126,9 +127,57 @@ enum Command {
     Miner(node::NodeArgs),
     /// Judge miners, set weights, publish manifests and checkpoints.
     Validator(node::NodeArgs),
+    /// Print a shell's completion script, for example:
+    /// `templar completions bash > ~/.local/share/bash-completion/completions/templar`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> Result<()> {
+/// A failure that starting again unchanged may get past (sysexits' EX_TEMPFAIL): a supervisor
+/// restarts the node.
+pub(crate) const EXIT_TRANSIENT: i32 = 75;
+/// A failure that needs an operator first (sysexits' EX_CONFIG): a supervisor should not
+/// restart it in a loop.
+pub(crate) const EXIT_CONFIGURATION: i32 = 78;
+
+/// The exit code a failure tells a supervisor: transient outages of chain, storage or a rank
+/// are 75; everything else (flags, files, keys, a full disk) is 78.
+fn exit_code(error: &anyhow::Error) -> i32 {
+    let transient = |yes: bool| {
+        if yes {
+            EXIT_TRANSIENT
+        } else {
+            EXIT_CONFIGURATION
+        }
+    };
+    for cause in error.chain() {
+        if let Some(error) = cause.downcast_ref::<templar_node::NodeError>() {
+            return transient(error.is_transient());
+        }
+        if let Some(error) = cause.downcast_ref::<templar_chain::ChainError>() {
+            return transient(error.is_transient());
+        }
+        if let Some(error) = cause.downcast_ref::<templar_storage::StorageError>() {
+            return transient(error.is_transient());
+        }
+        if let Some(stopped) = cause.downcast_ref::<ranks::RankStopped>() {
+            return stopped.exit_code();
+        }
+    }
+    EXIT_CONFIGURATION
+}
+
+fn main() {
+    if let Err(error) = run() {
+        // As a `main` returning the error prints it, with the code a supervisor acts on.
+        eprintln!("Error: {error:?}");
+        std::process::exit(exit_code(&error));
+    }
+}
+
+fn run() -> Result<()> {
     return_large_blocks_to_the_kernel();
     let cli = Cli::parse();
     use std::io::IsTerminal;
@@ -146,6 +195,16 @@ fn main() -> Result<()> {
         Command::Localnet(args) => localnet::run(args),
         Command::Miner(args) => node::run(templar_node::Role::Miner, args),
         Command::Validator(args) => node::run(templar_node::Role::Validator, args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "templar",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
@@ -169,6 +228,76 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_say_whether_to_restart() {
+        let outage = anyhow::Error::new(templar_node::NodeError::Chain(
+            templar_chain::ChainError::Rpc("connection refused".into()),
+        ))
+        .context("running the miner");
+        assert_eq!(exit_code(&outage), EXIT_TRANSIENT);
+        let unregistered = anyhow::Error::new(templar_node::NodeError::NotRegistered("x".into()));
+        assert_eq!(exit_code(&unregistered), EXIT_CONFIGURATION);
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("--offload needs --shard full")),
+            EXIT_CONFIGURATION
+        );
+    }
+
+    #[test]
+    fn completions_know_the_commands_and_btcli_flags() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "templar",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for word in [
+            "localnet",
+            "miner",
+            "--metrics-addr",
+            "--wallet.hotkey",
+            "--no-prompt",
+        ] {
+            assert!(script.contains(word), "{word} is not completed");
+        }
+    }
+
+    #[test]
+    fn btcli_flags_are_aliases() {
+        let cli = Cli::try_parse_from([
+            "templar",
+            "miner",
+            "--wallet.name",
+            "cold",
+            "--wallet.hotkey",
+            "hot",
+            "--wallet.path",
+            "/w",
+            "--subtensor.network",
+            "finney",
+            "--netuid",
+            "3",
+            "--storage",
+            "file:///s",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Miner(args) = cli.command else {
+            panic!("not a miner");
+        };
+        assert_eq!(args.wallet().wallet, "cold");
+        assert_eq!(args.wallet().hotkey, "hot");
+        assert_eq!(
+            args.wallet().wallets_dir.as_deref(),
+            Some(std::path::Path::new("/w"))
+        );
+        assert_eq!(args.chain().name(), "finney");
+        assert_eq!(args.chain().netuid, Some(3));
     }
 
     /// A log writer into memory.

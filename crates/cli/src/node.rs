@@ -11,14 +11,26 @@ use templar_data::Manifest;
 use templar_engine::{DeviceChoice, Preset};
 use templar_node::behavior::Behavior;
 use templar_node::data::Data;
+use templar_node::metrics::Metrics;
 use templar_node::miner::Stop;
-use templar_node::node::Node;
+use templar_node::node::{Node, now_ms};
 use templar_node::{Commitment, Event, EventSink, Miner, NetworkConfig, Role, Validator};
 use templar_storage::{S3Settings, Store, StoreConfig};
 
+use crate::chain::ChainPath;
 use crate::wallet::WalletArgs;
 
 impl NodeArgs {
+    #[cfg(test)]
+    pub fn wallet(&self) -> &WalletArgs {
+        &self.wallet
+    }
+
+    #[cfg(test)]
+    pub fn chain(&self) -> &ChainPath {
+        &self.chain
+    }
+
     fn sharding(&self) -> crate::ranks::Sharding {
         crate::ranks::Sharding {
             shard: self.shard,
@@ -52,17 +64,13 @@ pub struct NodeArgs {
     read_access_key_id: Option<String>,
     #[arg(long, env = "TEMPLAR_READ_SECRET_ACCESS_KEY")]
     read_secret_access_key: Option<String>,
-    /// The chain: a LocalChain file, or a subtensor (finney, test, local, ws://…, wss://…).
-    #[arg(long, env = "TEMPLAR_CHAIN", default_value = "localchain.sqlite")]
-    chain: String,
-    /// The subnet (required on a subtensor; a LocalChain knows its own).
-    #[arg(long, env = "TEMPLAR_NETUID")]
-    netuid: Option<u16>,
+    #[command(flatten)]
+    chain: ChainPath,
     /// The prepared dataset (`templar data prepare`).
     #[arg(long, env = "TEMPLAR_DATA_DIR")]
     data_dir: PathBuf,
     /// Local state (model, optimizer, error feedback, scores) [default: templar-state/<wallet>-<hotkey>].
-    #[arg(long)]
+    #[arg(long, env = "TEMPLAR_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// A miner saves its local state every this many windows, beside the window (the save
     /// overlaps the upload, the gather and the next window's training). A restart resumes from
@@ -71,10 +79,11 @@ pub struct NodeArgs {
     /// saves every window: its record holds the scores.
     #[arg(long, env = "TEMPLAR_STATE_EVERY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     state_every: u64,
-    #[arg(long, default_value = "auto")]
+    /// auto (CUDA when there is one), cpu, cuda or cuda:N.
+    #[arg(long, env = "TEMPLAR_DEVICE", default_value = "auto")]
     device: String,
     /// Intra-op threads per process (default: all cores, divided among the ranks).
-    #[arg(long)]
+    #[arg(long, env = "TEMPLAR_THREADS")]
     threads: Option<i32>,
     /// Span this many ranks of this machine, one process each: on CUDA rank r trains on GPU r
     /// (NCCL), on the CPU the ranks share its cores (Gloo). Each rank trains on its share of
@@ -85,7 +94,7 @@ pub struct NodeArgs {
     ranks: u64,
     /// How long ranks wait for one another. Other ranks wait for rank 0's next command through
     /// a window's quiet phases (upload, waiting, gathering), so keep it above a window's length.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, env = "TEMPLAR_RANK_TIMEOUT_S", default_value_t = 3600)]
     rank_timeout_s: u64,
     /// What a miner's ranks shard: `optimizer` (ZeRO-2: the gradients and AdamW moments; every
     /// rank holds the whole weights) or `full` (ZeRO-3 / FSDP: the weights too, each layer
@@ -105,19 +114,23 @@ pub struct NodeArgs {
     #[arg(long, hide = true)]
     rank_store: Option<PathBuf>,
     /// Stop after this many windows (default: run until Ctrl-C).
-    #[arg(long, conflicts_with = "until_window")]
+    #[arg(long, env = "TEMPLAR_WINDOWS", conflicts_with = "until_window")]
     windows: Option<u64>,
     /// Stop after finishing this window (what `templar localnet` uses, so that every node of
     /// a network stops at the same window).
-    #[arg(long)]
+    #[arg(long, env = "TEMPLAR_UNTIL_WINDOW")]
     until_window: Option<u64>,
     /// Also append every event as a JSON line to this file.
-    #[arg(long)]
+    #[arg(long, env = "TEMPLAR_EVENTS")]
     events: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz, which
+    /// fails (503) once two windows pass without a completed one. For example 127.0.0.1:9616.
+    #[arg(long, env = "TEMPLAR_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// TEST AND RESEARCH NETWORKS ONLY (refused on finney): make this miner attack the network
     /// on purpose — noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay,
     /// other-data[:UID], lazy, late, malformed, nan or oversize. See docs/robustness.md.
-    #[arg(long, value_name = "BEHAVIOR")]
+    #[arg(long, env = "TEMPLAR_BEHAVIOR", value_name = "BEHAVIOR")]
     behavior: Option<Behavior>,
 }
 
@@ -252,7 +265,7 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         if role != Role::Miner {
             bail!("--behavior is a miner option: validators cannot be told to misbehave");
         }
-        if ChainTarget::parse(&args.chain) == ChainTarget::parse("finney") {
+        if args.chain.target() == ChainTarget::parse("finney") {
             bail!("--behavior {behavior} is for test networks: it is refused on finney");
         }
     }
@@ -284,7 +297,7 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     };
     let device = ranked.as_ref().map_or(device, |(device, _)| *device);
     let hotkey = args.wallet.hotkey()?;
-    let chain = AnyChain::open(&ChainTarget::parse(&args.chain), args.netuid).await?;
+    let chain = args.chain.open().await?;
     let store_config = StoreConfig {
         s3: S3Settings {
             endpoint: args.storage_endpoint.clone(),
@@ -296,7 +309,17 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     let store = Store::open(&store_config)?;
     let data = Data::open(&args.data_dir, &config)?;
     let name = format!("{}-{}", role.name(), args.wallet.hotkey);
-    let events = sink(&name, args.events.as_deref())?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let window_ms = window_ms(&chain, config.window.blocks_per_window).await?;
+            let metrics = Metrics::new(role, crate::VERSION, window_ms, now_ms());
+            let metrics = Arc::new(Mutex::new(metrics));
+            crate::metrics::serve(addr, metrics.clone())?;
+            Some(metrics)
+        }
+        None => None,
+    };
+    let events = sink(&name, args.events.as_deref(), metrics)?;
     let local = !args.storage.starts_with("s3://");
     let mut node = Node::new(config, chain, hotkey, 0, store, data, events, local)?;
     let commitment = Commitment {
@@ -320,11 +343,13 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
             .until_window
             .or(args.windows.map(|n| window + n.max(1) - 1)),
     };
+    let mut signals = StopSignals::new()?;
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("Ctrl-C: finishing the current window (press again to abort)");
+        if let Some(name) = signals.next().await {
+            tracing::warn!("{name}: finishing the current window (a second one aborts it)");
             let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if let Some(name) = signals.next().await {
+                tracing::warn!("{name} again: stopping now, mid-window");
                 std::process::exit(130);
             }
         }
@@ -358,6 +383,32 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, which docker, systemd and pm2 send to stop a service: both
+/// ask the node to finish its window and stop.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// The next stop signal's name; `None` once neither can arrive any more.
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => Some("Ctrl-C"),
+            Some(()) = self.terminate.recv() => Some("SIGTERM"),
+            else => None,
+        }
+    }
+}
+
 /// Refuses what the ranks cannot do: full sharding is a miner's (over any number of ranks: one
 /// rank with its spans offloaded trains a model larger than its device), and offloading moves
 /// fully sharded spans.
@@ -378,23 +429,46 @@ fn check_sharding(role: Role, sharding: crate::ranks::Sharding) -> Result<()> {
     Ok(())
 }
 
-/// Events go to the log, and as JSON lines to `path` when given.
-fn sink(name: &str, path: Option<&Path>) -> Result<EventSink> {
-    let Some(path) = path else {
+/// How long a window lasts on `chain`, from the timestamps of the next window's blocks (fixed
+/// ahead of the head on a chain with a set block time).
+async fn window_ms(chain: &AnyChain, blocks_per_window: u64) -> Result<u64> {
+    let next = chain.block().await?.number + 1;
+    let start = chain.block_timestamp(next).await?;
+    let end = chain.block_timestamp(next + blocks_per_window).await?;
+    Ok(end.saturating_sub(start).max(1))
+}
+
+/// Events go to the log, as JSON lines to `path` when given, and into `metrics` when served.
+fn sink(
+    name: &str,
+    path: Option<&Path>,
+    metrics: Option<crate::metrics::SharedMetrics>,
+) -> Result<EventSink> {
+    if path.is_none() && metrics.is_none() {
         return Ok(EventSink::log_only(name));
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening the events file {}", path.display()))?;
-    let file = Arc::new(Mutex::new(file));
+    }
+    let file = path
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the events file {}", path.display()))
+        })
+        .transpose()?
+        .map(Mutex::new);
     Ok(EventSink::new(
         name,
         Arc::new(move |who: &str, event: &Event| {
-            let line = serde_json::json!({ "node": who, "at_ms": templar_node::node::now_ms(), "event": event });
-            if let Ok(mut file) = file.lock() {
-                let _ = writeln!(file, "{line}");
+            let at_ms = now_ms();
+            if let Some(metrics) = &metrics {
+                crate::metrics::lock(metrics).observe(event, at_ms);
+            }
+            if let Some(file) = &file {
+                let line = serde_json::json!({ "node": who, "at_ms": at_ms, "event": event });
+                if let Ok(mut file) = file.lock() {
+                    let _ = writeln!(file, "{line}");
+                }
             }
         }),
     ))

@@ -111,10 +111,7 @@ fn wait_all(children: &mut [Child]) -> Result<()> {
             .find_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
         {
             stop(children);
-            bail!(
-                "rank {rank} of the node stopped ({status}), so the node stopped; its error is \
-                 above. Start it again: it resumes from its last saved state"
-            );
+            return Err(RankStopped { rank, status }.into());
         }
         if ended.iter().all(Option::is_some) {
             return Ok(());
@@ -130,6 +127,33 @@ fn wait_all(children: &mut [Child]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A rank ended with an error, which ended the node; the launcher exits as that rank did.
+#[derive(Debug)]
+pub struct RankStopped {
+    rank: usize,
+    status: ExitStatus,
+}
+
+impl RankStopped {
+    /// The rank's own exit code; a rank killed by a signal is a transient failure.
+    pub fn exit_code(&self) -> i32 {
+        self.status.code().unwrap_or(crate::EXIT_TRANSIENT)
+    }
+}
+
+impl std::fmt::Display for RankStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rank {} of the node stopped ({}), so the node stopped; its error is above. Start \
+             it again: it resumes from its last saved state",
+            self.rank, self.status
+        )
+    }
+}
+
+impl std::error::Error for RankStopped {}
 
 fn stop(children: &mut [Child]) {
     for child in children {

@@ -11,14 +11,24 @@ use templar_protocol::Keypair;
 /// Which wallet and hotkey a command uses.
 #[derive(Args, Clone, Debug)]
 pub struct WalletArgs {
-    /// Wallets directory [default: $BT_WALLET_PATH or ~/.bittensor/wallets].
-    #[arg(long)]
+    /// Wallets directory [default: ~/.bittensor/wallets]. Also --wallet.path, as btcli.
+    #[arg(long, visible_alias = "wallet.path", env = "BT_WALLET_PATH")]
     pub wallets_dir: Option<PathBuf>,
-    /// Wallet name.
-    #[arg(long, default_value = "default")]
+    /// Wallet name. Also --wallet.name, as btcli.
+    #[arg(
+        long,
+        visible_alias = "wallet.name",
+        env = "BT_WALLET_NAME",
+        default_value = "default"
+    )]
     pub wallet: String,
-    /// Hotkey name within the wallet.
-    #[arg(long, default_value = "default")]
+    /// Hotkey name within the wallet. Also --wallet.hotkey, as btcli.
+    #[arg(
+        long,
+        visible_alias = "wallet.hotkey",
+        env = "BT_WALLET_HOTKEY",
+        default_value = "default"
+    )]
     pub hotkey: String,
 }
 

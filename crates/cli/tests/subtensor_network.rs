@@ -132,21 +132,51 @@ fn chopsticks_a_miner_and_a_validator_run_on_subtensor() {
     runtime
         .block_on(dev.fund(&coldkey, 1_000 * RAO_PER_TAO))
         .unwrap();
+    // Spending on a real chain is confirmed; with no terminal to ask on, it is refused.
+    let unconfirmed = templar(
+        &[
+            &["chain", "register"],
+            &on_chain[..],
+            &wallet[..],
+            &["--hotkey", "v1"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&unconfirmed.stderr);
+    assert!(!unconfirmed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("burns") && stderr.contains("TAO") && stderr.contains("--no-prompt"),
+        "{stderr}"
+    );
     for hotkey in ["v1", "m1"] {
         let out = ok(&[
             &["chain", "register"],
             &on_chain[..],
             &wallet[..],
-            &["--hotkey", hotkey],
+            &["--hotkey", hotkey, "--no-prompt"],
         ]
         .concat());
         assert!(out.contains("registered"), "{out}");
     }
+    let unconfirmed = templar(
+        &[
+            &["chain", "stake"],
+            &on_chain[..],
+            &wallet[..],
+            &["--hotkey", "v1", "--amount", "100"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&unconfirmed.stderr);
+    assert!(
+        stderr.contains("staking 100.000000000 TAO") && stderr.contains("--no-prompt"),
+        "{stderr}"
+    );
     ok(&[
         &["chain", "stake"],
         &on_chain[..],
         &wallet[..],
-        &["--hotkey", "v1", "--amount", "100"],
+        &["--hotkey", "v1", "--amount", "100", "--no-prompt"],
     ]
     .concat());
     let status = ok(&[&["chain", "status"], &on_chain[..]].concat());

@@ -112,3 +112,52 @@ fn missing_chain_and_wallet_say_what_to_do() {
     let out = templar(dir.path(), &["wallet", "show"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("templar wallet create"));
 }
+
+/// A btcli user's flags (`--wallet.name`, `--wallet.hotkey`, `--wallet.path`,
+/// `--subtensor.network`) and environment (`BT_WALLET_*`, `BT_SUBTENSOR_NETWORK`) work as they do
+/// there.
+#[test]
+fn a_btcli_users_flags_and_environment_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let elsewhere = d.join("elsewhere");
+    let elsewhere = elsewhere.to_str().unwrap();
+    ok(
+        d,
+        &[
+            "wallet",
+            "create",
+            "--wallet.path",
+            elsewhere,
+            "--wallet.name",
+            "owner",
+            "--wallet.hotkey",
+            "m1",
+            "--no-password",
+            "--quiet",
+        ],
+    );
+    let by_env = Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(["wallet", "show", "--json"])
+        .env("BT_WALLET_PATH", elsewhere)
+        .env("BT_WALLET_NAME", "owner")
+        .env("BT_WALLET_HOTKEY", "m1")
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{by_env:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert!(shown["hotkeys"]["m1"].is_string(), "{shown}");
+
+    let chain = d.join("bt-chain.sqlite");
+    let chain = chain.to_str().unwrap();
+    ok(d, &["chain", "init", "--subtensor.network", chain]);
+    let status = Command::new(env!("CARGO_BIN_EXE_templar"))
+        .args(["chain", "status", "--json"])
+        .env_remove("TEMPLAR_CHAIN")
+        .env("BT_SUBTENSOR_NETWORK", chain)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["netuid"], 3);
+}

@@ -62,10 +62,50 @@ impl NodeError {
         false
     }
 
+    /// Whether starting the node again, unchanged, may get past this: a chain or storage
+    /// outage, a rank lost, a catch-up source not there yet. Configuration, keys, unreadable
+    /// local state and a full disk need an operator first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NodeError::Chain(error) => error.is_transient(),
+            NodeError::Storage(error) => error.is_transient(),
+            NodeError::Ranks(_) | NodeError::CatchUp(_) => true,
+            NodeError::Io { .. } => !self.is_disk_full(),
+            NodeError::Config(_)
+            | NodeError::Engine(_)
+            | NodeError::Data(_)
+            | NodeError::Codec(_)
+            | NodeError::State { .. }
+            | NodeError::Commitment(_)
+            | NodeError::NotRegistered(_)
+            | NodeError::DiskFull { .. } => false,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NodeError {
         NodeError::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_transient_and_setup_is_not() {
+        let rpc = NodeError::Chain(templar_chain::ChainError::Rpc("connection reset".into()));
+        assert!(rpc.is_transient());
+        assert!(NodeError::Ranks("rank 1 stopped".into()).is_transient());
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(NodeError::io("/state", io).is_transient());
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space");
+        assert!(!NodeError::io("/state", full).is_transient());
+        assert!(!NodeError::NotRegistered("5Grw…".into()).is_transient());
+        assert!(!NodeError::Config("bad".into()).is_transient());
+        let subnet = templar_chain::ChainError::NetuidRequired("finney".into());
+        assert!(!NodeError::Chain(subnet).is_transient());
     }
 }

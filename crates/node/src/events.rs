@@ -157,6 +157,59 @@ pub enum Event {
         ours: Fingerprint,
         manifest: Fingerprint,
     },
+    /// A chain or storage operation failed and the node went on without it (after the store's
+    /// own retries); failures that end the node are its exit error instead.
+    Failed {
+        part: Part,
+        /// What the node was doing, in a few words ("setting weights").
+        action: String,
+        error: String,
+    },
+}
+
+impl Event {
+    /// The window an event is about (for a catch-up, the window it reached); `None` for a
+    /// failure, and for a resumed node that had completed none.
+    pub fn window(&self) -> Option<u64> {
+        match self {
+            Event::Started { window, .. }
+            | Event::Phase { window, .. }
+            | Event::Trained { window, .. }
+            | Event::Uploaded { window, .. }
+            | Event::Skipped { window, .. }
+            | Event::Gathered { window, .. }
+            | Event::Applied { window, .. }
+            | Event::Evaluated { window, .. }
+            | Event::Overlaps { window, .. }
+            | Event::Flagged { window, .. }
+            | Event::Scores { window, .. }
+            | Event::WeightsSet { window, .. }
+            | Event::Validation { window, .. }
+            | Event::ManifestPublished { window }
+            | Event::CheckpointPublished { window }
+            | Event::OutOfSync { window, .. } => Some(*window),
+            Event::CaughtUp { to, .. } => Some(*to),
+            Event::Resumed { window, .. } => *window,
+            Event::Failed { .. } => None,
+        }
+    }
+}
+
+/// The outside service a [`Event::Failed`] was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    Chain,
+    Storage,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Chain => "chain",
+            Part::Storage => "storage",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,7 +258,10 @@ impl EventSink {
             Event::Phase { .. } | Event::Overlaps { .. } => {
                 tracing::debug!(node = %self.who, ?event)
             }
-            Event::Skipped { .. } | Event::OutOfSync { .. } | Event::Flagged { .. } => {
+            Event::Skipped { .. }
+            | Event::OutOfSync { .. }
+            | Event::Flagged { .. }
+            | Event::Failed { .. } => {
                 tracing::warn!(node = %self.who, ?event)
             }
             _ => tracing::info!(node = %self.who, ?event),

@@ -17,6 +17,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod gauntlet;
 pub mod message;
+pub mod metrics;
 pub mod miner;
 pub mod miner_replica;
 pub mod node;

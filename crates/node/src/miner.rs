@@ -17,7 +17,7 @@ use crate::adversary::Adversary;
 use crate::behavior::Behavior;
 use crate::catchup::{self, Position};
 use crate::error::NodeError;
-use crate::events::{Event, Phase};
+use crate::events::{Event, Part, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::GradientHeader;
 use crate::miner_replica::MinerReplica;
@@ -354,10 +354,14 @@ impl<C: Chain> Miner<C> {
                         uploaded_ms: info.uploaded_ms,
                         in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
                     }),
-                    Err(error) => self.node.events.emit(Event::Skipped {
-                        window,
-                        reason: format!("the upload failed: {error}"),
-                    }),
+                    Err(error) => {
+                        self.node
+                            .failed(Part::Storage, "uploading the payload", &error);
+                        self.node.events.emit(Event::Skipped {
+                            window,
+                            reason: format!("the upload failed: {error}"),
+                        })
+                    }
                 }
             }
             Err(reason) => self.node.events.emit(Event::Skipped { window, reason }),
@@ -407,7 +411,8 @@ impl<C: Chain> Miner<C> {
             )
             .await
         {
-            tracing::warn!(%error, "could not delete old payloads");
+            self.node
+                .failed(Part::Storage, "deleting old payloads", &error);
         }
         Ok(())
     }
@@ -426,7 +431,8 @@ impl<C: Chain> Miner<C> {
             Ok(Some(manifest)) => manifest,
             Ok(None) => return Ok(()),
             Err(error) => {
-                tracing::warn!(%error, "cannot check the model against the manifest");
+                self.node
+                    .failed(Part::Storage, "reading the manifest to check sync", &error);
                 return Ok(());
             }
         };

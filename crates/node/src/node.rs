@@ -17,7 +17,7 @@ use crate::commitment::{Commitment, Role};
 use crate::config::NetworkConfig;
 use crate::data::Data;
 use crate::error::NodeError;
-use crate::events::{Event, EventSink, PeerReport, Phase};
+use crate::events::{Event, EventSink, Part, PeerReport, Phase};
 use crate::gauntlet::PayloadStatus;
 use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
 use crate::peers::{Candidate, PeerSet, candidates, peer_set};
@@ -151,6 +151,15 @@ impl<C: Chain> Node<C> {
 
     pub fn phase(&self, window: u64, phase: Phase) {
         self.events.emit(Event::Phase { window, phase });
+    }
+
+    /// Reports a chain or storage failure the node goes on without.
+    pub fn failed(&self, part: Part, action: &str, error: &dyn std::fmt::Display) {
+        self.events.emit(Event::Failed {
+            part,
+            action: action.into(),
+            error: error.to_string(),
+        });
     }
 
     /// The peers of `window`, from the chain as it stood when the window began.

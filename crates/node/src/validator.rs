@@ -16,7 +16,7 @@ use templar_protocol::Kind;
 use crate::catchup::{self, Position};
 use crate::checkpoint;
 use crate::error::NodeError;
-use crate::events::{Event, Flag, MinerScore, Phase};
+use crate::events::{Event, Flag, MinerScore, Part, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::gauntlet::norms::norm_outliers;
 use crate::gauntlet::overlap::{Upload, copiers_of, largest_overlaps, pair_overlaps};
@@ -210,6 +210,11 @@ impl<C: Chain> Validator<C> {
         if let Err(error) = self.publish(window, &payloads, fingerprint).await {
             // Miners check their model against manifests when they can and catch up from
             // older ones otherwise: a storage outage must not stop the judging.
+            self.node.failed(
+                Part::Storage,
+                "publishing the manifest or checkpoint",
+                &error,
+            );
             self.node.events.emit(Event::Skipped {
                 window,
                 reason: format!("publishing the manifest or checkpoint failed: {error}"),
@@ -441,7 +446,11 @@ impl<C: Chain> Validator<C> {
         let version = match self.node.chain.hyperparameters().await {
             Ok(hp) => hp.weights_version,
             Err(error) => {
-                tracing::warn!(%error, "cannot read hyperparameters; weights not set");
+                self.node.failed(
+                    Part::Chain,
+                    "reading hyperparameters to set weights",
+                    &error,
+                );
                 return;
             }
         };
@@ -456,7 +465,7 @@ impl<C: Chain> Validator<C> {
                 uids,
                 weights: values,
             }),
-            Err(error) => tracing::warn!(%error, window, "setting weights failed"),
+            Err(error) => self.node.failed(Part::Chain, "setting weights", &error),
         }
     }
 

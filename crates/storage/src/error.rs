@@ -81,3 +81,18 @@ pub enum StorageError {
     )]
     ObjectChanged { key: String, path: PathBuf },
 }
+
+impl StorageError {
+    /// Whether the same operation may succeed later with nothing changed: a server that stayed
+    /// down through the retries, or an object that changed under a read. The others need an
+    /// operator (a URL, credentials, a disk).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Unavailable { .. }
+                | StorageError::SizeMismatch { .. }
+                | StorageError::FileChanged { .. }
+                | StorageError::ObjectChanged { .. }
+        )
+    }
+}

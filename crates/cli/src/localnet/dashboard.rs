@@ -332,6 +332,11 @@ pub fn plain_line(line: &EventLine) -> Option<String> {
         } => format!("caught up to window {to} ({replayed} replayed, checkpoint {checkpoint:?})"),
         Event::OutOfSync { .. } => "model out of sync with the manifest: rebuilding".into(),
         Event::Flagged { miner, flag, .. } => format!("uid {miner} flagged: {flag}"),
+        Event::Failed {
+            part,
+            action,
+            error,
+        } => format!("{} failed {action}: {error}", part.name()),
         Event::Phase { .. }
         | Event::Applied { .. }
         | Event::Evaluated { .. }

@@ -209,6 +209,16 @@ impl History {
                 status.last = text.clone();
                 self.notice(&line.node, *to, text);
             }
+            Event::Failed {
+                part,
+                action,
+                error,
+            } => {
+                let text = format!("{} failed {action}: {error}", part.name());
+                let window = status.window.unwrap_or(0);
+                status.last = text.clone();
+                self.notice(&line.node, window, text);
+            }
             Event::OutOfSync { window, .. } => {
                 self.notice(&line.node, *window, "model out of sync: rebuilding".into());
             }
@@ -262,28 +272,9 @@ impl History {
     }
 }
 
-/// The window an event is about (for a catch-up, the window it reached).
+/// The window an event is about (for a catch-up, the window it reached; 0 for none).
 pub fn window_of(event: &Event) -> u64 {
-    match event {
-        Event::Started { window, .. }
-        | Event::Phase { window, .. }
-        | Event::Trained { window, .. }
-        | Event::Uploaded { window, .. }
-        | Event::Skipped { window, .. }
-        | Event::Gathered { window, .. }
-        | Event::Applied { window, .. }
-        | Event::Evaluated { window, .. }
-        | Event::Scores { window, .. }
-        | Event::Flagged { window, .. }
-        | Event::Overlaps { window, .. }
-        | Event::WeightsSet { window, .. }
-        | Event::Validation { window, .. }
-        | Event::ManifestPublished { window }
-        | Event::CheckpointPublished { window }
-        | Event::OutOfSync { window, .. } => *window,
-        Event::CaughtUp { to, .. } => *to,
-        Event::Resumed { window, .. } => window.unwrap_or(0),
-    }
+    event.window().unwrap_or(0)
 }
 
 /// 1536 → "1.5 KB" (decimal units, as network traffic is usually counted).
