@@ -20,6 +20,31 @@ pub enum Phase {
     Publishing,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::CatchingUp,
+        Phase::Training,
+        Phase::Uploading,
+        Phase::Waiting,
+        Phase::Gathering,
+        Phase::Evaluating,
+        Phase::Publishing,
+    ];
+
+    /// The phase as its events write it (`catching_up`, `training`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::CatchingUp => "catching_up",
+            Phase::Training => "training",
+            Phase::Uploading => "uploading",
+            Phase::Waiting => "waiting",
+            Phase::Gathering => "gathering",
+            Phase::Evaluating => "evaluating",
+            Phase::Publishing => "publishing",
+        }
+    }
+}
+
 /// One peer's payload as a node saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerReport {

@@ -10,17 +10,6 @@ use std::fmt::Write;
 use crate::commitment::Role;
 use crate::events::{Event, Flag, Phase};
 
-/// Every phase, so that the phase metric always lists all of them (one is 1, the others 0).
-const PHASES: [Phase; 7] = [
-    Phase::CatchingUp,
-    Phase::Training,
-    Phase::Uploading,
-    Phase::Waiting,
-    Phase::Gathering,
-    Phase::Evaluating,
-    Phase::Publishing,
-];
-
 /// How many windows without a completed one make a node unhealthy.
 pub const STALLED_AFTER_WINDOWS: u64 = 2;
 
@@ -213,9 +202,10 @@ impl Metrics {
             "The latest window the node worked on.",
             self.window.map(|w| w as f64),
         );
-        let phases: Vec<(&str, f64)> = PHASES
+        // Every phase, one 1 and the others 0.
+        let phases: Vec<(&str, f64)> = Phase::ALL
             .iter()
-            .map(|p| (phase_name(*p), f64::from(u8::from(self.phase == Some(*p)))))
+            .map(|p| (p.name(), f64::from(u8::from(self.phase == Some(*p)))))
             .collect();
         out.labelled(
             "templar_phase",
@@ -352,18 +342,6 @@ impl Metrics {
             self.catch_ups as f64,
         );
         out.text
-    }
-}
-
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::CatchingUp => "catching_up",
-        Phase::Training => "training",
-        Phase::Uploading => "uploading",
-        Phase::Waiting => "waiting",
-        Phase::Gathering => "gathering",
-        Phase::Evaluating => "evaluating",
-        Phase::Publishing => "publishing",
     }
 }
 

@@ -167,16 +167,7 @@ fn nodes_table<'a>(s: &Snapshot) -> Table<'a> {
 }
 
 fn phase_name(phase: Phase) -> String {
-    match phase {
-        Phase::CatchingUp => "catching up",
-        Phase::Training => "training",
-        Phase::Uploading => "uploading",
-        Phase::Waiting => "waiting",
-        Phase::Gathering => "gathering",
-        Phase::Evaluating => "evaluating",
-        Phase::Publishing => "publishing",
-    }
-    .into()
+    phase.name().replace('_', " ")
 }
 
 fn miners_table<'a>(s: &Snapshot) -> Table<'a> {
