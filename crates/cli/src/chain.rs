@@ -161,18 +161,17 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
         } => {
             let hotkey = wallet.hotkey()?.account();
             let chain = target.open().await?;
-            let burn = chain.hyperparameters().await?.burn;
-            prompt.confirm(
-                &target,
-                &format!(
+            if prompt.needed(&target) {
+                let burn = chain.hyperparameters().await?.burn;
+                ask_to_spend(&format!(
                     "registering hotkey {hotkey} on netuid {} of {} burns {} TAO from the \
                      coldkey of wallet {}",
                     chain.netuid(),
                     target.name(),
                     tao(burn),
                     wallet.wallet
-                ),
-            )?;
+                ))?;
+            }
             let coldkey = wallet.coldkey()?;
             let uid = chain.register(&coldkey, &hotkey).await?;
             println!("registered {hotkey} as uid {uid}");
@@ -187,17 +186,16 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             let hotkey = wallet.hotkey()?.account();
             let amount = tao_to_rao(amount).map_err(anyhow::Error::msg)?;
             let chain = target.open().await?;
-            prompt.confirm(
-                &target,
-                &format!(
+            if prompt.needed(&target) {
+                ask_to_spend(&format!(
                     "staking {} TAO from the coldkey of wallet {} on hotkey {hotkey} (netuid {} \
                      of {})",
                     tao(amount),
                     wallet.wallet,
                     chain.netuid(),
                     target.name()
-                ),
-            )?;
+                ))?;
+            }
             let coldkey = wallet.coldkey()?;
             chain.add_stake(&coldkey, &hotkey, amount).await?;
             println!("staked {} TAO on {hotkey}", tao(amount));
@@ -239,28 +237,30 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    /// Shows `spending` and asks to go ahead, on a subtensor only: a LocalChain's TAO is a test
-    /// chain's, worth nothing.
-    fn confirm(&self, chain: &ChainPath, spending: &str) -> Result<()> {
-        if self.no_prompt || matches!(chain.target(), ChainTarget::Local(_)) {
-            return Ok(());
-        }
-        use std::io::{BufRead, IsTerminal, Write};
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "{spending}: there is no terminal to confirm it on (stdin is not a terminal); \
-                 pass --no-prompt to go ahead without being asked"
-            );
-        }
-        eprint!("{spending}.\ngo ahead? [y/N] ");
-        std::io::stderr().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
-            bail!("not confirmed: nothing was spent");
-        }
-        Ok(())
+    /// Whether spending on `chain` is asked first: on a subtensor without --no-prompt (a
+    /// LocalChain's TAO is a test chain's, worth nothing). The cost is read only then.
+    fn needed(&self, chain: &ChainPath) -> bool {
+        !self.no_prompt && !matches!(chain.target(), ChainTarget::Local(_))
     }
+}
+
+/// Shows `spending` and asks to go ahead; refused without a terminal to ask on.
+fn ask_to_spend(spending: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "{spending}: there is no terminal to confirm it on (stdin is not a terminal); \
+             pass --no-prompt to go ahead without being asked"
+        );
+    }
+    eprint!("{spending}.\ngo ahead? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+        bail!("not confirmed: nothing was spent");
+    }
+    Ok(())
 }
 
 /// Scales weights so the largest becomes 65535, as Bittensor's clients do.
