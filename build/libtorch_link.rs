@@ -2,8 +2,9 @@
 //
 // 1. Records libtorch's folder as the run-time search path, so `templar` and the tests run without
 //    LD_LIBRARY_PATH.
-// 2. Keeps libtorch_cuda linked when the installed libtorch has it: nothing references it by symbol,
-//    so the linker's --as-needed would drop it and the binary would silently run on CPU.
+// 2. With the crate's `cuda` feature, keeps libtorch_cuda linked: nothing references it by symbol,
+//    so the linker's --as-needed would drop it and the binary would silently run on CPU. Without
+//    the feature the binary needs libtorch's CPU libraries only (the CPU release package).
 
 use std::path::PathBuf;
 
@@ -18,7 +19,15 @@ pub fn emit_link_args() {
     let lib = PathBuf::from(libtorch).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
     }
+    if !lib.join("libtorch_cuda.so").exists() {
+        panic!(
+            "the `cuda` feature needs a CUDA build of libtorch, and {} has no libtorch_cuda.so; \
+             install the PyPI torch wheel with scripts/setup, or build without `--features cuda`",
+            lib.display()
+        );
+    }
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
 }

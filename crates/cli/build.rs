@@ -4,6 +4,12 @@ mod libtorch_link;
 fn main() {
     libtorch_link::emit_link_args();
     println!("cargo:rustc-env=TEMPLAR_COMMIT={}", commit());
+    let kind = if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    println!("cargo:rustc-env=TEMPLAR_BUILD_KIND={kind}");
     // `templar bench train --reference` runs PyTorch from the same wheel templar links.
     if let Some(libtorch) = std::env::var_os("LIBTORCH") {
         let path = std::path::PathBuf::from(libtorch);

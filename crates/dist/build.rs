@@ -41,7 +41,12 @@ fn main() {
         .include("vendor")
         .file("cpp/dist.cpp");
     println!("cargo::rustc-check-cfg=cfg(templar_nccl)");
-    let cuda = nccl_includes(&libtorch);
+    // The NCCL group only with the `cuda` feature: a CPU build must not need libtorch_cuda.
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").map(|_| {
+        nccl_includes(&libtorch).unwrap_or_else(|why| {
+            panic!("the `cuda` feature needs CUDA's and NCCL's headers: {why}; run scripts/setup")
+        })
+    });
     if let Some(includes) = &cuda {
         build.define("USE_C10D_NCCL", None).file("cpp/nccl.cpp");
         for dir in includes {
@@ -63,33 +68,41 @@ fn main() {
     libtorch_link::emit_link_args();
 }
 
-/// The CUDA and NCCL header folders, when the installed libtorch is a CUDA build whose wheels
-/// brought them (`site-packages/nvidia/*/include`, beside `torch/`): then the NCCL group is
-/// compiled in. Without them the crate still builds, with Gloo only.
-fn nccl_includes(libtorch: &std::path::Path) -> Option<Vec<PathBuf>> {
+/// The CUDA and NCCL header folders that the PyPI wheels of a CUDA libtorch bring
+/// (`site-packages/nvidia/*/include`, beside `torch/`), plus CUDA's compiler headers that
+/// scripts/setup installs; or why the NCCL group cannot be built.
+fn nccl_includes(libtorch: &std::path::Path) -> Result<Vec<PathBuf>, String> {
     if !libtorch.join("lib/libtorch_cuda.so").exists() {
-        return None;
+        return Err(format!(
+            "{} is not a CUDA build of libtorch",
+            libtorch.display()
+        ));
     }
-    let nvidia = libtorch.parent()?.join("nvidia");
+    let site_packages = libtorch.parent().ok_or("libtorch has no parent folder")?;
+    let nvidia = site_packages.join("nvidia");
     let mut includes: Vec<PathBuf> = std::fs::read_dir(&nvidia)
-        .ok()?
+        .map_err(|e| format!("cannot read {}: {e}", nvidia.display()))?
         .filter_map(|entry| Some(entry.ok()?.path().join("include")))
         .filter(|dir| dir.is_dir())
         .collect();
     includes.sort();
     // CUDA's runtime wheel leaves out the compiler's `crt/` and `nv/` headers that its own
     // headers include: scripts/setup installs them beside the torch wheel.
-    let cache = libtorch.parent()?.parent()?;
+    let cache = site_packages
+        .parent()
+        .ok_or("the torch wheel has no parent folder")?;
     let extra = cache.join("cuda-headers-13.0/nvidia/cu13/include");
     if !extra.is_dir() {
-        println!(
-            "cargo:warning=CUDA's compiler headers are missing ({}): building with Gloo only; run scripts/setup for NCCL",
+        return Err(format!(
+            "CUDA's compiler headers are missing ({})",
             extra.display()
-        );
-        return None;
+        ));
     }
     includes.push(extra);
     let has = |header: &str| includes.iter().any(|dir| dir.join(header).exists());
-    (has("nccl.h") && has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nv/target"))
-        .then_some(includes)
+    if has("nccl.h") && has("cuda_runtime_api.h") && has("crt/host_config.h") && has("nv/target") {
+        Ok(includes)
+    } else {
+        Err("nccl.h, cuda_runtime_api.h or CUDA's crt/ and nv/ headers are missing".into())
+    }
 }

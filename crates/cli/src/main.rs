@@ -39,12 +39,14 @@ fn return_large_blocks_to_the_kernel() {
     }
 }
 
-/// The version `--version` prints and the ranks of a node compare: the package's, and the
-/// commit it was built from.
+/// The version `--version` prints and the ranks of a node compare: the package's, the commit it
+/// was built from, and whether it can train on CUDA (`cuda`) or only on the CPU (`cpu`).
 pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("TEMPLAR_COMMIT"),
+    ", ",
+    env!("TEMPLAR_BUILD_KIND"),
     ")"
 );
 

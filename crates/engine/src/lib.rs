@@ -27,7 +27,7 @@ pub use checkpoint::{
     save_weights, write_atomic,
 };
 pub use config::{ModelConfig, Preset, TrainConfig};
-pub use device::{DeviceChoice, describe, set_threads};
+pub use device::{CUDA_BUILD, DeviceChoice, describe, set_threads};
 pub use error::EngineError;
 pub use eval::Evaluation;
 pub use full_shard::{FullyShardedTrainer, Placement};

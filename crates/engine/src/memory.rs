@@ -63,9 +63,10 @@ pub struct WindowShape {
     pub ranks: usize,
 }
 
-/// Resident memory of the `templar` process before any model buffer: libtorch's libraries (the
-/// binary keeps `libtorch_cuda` linked, so CUDA's libraries load even on a CPU machine) and the
-/// runtime. Measured on the reference machine: `templar model info` peaks at 484 MB.
+/// Resident memory of the `templar` process before any model buffer: libtorch's libraries (a
+/// `cuda` build keeps `libtorch_cuda` linked, so CUDA's libraries load even on a CPU machine; the
+/// figure is that build's) and the runtime. Measured on the reference machine: `templar model
+/// info` peaks at 484 MB.
 pub const PROCESS_BASELINE_BYTES: u64 = 460 << 20;
 /// Device memory a CUDA context takes before any tensor.
 pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
