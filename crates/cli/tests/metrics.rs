@@ -7,42 +7,19 @@
 //! not fetch it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, Read, Write};
+mod common;
+
+use common::{a_network, cache, templar};
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BLOCK_TIME_MS: u64 = 500;
 const BLOCKS_PER_WINDOW: u64 = 8;
 const WINDOW: Duration = Duration::from_millis(BLOCK_TIME_MS * BLOCKS_PER_WINDOW);
-
-fn cache() -> PathBuf {
-    std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/templar"))
-}
-
-fn templar(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_templar"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env("BT_WALLET_PATH", dir.join("wallets"))
-        .env("TEMPLAR_CHAIN", dir.join("chain.sqlite"))
-        .env_remove("TEMPLAR_METRICS_ADDR");
-    command
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out: Output = templar(dir, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "templar {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -123,94 +100,6 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>
     }
 }
 
-/// A small slice of the demo corpus: a few hundred documents are enough for a tiny model.
-fn small_corpus(dir: &Path) -> PathBuf {
-    let input = dir.join("corpus");
-    std::fs::create_dir_all(&input).unwrap();
-    let source = std::fs::File::open(cache().join("corpus/text/sotu.jsonl")).unwrap();
-    let lines: Vec<String> = std::io::BufReader::new(source)
-        .lines()
-        .take(40)
-        .map(Result::unwrap)
-        .collect();
-    std::fs::write(input.join("sotu.jsonl"), lines.join("\n")).unwrap();
-    input
-}
-
-fn a_network(d: &Path) {
-    ok(
-        d,
-        &[
-            "wallet",
-            "create",
-            "--wallet",
-            "owner",
-            "--no-password",
-            "--quiet",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "wallet", "create", "--wallet", "owner", "--hotkey", "m1", "--quiet",
-        ],
-    );
-    let owner: serde_json::Value =
-        serde_json::from_str(&ok(d, &["wallet", "show", "--wallet", "owner", "--json"])).unwrap();
-    let coldkey = owner["coldkey"].as_str().unwrap();
-    let block_time = BLOCK_TIME_MS.to_string();
-    let funding = format!("{coldkey}=1000");
-    ok(
-        d,
-        &[
-            "chain",
-            "init",
-            "--block-time-ms",
-            &block_time,
-            "--fund",
-            &funding,
-        ],
-    );
-    ok(
-        d,
-        &["chain", "register", "--wallet", "owner", "--hotkey", "m1"],
-    );
-    let input = small_corpus(d);
-    ok(
-        d,
-        &[
-            "data",
-            "prepare",
-            "--input",
-            input.to_str().unwrap(),
-            "--seq-len",
-            "64",
-            "--validation-fraction",
-            "0.2",
-            "--out",
-            "data",
-        ],
-    );
-    let blocks = BLOCKS_PER_WINDOW.to_string();
-    ok(
-        d,
-        &[
-            "network",
-            "init",
-            "--preset",
-            "tiny",
-            "--data-dir",
-            "data",
-            "--blocks-per-window",
-            &blocks,
-            "--inner-steps",
-            "2",
-            "--upload-grace-ms",
-            "500",
-        ],
-    );
-}
-
 fn start_prometheus(d: &Path, target: u16, port: u16) -> Child {
     let config = d.join("prometheus.yml");
     std::fs::write(
@@ -236,7 +125,7 @@ fn start_prometheus(d: &Path, target: u16, port: u16) -> Child {
 fn prometheus_scrapes_a_node_and_healthz_sees_it_stall() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    a_network(d);
+    a_network(d, BLOCK_TIME_MS, BLOCKS_PER_WINDOW);
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let log = std::fs::File::create(d.join("miner.log")).unwrap();
