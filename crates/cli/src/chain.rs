@@ -11,6 +11,7 @@ use templar_chain::{
 use templar_protocol::AccountId;
 use templar_protocol::keys::encode_hex;
 
+use crate::output::Format;
 use crate::wallet::WalletArgs;
 
 /// Which chain and subnet a command uses.
@@ -73,6 +74,8 @@ pub enum ChainCommand {
         wallet: WalletArgs,
         #[command(flatten)]
         prompt: Prompt,
+        #[command(flatten)]
+        format: Format,
     },
     /// Stake TAO from the coldkey's balance on the wallet's hotkey. On a subtensor the amount
     /// is shown and confirmed first.
@@ -86,6 +89,8 @@ pub enum ChainCommand {
         amount: f64,
         #[command(flatten)]
         prompt: Prompt,
+        #[command(flatten)]
+        format: Format,
     },
     /// Set the hotkey's weights.
     Weights {
@@ -101,6 +106,8 @@ pub enum ChainCommand {
         weights: Vec<f64>,
         #[arg(long, default_value_t = 0)]
         version_key: u64,
+        #[command(flatten)]
+        format: Format,
     },
 }
 
@@ -120,6 +127,8 @@ pub struct InitArgs {
     /// Initial balance, ADDRESS=TAO; repeatable.
     #[arg(long, value_parser = parse_funding)]
     fund: Vec<(AccountId, u64)>,
+    #[command(flatten)]
+    format: Format,
 }
 
 fn parse_funding(text: &str) -> Result<(AccountId, u64), String> {
@@ -158,6 +167,7 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             chain: target,
             wallet,
             prompt,
+            format,
         } => {
             let hotkey = wallet.hotkey()?.account();
             let chain = target.open().await?;
@@ -174,14 +184,17 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             }
             let coldkey = wallet.coldkey()?;
             let uid = chain.register(&coldkey, &hotkey).await?;
-            println!("registered {hotkey} as uid {uid}");
-            Ok(())
+            format.print(
+                &serde_json::json!({"hotkey": hotkey.to_string(), "uid": uid, "netuid": chain.netuid()}),
+                || format!("registered {hotkey} as uid {uid}"),
+            )
         }
         ChainCommand::Stake {
             chain: target,
             wallet,
             amount,
             prompt,
+            format,
         } => {
             let hotkey = wallet.hotkey()?.account();
             let amount = tao_to_rao(amount).map_err(anyhow::Error::msg)?;
@@ -198,8 +211,10 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             }
             let coldkey = wallet.coldkey()?;
             chain.add_stake(&coldkey, &hotkey, amount).await?;
-            println!("staked {} TAO on {hotkey}", tao(amount));
-            Ok(())
+            format.print(
+                &serde_json::json!({"hotkey": hotkey.to_string(), "staked_rao": amount}),
+                || format!("staked {} TAO on {hotkey}", tao(amount)),
+            )
         }
         ChainCommand::Weights {
             chain,
@@ -207,6 +222,7 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             uids,
             weights,
             version_key,
+            format,
         } => {
             if uids.len() != weights.len() {
                 bail!(
@@ -221,8 +237,10 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             chain
                 .set_weights(&hotkey, &uids, &weights, version_key)
                 .await?;
-            println!("weights set: {uids:?} -> {weights:?}");
-            Ok(())
+            format.print(
+                &serde_json::json!({"uids": uids, "weights": weights, "version_key": version_key}),
+                || format!("weights set: {uids:?} -> {weights:?}"),
+            )
         }
     }
 }
@@ -300,14 +318,21 @@ fn init(args: InitArgs) -> Result<()> {
         );
     };
     let chain = LocalChain::create(&path, &genesis)?;
-    println!(
-        "created LocalChain {} (netuid {}, {} ms blocks, tempo {})",
-        chain.path().display(),
-        genesis.netuid,
-        genesis.block_time_ms,
-        genesis.hyperparameters.tempo
-    );
-    Ok(())
+    let value = serde_json::json!({
+        "path": chain.path(),
+        "netuid": genesis.netuid,
+        "block_time_ms": genesis.block_time_ms,
+        "tempo": genesis.hyperparameters.tempo,
+    });
+    args.format.print(&value, || {
+        format!(
+            "created LocalChain {} (netuid {}, {} ms blocks, tempo {})",
+            chain.path().display(),
+            genesis.netuid,
+            genesis.block_time_ms,
+            genesis.hyperparameters.tempo
+        )
+    })
 }
 
 /// A node's commitment as "role url" (read credentials are not shown), else text or hex.

@@ -6,6 +6,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use templar_data::{PrepareOptions, PrepareOutcome, TokenizerSpec, prepare};
 
+use crate::output::Format;
+
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Tokenize .txt / .jsonl text into fixed-length sample shards with a validation split and a manifest.
@@ -32,6 +34,8 @@ pub struct PrepareArgs {
     /// Samples per shard file.
     #[arg(long, default_value_t = 1 << 18)]
     shard_samples: u64,
+    #[command(flatten)]
+    format: Format,
 }
 
 pub fn run(command: DataCommand) -> Result<()> {
@@ -46,20 +50,32 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     options.validation_fraction = args.validation_fraction;
     options.shard_samples = args.shard_samples;
     options.progress = true;
-    let (verb, manifest) = match prepare(&options)? {
-        PrepareOutcome::Prepared(m) => ("prepared", m),
-        PrepareOutcome::UpToDate(m) => ("already up to date", m),
+    let (outcome, verb, manifest) = match prepare(&options)? {
+        PrepareOutcome::Prepared(m) => ("prepared", "prepared", m),
+        PrepareOutcome::UpToDate(m) => ("up_to_date", "already up to date", m),
     };
-    println!(
-        "{}: {verb} — {} documents, {} train + {} validation samples of {} {} tokens ({} dropped), content {}",
-        args.out.display(),
-        manifest.documents,
-        manifest.train.samples,
-        manifest.validation.samples,
-        manifest.seq_len,
-        manifest.tokenizer,
-        manifest.dropped_tokens,
-        &manifest.content_hash[..16]
-    );
-    Ok(())
+    let value = serde_json::json!({
+        "out": args.out,
+        "outcome": outcome,
+        "documents": manifest.documents,
+        "train_samples": manifest.train.samples,
+        "validation_samples": manifest.validation.samples,
+        "seq_len": manifest.seq_len,
+        "tokenizer": manifest.tokenizer,
+        "dropped_tokens": manifest.dropped_tokens,
+        "content_hash": manifest.content_hash,
+    });
+    args.format.print(&value, || {
+        format!(
+            "{}: {verb} — {} documents, {} train + {} validation samples of {} {} tokens ({} dropped), content {}",
+            args.out.display(),
+            manifest.documents,
+            manifest.train.samples,
+            manifest.validation.samples,
+            manifest.seq_len,
+            manifest.tokenizer,
+            manifest.dropped_tokens,
+            &manifest.content_hash[..16]
+        )
+    })
 }

@@ -11,6 +11,7 @@ mod localnet;
 mod metrics;
 mod model;
 mod node;
+mod output;
 mod ranks;
 mod svg;
 mod wallet;

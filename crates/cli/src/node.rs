@@ -159,6 +159,8 @@ pub enum NetworkCommand {
         /// Tolerated storage-versus-chain clock difference (default 10 s).
         #[arg(long)]
         clock_skew_ms: Option<u64>,
+        #[command(flatten)]
+        format: crate::output::Format,
     },
 }
 
@@ -172,6 +174,7 @@ pub fn run_network(command: NetworkCommand) -> Result<()> {
         inner_steps,
         upload_grace_ms,
         clock_skew_ms,
+        format,
     } = command;
     if out.exists() {
         bail!(
@@ -195,12 +198,10 @@ pub fn run_network(command: NetworkCommand) -> Result<()> {
         config.window.clock_skew_ms = ms;
     }
     write_network_config(&config, &out)?;
-    println!(
-        "wrote {} (network id {})",
-        out.display(),
-        hex(&config.network()?.id())
-    );
-    Ok(())
+    let id = hex(&config.network()?.id());
+    format.print(&serde_json::json!({"path": out, "network_id": id}), || {
+        format!("wrote {} (network id {id})", out.display())
+    })
 }
 
 /// Writes `config` to `out` atomically: a reader sees the old file or the whole new one.

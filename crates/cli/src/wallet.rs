@@ -8,6 +8,8 @@ use clap::{Args, Subcommand};
 use templar_chain::wallet::{Wallet, WalletError, default_wallets_dir, generate_key, list_wallets};
 use templar_protocol::Keypair;
 
+use crate::output::Format;
+
 /// Which wallet and hotkey a command uses.
 #[derive(Args, Clone, Debug)]
 pub struct WalletArgs {
@@ -79,7 +81,12 @@ pub enum WalletCommand {
     /// Create a coldkey (if the wallet has none) and a hotkey.
     Create(CreateArgs),
     /// List wallets and their hotkeys.
-    List(WalletArgs),
+    List {
+        #[command(flatten)]
+        wallet: WalletArgs,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Show a wallet's addresses.
     Show {
         #[command(flatten)]
@@ -100,18 +107,21 @@ pub struct CreateArgs {
     /// Do not print the new keys' mnemonics.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    format: Format,
 }
 
 pub fn run(command: WalletCommand) -> Result<()> {
     match command {
         WalletCommand::Create(args) => create(args),
-        WalletCommand::List(args) => list(&args),
+        WalletCommand::List { wallet, format } => list(&wallet, format),
         WalletCommand::Show { wallet, json } => show(&wallet, json),
     }
 }
 
 fn create(args: CreateArgs) -> Result<()> {
     let wallet = args.wallet.open();
+    let mut created = Vec::new();
     if !wallet.coldkey_path().exists() {
         let password = if args.no_password {
             None
@@ -120,7 +130,12 @@ fn create(args: CreateArgs) -> Result<()> {
         };
         let key = generate_key();
         wallet.create_coldkey(&key, password.as_deref())?;
-        announce("coldkey", &wallet.coldkey_path(), &key, args.quiet);
+        created.push(announce(
+            "coldkey",
+            &wallet.coldkey_path(),
+            &key,
+            args.quiet,
+        ));
     }
     let key = generate_key();
     wallet
@@ -131,13 +146,31 @@ fn create(args: CreateArgs) -> Result<()> {
                 args.wallet.hotkey, wallet.name
             )
         })?;
-    announce(
-        "hotkey",
-        &wallet.hotkey_path(&args.wallet.hotkey),
-        &key,
-        args.quiet,
-    );
-    Ok(())
+    let hotkey_path = wallet.hotkey_path(&args.wallet.hotkey);
+    created.push(announce("hotkey", &hotkey_path, &key, args.quiet));
+    let value = serde_json::json!({"wallet": wallet.name, "created": created});
+    args.format.print(&value, || {
+        let lines: Vec<String> = created
+            .iter()
+            .map(|key| {
+                format!(
+                    "{} {} written to {}",
+                    key.kind,
+                    key.account,
+                    key.path.display()
+                )
+            })
+            .collect();
+        lines.join("\n")
+    })
+}
+
+/// A key `wallet create` wrote.
+#[derive(serde::Serialize)]
+struct CreatedKey {
+    kind: &'static str,
+    account: String,
+    path: std::path::PathBuf,
 }
 
 fn new_password(wallet: &str) -> Result<String> {
@@ -161,44 +194,81 @@ fn new_password(wallet: &str) -> Result<String> {
     Ok(first)
 }
 
-fn announce(what: &str, path: &std::path::Path, key: &templar_chain::wallet::NewKey, quiet: bool) {
-    println!(
-        "{what} {} written to {}",
-        key.keypair.account(),
-        path.display()
-    );
+/// Shows a new key's mnemonic on stderr (unless `quiet`) and describes the key for the result.
+fn announce(
+    kind: &'static str,
+    path: &std::path::Path,
+    key: &templar_chain::wallet::NewKey,
+    quiet: bool,
+) -> CreatedKey {
+    let account = key.keypair.account().to_string();
     if !quiet {
         eprintln!(
-            "  mnemonic (write it down, it restores the key; anyone who has it owns the key):\n  {}",
+            "{kind} {account}\n  mnemonic (write it down, it restores the key; anyone who has it owns the key):\n  {}",
             key.mnemonic
         );
     }
+    CreatedKey {
+        kind,
+        account,
+        path: path.to_path_buf(),
+    }
 }
 
-fn list(args: &WalletArgs) -> Result<()> {
+fn list(args: &WalletArgs, format: Format) -> Result<()> {
     let root = args.wallets_dir.clone().unwrap_or_else(default_wallets_dir);
-    let wallets = list_wallets(&root);
-    if wallets.is_empty() {
-        println!(
-            "no wallets in {} (create one with `templar wallet create`)",
-            root.display()
-        );
-    }
-    for wallet in wallets {
-        let coldkey = wallet
-            .coldkey_account()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|e| format!("<{e}>"));
-        println!("{}  coldkey {coldkey}", wallet.name);
-        for name in wallet.hotkey_names() {
-            let hotkey = wallet
-                .hotkey(&name)
-                .map(|k| k.account().to_string())
-                .unwrap_or_else(|e| format!("<{e}>"));
-            println!("  {name}  {hotkey}");
-        }
-    }
-    Ok(())
+    let wallets: Vec<serde_json::Value> = list_wallets(&root)
+        .iter()
+        .map(|wallet| {
+            let hotkeys: Vec<serde_json::Value> = wallet
+                .hotkey_names()
+                .into_iter()
+                .map(|name| {
+                    let account = wallet.hotkey(&name).map(|k| k.account().to_string());
+                    serde_json::json!({"name": name, "account": readable(account)})
+                })
+                .collect();
+            let coldkey = wallet.coldkey_account().map(|a| a.to_string());
+            serde_json::json!({"name": wallet.name, "coldkey": readable(coldkey), "hotkeys": hotkeys})
+        })
+        .collect();
+    format.print(
+        &serde_json::json!({"wallets_dir": root, "wallets": wallets}),
+        || {
+            if wallets.is_empty() {
+                return format!(
+                    "no wallets in {} (create one with `templar wallet create`)",
+                    root.display()
+                );
+            }
+            let mut lines = Vec::new();
+            for wallet in &wallets {
+                lines.push(format!(
+                    "{}  coldkey {}",
+                    text(&wallet["name"]),
+                    text(&wallet["coldkey"])
+                ));
+                for hotkey in wallet["hotkeys"].as_array().into_iter().flatten() {
+                    lines.push(format!(
+                        "  {}  {}",
+                        text(&hotkey["name"]),
+                        text(&hotkey["account"])
+                    ));
+                }
+            }
+            lines.join("\n")
+        },
+    )
+}
+
+/// An address, or the reason it cannot be read as `<reason>`.
+fn readable(account: Result<String, impl std::fmt::Display>) -> String {
+    account.unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// A JSON string's text, without quotes.
+fn text(value: &serde_json::Value) -> &str {
+    value.as_str().unwrap_or_default()
 }
 
 fn show(args: &WalletArgs, json: bool) -> Result<()> {

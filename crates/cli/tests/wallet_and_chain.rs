@@ -44,21 +44,40 @@ fn create_wallets_init_a_chain_register_and_read_the_metagraph() {
             "--quiet",
         ],
     );
-    ok(
+    let created = json(
         d,
         &[
-            "wallet", "create", "--wallet", "owner", "--hotkey", "m1", "--quiet",
+            "wallet", "create", "--wallet", "owner", "--hotkey", "m1", "--quiet", "--json",
         ],
     );
     let owner = json(d, &["wallet", "show", "--wallet", "owner", "--json"]);
     let coldkey = owner["coldkey"].as_str().unwrap().to_string();
     let miner_hotkey = owner["hotkeys"]["m1"].as_str().unwrap().to_string();
+    assert_eq!(created["wallet"], "owner");
+    assert_eq!(created["created"][0]["kind"], "hotkey");
+    assert_eq!(
+        created["created"][0]["account"].as_str(),
+        Some(miner_hotkey.as_str())
+    );
+    let listed = json(d, &["wallet", "list", "--json"]);
+    assert_eq!(listed["wallets"][0]["name"], "owner");
+    assert_eq!(
+        listed["wallets"][0]["coldkey"].as_str(),
+        Some(coldkey.as_str())
+    );
+    let hotkeys = listed["wallets"][0]["hotkeys"].as_array().unwrap();
+    assert!(
+        hotkeys
+            .iter()
+            .any(|h| h["name"] == "m1" && h["account"].as_str() == Some(miner_hotkey.as_str())),
+        "{listed}"
+    );
 
     let refused = templar(d, &["wallet", "create", "--wallet", "locked", "--quiet"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--no-password"));
 
-    ok(
+    let chain = json(
         d,
         &[
             "chain",
@@ -67,20 +86,27 @@ fn create_wallets_init_a_chain_register_and_read_the_metagraph() {
             "100",
             "--fund",
             &format!("{coldkey}=10"),
+            "--json",
         ],
     );
+    assert_eq!(chain["block_time_ms"], 100);
     let again = templar(d, &["chain", "init"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    ok(
-        d,
-        &["chain", "register", "--wallet", "owner", "--hotkey", "m1"],
-    );
-    ok(
+    let registered = json(
         d,
         &[
-            "chain", "stake", "--wallet", "owner", "--hotkey", "m1", "--amount", "2.5",
+            "chain", "register", "--wallet", "owner", "--hotkey", "m1", "--json",
         ],
     );
+    assert_eq!(registered["uid"], 0);
+    assert_eq!(registered["hotkey"].as_str(), Some(miner_hotkey.as_str()));
+    let staked = json(
+        d,
+        &[
+            "chain", "stake", "--wallet", "owner", "--hotkey", "m1", "--amount", "2.5", "--json",
+        ],
+    );
+    assert_eq!(staked["staked_rao"], 2_500_000_000u64);
     let twice = templar(
         d,
         &["chain", "register", "--wallet", "owner", "--hotkey", "m1"],
@@ -160,4 +186,59 @@ fn a_btcli_users_flags_and_environment_work() {
     assert!(status.status.success(), "{status:?}");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["netuid"], 3);
+}
+
+#[test]
+fn data_prepare_and_network_init_print_json_for_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = d.join("text");
+    std::fs::create_dir(&text).unwrap();
+    for (i, words) in ["the whale", "a ship at sea", "call me Ishmael"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(text.join(format!("{i}.txt")), words.repeat(40)).unwrap();
+    }
+    let prepared = json(
+        d,
+        &[
+            "data",
+            "prepare",
+            "--input",
+            text.to_str().unwrap(),
+            "--seq-len",
+            "16",
+            "--out",
+            d.join("data").to_str().unwrap(),
+            "--validation-fraction",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(prepared["outcome"], "prepared");
+    assert_eq!(prepared["documents"], 3);
+    assert_eq!(prepared["seq_len"], 16);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("data/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(prepared["content_hash"], manifest["content_hash"]);
+    let network = json(
+        d,
+        &[
+            "network",
+            "init",
+            "--data-dir",
+            d.join("data").to_str().unwrap(),
+            "--out",
+            d.join("network.toml").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let id = network["network_id"].as_str().unwrap();
+    assert!(
+        !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{network}"
+    );
+    assert!(d.join("network.toml").is_file());
 }
