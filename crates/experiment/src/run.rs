@@ -78,8 +78,18 @@ impl Study<'_> {
     }
 
     pub fn run(&self, method: Method) -> Result<RunResult, ExperimentError> {
+        self.run_reporting(method, &|_, _| {})
+    }
+
+    /// [`Study::run`], calling `progress(steps_done, steps)` whenever the replicas agree on the
+    /// model (every step for data-parallel, every exchange for the others).
+    pub fn run_reporting(
+        &self,
+        method: Method,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<RunResult, ExperimentError> {
         let started = Instant::now();
-        let mut tracker = Tracker::new(self, method);
+        let mut tracker = Tracker::new(self, method, progress);
         match method {
             Method::Ddp => dense::ddp(self, &mut tracker)?,
             Method::Diloco { inner_steps } => dense::diloco(self, inner_steps, &mut tracker)?,
@@ -123,6 +133,7 @@ impl Study<'_> {
 /// Follows a run: losses, bytes, and validation at evenly spaced steps.
 pub(crate) struct Tracker<'a> {
     data: &'a StudyData,
+    progress: &'a dyn Fn(u64, u64),
     method: Method,
     replicas: u64,
     steps: u64,
@@ -140,11 +151,12 @@ pub(crate) struct Tracker<'a> {
 }
 
 impl<'a> Tracker<'a> {
-    fn new(study: &Study<'a>, method: Method) -> Tracker<'a> {
+    fn new(study: &Study<'a>, method: Method, progress: &'a dyn Fn(u64, u64)) -> Tracker<'a> {
         let s = study.settings;
         let steps = study.steps();
         Tracker {
             data: study.data,
+            progress,
             method,
             replicas: s.replicas as u64,
             steps,
@@ -195,6 +207,7 @@ impl<'a> Tracker<'a> {
     /// the first step); evaluates it when an evaluation is due.
     pub(crate) fn synced(&mut self, steps_done: u64, model: &Llama) -> Result<(), ExperimentError> {
         self.steps_done = steps_done;
+        (self.progress)(steps_done, self.steps);
         if steps_done < self.next_eval && steps_done < self.steps {
             return Ok(());
         }

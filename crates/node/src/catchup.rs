@@ -13,6 +13,7 @@ use crate::error::NodeError;
 use crate::events::{Event, Phase};
 use crate::message::{MAX_MANIFEST_BYTES, WindowManifest};
 use crate::node::{Node, Verdict, aggregate_inputs};
+use crate::progress::{self, Progress};
 use crate::replica::NetworkReplica;
 
 /// The validator whose checkpoints and manifests a node follows.
@@ -90,10 +91,23 @@ pub async fn catch_up<C: Chain, R: NetworkReplica>(
         },
     };
     let mut replayed = 0;
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new((target + 1).saturating_sub(first));
     for window in first..=target {
         at.global_step += u64::from(replay(node, replica, &source, window).await?);
         at.last_window = Some(window);
         replayed += 1;
+        progress.done = replayed;
+        let elapsed = started.elapsed();
+        tracing::info!(
+            window,
+            "catching up: {replayed} of {} windows replayed ({:.0}%), {} left",
+            progress.total,
+            progress.percent(),
+            progress
+                .remaining(elapsed)
+                .map_or("?".into(), progress::duration),
+        );
     }
     node.events.emit(Event::CaughtUp {
         from: position.last_window,

@@ -13,6 +13,7 @@ use templar_storage::{FileInfo, ReadOutcome, Store};
 
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, hex32};
+use crate::progress::{self, Progress};
 use crate::replica::{NetworkReplica, Replica};
 
 const MAX_DESCRIPTOR_BYTES: u64 = 64 << 10;
@@ -215,7 +216,9 @@ pub async fn download(
             descriptor.window
         )));
     }
-    for entry in &descriptor.files {
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new(descriptor.files.iter().map(|f| f.size).sum());
+    for (index, entry) in descriptor.files.iter().enumerate() {
         let name = entry.name.as_str();
         if !is_plain_file_name(name) {
             return Err(NodeError::CatchUp(format!(
@@ -241,6 +244,22 @@ pub async fn download(
             .await
             .map_err(|e| NodeError::CatchUp(format!("checkpoint file {key}: {e}")))?
             .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
+        progress.done += entry.size;
+        let elapsed = started.elapsed();
+        tracing::info!(
+            window = descriptor.window,
+            file = name,
+            "checkpoint download: {} of {} files, {} of {} ({:.0}%), {}/s, {} left",
+            index + 1,
+            descriptor.files.len(),
+            progress::bytes(progress.done),
+            progress::bytes(progress.total),
+            progress.percent(),
+            progress::bytes(progress.rate(elapsed) as u64),
+            progress
+                .remaining(elapsed)
+                .map_or("?".into(), progress::duration),
+        );
     }
     Ok(())
 }

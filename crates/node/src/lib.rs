@@ -22,6 +22,7 @@ pub mod miner;
 pub mod miner_replica;
 pub mod node;
 pub mod peers;
+pub mod progress;
 pub mod ranks;
 pub mod replica;
 pub mod saving;

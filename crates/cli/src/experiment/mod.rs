@@ -143,8 +143,11 @@ fn convergence(args: ConvergenceArgs) -> Result<()> {
             runs.push(done);
             continue;
         }
-        eprintln!("{method}: training");
-        let result = study.run(method).with_context(|| format!("run {method}"))?;
+        let bar = progress_bar(&method.to_string(), study.steps());
+        let result = study
+            .run_reporting(method, &|done, _| bar.set_position(done))
+            .with_context(|| format!("run {method}"))?;
+        bar.finish_and_clear();
         eprintln!(
             "{method}: final BpB {:.4} in {:.0} s",
             result.final_bpb, result.seconds
@@ -220,4 +223,16 @@ pub(crate) fn check_seq_len(
         );
     }
     Ok(())
+}
+
+/// A run's steps on stderr, drawn only when stderr is a terminal.
+fn progress_bar(run: &str, steps: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix}: training {bar:40} {pos}/{len} steps ({elapsed}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(run.to_string());
+    bar
 }
