@@ -7,13 +7,11 @@ mod bench;
 mod chain;
 mod data;
 mod experiment;
-mod localnet;
 mod metrics;
 mod model;
 mod node;
 mod output;
 mod ranks;
-mod svg;
 mod wallet;
 
 // Payload buffers of a few hundred kilobytes come and go every window; glibc returns them to
@@ -125,7 +123,7 @@ enum Command {
     Network(node::NetworkCommand),
     /// A whole network on this machine: chain, storage, data, a validator and miners, with a
     /// live dashboard and a report at the end. Run it again on the same --dir to resume.
-    Localnet(localnet::LocalnetArgs),
+    Localnet(templar_localnet::LocalnetArgs),
     /// Train and share pseudo-gradients, window after window.
     Miner(node::NodeArgs),
     /// Judge miners, set weights, publish manifests and checkpoints.
@@ -195,7 +193,7 @@ fn run() -> Result<()> {
         Command::Wallet(cmd) => wallet::run(cmd),
         Command::Chain(cmd) => chain::run(cmd),
         Command::Network(cmd) => node::run_network(cmd),
-        Command::Localnet(args) => localnet::run(args),
+        Command::Localnet(args) => templar_localnet::run(args),
         Command::Miner(args) => node::run(templar_node::Role::Miner, args),
         Command::Validator(args) => node::run(templar_node::Role::Validator, args),
         Command::Completions { shell } => {
@@ -209,17 +207,6 @@ fn run() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The demo corpus `scripts/setup` installs: `$TEMPLAR_CACHE/corpus/text`, by default under
-/// `~/.cache/templar`.
-pub(crate) fn default_corpus() -> std::path::PathBuf {
-    use std::path::PathBuf;
-    let cache = std::env::var_os("TEMPLAR_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
-        .unwrap_or_else(|| PathBuf::from(".cache/templar"));
-    cache.join("corpus/text")
 }
 
 #[cfg(test)]

@@ -197,21 +197,11 @@ pub fn run_network(command: NetworkCommand) -> Result<()> {
     if let Some(ms) = clock_skew_ms {
         config.window.clock_skew_ms = ms;
     }
-    write_network_config(&config, &out)?;
+    config.write(&out)?;
     let id = hex(&config.network()?.id());
     format.print(&serde_json::json!({"path": out, "network_id": id}), || {
         format!("wrote {} (network id {id})", out.display())
     })
-}
-
-/// Writes `config` to `out` atomically: a reader sees the old file or the whole new one.
-pub fn write_network_config(config: &NetworkConfig, out: &Path) -> Result<()> {
-    let text = config.to_toml()?;
-    NetworkConfig::parse(&text, &out.display().to_string())?;
-    let partial = out.with_extension("toml.partial");
-    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

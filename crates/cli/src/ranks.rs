@@ -47,7 +47,7 @@ pub fn launch(world: usize) -> Result<()> {
             .env("TORCH_NCCL_ENABLE_MONITORING", "0");
         // Each rank in a process group of its own, ended with the launcher: a Ctrl-C reaches
         // the launcher alone, which passes it to rank 0.
-        crate::localnet::fleet::detach(&mut command);
+        templar_localnet::fleet::detach(&mut command);
         match command.spawn() {
             Ok(child) => children.push(child),
             Err(error) => {

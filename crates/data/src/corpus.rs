@@ -7,6 +7,16 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
 
+/// The demo corpus `scripts/setup` installs: `$TEMPLAR_CACHE/corpus/text`, by default under
+/// `~/.cache/templar` (what `templar localnet` and the convergence study read unless told).
+pub fn demo_corpus_dir() -> PathBuf {
+    let cache = std::env::var_os("TEMPLAR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/templar")))
+        .unwrap_or_else(|| PathBuf::from(".cache/templar"));
+    cache.join("corpus/text")
+}
+
 /// An input file and the path that identifies it inside the input folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFile {

@@ -9,6 +9,7 @@ mod sampler;
 mod shard;
 mod tokenizer;
 
+pub use corpus::demo_corpus_dir;
 pub use error::DataError;
 pub use manifest::{Manifest, ShardManifest, SplitManifest, TokenWidth};
 pub use prepare::{PrepareOptions, PrepareOutcome, prepare};

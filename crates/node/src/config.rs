@@ -210,6 +210,16 @@ impl NetworkConfig {
         toml::to_string_pretty(self).map_err(|e| NodeError::Config(e.to_string()))
     }
 
+    /// Writes the configuration to `path` atomically (a reader sees the old file or the whole new
+    /// one), after checking that what is written parses back.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), NodeError> {
+        let text = self.to_toml()?;
+        NetworkConfig::parse(&text, &path.display().to_string())?;
+        let partial = path.with_extension("toml.partial");
+        std::fs::write(&partial, text).map_err(|e| NodeError::io(&partial, e))?;
+        std::fs::rename(&partial, path).map_err(|e| NodeError::io(path, e))
+    }
+
     /// blake3 of the resolved configuration's canonical JSON.
     pub fn digest(&self) -> [u8; 32] {
         let json = serde_json::to_vec(self).unwrap_or_default();

@@ -9,7 +9,7 @@ use templar_data::{Manifest, PrepareOptions, TokenizerSpec, prepare};
 use templar_engine::{Preset, write_atomic};
 use templar_experiment::{Method, Report, RunResult, Settings};
 
-use crate::svg::{Chart, Series};
+use templar_charts::{Chart, Series};
 
 /// What a finished run must share with the study for it to be reused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -106,7 +106,10 @@ fn convergence(args: ConvergenceArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     templar_engine::set_threads(threads);
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
-    let corpus = args.corpus.clone().unwrap_or_else(crate::default_corpus);
+    let corpus = args
+        .corpus
+        .clone()
+        .unwrap_or_else(templar_data::demo_corpus_dir);
     let data_dir = files::prepare_data(&args.out, &corpus, &preset)?;
     let data = StudyData::open(
         &data_dir,

@@ -12,7 +12,7 @@ use templar_protocol::WindowClock;
 
 use super::history::{History, WindowRecord, human_bytes};
 use super::net_chain::NetChain;
-use crate::svg::{Chart, Series, escape};
+use templar_charts::{Chart, Series, escape};
 
 /// One invocation of `templar localnet`, appended to `runs.jsonl` when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,7 +297,7 @@ fn html(report: &Report, charts: &[(&str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::localnet::history::MinerWindow;
+    use crate::history::MinerWindow;
 
     fn report() -> Report {
         let window = |w: u64, bpb: f64, bytes: u64| WindowRecord {

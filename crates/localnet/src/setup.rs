@@ -139,7 +139,7 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
         let preset = Preset::load(&new.preset)?;
         let manifest = prepare_data(layout, &new.corpus, &preset)?;
         let config = localnet_config(preset, &manifest, blocks_per_window);
-        crate::node::write_network_config(&config, &layout.config())?;
+        config.write(&layout.config())?;
         config
     };
     let coldkey = wallets(layout, members)?;

@@ -5,7 +5,7 @@
 
 mod dashboard;
 mod faults;
-pub(crate) mod fleet;
+pub mod fleet;
 mod history;
 mod net_chain;
 mod report;
@@ -131,6 +131,8 @@ enum ChainKind {
     Chopsticks,
 }
 
+/// Runs `templar localnet` as `args` say. Each node is a process of the running executable
+/// (`std::env::current_exe`), so this is called from the `templar` binary.
 pub fn run(args: LocalnetArgs) -> Result<()> {
     check_args(&args)?;
     if let Some(scenario) = args.scenario {
@@ -179,7 +181,10 @@ fn run_network(
         preset: args.preset.clone(),
         block_time_ms: BLOCK_TIME_MS,
         window_secs: args.window_secs(),
-        corpus: args.corpus.clone().unwrap_or_else(crate::default_corpus),
+        corpus: args
+            .corpus
+            .clone()
+            .unwrap_or_else(templar_data::demo_corpus_dir),
         chain,
     };
     let prepared = setup::prepare_network(&layout, &members, &new)?;

@@ -159,7 +159,7 @@ fn signal(child: &Child, signal: Signal) {
 fn signal(_child: &Child, _signal: Signal) {}
 
 #[cfg(target_os = "linux")]
-pub(crate) fn detach(command: &mut Command) {
+pub fn detach(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     command.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
@@ -175,10 +175,10 @@ pub(crate) fn detach(command: &mut Command) {
 }
 
 #[cfg(all(unix, not(target_os = "linux")))]
-pub(crate) fn detach(command: &mut Command) {
+pub fn detach(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     command.process_group(0);
 }
 
 #[cfg(not(unix))]
-pub(crate) fn detach(_command: &mut Command) {}
+pub fn detach(_command: &mut Command) {}
