@@ -196,7 +196,6 @@ fn localnet_config(preset: Preset, manifest: &Manifest, blocks_per_window: u64) 
     config.window.upload_grace_ms = 2_000;
     config.window.clock_skew_ms = 500;
     config.training.inner_steps = 8;
-    config.training.outer_lr = 1.0;
     config.gauntlet.eval_samples = 16;
     // At this scale an honest update's own-data advantage is below measurement noise (see
     // docs/localnet.md): miners start trusted and a run of −1 indicators takes it away.

@@ -322,7 +322,9 @@ impl NetworkConfig {
             },
             training: TrainingSettings {
                 inner_steps: 30,
-                outer_lr: 0.7,
+                // The convergence study's sweep (0.7, 1.0, 1.5) found 1.0 best with this
+                // aggregation (docs/convergence.md).
+                outer_lr: 1.0,
             },
             codec: CodecConfig::default(),
             gather: GatherSettings {

@@ -60,7 +60,6 @@ pub fn network_config(manifest_hash: &str) -> NetworkConfig {
     config.window.upload_grace_ms = 1000;
     config.window.clock_skew_ms = 250;
     config.training.inner_steps = 8;
-    config.training.outer_lr = 1.0;
     config.gauntlet.eval_samples = 8;
     // Eight windows of a tiny model are too few for the own-data indicator to rise above noise
     // (docs/localnet.md): miners start trusted so that this test checks weights and consensus,
