@@ -63,11 +63,15 @@ pub struct WindowShape {
     pub ranks: usize,
 }
 
-/// Resident memory of the `templar` process before any model buffer: libtorch's libraries (a
-/// `cuda` build keeps `libtorch_cuda` linked, so CUDA's libraries load even on a CPU machine; the
-/// figure is that build's) and the runtime. Measured on the reference machine: `templar model
-/// info` peaks at 484 MB.
-pub const PROCESS_BASELINE_BYTES: u64 = 460 << 20;
+/// Resident memory of the `templar` process before any model buffer: libtorch's libraries and
+/// the runtime. A `cuda` build keeps `libtorch_cuda` linked, so CUDA's libraries load even on a
+/// CPU machine: `templar model info` peaks at 465 MiB on the reference machine; a CPU build, which
+/// loads only libtorch's CPU libraries, at 122 MiB.
+pub const PROCESS_BASELINE_BYTES: u64 = if crate::CUDA_BUILD {
+    460 << 20
+} else {
+    120 << 20
+};
 /// Device memory a CUDA context takes before any tensor.
 pub const CUDA_CONTEXT_BYTES: u64 = 600 << 20;
 /// A piece of scratch: 4 Mi values, the node's merge and outer-step piece (a file write's is
