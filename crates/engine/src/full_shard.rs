@@ -317,6 +317,17 @@ impl FullyShardedTrainer {
         self.optimizer.steps()
     }
 
+    /// The learning-rate schedule's position for the next step.
+    pub fn schedule_step(&self) -> u64 {
+        self.optimizer.schedule_step()
+    }
+
+    /// Puts the learning-rate schedule at `position` for the next step (as
+    /// [`crate::AdamW::set_schedule_step`]).
+    pub fn set_schedule_step(&mut self, position: u64) {
+        self.optimizer.set_schedule_step(position);
+    }
+
     /// One optimizer step over `batch`, the whole batch as every rank sees it: this rank trains
     /// on its world-th of the rows. Every rank returns the same statistics.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, EngineError> {
@@ -395,7 +406,7 @@ impl FullyShardedTrainer {
                 .sum_across_ranks(&mut self.group, &every, local_loss, device)
         })?;
         let grad_norm = squares.sqrt();
-        let lr = learning_rate(self.optimizer.config(), self.optimizer.steps());
+        let lr = learning_rate(self.optimizer.config(), self.optimizer.schedule_step());
         self.optimizer.set_steps(self.optimizer.steps() + 1);
         let master = &self.master;
         tch::no_grad(|| {

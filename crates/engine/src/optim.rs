@@ -23,12 +23,38 @@ pub fn learning_rate(config: &TrainConfig, step: u64) -> f64 {
     floor + (config.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// Where the learning-rate schedule stands for the next step. By default that is the
+/// optimizer's own step count; a node anchors it to the network's position instead (its global
+/// step times the inner steps of a window), so that a newcomer or a node that caught up trains at
+/// the network's rate rather than restarting its warm-up, and a window cut short does not hold
+/// the schedule back. AdamW's bias correction keeps counting the optimizer's own steps: it is
+/// about how many updates the moments have seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Schedule {
+    /// The position set, and the optimizer's step count when it was set.
+    anchor: Option<(u64, u64)>,
+}
+
+impl Schedule {
+    pub(crate) fn position(&self, steps: u64) -> u64 {
+        match self.anchor {
+            Some((position, steps_then)) => position + steps.saturating_sub(steps_then),
+            None => steps,
+        }
+    }
+
+    pub(crate) fn set(&mut self, position: u64, steps: u64) {
+        self.anchor = Some((position, steps));
+    }
+}
+
 /// AdamW's moments, one pair per parameter in protocol order, and the number of steps taken.
 /// The update is PyTorch's single-tensor AdamW: decay, moment updates, bias-corrected step.
 pub struct AdamW {
     pub(crate) exp_avg: Vec<Tensor>,
     pub(crate) exp_avg_sq: Vec<Tensor>,
     pub(crate) step: u64,
+    schedule: Schedule,
     betas: [f64; 2],
     eps: f64,
     weight_decay: f64,
@@ -51,6 +77,7 @@ impl AdamW {
             exp_avg: zeros()?,
             exp_avg_sq: zeros()?,
             step: 0,
+            schedule: Schedule::default(),
             betas: config.betas,
             eps: config.eps,
             weight_decay: config.weight_decay,
@@ -77,6 +104,16 @@ impl AdamW {
     /// Optimizer steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The learning-rate schedule's position for the next step ([`Schedule`]).
+    pub fn schedule_step(&self) -> u64 {
+        self.schedule.position(self.step)
+    }
+
+    /// Puts the schedule at `position` for the next step; each step advances it by one.
+    pub fn set_schedule_step(&mut self, position: u64) {
+        self.schedule.set(position, self.step);
     }
 
     /// The moments as they are now, for a reader on another thread (a background save) that
@@ -279,6 +316,23 @@ impl StepConstants {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_schedule_anchored_to_the_network_advances_with_each_step() {
+        let mut schedule = Schedule::default();
+        assert_eq!(
+            schedule.position(7),
+            7,
+            "unanchored: the optimizer's own steps"
+        );
+        // The network is at global step 4 of 30-step windows; this optimizer has taken 2 steps.
+        schedule.set(120, 2);
+        assert_eq!(schedule.position(2), 120);
+        assert_eq!(schedule.position(5), 123);
+        // A window cut short: the next one is anchored afresh, not from where the steps ended.
+        schedule.set(150, 5);
+        assert_eq!(schedule.position(5), 150);
+    }
+
     use super::*;
 
     fn config() -> TrainConfig {

@@ -14,7 +14,7 @@ use crate::buckets::{BUCKET_VALUES, Bucket, Placed, Segment, buckets};
 use crate::config::TrainConfig;
 use crate::error::EngineError;
 use crate::model::Llama;
-use crate::optim::{Hyper, STEP_PIECE, StepConstants, learning_rate};
+use crate::optim::{Hyper, STEP_PIECE, Schedule, StepConstants, learning_rate};
 use crate::train::{Batch, StepStats, accumulate_gradients};
 
 /// A model trained by one rank of a process group; every rank holds the whole model and the
@@ -97,6 +97,7 @@ pub struct ShardedAdamW {
     /// A whole (padded) bucket, reused by every bucket: gradients in, weights gathered out.
     pub(crate) scratch: Tensor,
     steps: u64,
+    schedule: Schedule,
     /// Set when a step failed after its first collective: the ranks may now disagree (some
     /// tensors stepped, others not), so no further step is taken on this group.
     broken: bool,
@@ -180,6 +181,7 @@ impl ShardedAdamW {
             world,
             piece: STEP_PIECE,
             steps: 0,
+            schedule: Schedule::default(),
             broken: false,
         })
     }
@@ -208,6 +210,16 @@ impl ShardedAdamW {
 
     pub(crate) fn set_steps(&mut self, steps: u64) {
         self.steps = steps;
+    }
+
+    /// The learning-rate schedule's position for the next step (as [`AdamW::schedule_step`]).
+    pub fn schedule_step(&self) -> u64 {
+        self.schedule.position(self.steps)
+    }
+
+    /// Puts the schedule at `position` for the next step; each step advances it by one.
+    pub fn set_schedule_step(&mut self, position: u64) {
+        self.schedule.set(position, self.steps);
     }
 
     /// The first moments' spans, then the second's, bucket by bucket.
@@ -320,7 +332,7 @@ impl ShardedAdamW {
         let (squares, loss) =
             tch::no_grad(|| self.sum_across_ranks(group, &stepped, local_loss, model.device()))?;
         let grad_norm = squares.sqrt();
-        let lr = learning_rate(&self.config, self.steps);
+        let lr = learning_rate(&self.config, self.schedule_step());
         self.steps += 1;
         tch::no_grad(|| self.update_and_gather(model, group, &stepped, grad_norm, lr))?;
         Ok(StepStats {

@@ -155,7 +155,7 @@ pub fn train_step(
     batch: &Batch,
 ) -> Result<StepStats, EngineError> {
     let gradients = compute_gradients(model, config, batch)?;
-    let lr = learning_rate(config, optimizer.steps());
+    let lr = learning_rate(config, optimizer.schedule_step());
     optimizer.step(&mut model.params, lr)?;
     Ok(StepStats {
         loss: gradients.loss,

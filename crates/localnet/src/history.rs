@@ -338,6 +338,7 @@ mod tests {
                 steps: 4,
                 samples: 32,
                 mean_loss: 3.5,
+                lr: 1e-3,
                 train_seconds: 5.0,
                 compute_share: 0.5,
             },

@@ -105,6 +105,10 @@ pub enum Event {
         steps: u32,
         samples: u32,
         mean_loss: f64,
+        /// The inner learning rate of the last step (the schedule follows the network's
+        /// global step). Absent from events written before it was recorded.
+        #[serde(default)]
+        lr: f64,
         /// Seconds spent in inner steps, and that over the window's length.
         train_seconds: f64,
         compute_share: f64,

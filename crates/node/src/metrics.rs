@@ -28,6 +28,7 @@ pub struct Metrics {
     windows_completed: u64,
     global_step: Option<u64>,
     train_loss: Option<f64>,
+    learning_rate: Option<f64>,
     compute_share: Option<f64>,
     validation: Option<(f64, f64)>,
     uploads: BTreeMap<bool, u64>,
@@ -67,6 +68,7 @@ impl Metrics {
             windows_completed: 0,
             global_step: None,
             train_loss: None,
+            learning_rate: None,
             compute_share: None,
             validation: None,
             uploads: [(true, 0), (false, 0)].into(),
@@ -93,10 +95,12 @@ impl Metrics {
             Event::Phase { phase, .. } => self.phase = Some(*phase),
             Event::Trained {
                 mean_loss,
+                lr,
                 compute_share,
                 ..
             } => {
                 self.train_loss = Some(*mean_loss);
+                self.learning_rate = Some(*lr);
                 self.compute_share = Some(*compute_share);
             }
             Event::Uploaded { bytes, in_slot, .. } => {
@@ -244,6 +248,11 @@ impl Metrics {
             "templar_train_loss",
             "Mean training loss of the miner's last window.",
             self.train_loss,
+        );
+        out.scalar_gauge(
+            "templar_inner_learning_rate",
+            "Inner learning rate of the miner's last step (the schedule follows the global step).",
+            self.learning_rate,
         );
         out.scalar_gauge(
             "templar_compute_share",
@@ -463,6 +472,7 @@ mod tests {
                 steps: 4,
                 samples: 32,
                 mean_loss: 5.5 - window as f64 / 10.0,
+                lr: 3e-4,
                 train_seconds: 12.0,
                 compute_share: 0.4,
             },
@@ -546,6 +556,7 @@ mod tests {
         );
         assert_eq!(value(&text, "templar_global_step"), 3.0);
         assert_eq!(value(&text, "templar_train_loss"), 5.2);
+        assert_eq!(value(&text, "templar_inner_learning_rate"), 3e-4);
         assert_eq!(value(&text, "templar_compute_share"), 0.4);
         assert_eq!(
             value(&text, r#"templar_uploads_total{in_slot="true"}"#),

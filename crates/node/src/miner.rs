@@ -467,14 +467,23 @@ impl<C: Chain> Miner<C> {
         let data = &self.node.data;
         let assignment = data.assignment(data_uid, window);
         let started = Instant::now();
-        let (mut steps, mut loss_sum) = (0u32, 0.0);
+        let (mut steps, mut loss_sum, mut lr) = (0u32, 0.0, 0.0);
+        // The inner schedule follows the network, not this miner's own step count: a newcomer,
+        // a miner that caught up and one whose last window was cut short all train at the
+        // rate of everyone else.
+        self.replica.set_schedule_step(network_schedule_step(
+            self.position.global_step,
+            &self.node.config,
+        ));
         for ids in assignment.chunks_exact(data.batch_size) {
             if now_ms() as f64 + self.step_seconds * 1500.0 > train_until as f64 {
                 break;
             }
             let step_started = Instant::now();
             let (batch, _) = data.batch(Split::Train, ids)?;
-            loss_sum += self.replica.train_step(&batch)?.loss;
+            let stats = self.replica.train_step(&batch)?;
+            loss_sum += stats.loss;
+            lr = stats.lr;
             steps += 1;
             let seconds = step_started.elapsed().as_secs_f64();
             self.step_seconds = if self.step_seconds == 0.0 {
@@ -493,6 +502,7 @@ impl<C: Chain> Miner<C> {
             steps,
             samples: steps * data.batch_size as u32,
             mean_loss: loss_sum / f64::from(steps),
+            lr,
             train_seconds,
             compute_share: if window_ms > 0.0 {
                 train_seconds * 1000.0 / window_ms
@@ -573,4 +583,10 @@ impl<C: Chain> Miner<C> {
     fn finish_saving(&mut self) -> Result<(), NodeError> {
         self.saving.finish(&mut self.error_feedback)
     }
+}
+
+/// Where the inner learning-rate schedule stands at the start of a window: the network's global
+/// step (the outer steps taken) times the inner steps of a window, the same for every node.
+pub fn network_schedule_step(global_step: u64, config: &crate::NetworkConfig) -> u64 {
+    global_step * u64::from(config.training.inner_steps)
 }

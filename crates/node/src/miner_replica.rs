@@ -44,6 +44,14 @@ impl MinerReplica {
         }
     }
 
+    /// Puts the inner learning-rate schedule at `position` for the next step, on every rank.
+    pub fn set_schedule_step(&mut self, position: u64) {
+        match self {
+            MinerReplica::Whole(replica) => replica.set_schedule_step(position),
+            MinerReplica::FullySharded(replica) => replica.set_schedule_step(position),
+        }
+    }
+
     /// The outer step; the miner runs on rank 0, which gets the node's payload.
     pub fn outer_step(&mut self, error_feedback: &mut [Vec<f32>]) -> Result<Payload, NodeError> {
         match self {

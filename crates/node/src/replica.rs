@@ -367,7 +367,15 @@ impl Replica {
     /// One inner step on the live weights (miners only); over a node's ranks, each trains on
     /// its share of the batch's rows.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
-        self.tell_followers(|| Command::Train(WireBatch::of(batch)))?;
+        let schedule_step = match &self.optimizer {
+            Some(InnerOptimizer::Local(adamw)) => adamw.schedule_step(),
+            Some(InnerOptimizer::Sharded(sharded)) => sharded.schedule_step(),
+            None => 0,
+        };
+        self.tell_followers(|| Command::Train {
+            batch: WireBatch::of(batch),
+            schedule_step,
+        })?;
         let optimizer = self.optimizer.as_mut().ok_or_else(|| {
             NodeError::Config(
                 "this replica has no optimizer: it is a validator's, which never trains".into(),
@@ -386,6 +394,16 @@ impl Replica {
                 ));
             }
         })
+    }
+
+    /// Puts the inner learning-rate schedule at `position` for the next step (a miner anchors
+    /// it to the network's global step each window); each step advances it by one.
+    pub fn set_schedule_step(&mut self, position: u64) {
+        match &mut self.optimizer {
+            Some(InnerOptimizer::Local(adamw)) => adamw.set_schedule_step(position),
+            Some(InnerOptimizer::Sharded(sharded)) => sharded.set_schedule_step(position),
+            None => {}
+        }
     }
 
     /// Optimizer steps taken.

@@ -5,9 +5,10 @@
 
 use templar_codec::{Payload, compress, encode};
 use templar_engine::memory::Role;
-use templar_engine::{Batch, Device, Llama, NamedBuffer, Preset};
+use templar_engine::{Batch, Device, Llama, NamedBuffer, Preset, learning_rate};
 use templar_node::Fingerprint;
 use templar_node::config::NetworkConfig;
+use templar_node::miner::network_schedule_step;
 use templar_node::replica::Replica;
 
 fn config() -> NetworkConfig {
@@ -157,4 +158,33 @@ fn a_sharded_checkpoint_resumes_to_the_same_fingerprint() {
     let error = target.load_weights(dir.path()).unwrap_err().to_string();
     assert!(error.contains(shard.as_str()), "{error}");
     assert_eq!(target.fingerprint(), fingerprint);
+}
+
+#[test]
+fn a_miner_trains_at_the_networks_learning_rate_not_its_own_step_count() {
+    let config = config();
+    let train = &config.model.train;
+    let mut newcomer = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    // The network is 10 outer steps in: a newcomer's first step is where everyone else is in
+    // the schedule, not at the start of its own warm-up.
+    let position = network_schedule_step(10, &config);
+    assert_eq!(position, 10 * u64::from(config.training.inner_steps));
+    newcomer.set_schedule_step(position);
+    let first = newcomer.train_step(&batch(&config, 1)).unwrap();
+    assert_eq!(first.lr, learning_rate(train, position));
+    assert_ne!(first.lr, learning_rate(train, 0));
+    let second = newcomer.train_step(&batch(&config, 2)).unwrap();
+    assert_eq!(second.lr, learning_rate(train, position + 1));
+    // A window cut short: the next window is anchored afresh from the global step.
+    newcomer.set_schedule_step(network_schedule_step(11, &config));
+    let next = newcomer.train_step(&batch(&config, 3)).unwrap();
+    assert_eq!(
+        next.lr,
+        learning_rate(train, network_schedule_step(11, &config))
+    );
+    assert_eq!(
+        newcomer.optimizer_steps(),
+        3,
+        "AdamW still counts its own steps"
+    );
 }

@@ -14,8 +14,12 @@ use crate::error::NodeError;
 /// same bits and take part in the same collectives.
 #[derive(Debug)]
 pub enum Command {
-    /// One inner step on this batch (each rank takes its share of the rows).
-    Train(WireBatch),
+    /// One inner step on this batch (each rank takes its share of the rows), at this position
+    /// of the learning-rate schedule.
+    Train {
+        batch: WireBatch,
+        schedule_step: u64,
+    },
     /// The outer step ([`super::outer_step`]).
     OuterStep,
     /// Apply the aggregate of these encoded payloads, in this order.
@@ -200,7 +204,7 @@ impl Command {
     /// The command's name, for messages (its data can be large).
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Train(_) => "train",
+            Command::Train { .. } => "train",
             Command::OuterStep => "outer step",
             Command::Apply(_) => "apply",
             Command::Load(_) => "load",
@@ -222,8 +226,12 @@ impl Command {
             out.extend_from_slice(dir.as_os_str().as_bytes());
         };
         match self {
-            Command::Train(batch) => {
+            Command::Train {
+                batch,
+                schedule_step,
+            } => {
                 out.push(TRAIN);
+                out.extend_from_slice(&schedule_step.to_le_bytes());
                 batch.write(&mut out);
             }
             Command::OuterStep => out.push(OUTER_STEP),
@@ -301,7 +309,16 @@ impl Command {
             .ok_or_else(|| bad("an empty command"))?;
         let path = |rest: &[u8]| PathBuf::from(OsStr::from_bytes(rest));
         let command = match tag {
-            TRAIN => Command::Train(WireBatch::read(&mut rest).ok_or_else(|| bad("a cut batch"))?),
+            TRAIN => {
+                let (step, batch) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| bad("a cut schedule step"))?;
+                rest = batch;
+                Command::Train {
+                    schedule_step: u64::from_le_bytes(*step),
+                    batch: WireBatch::read(&mut rest).ok_or_else(|| bad("a cut batch"))?,
+                }
+            }
             OUTER_STEP => Command::OuterStep,
 
             LOAD => return Ok(Command::Load(path(rest))),
@@ -435,13 +452,20 @@ mod tests {
             assert_eq!((dir, back), (PathBuf::from("/state/gen-2"), saved));
         }
 
-        let mut cut = Command::Train(WireBatch {
-            rows: 1,
-            seq_len: 2,
-            tokens: vec![1, 2],
-            labels: vec![1, 2],
-        })
-        .encode();
+        let train = Command::Train {
+            batch: WireBatch {
+                rows: 1,
+                seq_len: 2,
+                tokens: vec![1, 2],
+                labels: vec![1, 2],
+            },
+            schedule_step: 1_234,
+        };
+        let Ok(Command::Train { schedule_step, .. }) = Command::decode(train.encode()) else {
+            panic!("not a train command");
+        };
+        assert_eq!(schedule_step, 1_234);
+        let mut cut = train.encode();
         cut.pop();
         assert!(Command::decode(cut).is_err());
         assert!(Command::decode(vec![RESTORE, 0]).is_err());

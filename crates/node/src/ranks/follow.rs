@@ -24,7 +24,11 @@ pub fn follow(
     let mut candidates: Vec<Payload> = Vec::new();
     loop {
         match joined(replica)?.receive()? {
-            Command::Train(batch) => {
+            Command::Train {
+                batch,
+                schedule_step,
+            } => {
+                replica.set_schedule_step(schedule_step);
                 replica.train_step(&batch.batch(vocab)?)?;
             }
             Command::OuterStep => {

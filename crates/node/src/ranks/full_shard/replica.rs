@@ -111,8 +111,17 @@ impl FullyShardedReplica {
 
     /// One inner step on `batch`, every rank training on its share of the rows.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats, NodeError> {
-        self.tell(|| Command::Train(WireBatch::of(batch)))?;
+        let schedule_step = self.trainer.schedule_step();
+        self.tell(|| Command::Train {
+            batch: WireBatch::of(batch),
+            schedule_step,
+        })?;
         Ok(self.trainer.train_step(batch)?)
+    }
+
+    /// Puts the inner learning-rate schedule at `position` for the next step.
+    pub fn set_schedule_step(&mut self, position: u64) {
+        self.trainer.set_schedule_step(position);
     }
 
     /// The outer step ([`outer_step_on_shards`]): the payload on rank 0, `None` elsewhere.
@@ -331,7 +340,11 @@ pub fn follow_on_shards(
     let vocab = config.model.model.vocab_size;
     loop {
         match replica.receive()? {
-            Command::Train(batch) => {
+            Command::Train {
+                batch,
+                schedule_step,
+            } => {
+                replica.set_schedule_step(schedule_step);
                 replica.train_step(&batch.batch(vocab)?)?;
             }
             Command::OuterStep => {
