@@ -44,6 +44,15 @@ pub enum AnyChain {
 impl AnyChain {
     /// Opens the chain `target` names. A subtensor needs the subnet's `netuid`; a LocalChain
     /// knows its own, and a given `netuid` must match it.
+    /// Keeps weight commits awaiting their reveal in `path` across restarts (a subtensor's;
+    /// a LocalChain has no commit-reveal). Returns how many a previous run left there.
+    pub fn keep_reveals_in(&mut self, path: std::path::PathBuf) -> usize {
+        match self {
+            AnyChain::Local(_) => 0,
+            AnyChain::Subtensor(chain) => chain.keep_reveals_in(path),
+        }
+    }
+
     pub async fn open(target: &ChainTarget, netuid: Option<u16>) -> ChainResult<AnyChain> {
         match target {
             ChainTarget::Local(path) => {
@@ -124,6 +133,10 @@ impl Chain for AnyChain {
         version_key: u64,
     ) -> ChainResult<()> {
         each!(self, chain => chain.set_weights(hotkey, uids, weights, version_key).await)
+    }
+
+    async fn reveal_due_weights(&self, hotkey: &Keypair) -> ChainResult<usize> {
+        each!(self, chain => chain.reveal_due_weights(hotkey).await)
     }
 }
 

@@ -60,4 +60,13 @@ pub trait Chain: Send + Sync {
         weights: &[u16],
         version_key: u64,
     ) -> impl Future<Output = ChainResult<()>> + Send;
+
+    /// Reveals the hotkey's weight commits that are due now (commit-reveal subnets) and drops the
+    /// expired ones; returns how many were revealed. A chain without commit-reveal has none.
+    fn reveal_due_weights(
+        &self,
+        _hotkey: &Keypair,
+    ) -> impl Future<Output = ChainResult<usize>> + Send {
+        std::future::ready(Ok(0))
+    }
 }

@@ -187,6 +187,11 @@ pub enum ChainError {
     NetuidRequired(String),
     #[error("{chain} has no subnet {netuid}: check --netuid")]
     NoSubnet { chain: String, netuid: u16 },
+    #[error("keeping the pending weight reveals in {path}: {reason}")]
+    PendingReveals {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl ChainError {

@@ -230,9 +230,12 @@ async fn chopsticks_commit_reveal_weights() {
             .expect(entry);
     }
     dev.new_blocks(1).await.expect("block");
-    let chain = Subtensor::connect(&node.url, NETUID)
+    let state = tempfile::tempdir().expect("state dir");
+    let reveals = state.path().join("pending-reveals.json");
+    let mut chain = Subtensor::connect(&node.url, NETUID)
         .await
         .expect("connect");
+    assert_eq!(chain.keep_reveals_in(reveals.clone()), 0);
     let hyperparameters = chain.hyperparameters().await.expect("hyperparameters");
     assert!(hyperparameters.commit_reveal_weights_enabled);
     assert_eq!(hyperparameters.tempo, 9, "{hyperparameters:?}");
@@ -253,15 +256,33 @@ async fn chopsticks_commit_reveal_weights() {
         .set_weights(&hotkey, &[0, uid], &[65535, 1], 0)
         .await
         .expect("commit");
-    let committed = last_update(&chain, uid).await;
+    assert!(last_update(&chain, uid).await > 0, "the commit landed");
+    assert!(
+        reveals.exists(),
+        "the commit awaiting its reveal is on disk"
+    );
+    assert_eq!(chain.reveal_due_weights(&hotkey).await.expect("not due"), 0);
+    // The validator stops before the reveal is due, and a new process takes the commit up.
+    drop(chain);
     dev.new_blocks(10).await.expect("an epoch");
+    let mut chain = Subtensor::connect(&node.url, NETUID)
+        .await
+        .expect("reconnect");
+    assert_eq!(chain.keep_reveals_in(reveals.clone()), 1);
+    // The runtime accepted the reveal (ExtrinsicSuccess): the hash matched the commit made
+    // before the restart. (LastUpdate moves on the commit, not on the reveal.)
+    assert_eq!(chain.reveal_due_weights(&hotkey).await.expect("reveal"), 1);
+    assert_eq!(
+        chain
+            .reveal_due_weights(&hotkey)
+            .await
+            .expect("nothing left"),
+        0
+    );
+    assert!(!reveals.exists(), "nothing is pending once revealed");
     chain
         .set_weights(&hotkey, &[0, uid], &[65535, 2], 0)
         .await
-        .expect("reveal and commit");
-    let revealed = last_update(&chain, uid).await;
-    assert!(
-        revealed > committed,
-        "the reveal set weights: last_update {committed} → {revealed}"
-    );
+        .expect("the next commit");
+    assert!(reveals.exists());
 }

@@ -208,6 +208,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A validator's weight commits awaiting their reveal, in its state folder.
+const PENDING_REVEALS_FILE: &str = "pending-reveals.json";
+
 pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     let world = args.ranks as usize;
     if (world > 1 || args.shard == crate::ranks::Shard::Full) && args.behavior.is_some() {
@@ -288,7 +291,15 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     };
     let device = ranked.as_ref().map_or(device, |(device, _)| *device);
     let hotkey = args.wallet.hotkey()?;
-    let chain = args.chain.open().await?;
+    let mut chain = args.chain.open().await?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("templar-state")
+            .join(format!("{}-{}", args.wallet.wallet, args.wallet.hotkey))
+    });
+    if role == Role::Validator {
+        // Weight commits awaiting their reveal outlive a restart (commit-reveal subnets).
+        chain.keep_reveals_in(state_dir.join(PENDING_REVEALS_FILE));
+    }
     let store_config = StoreConfig {
         s3: S3Settings {
             endpoint: args.storage_endpoint.clone(),
@@ -322,10 +333,6 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         secret_access_key: args.read_secret_access_key.clone(),
     };
     node.uid = node.announce(role, &commitment).await?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        PathBuf::from("templar-state")
-            .join(format!("{}-{}", args.wallet.wallet, args.wallet.hotkey))
-    });
     let window = node.clock.window_of(node.chain.block().await?.number);
     let (stop_tx, requested) = tokio::sync::watch::channel(false);
     let stop = Stop {

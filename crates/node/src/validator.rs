@@ -414,6 +414,13 @@ impl<C: Chain> Validator<C> {
     }
 
     async fn set_weights(&mut self, window: u64, peers: &WindowPeers) {
+        // Commits from earlier windows (or from before a restart) are revealed in the epoch they
+        // come due, whether or not weights are set this window.
+        match self.node.chain.reveal_due_weights(&self.node.hotkey).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(window, "revealed {count} weight commit(s)"),
+            Err(error) => self.node.failed(Part::Chain, "revealing weights", &error),
+        }
         let config = &self.node.config;
         let current: Ledger = self
             .state

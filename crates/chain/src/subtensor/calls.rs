@@ -163,7 +163,7 @@ pub fn add_stake(
 }
 
 /// Weights committed now and revealed later (subnets with commit-reveal enabled).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reveal {
     pub uids: Vec<u16>,
     pub weights: Vec<u16>,

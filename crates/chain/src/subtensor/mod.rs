@@ -9,6 +9,7 @@ mod calls;
 pub mod dev;
 mod errors;
 mod neurons;
+mod pending;
 mod reads;
 mod retry;
 mod reveal;
@@ -16,6 +17,7 @@ mod values;
 mod writes;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use subxt::backend::legacy::LegacyRpcMethods;
@@ -30,6 +32,7 @@ use crate::types::{BlockInfo, ChainError, Hyperparameters, MAX_COMMITMENT_LEN, M
 pub use calls::Reveal;
 use calls::{COMMITMENTS, SUBTENSOR};
 use errors::rpc;
+use pending::{PendingFile, PendingReveal};
 
 /// Bittensor mainnet.
 pub const FINNEY: &str = "wss://entrypoint-finney.opentensor.ai:443";
@@ -65,7 +68,9 @@ pub struct Subtensor {
     rpc: LegacyRpcMethods<PolkadotConfig>,
     block_time_ms: u64,
     /// Weights committed on a commit-reveal subnet and not yet revealed.
-    reveals: Mutex<Vec<Reveal>>,
+    reveals: Mutex<Vec<PendingReveal>>,
+    /// Where they are kept across restarts ([`Subtensor::keep_reveals_in`]).
+    reveals_file: Option<PendingFile>,
     updater: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +122,7 @@ impl Subtensor {
             client,
             block_time_ms,
             reveals: Mutex::new(Vec::new()),
+            reveals_file: None,
             updater,
         };
         let (_, head) = chain.head().await?;
@@ -131,6 +137,27 @@ impl Subtensor {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Keeps weights committed and not yet revealed in `path` (beside the validator's state), and
+    /// takes up those a previous run left there: they are revealed when due, as if the process had
+    /// never stopped. Returns how many were taken up.
+    pub fn keep_reveals_in(&mut self, path: PathBuf) -> usize {
+        let file = PendingFile {
+            path,
+            netuid: self.netuid,
+        };
+        let loaded = file.load();
+        let count = loaded.len();
+        if count > 0 {
+            tracing::info!(
+                path = %file.path.display(),
+                "{count} weight commit(s) from before the restart await their reveal"
+            );
+        }
+        self.reveals.get_mut().extend(loaded);
+        self.reveals_file = Some(file);
+        count
     }
 
     /// Milliseconds between blocks, from the runtime's constants.
@@ -340,6 +367,10 @@ impl Chain for Subtensor {
         self.submit(hotkey, "set_commitment", payload)
             .await
             .map(drop)
+    }
+
+    async fn reveal_due_weights(&self, hotkey: &Keypair) -> ChainResult<usize> {
+        self.reveal_due(hotkey).await
     }
 
     async fn set_weights(

@@ -10,6 +10,7 @@ use templar_protocol::keys::SUBSTRATE_CONTEXT;
 use super::Subtensor;
 use super::calls::{self, Reveal, SUBTENSOR};
 use super::errors::{refused, rpc};
+use super::pending::PendingReveal;
 use super::reveal::{self, RevealTiming};
 use crate::chain::ChainResult;
 use crate::types::ChainError;
@@ -78,36 +79,9 @@ impl Subtensor {
         version_key: u64,
     ) -> ChainResult<()> {
         let (head, at) = self.head().await?;
-        let timing = RevealTiming {
-            netuid: self.netuid,
-            tempo: self.read_number(at, SUBTENSOR, "Tempo").await?,
-            reveal_period: self
-                .read_number(at, SUBTENSOR, "RevealPeriodEpochs")
-                .await?,
-        };
+        let timing = self.reveal_timing(at).await?;
         let mut pending = self.reveals.lock().await;
-        let mut kept = Vec::new();
-        for reveal in pending.drain(..) {
-            if timing.is_expired(reveal.committed_at, head) {
-                tracing::warn!(
-                    committed_at = reveal.committed_at,
-                    "weights commit expired before it could be revealed"
-                );
-            } else if !timing.is_due(reveal.committed_at, head) {
-                kept.push(reveal);
-            } else {
-                let payload =
-                    self.metadata_call(|m| calls::reveal_weights(m, &reveal, self.netuid))?;
-                match self.submit(hotkey, "reveal_weights", payload).await {
-                    Ok(block) => tracing::info!(
-                        block,
-                        committed_at = reveal.committed_at,
-                        "revealed weights"
-                    ),
-                    Err(error) => tracing::warn!(%error, "revealing weights"),
-                }
-            }
-        }
+        self.reveal_from(&mut pending, hotkey, head, timing).await;
         let mut reveal = Reveal {
             uids: uids.to_vec(),
             weights: weights.to_vec(),
@@ -117,10 +91,92 @@ impl Subtensor {
         };
         let hash = reveal.commit_hash(hotkey.account().as_bytes(), self.netuid);
         let payload = self.metadata_call(|m| calls::commit_weights(m, self.netuid, hash))?;
-        reveal.committed_at = self.submit(hotkey, "commit_weights", payload).await?;
-        kept.push(reveal);
+        let committed = self.submit(hotkey, "commit_weights", payload).await;
+        if let Ok(block) = committed {
+            reveal.committed_at = block;
+            pending.push(PendingReveal {
+                hotkey: hotkey.account().to_string(),
+                reveal,
+            });
+        }
+        self.store_reveals(&pending)?;
+        committed.map(drop)
+    }
+
+    /// Reveals the pending commits that are due now and drops the expired ones; returns how many
+    /// were revealed.
+    pub(super) async fn reveal_due(&self, hotkey: &Keypair) -> ChainResult<usize> {
+        let mut pending = self.reveals.lock().await;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let (head, at) = self.head().await?;
+        let timing = self.reveal_timing(at).await?;
+        let revealed = self.reveal_from(&mut pending, hotkey, head, timing).await;
+        self.store_reveals(&pending)?;
+        Ok(revealed)
+    }
+
+    async fn reveal_timing(&self, at: subxt::utils::H256) -> ChainResult<RevealTiming> {
+        Ok(RevealTiming {
+            netuid: self.netuid,
+            tempo: self.read_number(at, SUBTENSOR, "Tempo").await?,
+            reveal_period: self
+                .read_number(at, SUBTENSOR, "RevealPeriodEpochs")
+                .await?,
+        })
+    }
+
+    /// Reveals from `pending` what is due at `head`, keeps what is not due yet, drops what
+    /// expired or another hotkey committed; returns how many were revealed.
+    async fn reveal_from(
+        &self,
+        pending: &mut Vec<PendingReveal>,
+        hotkey: &Keypair,
+        head: u64,
+        timing: RevealTiming,
+    ) -> usize {
+        let mut kept = Vec::new();
+        let mut revealed = 0;
+        for entry in pending.drain(..) {
+            let committed_at = entry.reveal.committed_at;
+            if !entry.by(&hotkey.account()) {
+                tracing::warn!(
+                    committed_at,
+                    by = entry.hotkey,
+                    "a weights commit by another hotkey cannot be revealed with this one; dropped"
+                );
+            } else if timing.is_expired(committed_at, head) {
+                tracing::warn!(
+                    committed_at,
+                    "weights commit expired before it could be revealed"
+                );
+            } else if !timing.is_due(committed_at, head) {
+                kept.push(entry);
+            } else {
+                match self.reveal_one(hotkey, &entry.reveal).await {
+                    Ok(block) => {
+                        revealed += 1;
+                        tracing::info!(block, committed_at, "revealed weights");
+                    }
+                    Err(error) => tracing::warn!(%error, "revealing weights"),
+                }
+            }
+        }
         *pending = kept;
-        Ok(())
+        revealed
+    }
+
+    async fn reveal_one(&self, hotkey: &Keypair, reveal: &Reveal) -> ChainResult<u64> {
+        let payload = self.metadata_call(|m| calls::reveal_weights(m, reveal, self.netuid))?;
+        self.submit(hotkey, "reveal_weights", payload).await
+    }
+
+    fn store_reveals(&self, pending: &[PendingReveal]) -> ChainResult<()> {
+        match &self.reveals_file {
+            Some(file) => file.store(pending),
+            None => Ok(()),
+        }
     }
 }
 
