@@ -42,8 +42,6 @@ pub enum AnyChain {
 }
 
 impl AnyChain {
-    /// Opens the chain `target` names. A subtensor needs the subnet's `netuid`; a LocalChain
-    /// knows its own, and a given `netuid` must match it.
     /// Keeps weight commits awaiting their reveal in `path` across restarts (a subtensor's;
     /// a LocalChain has no commit-reveal). Returns how many a previous run left there.
     pub fn keep_reveals_in(&mut self, path: std::path::PathBuf) -> usize {
@@ -53,6 +51,8 @@ impl AnyChain {
         }
     }
 
+    /// Opens the chain `target` names. A subtensor needs the subnet's `netuid`; a LocalChain
+    /// knows its own, and a given `netuid` must match it.
     pub async fn open(target: &ChainTarget, netuid: Option<u16>) -> ChainResult<AnyChain> {
         match target {
             ChainTarget::Local(path) => {

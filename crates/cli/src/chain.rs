@@ -319,7 +319,7 @@ fn init(args: InitArgs) -> Result<()> {
     };
     let chain = LocalChain::create(&path, &genesis)?;
     let value = serde_json::json!({
-        "path": chain.path(),
+        "path": chain.path().display().to_string(),
         "netuid": genesis.netuid,
         "block_time_ms": genesis.block_time_ms,
         "tempo": genesis.hyperparameters.tempo,

@@ -55,7 +55,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         PrepareOutcome::UpToDate(m) => ("up_to_date", "already up to date", m),
     };
     let value = serde_json::json!({
-        "out": args.out,
+        "out": args.out.display().to_string(),
         "outcome": outcome,
         "documents": manifest.documents,
         "train_samples": manifest.train.samples,

@@ -199,17 +199,15 @@ pub fn run_network(command: NetworkCommand) -> Result<()> {
     }
     config.write(&out)?;
     let id = hex(&config.network()?.id());
-    format.print(&serde_json::json!({"path": out, "network_id": id}), || {
-        format!("wrote {} (network id {id})", out.display())
-    })
+    format.print(
+        &serde_json::json!({"path": out.display().to_string(), "network_id": id}),
+        || format!("wrote {} (network id {id})", out.display()),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// A validator's weight commits awaiting their reveal, in its state folder.
-const PENDING_REVEALS_FILE: &str = "pending-reveals.json";
 
 pub fn run(role: Role, args: NodeArgs) -> Result<()> {
     let world = args.ranks as usize;
@@ -298,7 +296,9 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     });
     if role == Role::Validator {
         // Weight commits awaiting their reveal outlive a restart (commit-reveal subnets).
-        chain.keep_reveals_in(state_dir.join(PENDING_REVEALS_FILE));
+        // One file per subnet: a state folder reused on another subnet keeps both.
+        let netuid = chain.netuid();
+        chain.keep_reveals_in(state_dir.join(format!("pending-reveals-{netuid}.json")));
     }
     let store_config = StoreConfig {
         s3: S3Settings {

@@ -152,14 +152,7 @@ fn create(args: CreateArgs) -> Result<()> {
     args.format.print(&value, || {
         let lines: Vec<String> = created
             .iter()
-            .map(|key| {
-                format!(
-                    "{} {} written to {}",
-                    key.kind,
-                    key.account,
-                    key.path.display()
-                )
-            })
+            .map(|key| format!("{} {} written to {}", key.kind, key.account, key.path))
             .collect();
         lines.join("\n")
     })
@@ -170,7 +163,8 @@ fn create(args: CreateArgs) -> Result<()> {
 struct CreatedKey {
     kind: &'static str,
     account: String,
-    path: std::path::PathBuf,
+    /// Shown, not parsed: a path that is not UTF-8 is still printed.
+    path: String,
 }
 
 fn new_password(wallet: &str) -> Result<String> {
@@ -211,7 +205,7 @@ fn announce(
     CreatedKey {
         kind,
         account,
-        path: path.to_path_buf(),
+        path: path.display().to_string(),
     }
 }
 
@@ -233,7 +227,7 @@ fn list(args: &WalletArgs, format: Format) -> Result<()> {
         })
         .collect();
     format.print(
-        &serde_json::json!({"wallets_dir": root, "wallets": wallets}),
+        &serde_json::json!({"wallets_dir": root.display().to_string(), "wallets": wallets}),
         || {
             if wallets.is_empty() {
                 return format!(

@@ -2,6 +2,9 @@
 //! under test, and the tarball, unpacked in a new folder, runs a miner's window with an empty
 //! environment, loading libtorch from the package and nothing from this checkout or its cache.
 #![allow(clippy::unwrap_used)]
+// The test packages the binary under test as the CPU variant; a `cuda` build would be the 3.6 GB
+// CUDA one (scripts/gpu-check is where that one runs).
+#![cfg(not(feature = "cuda"))]
 
 mod common;
 

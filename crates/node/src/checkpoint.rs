@@ -217,7 +217,13 @@ pub async fn download(
         )));
     }
     let started = std::time::Instant::now();
-    let mut progress = Progress::new(descriptor.files.iter().map(|f| f.size).sum());
+    // The sizes come from the network (each is checked against MAX_FILE_BYTES below): a sum
+    // that saturates only makes the progress lines wrong, never the download.
+    let total = descriptor
+        .files
+        .iter()
+        .fold(0u64, |sum, f| sum.saturating_add(f.size));
+    let mut progress = Progress::new(total);
     for (index, entry) in descriptor.files.iter().enumerate() {
         let name = entry.name.as_str();
         if !is_plain_file_name(name) {
@@ -244,7 +250,7 @@ pub async fn download(
             .await
             .map_err(|e| NodeError::CatchUp(format!("checkpoint file {key}: {e}")))?
             .ok_or_else(|| NodeError::CatchUp(format!("checkpoint file {key} is gone")))?;
-        progress.done += entry.size;
+        progress.done = progress.done.saturating_add(entry.size);
         let elapsed = started.elapsed();
         tracing::info!(
             window = descriptor.window,

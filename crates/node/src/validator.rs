@@ -135,6 +135,8 @@ impl<C: Chain> Validator<C> {
     }
 
     pub async fn run(mut self, stop: Stop) -> Result<(), NodeError> {
+        // A commit from before a restart may come due during the catch-up below.
+        self.reveal_due(None).await;
         let current = self
             .node
             .clock
@@ -413,14 +415,18 @@ impl<C: Chain> Validator<C> {
         }
     }
 
-    async fn set_weights(&mut self, window: u64, peers: &WindowPeers) {
-        // Commits from earlier windows (or from before a restart) are revealed in the epoch they
-        // come due, whether or not weights are set this window.
+    /// Reveals weight commits that are due (commit-reveal subnets): those of earlier windows, or
+    /// from before a restart, in the epoch they come due whether or not weights are set now.
+    async fn reveal_due(&self, window: Option<u64>) {
         match self.node.chain.reveal_due_weights(&self.node.hotkey).await {
             Ok(0) => {}
-            Ok(count) => tracing::info!(window, "revealed {count} weight commit(s)"),
+            Ok(count) => tracing::info!(?window, "revealed {count} weight commit(s)"),
             Err(error) => self.node.failed(Part::Chain, "revealing weights", &error),
         }
+    }
+
+    async fn set_weights(&mut self, window: u64, peers: &WindowPeers) {
+        self.reveal_due(Some(window)).await;
         let config = &self.node.config;
         let current: Ledger = self
             .state

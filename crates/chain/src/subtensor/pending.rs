@@ -3,6 +3,7 @@
 //! of losing that period's weights.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -96,7 +97,14 @@ impl PendingFile {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(failed)?;
         let partial = self.path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial).map_err(failed)?;
+        // The weights and their salt are secret until revealed: the owner's alone.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(failed)?;
         file.write_all(&json).map_err(failed)?;
         file.sync_all().map_err(failed)?;
         std::fs::rename(&partial, &self.path).map_err(failed)?;
@@ -147,6 +155,10 @@ mod tests {
         let list = vec![pending(&hotkey, 100), pending(&hotkey, 110)];
         file.store(&list).unwrap();
         assert_eq!(file.load(), list);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file.path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "the salts are the owner's alone");
         assert!(list[0].by(&hotkey.account()));
         assert!(!list[0].by(&Keypair::generate().account()));
         file.store(&[]).unwrap();

@@ -91,13 +91,24 @@ impl Subtensor {
         };
         let hash = reveal.commit_hash(hotkey.account().as_bytes(), self.netuid);
         let payload = self.metadata_call(|m| calls::commit_weights(m, self.netuid, hash))?;
+        // On disk before it is sent, at the block it will most likely land in: a crash between
+        // the commit and the record would otherwise lose the salt that reveals it.
+        reveal.committed_at = head + 1;
+        pending.push(PendingReveal {
+            hotkey: hotkey.account().to_string(),
+            reveal,
+        });
+        self.store_reveals(&pending)?;
         let committed = self.submit(hotkey, "commit_weights", payload).await;
-        if let Ok(block) = committed {
-            reveal.committed_at = block;
-            pending.push(PendingReveal {
-                hotkey: hotkey.account().to_string(),
-                reveal,
-            });
+        match committed {
+            Ok(block) => {
+                if let Some(last) = pending.last_mut() {
+                    last.reveal.committed_at = block;
+                }
+            }
+            Err(_) => {
+                pending.pop();
+            }
         }
         self.store_reveals(&pending)?;
         committed.map(drop)
@@ -159,7 +170,13 @@ impl Subtensor {
                         revealed += 1;
                         tracing::info!(block, committed_at, "revealed weights");
                     }
-                    Err(error) => tracing::warn!(%error, "revealing weights"),
+                    // A lost connection may get through on the next try within the epoch; a
+                    // refusal (a hash that does not match) never will.
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(%error, committed_at, "revealing weights; trying again later");
+                        kept.push(entry);
+                    }
+                    Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
                 }
             }
         }
