@@ -279,15 +279,7 @@ impl<C: Chain> Miner<C> {
             .node
             .clock
             .window_of(self.node.chain.block().await?.number);
-        if current > 0 && self.position.last_window.is_none_or(|w| w + 1 < current) {
-            let previous = current - 1;
-            let slot = self.node.slot(previous).await?;
-            self.node
-                .wait_until(self.node.clock.end_block(previous), slot.closes_ms)
-                .await?;
-            self.position =
-                catchup::catch_up(&self.node, &mut self.replica, self.position, previous).await?;
-        }
+        self.catch_up_before(current).await?;
         let mut window = current;
         while !stop.now(window) {
             self.run_window(window).await?;
@@ -295,10 +287,33 @@ impl<C: Chain> Miner<C> {
                 .node
                 .clock
                 .window_of(self.node.chain.block().await?.number);
+            // Windows that went by while this one ran (a slow step, a suspended process) are
+            // applied before the next is trained: never train on a model that skipped windows.
+            if head > window + 1 {
+                self.finish_saving()?;
+                self.catch_up_before(head).await?;
+            }
             window = head.max(window + 1);
         }
         self.finish_saving()?;
         self.replica.release_ranks()
+    }
+
+    /// Brings the replica up to the end of the window before `window` when it is behind it:
+    /// waits for that window's slot to close, then replays the network's windows since.
+    async fn catch_up_before(&mut self, window: u64) -> Result<(), NodeError> {
+        let behind = self.position.last_window.is_none_or(|w| w + 1 < window);
+        if window == 0 || !behind {
+            return Ok(());
+        }
+        let previous = window - 1;
+        let slot = self.node.slot(previous).await?;
+        self.node
+            .wait_until(self.node.clock.end_block(previous), slot.closes_ms)
+            .await?;
+        self.position =
+            catchup::catch_up(&self.node, &mut self.replica, self.position, previous).await?;
+        Ok(())
     }
 
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
