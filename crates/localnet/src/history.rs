@@ -278,20 +278,7 @@ pub fn window_of(event: &Event) -> u64 {
 }
 
 /// 1536 → "1.5 KB" (decimal units, as network traffic is usually counted).
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use templar_node::progress::bytes as human_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -41,9 +41,9 @@ impl Progress {
     }
 }
 
-/// `1.5 GB` style, decimal units as storage providers bill them.
+/// `1.5 GB` style, decimal units as storage providers bill and networks count them.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n as f64;
     let mut unit = 0;
     while value >= 1000.0 && unit + 1 < UNITS.len() {
@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn sizes_and_durations_read_as_people_write_them() {
         assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(1_500), "1.5 kB");
+        assert_eq!(bytes(1_500), "1.5 KB");
         assert_eq!(bytes(16_060_000_000), "16.1 GB");
         assert_eq!(duration(Duration::from_secs(12)), "12s");
         assert_eq!(duration(Duration::from_secs(185)), "3m05s");
