@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{a_network, ok};
+use common::{a_network, cache, ok};
 
 const BLOCK_TIME_MS: u64 = 500;
 const BLOCKS_PER_WINDOW: u64 = 8;
@@ -161,4 +161,33 @@ fn the_cpu_release_unpacked_elsewhere_runs_a_miner_window_with_an_empty_environm
             "no {kind} event: {kinds:?}"
         );
     }
+}
+
+/// deploy/'s files as the tools that read them do: hadolint on the Dockerfile, and
+/// `systemd-analyze verify` on the unit (an instance of it, its ExecStart pointed at the binary
+/// under test, since verify also checks that the command exists).
+#[test]
+fn deploy_files_pass_their_linters() {
+    let linters = cache().join("deploy-linters");
+    let deploy = checkout().join("deploy");
+    run(Command::new(linters.join("hadolint/bin/hadolint")).arg(deploy.join("Dockerfile")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(deploy.join("templar@.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/opt/templar/bin/templar "),
+        "{unit}"
+    );
+    let unit = unit.replace("/opt/templar/bin/templar", env!("CARGO_BIN_EXE_templar"));
+    std::fs::write(dir.path().join("templar@.service"), unit).unwrap();
+    let output = Command::new(linters.join("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("templar@m1.service"))
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !complaints.contains("templar@"),
+        "systemd-analyze verify: {complaints}"
+    );
 }
