@@ -291,7 +291,20 @@ impl<C: Chain> Miner<C> {
             // applied before the next is trained: never train on a model that skipped windows.
             if head > window + 1 {
                 self.finish_saving()?;
-                self.catch_up_before(head).await?;
+                if let Err(error) = self.catch_up_before(head).await {
+                    // The windows cannot be fetched now (storage or the chain is down): train on
+                    // what this miner holds, and let the next window's sync check rebuild it if
+                    // it drifted. Only what needs an operator ends the miner.
+                    if !error.is_transient() {
+                        return Err(error);
+                    }
+                    let part = match error {
+                        NodeError::Chain(_) => Part::Chain,
+                        _ => Part::Storage,
+                    };
+                    self.node
+                        .failed(part, "catching up on the windows that went by", &error);
+                }
             }
             window = head.max(window + 1);
         }
