@@ -106,11 +106,12 @@ fn plan(args: &InfoArgs, role: &str) -> Result<()> {
     };
     let name = args.preset.as_deref().unwrap_or("tiny");
     let preset = Preset::load(name)?;
-    let (payload_bytes, payload_decoded_bytes) = payload_bound(&preset);
+    let (payload_bytes, payload_decoded_bytes, payload_values) = payload_bound(&preset);
     let shape = WindowShape {
         payloads: args.payloads,
         payload_bytes,
         payload_decoded_bytes,
+        payload_values,
         ranks: args.ranks.max(1),
         ..WindowShape::of_train(&preset.train, device_is_host)
     };
@@ -280,13 +281,14 @@ fn print_candidates(report: &FitReport, option: (&str, fn(&Candidate) -> bool), 
 }
 
 /// What the largest payload the default codec can send for the preset's model holds in
-/// memory, and of that its decoded form.
-fn payload_bound(preset: &Preset) -> (u64, u64) {
+/// memory, of that its decoded form, and the values it carries.
+fn payload_bound(preset: &Preset) -> (u64, u64, u64) {
     let config = templar_node::NetworkConfig::defaults("plan", preset.clone(), "unused");
-    templar_node::replica::schema_for(&config).map_or((0, 0), |s| {
+    templar_node::replica::schema_for(&config).map_or((0, 0, 0), |s| {
         (
             templar_node::replica::payload_memory(&s),
             s.decoded_payload_bytes() as u64,
+            s.payload_values() as u64,
         )
     })
 }

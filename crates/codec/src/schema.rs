@@ -112,6 +112,11 @@ impl Schema {
         self.plans.iter().map(|p| p.kept() * (2 + value)).sum()
     }
 
+    /// Values one payload carries, over every tensor.
+    pub fn payload_values(&self) -> usize {
+        self.plans.iter().map(|p| p.kept()).sum()
+    }
+
     pub fn max_payload_bytes(&self) -> usize {
         let per_tensor: usize = (0..self.len()).map(|i| self.max_tensor_bytes(i)).sum();
         crate::wire::HEADER_LEN + crate::wire::TRAILER_LEN + per_tensor

@@ -51,6 +51,8 @@ pub struct WindowShape {
     /// Of `payload_bytes`, the decoded form: a rank of a fully sharded node other than rank 0
     /// keeps only its own tensors' share of it.
     pub payload_decoded_bytes: u64,
+    /// Values one payload carries (its indices): what applying it can change in the model.
+    pub payload_values: u64,
     /// Whether the device is the host (CPU training): then device buffers count as host memory.
     pub device_is_host: bool,
     /// Whether training recomputes each layer's activations in the backward pass
@@ -128,6 +130,8 @@ impl MemoryPlan {
         match role {
             Role::Miner if shape.ranks > 1 => {
                 let share = RankShare::of(model, shape.ranks);
+                // Every rank holds the whole network model, and its own record of the apply.
+                items.push(undo_item(shape, f32s));
                 items.push(state_item("gradients (f32)", device, f32s));
                 items.push(state_item(
                     "AdamW moments (2 × f32, this rank's spans)",
@@ -168,6 +172,7 @@ impl MemoryPlan {
                 ));
             }
             Role::Miner => {
+                items.push(undo_item(shape, f32s));
                 items.push(state_item("gradients (f32)", device, f32s));
                 items.push(state_item("AdamW moments (2 × f32)", device, 2 * f32s));
                 items.push(state_item("error feedback (f32)", Place::Host, f32s));
@@ -475,6 +480,14 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
             Place::Host,
             shape.payloads as u64 * full_shard_payload_bytes(shape, ranks as u64),
         ),
+        // Of this rank's tensors: about a rank's share of the payloads' values.
+        undo_item(
+            WindowShape {
+                payload_values: shape.payload_values.div_ceil(ranks as u64),
+                ..shape
+            },
+            owned_tensor_bytes,
+        ),
     ];
     if !shape.device_is_host {
         items.push(item("CUDA context", Place::Device, CUDA_CONTEXT_BYTES));
@@ -485,6 +498,18 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
         ranks: ranks as u64,
         items,
     }
+}
+
+/// A miner's record of its last apply (`crates/node/src/undo.rs`), to redo a window: 8 bytes per
+/// value the payloads carry, at most the model's f32s (`model_bytes`: tensors it would rather copy
+/// whole).
+fn undo_item(shape: WindowShape, model_bytes: u64) -> Item {
+    let changes = shape.payloads as u64 * shape.payload_values;
+    item(
+        "last apply's record (to redo a window)",
+        Place::Host,
+        (8 * changes).min(model_bytes),
+    )
 }
 
 /// What one gathered payload costs a rank of a fully sharded node, on average over its `ranks`
@@ -512,6 +537,7 @@ impl WindowShape {
             payloads: 0,
             payload_bytes: 0,
             payload_decoded_bytes: 0,
+            payload_values: 0,
             device_is_host,
             recompute: train.recompute_activations,
             codec_threads: codec_threads(),
@@ -565,6 +591,7 @@ mod tests {
             payloads: 2,
             payload_bytes: 1_000,
             payload_decoded_bytes: 600,
+            payload_values: 0,
             ..shape
         };
         let payloads = full_shard_plan(&preset.model, gathering, false);
@@ -592,6 +619,7 @@ mod tests {
             payloads: 0,
             payload_bytes: 0,
             payload_decoded_bytes: 0,
+            payload_values: 0,
             device_is_host: false,
             recompute: false,
             codec_threads: 16,
@@ -676,6 +704,7 @@ mod tests {
             payloads: 0,
             payload_bytes: 0,
             payload_decoded_bytes: 0,
+            payload_values: 0,
             device_is_host: false,
             recompute,
             codec_threads: 16,

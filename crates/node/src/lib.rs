@@ -27,6 +27,7 @@ pub mod ranks;
 pub mod replica;
 pub mod saving;
 pub mod state;
+pub mod undo;
 pub mod validator;
 
 pub use commitment::{Commitment, Role};

@@ -113,4 +113,11 @@ impl NetworkReplica for MinerReplica {
             MinerReplica::FullySharded(replica) => replica.fingerprint(),
         }
     }
+
+    fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.revert_last_apply(),
+            MinerReplica::FullySharded(replica) => replica.revert_last_apply(),
+        }
+    }
 }

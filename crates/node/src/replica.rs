@@ -36,6 +36,7 @@ use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
 use crate::ranks::{Command, Ranks, TensorOwner, WireBatch, apply_message, candidates_message};
+use crate::undo::{ApplyUndo, changes_at_most};
 
 /// The inner optimizer of a miner: one process's AdamW, or a rank's share of a sharded one.
 pub enum InnerOptimizer {
@@ -66,6 +67,9 @@ pub struct Replica {
     pub outer_lr: f32,
     /// Bytes copied device → host and host → device so far.
     transfers: (u64, u64),
+    /// What the last apply changed (miners only): the model before it can be had back exactly
+    /// ([`Replica::revert_last_apply`]). Any other change of the base drops it.
+    last_apply: Option<ApplyUndo>,
 }
 
 /// The codec schema of the network's model: every parameter, in protocol order.
@@ -127,6 +131,9 @@ pub trait NetworkReplica {
     fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError>;
     fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError>;
     fn fingerprint(&self) -> Fingerprint;
+    /// Takes the last apply back, exactly; false when no record of it is kept (a validator,
+    /// or the base changed otherwise since: loaded, reset, or already reverted).
+    fn revert_last_apply(&mut self) -> Result<bool, NodeError>;
 }
 
 impl NetworkReplica for Replica {
@@ -141,6 +148,10 @@ impl NetworkReplica for Replica {
     fn fingerprint(&self) -> Fingerprint {
         self.base_fingerprint
     }
+
+    fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        Replica::revert_last_apply(self)
+    }
 }
 
 /// The window shape the network's configuration runs at on `device`, over `ranks` ranks.
@@ -150,15 +161,21 @@ fn window_shape(
     payloads: usize,
     ranks: usize,
 ) -> WindowShape {
-    let (payload_bytes, payload_decoded_bytes) = schema_for(config).map_or((0, 0), |s| {
-        (payload_memory(&s), s.decoded_payload_bytes() as u64)
-    });
+    let (payload_bytes, payload_decoded_bytes, payload_values) =
+        schema_for(config).map_or((0, 0, 0), |s| {
+            (
+                payload_memory(&s),
+                s.decoded_payload_bytes() as u64,
+                s.payload_values() as u64,
+            )
+        });
     WindowShape {
         micro_batch: config.model.train.micro_batch_size,
         seq_len: config.model.train.seq_len,
         payloads,
         payload_bytes,
         payload_decoded_bytes,
+        payload_values,
         device_is_host: device == Device::Cpu,
         recompute: config.model.train.recompute_activations,
         codec_threads: templar_engine::memory::codec_threads(),
@@ -252,6 +269,7 @@ impl Replica {
             schema,
             outer_lr: config.training.outer_lr,
             transfers: (0, 0),
+            last_apply: None,
         })
     }
 
@@ -282,6 +300,7 @@ impl Replica {
         }
         // Every tensor is checked before the first is read, so a bad file leaves the model as it was.
         files.check(&model_entries(&config))?;
+        self.last_apply = None;
         let base = base_mut(&mut self.base)?;
         for (i, tensor) in base.iter_mut().enumerate() {
             let spec = self.schema.spec(i);
@@ -297,6 +316,7 @@ impl Replica {
         base_mut(&mut self.base)?;
         self.tell_followers(|| Command::Reset)?;
         let std = config.model.model.initializer_range;
+        self.last_apply = None;
         let base = base_mut(&mut self.base)?;
         for (i, tensor) in base.iter_mut().enumerate() {
             let name = &self.schema.spec(i).name;
@@ -505,6 +525,8 @@ impl Replica {
     /// aggregate is not finite is left unchanged (the same decision on every replica).
     pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
         if payloads.is_empty() {
+            // Nothing changes, and taking nothing back is exact too.
+            self.last_apply = (self.role == Role::Miner).then(ApplyUndo::default);
             return Ok(());
         }
         // Checked before the other ranks are told: they would apply what this rank refuses.
@@ -515,12 +537,17 @@ impl Replica {
             ranks.tell_message(|| apply_message(schema, payloads, coding))?;
         }
         let base = base_mut(&mut self.base)?;
+        let mut undo = (self.role == Role::Miner).then(ApplyUndo::default);
+        self.last_apply = None;
         // A piece of scratch for the call, not kept: a miner trains next, at its peak.
         let mut scratch = Vec::new();
         for (i, tensor) in base.iter_mut().enumerate() {
             let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
             let scales = clip_scales(&peers);
             let lr = self.outer_lr;
+            let mut record = undo
+                .as_mut()
+                .map(|u| u.tensor(i, tensor, changes_at_most(&peers)));
             merge_in_pieces(
                 &self.schema,
                 &mut scratch,
@@ -528,14 +555,65 @@ impl Replica {
                 &peers,
                 &scales,
                 |range, update| {
-                    subtract_scaled(&mut tensor[range], update, lr);
+                    match record.as_deref_mut() {
+                        Some(record) => {
+                            record.subtract_scaled(range.start, &mut tensor[range], update, lr)
+                        }
+                        None => subtract_scaled(&mut tensor[range], update, lr),
+                    }
                     Ok(())
                 },
             )?;
             send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
+        self.last_apply = undo;
         self.check_ranks_agree("applying the aggregate")
+    }
+
+    /// Takes the last [`Replica::apply_aggregate`] back, exactly, on every rank: the model is
+    /// again what it was before it (fingerprint included). False, changing nothing, when no
+    /// record is kept: a validator, or the base changed otherwise since.
+    pub fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        let Some(undo) = self.last_apply.take() else {
+            return Ok(false);
+        };
+        if undo == ApplyUndo::default() {
+            // An apply of nothing: the other ranks were not told of it, and keep their record
+            // of the apply before, which nothing will ask them to revert.
+            return Ok(true);
+        }
+        base_mut(&mut self.base)?;
+        self.tell_followers(|| Command::Revert)?;
+        let reverted = self.revert_here(undo);
+        match &mut self.ranks {
+            Some(ranks) => ranks.agree_on(reverted, "taking the last apply back")?,
+            None => reverted?,
+        }
+        self.check_ranks_agree("taking the last apply back")?;
+        Ok(true)
+    }
+
+    /// On a rank other than 0: the revert rank 0 asked for.
+    pub(crate) fn revert_as_follower(&mut self) -> Result<(), NodeError> {
+        let undo = self.last_apply.take().ok_or_else(|| {
+            NodeError::Ranks("rank 0 asked to take back an apply this rank has no record of".into())
+        });
+        let reverted = undo.and_then(|undo| self.revert_here(undo));
+        match &mut self.ranks {
+            Some(ranks) => ranks.agree_on(reverted, "taking the last apply back")?,
+            None => reverted?,
+        }
+        self.check_ranks_agree("taking the last apply back")
+    }
+
+    fn revert_here(&mut self, undo: ApplyUndo) -> Result<(), NodeError> {
+        let base = base_mut(&mut self.base)?;
+        for i in undo.revert(base) {
+            send(&mut self.model, &mut self.transfers.1, i, &base[i])?;
+        }
+        self.base_fingerprint = self.compute_fingerprint();
+        Ok(())
     }
 
     /// The dense aggregate of `payloads` (ascending uid order), with any tensor that is not

@@ -31,6 +31,7 @@ use templar_node::ranks::{self, FullyShardedReplica, SavedBy, TensorOwner};
 use templar_node::replica::Replica;
 use templar_node::saving::ERROR_FEEDBACK_FILE;
 use templar_node::state::write_f32s;
+use templar_node::undo::ApplyUndo;
 
 fn config() -> NetworkConfig {
     NetworkConfig::defaults("ranks-test", Preset::load("tiny").unwrap(), "unused")
@@ -199,6 +200,7 @@ fn a_fully_sharded_outer_step_makes_one_process_payload() {
                 ("applied-1", &applied_1),
                 ("applied-1-live", &applied_1),
                 ("applied-2", &applied_2),
+                ("reverted-2", &applied_1),
                 ("applied-2-live", &applied_2),
             ] {
                 let got = read(dir.path(), &format!("{name}.rank-{rank}"));
@@ -281,8 +283,24 @@ fn full_shard_rank(config: &NetworkConfig, group: ProcessGroup, dir: &Path) {
             .unwrap();
         payloads.push(templar_codec::decode(schema, &bytes).unwrap());
         let peers: Vec<&Payload> = payloads.iter().collect();
-        let applied = ranks::apply_aggregate_on_shards(&mut trainer, schema, lr, &mut base, &peers);
+        let mut undo = ApplyUndo::default();
+        let apply =
+            |trainer: &mut FullyShardedTrainer, base: &mut [Vec<f32>], undo: &mut ApplyUndo| {
+                ranks::apply_aggregate_on_shards(trainer, schema, lr, base, &peers, undo)
+            };
+        let applied = apply(&mut trainer, &mut base, &mut undo);
         write(&format!("applied-{window}"), applied.unwrap().to_string());
+        if window == 2 {
+            // Taken back, each rank its own tensors, the model is again the first window's;
+            // applied again, the second's.
+            undo.revert(&mut base);
+            let reverted = trainer
+                .with_group(|group| ranks::fingerprint_on_shards(group, schema, &base))
+                .unwrap();
+            write("reverted-2", reverted.to_string());
+            let mut again = ApplyUndo::default();
+            apply(&mut trainer, &mut base, &mut again).unwrap();
+        }
         write(
             &format!("applied-{window}-live"),
             live_fingerprint(&mut trainer),
@@ -687,7 +705,15 @@ fn window_of(
 ) -> Vec<f64> {
     let losses = train_window(replica, config, window);
     let payload = replica.outer_step(ef).unwrap();
+    let before = replica.fingerprint();
     replica.apply_aggregate(&[&payload]).unwrap();
+    let applied = replica.fingerprint();
+    // Taken back on every rank (which must agree) and applied again: the same model.
+    assert!(replica.revert_last_apply().unwrap());
+    assert_eq!(replica.fingerprint(), before);
+    assert!(!replica.revert_last_apply().unwrap(), "reverted twice");
+    replica.apply_aggregate(&[&payload]).unwrap();
+    assert_eq!(replica.fingerprint(), applied);
     let fingerprint = replica.fingerprint().to_string();
     std::fs::write(dir.join(format!("fingerprint-{window}")), fingerprint).unwrap();
     losses

@@ -28,6 +28,8 @@ pub enum Command {
     Load(PathBuf),
     /// Back to the network's initial model.
     Reset,
+    /// Take the last apply back ([`crate::replica::Replica::revert_last_apply`]).
+    Revert,
     /// Write this rank's training state (moments, error feedback) into this folder.
     SaveState(PathBuf),
     /// Read this rank's training state from `dir`, saved as `saved` says.
@@ -165,6 +167,7 @@ const CANDIDATES: u8 = 8;
 const APPLY_ONE: u8 = 9;
 const RESTORE: u8 = 10;
 const EVALUATE: u8 = 11;
+const REVERT: u8 = 12;
 
 /// The message of an apply command for `payloads`, each encoded straight into it: rank 0 holds
 /// their wire bytes once more, not twice.
@@ -209,6 +212,7 @@ impl Command {
             Command::Apply(_) => "apply",
             Command::Load(_) => "load",
             Command::Reset => "reset",
+            Command::Revert => "revert",
             Command::SaveState(_) => "save state",
             Command::LoadState { .. } => "load state",
             Command::Candidates(_) => "candidates",
@@ -244,6 +248,7 @@ impl Command {
                 path(&mut out, dir);
             }
             Command::Reset => out.push(RESET),
+            Command::Revert => out.push(REVERT),
             Command::SaveState(dir) => {
                 out.push(SAVE_STATE);
                 path(&mut out, dir);
@@ -323,6 +328,7 @@ impl Command {
 
             LOAD => return Ok(Command::Load(path(rest))),
             RESET => Command::Reset,
+            REVERT => Command::Revert,
             SAVE_STATE => return Ok(Command::SaveState(path(rest))),
             LOAD_STATE => {
                 let (&kind, tail) = rest.split_first().ok_or_else(|| bad("a cut state load"))?;
@@ -432,6 +438,7 @@ mod tests {
         let mut cut = Command::Apply(Records::of(&[b"abc".to_vec()])).encode();
         cut.pop();
         assert!(Command::decode(cut).is_err());
+        assert!(matches!(round_trip(Command::Revert), Command::Revert));
         let Command::Load(dir) = round_trip(Command::Load("/state/gen-1".into())) else {
             panic!("not a load");
         };

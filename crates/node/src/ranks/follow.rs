@@ -40,6 +40,7 @@ pub fn follow(
             }
             Command::Load(dir) => replica.load_weights(&dir)?,
             Command::Reset => replica.reset(config)?,
+            Command::Revert => replica.revert_as_follower()?,
             Command::SaveState(dir) => {
                 let saved = save_rank_state(replica, error_feedback, &dir);
                 joined(replica)?.agree_on(saved, "saving the ranks' training state")?;

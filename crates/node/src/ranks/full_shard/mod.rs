@@ -24,7 +24,8 @@ use templar_engine::{FullyShardedTrainer, parameter_shapes};
 use super::{TensorOwner, agree, failure_frame, first_failure, frame, unframe};
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, tensor_hash};
-use crate::replica::{check_peers, merge_in_pieces, pseudo_gradient, subtract_scaled};
+use crate::replica::{check_peers, merge_in_pieces, pseudo_gradient};
+use crate::undo::{ApplyUndo, changes_at_most};
 
 /// Values of a pseudo-gradient made at once (whole bands, as the one-process outer step).
 const PIECE: usize = 1 << 22;
@@ -110,13 +111,14 @@ fn compress_owned(
 /// process), the live spans are set from the owners, and the network model's fingerprint is
 /// made from each owner's tensor hashes. Model and fingerprint are one process's, whatever the
 /// world. A failure on any rank fails the step on every rank; the live spans are still set to
-/// each rank's base.
+/// each rank's base. `undo` gets what the apply changed in this rank's tensors.
 pub fn apply_aggregate_on_shards(
     trainer: &mut FullyShardedTrainer,
     schema: &Schema,
     outer_lr: f32,
     base: &mut [Vec<f32>],
     payloads: &[&Payload],
+    undo: &mut ApplyUndo,
 ) -> Result<Fingerprint, NodeError> {
     let owner = owner_of(trainer);
     let checked = check_owned(schema, owner, base, "network model")
@@ -133,8 +135,9 @@ pub fn apply_aggregate_on_shards(
         let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
         let scales = clip_scales(&peers);
         let tensor = &mut base[i];
+        let record = undo.tensor(i, tensor, changes_at_most(&peers));
         let merged = merge_in_pieces(schema, &mut scratch, i, &peers, &scales, |range, update| {
-            subtract_scaled(&mut tensor[range], update, outer_lr);
+            record.subtract_scaled(range.start, &mut tensor[range], update, outer_lr);
             Ok(())
         });
         if let Err(error) = merged {

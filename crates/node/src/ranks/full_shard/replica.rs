@@ -22,6 +22,7 @@ use crate::ranks::command::{Command, Records, WireBatch, apply_message};
 use crate::ranks::follow::{SavedBy, absolute, read_error_feedback, write_error_feedback};
 use crate::ranks::{TensorOwner, agree, agree_on, receive, tell, tell_message};
 use crate::replica::{NetworkReplica, check_peers, full_shard_memory_plan, schema_for};
+use crate::undo::ApplyUndo;
 
 /// One rank's share of a fully sharded miner's replica.
 pub struct FullyShardedReplica {
@@ -34,6 +35,8 @@ pub struct FullyShardedReplica {
     outer_lr: f32,
     /// The initial model's seed and standard deviation (for a reset).
     init: (u64, f64),
+    /// What the last apply changed in this rank's tensors (see [`crate::undo`]).
+    last_apply: Option<ApplyUndo>,
 }
 
 impl FullyShardedReplica {
@@ -78,6 +81,7 @@ impl FullyShardedReplica {
             coding: config.codec.index_coding,
             outer_lr: config.training.outer_lr,
             init: (config.init_seed, model.initializer_range),
+            last_apply: None,
         };
         tracing::info!(
             rank = replica.trainer.rank(),
@@ -152,21 +156,56 @@ impl FullyShardedReplica {
     /// ascending uid order. Nothing to do for none, as in one process.
     pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
         if payloads.is_empty() {
+            // Nothing changes, and taking nothing back is exact too.
+            self.last_apply = Some(ApplyUndo::default());
             return Ok(());
         }
+        self.last_apply = None;
         // Checked before the other ranks are told: they would apply what this rank refuses.
         check_peers(&self.schema, payloads)?;
         let (schema, coding) = (&self.schema, self.coding);
         self.trainer
             .with_group(|group| tell_message(group, || apply_message(schema, payloads, coding)))?;
+        let mut undo = ApplyUndo::default();
         self.base_fingerprint = apply_aggregate_on_shards(
             &mut self.trainer,
             &self.schema,
             self.outer_lr,
             &mut self.base,
             payloads,
+            &mut undo,
         )?;
+        self.last_apply = Some(undo);
         Ok(())
+    }
+
+    /// Takes the last apply back, exactly, on every rank (each its own tensors); false, changing
+    /// nothing, when no record is kept (the base was loaded or reset since, or already reverted).
+    pub fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        let Some(undo) = self.last_apply.take() else {
+            return Ok(false);
+        };
+        if undo == ApplyUndo::default() {
+            // An apply of nothing: the other ranks were not told of it.
+            return Ok(true);
+        }
+        self.tell(|| Command::Revert)?;
+        self.revert_here(Some(undo))?;
+        Ok(true)
+    }
+
+    /// This rank's part of a revert (`undo`: its record, if it kept one).
+    fn revert_here(&mut self, undo: Option<ApplyUndo>) -> Result<(), NodeError> {
+        let reverted = match undo {
+            Some(undo) => {
+                undo.revert(&mut self.base);
+                Ok(())
+            }
+            None => Err(NodeError::Ranks(
+                "rank 0 asked to take back an apply this rank has no record of".into(),
+            )),
+        };
+        self.settle_base(reverted, "taking the last apply back")
     }
 
     /// On a rank other than 0: applies the payloads rank 0 sent, every tensor of each checked
@@ -197,6 +236,7 @@ impl FullyShardedReplica {
     pub fn load_weights(&mut self, dir: &Path) -> Result<(), NodeError> {
         let dir = absolute(dir)?;
         self.tell(|| Command::Load(dir.clone()))?;
+        self.last_apply = None;
         let read = self.read_base(&dir);
         self.settle_base(read, "loading the weights")
     }
@@ -204,6 +244,7 @@ impl FullyShardedReplica {
     /// Back to the network's initial model (the moments are kept, as in one process).
     pub fn reset(&mut self) -> Result<(), NodeError> {
         self.tell(|| Command::Reset)?;
+        self.last_apply = None;
         self.fill_initial_base();
         self.settle_base(Ok(()), "resetting the model")
     }
@@ -239,6 +280,7 @@ impl FullyShardedReplica {
             dir: dir.clone(),
             saved: saved.clone(),
         })?;
+        self.last_apply = None;
         let read = self.read_base(&dir);
         self.settle_base(read, "loading the saved weights")?;
         let numels: Vec<usize> = (0..self.schema.len())
@@ -328,6 +370,10 @@ impl NetworkReplica for FullyShardedReplica {
     fn fingerprint(&self) -> Fingerprint {
         self.base_fingerprint
     }
+
+    fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        FullyShardedReplica::revert_last_apply(self)
+    }
 }
 
 /// A rank other than 0 of a fully sharded miner: carries out rank 0's commands with its own
@@ -353,6 +399,10 @@ pub fn follow_on_shards(
             Command::Apply(encoded) => replica.apply_encoded(encoded)?,
             Command::Load(dir) => replica.load_weights(&dir)?,
             Command::Reset => replica.reset()?,
+            Command::Revert => {
+                let undo = replica.last_apply.take();
+                replica.revert_here(undo)?;
+            }
             Command::SaveState(dir) => {
                 replica.save_state(error_feedback, &dir)?;
             }
