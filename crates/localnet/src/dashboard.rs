@@ -321,7 +321,11 @@ pub fn plain_line(line: &EventLine) -> Option<String> {
             checkpoint,
             ..
         } => format!("caught up to window {to} ({replayed} replayed, checkpoint {checkpoint:?})"),
-        Event::OutOfSync { .. } => "model out of sync with the manifest: rebuilding".into(),
+        Event::OutOfSync { .. } => "model out of sync with the manifest: redoing the window".into(),
+        Event::Resynced {
+            full_rebuild: true, ..
+        } => "back in sync: rebuilt from the checkpoint".into(),
+        Event::Resynced { .. } => "back in sync: window redone from the manifest".into(),
         Event::Flagged { miner, flag, .. } => format!("uid {miner} flagged: {flag}"),
         Event::Failed {
             part,

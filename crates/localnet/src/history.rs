@@ -220,7 +220,22 @@ impl History {
                 self.notice(&line.node, window, text);
             }
             Event::OutOfSync { window, .. } => {
-                self.notice(&line.node, *window, "model out of sync: rebuilding".into());
+                self.notice(
+                    &line.node,
+                    *window,
+                    "model out of sync: redoing the window".into(),
+                );
+            }
+            Event::Resynced {
+                window,
+                full_rebuild,
+            } => {
+                let how = if *full_rebuild {
+                    "rebuilt from the checkpoint"
+                } else {
+                    "window redone from the manifest"
+                };
+                self.notice(&line.node, *window, format!("back in sync: {how}"));
             }
         }
     }

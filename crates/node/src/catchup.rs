@@ -10,9 +10,9 @@ use templar_storage::{ReadOutcome, Store};
 use crate::checkpoint;
 use crate::commitment::{Commitment, Role};
 use crate::error::NodeError;
-use crate::events::{Event, Phase};
+use crate::events::{Event, Part, Phase};
 use crate::message::{MAX_MANIFEST_BYTES, WindowManifest};
-use crate::node::{Node, Verdict, aggregate_inputs};
+use crate::node::{Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::progress::{self, Progress};
 use crate::replica::NetworkReplica;
 
@@ -32,6 +32,11 @@ pub struct Position {
 
 /// The validator-role neuron with the most stake (ties: lowest uid) and a readable location.
 pub async fn source<C: Chain>(node: &Node<C>) -> Result<Option<Source>, NodeError> {
+    Ok(sources(node).await?.into_iter().next())
+}
+
+/// Every validator-role neuron whose location opens, most stake first (ties: lowest uid).
+pub async fn sources<C: Chain>(node: &Node<C>) -> Result<Vec<Source>, NodeError> {
     let metagraph = node.chain.metagraph().await?;
     let mut validators: Vec<_> = metagraph
         .neurons
@@ -42,19 +47,51 @@ pub async fn source<C: Chain>(node: &Node<C>) -> Result<Option<Source>, NodeErro
         })
         .collect();
     validators.sort_by(|a, b| b.0.stake.cmp(&a.0.stake).then(a.0.uid.cmp(&b.0.uid)));
-    let Some((neuron, commitment)) = validators.into_iter().next() else {
-        return Ok(None);
-    };
-    let store = Store::open(&commitment.store_config())?;
-    Ok(Some(Source {
-        uid: neuron.uid,
-        hotkey: neuron.hotkey,
-        store,
-    }))
+    let mut sources = Vec::with_capacity(validators.len());
+    for (neuron, commitment) in validators {
+        match Store::open(&commitment.store_config()) {
+            Ok(store) => sources.push(Source {
+                uid: neuron.uid,
+                hotkey: neuron.hotkey,
+                store,
+            }),
+            // The first must open: it is the network's reference. The others are fallbacks.
+            Err(error) if sources.is_empty() => return Err(error.into()),
+            Err(error) => {
+                tracing::debug!(uid = neuron.uid, %error, "a validator's storage does not open")
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// The newest checkpoint any validator (most stake first) published of a window in
+/// `from..=to`, and the store it is in: where a catch-up goes on past a window it cannot replay.
+async fn checkpoint_covering<C: Chain>(
+    node: &Node<C>,
+    from: u64,
+    to: u64,
+) -> Result<Option<(checkpoint::Descriptor, Store)>, NodeError> {
+    for source in sources(node).await? {
+        match checkpoint::latest(&source.store, &node.network, source.uid, source.hotkey).await {
+            Ok(Some(descriptor)) if (from..=to).contains(&descriptor.window) => {
+                return Ok(Some((descriptor, source.store)));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(uid = source.uid, %error, "a validator's checkpoint is not readable")
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Brings `replica` from `position` to include every window up to `target`. Returns the new
 /// position. A node with no state and a network with no checkpoint or manifest starts fresh.
+///
+/// A window whose listed payloads are gone (a miner deleted them early) is passed by loading a
+/// checkpoint of it or later from any validator; without one the catch-up stops before it,
+/// reports why (an [`Event::Failed`]), and returns where it got to: short of `target`.
 pub async fn catch_up<C: Chain, R: NetworkReplica>(
     node: &Node<C>,
     replica: &mut R,
@@ -73,8 +110,15 @@ pub async fn catch_up<C: Chain, R: NetworkReplica>(
     if let Some(descriptor) =
         checkpoint::latest(&source.store, &node.network, source.uid, source.hotkey).await?
     {
-        let newer = at.last_window.is_none_or(|w| descriptor.window > w);
-        if newer && descriptor.window <= target {
+        // A node with a model of its own replays the windows it missed (their payloads are a
+        // fraction of a checkpoint, which is the whole model) unless it missed more than a
+        // checkpoint interval's worth: only then is a full rebuild cheaper, and needed (payloads
+        // are kept about that long, see docs/node.md "Retention").
+        let every = node.config.checkpoints.every;
+        let worth_it = at
+            .last_window
+            .is_none_or(|w| descriptor.window > w && target - w > every);
+        if worth_it && descriptor.window <= target {
             checkpoint::load(&source.store, &node.network, &descriptor, replica).await?;
             at = Position {
                 last_window: Some(descriptor.window),
@@ -93,11 +137,37 @@ pub async fn catch_up<C: Chain, R: NetworkReplica>(
     let mut replayed = 0;
     let started = std::time::Instant::now();
     let mut progress = Progress::new((target + 1).saturating_sub(first));
-    for window in first..=target {
-        at.global_step += u64::from(replay(node, replica, &source, window).await?);
+    let mut window = first;
+    while window <= target {
+        let stepped = match replay(node, replica, &source, window).await {
+            Ok(stepped) => stepped,
+            Err(gone @ NodeError::PayloadGone { .. }) => {
+                // Nobody can replay this window exactly now: go on from a checkpoint past it,
+                // or stop here and say why (the caller goes on; a later catch-up, once a
+                // checkpoint covers the window, gets past it).
+                let Some((descriptor, store)) = checkpoint_covering(node, window, target).await?
+                else {
+                    node.failed(Part::Storage, &format!("replaying window {window}"), &gone);
+                    break;
+                };
+                tracing::info!(window, checkpoint = descriptor.window, %gone, "going on from a checkpoint past a window that cannot be replayed");
+                checkpoint::load(&store, &node.network, &descriptor, replica).await?;
+                at = Position {
+                    last_window: Some(descriptor.window),
+                    global_step: descriptor.global_step,
+                };
+                loaded = Some(descriptor.window);
+                progress.done += descriptor.window + 1 - window;
+                window = descriptor.window + 1;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        at.global_step += u64::from(stepped);
         at.last_window = Some(window);
+        window += 1;
         replayed += 1;
-        progress.done = replayed;
+        progress.done += 1;
         let elapsed = started.elapsed();
         tracing::info!(
             window,
@@ -109,12 +179,14 @@ pub async fn catch_up<C: Chain, R: NetworkReplica>(
                 .map_or("?".into(), progress::duration),
         );
     }
-    node.events.emit(Event::CaughtUp {
-        from: position.last_window,
-        to: target,
-        replayed,
-        checkpoint: loaded,
-    });
+    if let Some(to) = at.last_window {
+        node.events.emit(Event::CaughtUp {
+            from: position.last_window,
+            to,
+            replayed,
+            checkpoint: loaded,
+        });
+    }
     Ok(at)
 }
 
@@ -182,20 +254,34 @@ async fn replay<C: Chain, R: NetworkReplica>(
         replica.apply_aggregate(&payloads)?;
         return Ok(!payloads.is_empty());
     };
+    apply_manifest(node, replica, &peers, &manifest).await
+}
+
+/// Applies the aggregate `manifest` lists, its payloads fetched from their miners and each
+/// checked against the hash it lists, and checks the model against its fingerprint. Returns
+/// whether anything was aggregated.
+pub async fn apply_manifest<C: Chain, R: NetworkReplica>(
+    node: &Node<C>,
+    replica: &mut R,
+    peers: &WindowPeers,
+    manifest: &WindowManifest,
+) -> Result<bool, NodeError> {
+    let window = manifest.window;
     let uids: Vec<u16> = manifest.included.iter().map(|i| i.uid).collect();
-    let verdicts = node.gather(window, &uids, &peers, None).await;
+    let verdicts = node.gather(window, &uids, peers, None).await;
     let mut payloads = Vec::with_capacity(uids.len());
     for entry in &manifest.included {
-        let gathered = verdicts
-            .get(&entry.uid)
-            .and_then(Verdict::accepted)
-            .filter(|g| g.hash == entry.hash)
-            .ok_or_else(|| {
-                NodeError::CatchUp(format!(
-                    "window {window}: the payload of uid {} is gone or differs from the manifest",
-                    entry.uid
-                ))
-            })?;
+        let gone = |reason: String| NodeError::PayloadGone {
+            window,
+            uid: entry.uid,
+            reason,
+        };
+        let gathered = match verdicts.get(&entry.uid) {
+            Some(Verdict::Accepted(gathered)) if gathered.hash == entry.hash => gathered,
+            Some(Verdict::Accepted(_)) => return Err(gone("another payload is there now".into())),
+            Some(Verdict::Rejected { reason, .. }) => return Err(gone(reason.clone())),
+            None => return Err(gone("not gathered".into())),
+        };
         payloads.push(&gathered.payload);
     }
     replica.apply_aggregate(&payloads)?;

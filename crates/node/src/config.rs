@@ -234,7 +234,7 @@ impl NetworkConfig {
     fn check(&self) -> Result<(), String> {
         let w = &self.window;
         let g = &self.gauntlet;
-        let rules: [(bool, &str); 16] = [
+        let rules: [(bool, &str); 17] = [
             (
                 (0.0..=1.0).contains(&g.score_ma_alpha),
                 "gauntlet.score_ma_alpha must be in [0, 1]",
@@ -295,6 +295,14 @@ impl NetworkConfig {
             (
                 self.checkpoints.keep > 0,
                 "checkpoints.keep must be positive",
+            ),
+            // A node catching up replays every window since the newest checkpoint from the
+            // miners' payloads, one more while that checkpoint is being published, and one more
+            // for a window redone from its manifest (docs/node.md, "Retention").
+            (
+                self.checkpoints.payload_retention >= self.checkpoints.every + 2,
+                "checkpoints.payload_retention must be at least checkpoints.every + 2: nodes \
+                 catching up replay the windows since the newest checkpoint from miners' payloads",
             ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {
@@ -408,6 +416,15 @@ mod tests {
             err.contains("net.toml") && err.contains("inner_steps"),
             "{err}"
         );
+        let mut config = sample();
+        config.checkpoints.every = 10;
+        config.checkpoints.payload_retention = 11;
+        let err = NetworkConfig::parse(&config.to_toml().unwrap(), "net.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("payload_retention must be at least"), "{err}");
+        config.checkpoints.payload_retention = 12;
+        assert!(NetworkConfig::parse(&config.to_toml().unwrap(), "net.toml").is_ok());
         let err = NetworkConfig::parse("name = 3", "x.toml")
             .unwrap_err()
             .to_string();

@@ -36,6 +36,16 @@ pub enum NodeError {
     NotRegistered(String),
     #[error("catch-up failed: {0}")]
     CatchUp(String),
+    /// A payload a manifest lists cannot be had as it was aggregated: its miner deleted it (or
+    /// its storage does not answer), or it changed.
+    #[error(
+        "window {window}: the payload of uid {uid} is gone or differs from the manifest ({reason})"
+    )]
+    PayloadGone {
+        window: u64,
+        uid: u16,
+        reason: String,
+    },
     #[error(
         "the disk is full ({detail}): free space on the disk holding {path} and start the node \
          again; {kept}"
@@ -69,7 +79,7 @@ impl NodeError {
         match self {
             NodeError::Chain(error) => error.is_transient(),
             NodeError::Storage(error) => error.is_transient(),
-            NodeError::Ranks(_) | NodeError::CatchUp(_) => true,
+            NodeError::Ranks(_) | NodeError::CatchUp(_) | NodeError::PayloadGone { .. } => true,
             NodeError::Io { .. } => !self.is_disk_full(),
             NodeError::Config(_)
             | NodeError::Engine(_)

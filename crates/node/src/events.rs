@@ -105,8 +105,9 @@ pub enum Event {
         steps: u32,
         samples: u32,
         mean_loss: f64,
-        /// The inner learning rate of the last step (the schedule follows the network's
-        /// global step). Absent from events written before it was recorded.
+        /// The inner learning rate of the window's first step: where the schedule stands,
+        /// which follows the network's global step, so every node in step reports the same.
+        /// Absent from events written before it was recorded.
         #[serde(default)]
         lr: f64,
         /// Seconds spent in inner steps, and that over the window's length.
@@ -186,6 +187,12 @@ pub enum Event {
         ours: Fingerprint,
         manifest: Fingerprint,
     },
+    /// The model of `window` is the manifest's again after an [`Event::OutOfSync`]: redone from
+    /// the manifest's included set (one window of work), or rebuilt from the checkpoint.
+    Resynced {
+        window: u64,
+        full_rebuild: bool,
+    },
     /// A chain or storage operation failed and the node went on without it (after the store's
     /// own retries); failures that end the node are its exit error instead.
     Failed {
@@ -216,7 +223,8 @@ impl Event {
             | Event::Validation { window, .. }
             | Event::ManifestPublished { window }
             | Event::CheckpointPublished { window }
-            | Event::OutOfSync { window, .. } => Some(*window),
+            | Event::OutOfSync { window, .. }
+            | Event::Resynced { window, .. } => Some(*window),
             Event::CaughtUp { to, .. } => Some(*to),
             Event::Resumed { window, .. } => *window,
             Event::Failed { .. } => None,

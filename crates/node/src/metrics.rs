@@ -41,6 +41,8 @@ pub struct Metrics {
     flags: BTreeMap<&'static str, u64>,
     errors: BTreeMap<&'static str, u64>,
     out_of_sync: u64,
+    /// Resyncs by how: redone from the manifest, or a full rebuild.
+    resyncs: [u64; 2],
     catch_ups: u64,
 }
 
@@ -81,6 +83,7 @@ impl Metrics {
             flags: [("copy", 0), ("norm_outlier", 0)].into(),
             errors: [("chain", 0), ("storage", 0)].into(),
             out_of_sync: 0,
+            resyncs: [0; 2],
             catch_ups: 0,
         }
     }
@@ -146,6 +149,7 @@ impl Metrics {
                 *self.flags.entry(kind).or_default() += 1;
             }
             Event::OutOfSync { .. } => self.out_of_sync += 1,
+            Event::Resynced { full_rebuild, .. } => self.resyncs[usize::from(*full_rebuild)] += 1,
             Event::Failed { part, .. } => *self.errors.entry(part.name()).or_default() += 1,
             Event::Resumed { .. }
             | Event::Evaluated { .. }
@@ -344,6 +348,17 @@ impl Metrics {
             "templar_out_of_sync_total",
             "Windows whose model did not match the manifest.",
             self.out_of_sync as f64,
+        );
+        out.labelled(
+            "templar_resyncs_total",
+            "counter",
+            "Times the model was brought back to the manifest's: by redoing the last window \
+             (redo) or from the checkpoint (rebuild).",
+            "how",
+            &[
+                ("redo", self.resyncs[0] as f64),
+                ("rebuild", self.resyncs[1] as f64),
+            ],
         );
         out.counter(
             "templar_catch_ups_total",

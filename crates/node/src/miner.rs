@@ -298,12 +298,11 @@ impl<C: Chain> Miner<C> {
                     if !error.is_transient() {
                         return Err(error);
                     }
-                    let part = match error {
-                        NodeError::Chain(_) => Part::Chain,
-                        _ => Part::Storage,
-                    };
-                    self.node
-                        .failed(part, "catching up on the windows that went by", &error);
+                    self.node.failed(
+                        part_of(&error),
+                        "catching up on the windows that went by",
+                        &error,
+                    );
                 }
             }
             window = head.max(window + 1);
@@ -414,18 +413,21 @@ impl<C: Chain> Miner<C> {
             self.observe(&verdicts, &payloads)?;
         }
         self.saving.finish_weights()?;
+        // The validators' manifest of the window before is out by now: a model that differs
+        // from it is mended before this window's aggregate goes on top.
+        self.check_sync(window).await?;
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
         }
         self.position.last_window = Some(window);
         let fingerprint = self.replica.fingerprint();
+        self.previous = Some((window, fingerprint));
         self.node.events.emit(Event::Applied {
             window,
             global_step: self.position.global_step,
             fingerprint,
         });
-        self.check_sync(window, fingerprint).await?;
         self.save_weights()?;
         let retention = self.node.config.checkpoints.payload_retention;
         if let Err(error) = self
@@ -445,15 +447,23 @@ impl<C: Chain> Miner<C> {
         Ok(())
     }
 
-    /// Compares the model after the previous window with the manifest the validator with the most
-    /// stake published for it; on a mismatch, rebuilds the model from its checkpoint and manifests.
-    async fn check_sync(&mut self, window: u64, fingerprint: Fingerprint) -> Result<(), NodeError> {
-        let previous = self.previous.replace((window, fingerprint));
-        let Some((previous_window, ours)) = previous.filter(|(w, _)| *w + 1 == window) else {
+    /// Compares the model after the window before `window` with the manifest the validator with
+    /// the most stake published for it. On a mismatch (this miner gathered another set: a read
+    /// failed, a payload came late) it takes that window's apply back and redoes it from the
+    /// manifest's included set: one window of work. Only when that cannot be done (no record of
+    /// the apply, a payload gone) is the model rebuilt from the checkpoint and manifests.
+    async fn check_sync(&mut self, window: u64) -> Result<(), NodeError> {
+        let Some((previous_window, ours)) = self.previous.filter(|(w, _)| *w + 1 == window) else {
             return Ok(());
         };
-        let Some(source) = catchup::source(&self.node).await? else {
-            return Ok(());
+        let source = match catchup::source(&self.node).await {
+            Ok(Some(source)) => source,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                self.node
+                    .failed(Part::Chain, "finding the manifests' validator", &error);
+                return Ok(());
+            }
         };
         let manifest = match catchup::manifest(&self.node, &source, previous_window).await {
             Ok(Some(manifest)) => manifest,
@@ -472,14 +482,69 @@ impl<C: Chain> Miner<C> {
             ours,
             manifest: manifest.fingerprint,
         });
+        match self.redo(&manifest).await {
+            Ok(true) => {
+                self.position.global_step = manifest.global_step;
+                self.resynced(previous_window, false);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, window = previous_window, "redoing the window from its manifest failed: rebuilding");
+            }
+            Err(error) => return Err(error),
+        }
+        self.rebuild(previous_window).await
+    }
+
+    /// Takes the last apply back and applies the manifest's aggregate instead; false when no
+    /// record of the apply is kept.
+    async fn redo(&mut self, manifest: &crate::message::WindowManifest) -> Result<bool, NodeError> {
+        if !self.replica.revert_last_apply()? {
+            return Ok(false);
+        }
+        let peers = self.node.window_peers(manifest.window).await?;
+        catchup::apply_manifest(&self.node, &mut self.replica, &peers, manifest).await?;
+        Ok(true)
+    }
+
+    /// The model from the network's initial one, the checkpoint and the manifests up to
+    /// `window`. When they cannot be read now, the miner reports it and goes on: the next
+    /// window's check tries again.
+    async fn rebuild(&mut self, window: u64) -> Result<(), NodeError> {
         self.replica.reset(&self.node.config)?;
         let start = Position {
             last_window: None,
             global_step: 0,
         };
-        self.position = catchup::catch_up(&self.node, &mut self.replica, start, window).await?;
-        self.previous = Some((window, self.replica.fingerprint()));
+        match catchup::catch_up(&self.node, &mut self.replica, start, window).await {
+            Ok(at) => {
+                // Short of `window` when a payload is gone and no checkpoint covers it yet (the
+                // catch-up said so): the next window's check tries again.
+                let complete = at.last_window == Some(window);
+                self.position = at;
+                if complete {
+                    self.resynced(window, true);
+                }
+            }
+            Err(error) if error.is_transient() => {
+                self.node.failed(
+                    part_of(&error),
+                    "rebuilding the model from the checkpoint",
+                    &error,
+                );
+            }
+            Err(error) => return Err(error),
+        }
         Ok(())
+    }
+
+    fn resynced(&mut self, window: u64, full_rebuild: bool) {
+        self.previous = Some((window, self.replica.fingerprint()));
+        self.node.events.emit(Event::Resynced {
+            window,
+            full_rebuild,
+        });
     }
 
     /// Inner steps on the assignment of `data_uid` (this miner's own, but for an attack) for
@@ -511,14 +576,13 @@ impl<C: Chain> Miner<C> {
             let (batch, _) = data.batch(Split::Train, ids)?;
             let stats = self.replica.train_step(&batch)?;
             loss_sum += stats.loss;
-            lr = stats.lr;
+            if steps == 0 {
+                // The window's rate: where the network's schedule stands, the same on every node
+                // (later steps depend on how many this machine fits in).
+                lr = stats.lr;
+            }
             steps += 1;
-            let seconds = step_started.elapsed().as_secs_f64();
-            self.step_seconds = if self.step_seconds == 0.0 {
-                seconds
-            } else {
-                0.7 * self.step_seconds + 0.3 * seconds
-            };
+            self.step_seconds = next_step_estimate(self.step_seconds, step_started.elapsed());
         }
         let train_seconds = started.elapsed().as_secs_f64();
         if steps == 0 {
@@ -613,8 +677,50 @@ impl<C: Chain> Miner<C> {
     }
 }
 
+/// The running estimate of one inner step after one that took `took`. One step counts for at
+/// most twice the estimate: a process suspended mid-step (a closed laptop, a preempted VM) must
+/// not make the estimate so large that no window ever has time for a step again, and a machine
+/// that really slowed down still moves the estimate up by half each step.
+fn next_step_estimate(estimate: f64, took: std::time::Duration) -> f64 {
+    let seconds = took.as_secs_f64();
+    if estimate == 0.0 {
+        return seconds;
+    }
+    0.7 * estimate + 0.3 * seconds.min(2.0 * estimate)
+}
+
+/// The outside service a transient failure of following the network was about.
+fn part_of(error: &NodeError) -> Part {
+    match error {
+        NodeError::Chain(_) => Part::Chain,
+        _ => Part::Storage,
+    }
+}
+
 /// Where the inner learning-rate schedule stands at the start of a window: the network's global
 /// step (the outer steps taken) times the inner steps of a window, the same for every node.
 pub fn network_schedule_step(global_step: u64, config: &crate::NetworkConfig) -> u64 {
     global_step * u64::from(config.training.inner_steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stalled_step_does_not_starve_the_windows_after_it() {
+        // The first step sets the estimate; then 0.7·1 + 0.3·1.5 = 1.15.
+        let first = next_step_estimate(0.0, Duration::from_secs(1));
+        assert_eq!(first, 1.0);
+        assert!((next_step_estimate(first, Duration::from_millis(1500)) - 1.15).abs() < 1e-12);
+        // A step that took 30 s while the process was suspended counts as 2 s: 0.7 + 0.6 = 1.3.
+        assert!((next_step_estimate(first, Duration::from_secs(30)) - 1.3).abs() < 1e-12);
+        // A machine that really slowed to 10 s a step gets there within a dozen steps.
+        let mut estimate = first;
+        for _ in 0..12 {
+            estimate = next_step_estimate(estimate, Duration::from_secs(10));
+        }
+        assert!(estimate > 9.0, "{estimate}");
+    }
 }

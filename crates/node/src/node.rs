@@ -38,7 +38,32 @@ pub struct Node<C> {
     pub events: EventSink,
     /// Accept peers whose storage is a local directory (one-machine networks only).
     pub allow_local_peers: bool,
+    /// Reads made to fail on purpose (fault scenarios on test networks).
+    failed_reads: Vec<FailedRead>,
     peer_stores: Mutex<HashMap<Vec<u8>, Store>>,
+}
+
+/// A read made to fail on purpose, for fault scenarios on test networks: the live gather of
+/// `window` meets a storage error on `uid`'s payload, as if the peer's bucket had not answered.
+/// Later reads of it (a redo, a catch-up) succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedRead {
+    pub window: u64,
+    pub uid: u16,
+}
+
+impl std::str::FromStr for FailedRead {
+    type Err = String;
+
+    /// `WINDOW:UID`.
+    fn from_str(text: &str) -> Result<FailedRead, String> {
+        let bad = || format!("{text:?} is not WINDOW:UID (for example 12:3)");
+        let (window, uid) = text.split_once(':').ok_or_else(bad)?;
+        Ok(FailedRead {
+            window: window.trim().parse().map_err(|_| bad())?,
+            uid: uid.trim().parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 /// A payload whose signature and timing were verified, not yet decoded.
@@ -125,8 +150,21 @@ impl<C: Chain> Node<C> {
             data,
             events,
             allow_local_peers,
+            failed_reads: Vec::new(),
             peer_stores: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Makes these reads fail (see [`FailedRead`]): for test networks only.
+    pub fn with_failed_reads(mut self, reads: Vec<FailedRead>) -> Node<C> {
+        if !reads.is_empty() {
+            tracing::warn!(
+                ?reads,
+                "reads of peers' payloads will fail on purpose (a fault scenario)"
+            );
+        }
+        self.failed_reads = reads;
+        self
     }
 
     /// Looks the hotkey up on chain and commits this node's storage location if it changed.
@@ -246,6 +284,13 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> Result<Read, Verdict> {
+        if slot.is_some() && self.failed_reads.contains(&FailedRead { window, uid }) {
+            return Err(Verdict::rejected(
+                PayloadStatus::Missing,
+                "storage_error",
+                "the read failed on purpose (a fault scenario)",
+            ));
+        }
         match peers.candidates.iter().find(|c| c.uid == uid) {
             Some(candidate) => self.read_payload(window, candidate, slot).await,
             None => Err(Verdict::rejected(

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use common::{BLOCKS_PER_WINDOW, Net, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
+use templar_node::node::FailedRead;
 use templar_node::{Commitment, Event, Fingerprint, Miner, Role, Validator};
 
 /// Where node `name` publishes on the test server: its own prefix of the one bucket.
@@ -141,4 +142,91 @@ async fn a_storage_outage_of_a_whole_window_is_ridden_out() {
         .collect();
     assert_eq!(finals.len(), 3, "{finals:?}");
     assert!(finals.values().all(|f| Some(f) == finals.values().next()));
+}
+
+/// The fingerprint each node holds after each window it applied.
+fn applied_models(events: &[(String, Event)]) -> BTreeMap<u64, BTreeMap<String, Fingerprint>> {
+    let mut models: BTreeMap<u64, BTreeMap<String, Fingerprint>> = BTreeMap::new();
+    for (who, event) in events {
+        if let Event::Applied {
+            window,
+            fingerprint,
+            ..
+        } = event
+        {
+            models
+                .entry(*window)
+                .or_default()
+                .insert(who.clone(), *fingerprint);
+        }
+    }
+    models
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
+    templar_engine::set_threads(1);
+    let net = Net::new().await;
+    let validator = net.join("validator", 10, Role::Validator).await;
+    let m1 = net.join("m1", 11, Role::Miner).await;
+    let m2 = net.join("m2", 12, Role::Miner).await;
+    let start = net.next_window().await;
+    let (faulted, last) = (start + 2, start + 5);
+    // m1's live gather of one window cannot read m2's payload; the validator's can.
+    let m1 = m1.with_failed_reads(vec![FailedRead {
+        window: faulted,
+        uid: m2.uid,
+    }]);
+    let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
+    let mut threads = vec![spawn(move || validator.run(stop_after(last)))];
+    for (name, node) in [("m1", m1), ("m2", m2)] {
+        let miner = Miner::new(node, Device::Cpu, net.state_dir(name)).unwrap();
+        threads.push(spawn(move || miner.run(stop_after(last))));
+    }
+    for thread in threads {
+        thread.join().unwrap(); // no process ends with an error
+    }
+
+    let events = net.events();
+    let of_m1: Vec<&Event> = events
+        .iter()
+        .filter(|(who, _)| who == "m1")
+        .map(|(_, e)| e)
+        .collect();
+    // m1 aggregated another set than the network in that window, found it out at the next
+    // window's check and redid it from the manifest, in one window and without a rebuild.
+    let models = applied_models(&events);
+    assert_ne!(
+        models[&faulted]["m1"], models[&faulted]["validator"],
+        "the failed read changed m1's aggregate"
+    );
+    assert!(
+        of_m1
+            .iter()
+            .any(|e| matches!(e, Event::OutOfSync { window, .. } if *window == faulted))
+    );
+    let resyncs: Vec<(u64, bool)> = of_m1
+        .iter()
+        .filter_map(|e| match e {
+            Event::Resynced {
+                window,
+                full_rebuild,
+            } => Some((*window, *full_rebuild)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resyncs, vec![(faulted, false)], "{of_m1:?}");
+    assert!(
+        !of_m1.iter().any(|e| matches!(e, Event::CaughtUp { .. })),
+        "no catch-up from the checkpoint"
+    );
+    // From the next window on, every node holds the same model again.
+    for (window, by_node) in models.range(faulted + 1..) {
+        assert_eq!(by_node.len(), 3, "window {window}: {by_node:?}");
+        let first = by_node.values().next().unwrap();
+        assert!(
+            by_node.values().all(|f| f == first),
+            "window {window}: {by_node:?}"
+        );
+    }
 }
