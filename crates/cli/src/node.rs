@@ -132,6 +132,11 @@ pub struct NodeArgs {
     /// other-data[:UID], lazy, late, malformed, nan or oversize. See docs/robustness.md.
     #[arg(long, env = "TEMPLAR_BEHAVIOR", value_name = "BEHAVIOR")]
     behavior: Option<Behavior>,
+    /// TEST AND RESEARCH NETWORKS ONLY (refused on finney): this node's live gather of WINDOW
+    /// fails to read UID's payload, as if that peer's bucket had not answered (a fault
+    /// scenario; repeat for more). Later reads of it succeed.
+    #[arg(long, value_name = "WINDOW:UID", hide = true)]
+    fail_read: Vec<templar_node::node::FailedRead>,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +266,9 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
             bail!("--behavior {behavior} is for test networks: it is refused on finney");
         }
     }
+    if !args.fail_read.is_empty() && args.chain.target() == ChainTarget::parse("finney") {
+        bail!("--fail-read is for test networks: it is refused on finney");
+    }
     let config = NetworkConfig::load(&args.config)?;
     let device = args.device.parse::<DeviceChoice>()?.resolve()?;
     // Rank 0 of a node over ranks meets the others before anything else; a fully sharded
@@ -323,7 +331,8 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
     };
     let events = sink(&name, args.events.as_deref(), metrics)?;
     let local = !args.storage.starts_with("s3://");
-    let mut node = Node::new(config, chain, hotkey, 0, store, data, events, local)?;
+    let mut node = Node::new(config, chain, hotkey, 0, store, data, events, local)?
+        .with_failed_reads(args.fail_read.clone());
     let commitment = Commitment {
         role,
         url: args.storage.clone(),

@@ -1,6 +1,7 @@
 //! `--scenario faults`: one network (in DIR/faults) taken through failures of real machines on
-//! a script — a miner and then the validator killed with SIGKILL mid-window and started again, a
-//! miner joining late, a payload truncated in storage — each outcome measured from what the
+//! a script — one miner's read of a peer failing for a window, a miner and then the validator
+//! killed with SIGKILL mid-window and started again, a payload truncated in storage, a miner
+//! suspended for three windows, a miner joining late — each outcome measured from what the
 //! nodes reported, into DIR/faults.json and DIR/faults.md (see docs/robustness.md).
 
 use std::collections::BTreeMap;
@@ -22,11 +23,16 @@ use super::setup::{Layout, Member, members};
 use super::tail::EventFile;
 use super::{LocalnetArgs, run_network};
 
-pub const DEFAULT_WINDOWS: u64 = 13;
+pub const DEFAULT_WINDOWS: u64 = 16;
 const VALIDATOR: &str = "validator-v1";
 const KILLED: &str = "miner-m1";
 const TRUNCATED: &str = "miner-m2";
 const LATE: &str = "miner-m3";
+/// Its live gather of window [`FAILED_READ_WINDOW`] cannot read [`KILLED`]'s payload.
+const FAILS_A_READ: &str = TRUNCATED;
+const FAILED_READ_WINDOW: u64 = 1;
+/// Suspended (SIGSTOP) for three windows, late in the run.
+const SUSPENDED: &str = KILLED;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +43,9 @@ enum Action {
     RestartValidator,
     StartLateMiner,
     TruncatePayload,
+    FailRead,
+    SuspendMiner,
+    ResumeMiner,
 }
 
 /// One step of the script: `action` once the chain reaches `window` (counted from the run's
@@ -87,6 +96,10 @@ impl Script {
                 step(Action::KillValidator, 5, 2),
                 step(Action::RestartValidator, 6, 1),
                 step(Action::TruncatePayload, 8, 0),
+                // Three windows of a process that holds its memory and does nothing, then goes
+                // on: it must apply the windows it missed before it trains again.
+                step(Action::SuspendMiner, 9, 1),
+                step(Action::ResumeMiner, 12, 1),
                 // After the checkpoint of window 9 (every 5) is out, so the newcomer starts
                 // from it and the manifests after it.
                 step(Action::StartLateMiner, 11, 1),
@@ -104,6 +117,32 @@ impl Script {
     /// Members started by the script rather than with the others.
     pub fn deferred(&self, name: &str) -> bool {
         name == LATE
+    }
+
+    /// Options the script gives member `name` when it starts (`uid_of`: a localnet hotkey's
+    /// uid): the read [`FAILS_A_READ`] fails, recorded as a step of the script.
+    pub fn node_args(
+        &mut self,
+        name: &str,
+        first_window: u64,
+        uid_of: &dyn Fn(&str) -> Result<u16>,
+    ) -> Result<Vec<OsString>> {
+        if name != FAILS_A_READ {
+            return Ok(Vec::new());
+        }
+        let window = first_window + FAILED_READ_WINDOW;
+        let peer = KILLED.trim_start_matches("miner-");
+        let uid = uid_of(peer)?;
+        self.happened.push(Happened {
+            action: Action::FailRead,
+            window,
+            block: 0,
+            at_ms: templar_node::node::now_ms(),
+            detail: format!(
+                "{name}'s live gather of window {window} fails to read uid {uid} ({KILLED})"
+            ),
+        });
+        Ok(vec!["--fail-read".into(), format!("{window}:{uid}").into()])
     }
 
     pub fn prepare(
@@ -186,6 +225,13 @@ impl Script {
                 Ok(format!("started {LATE}, registered since the beginning"))
             }
             Action::TruncatePayload => self.truncate(&layout, window),
+            Action::SuspendMiner => fleet
+                .suspend(SUSPENDED)
+                .map(|()| format!("SIGSTOP {SUSPENDED}")),
+            Action::ResumeMiner => fleet
+                .resume(SUSPENDED)
+                .map(|()| format!("SIGCONT {SUSPENDED}")),
+            Action::FailRead => Ok("set when the miner started".into()),
         }
     }
 
@@ -246,12 +292,46 @@ pub struct FaultsReport {
     pub outcomes: Vec<Outcome>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Outcome {
     pub fault: String,
     pub expected: String,
     pub measured: String,
     pub met: bool,
+    /// Windows from the fault's end until the node held the validator's model again (1: the
+    /// first window it applied after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_to_sync: Option<u64>,
+    /// Models rebuilt from a checkpoint since the fault (a newcomer's first load not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_rebuilds: Option<u64>,
+    /// The inner learning rate the node trained at first after the fault, and what another
+    /// miner trained at in that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<LearningRate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LearningRate {
+    pub window: u64,
+    pub node: f64,
+    pub network: Option<f64>,
+}
+
+impl LearningRate {
+    fn matches(&self) -> bool {
+        self.network == Some(self.node)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "trained at learning rate {:.3e} in window {} (another miner: {})",
+            self.node,
+            self.window,
+            self.network
+                .map_or("none trained".into(), |lr| format!("{lr:.3e}"))
+        )
+    }
 }
 
 pub fn run(args: &LocalnetArgs) -> Result<()> {
@@ -349,6 +429,12 @@ fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
     if let Some(cut) = when(Action::TruncatePayload) {
         outcomes.push(truncated(&layout, &validator, cut)?);
     }
+    if let Some(failed) = when(Action::FailRead) {
+        outcomes.push(read_failed(&layout, &validator, &models, failed)?);
+    }
+    if let (Some(stop), Some(resume)) = (when(Action::SuspendMiner), when(Action::ResumeMiner)) {
+        outcomes.push(suspended(&layout, &models, stop, resume)?);
+    }
     Ok(FaultsReport {
         command,
         happened: record.happened,
@@ -393,10 +479,7 @@ fn rejoined(
         } => Some((*replayed, *checkpoint)),
         _ => None,
     });
-    let in_sync = applied(&events)
-        .into_iter()
-        .find(|(w, f)| *w >= from && models.get(w) == Some(f))
-        .map(|(w, _)| w);
+    let in_sync = back_in_sync(&events, models, from);
     let state = |w: Option<u64>| w.map_or("before any window".into(), |w| format!("of window {w}"));
     let how = match (resumed, caught_up) {
         (Some(w), Some((n, _))) => {
@@ -434,11 +517,175 @@ fn rejoined(
     } else {
         "resumes from its state, and holds the network's model within 2 windows"
     };
+    let learning_rate = first_learning_rate(layout, node, &events, from)?;
+    let rebuilds = full_rebuilds(&events, 0);
+    let lr_met = learning_rate.is_some_and(|lr| lr.matches());
     Ok(Outcome {
         fault: fault.to_string(),
-        expected: expected.into(),
+        expected: format!("{expected}, at the network's learning rate, without a full rebuild"),
+        measured: format!(
+            "{measured}; {}; {rebuilds} full rebuild(s)",
+            learning_rate.map_or("never trained".into(), |lr| lr.describe())
+        ),
+        met: met && lr_met && rebuilds == 0,
+        windows_to_sync: in_sync.map(|w| w + 1 - from),
+        full_rebuilds: Some(rebuilds),
+        learning_rate,
+    })
+}
+
+/// Models rebuilt from a checkpoint after `after_ms`: an out-of-sync node's rebuild, or a
+/// catch-up that loaded a checkpoint over a model of the node's own.
+fn full_rebuilds(events: &[EventLine], after_ms: u64) -> u64 {
+    events
+        .iter()
+        .filter(|l| l.at_ms >= after_ms)
+        .filter(|l| match &l.event {
+            Event::Resynced { full_rebuild, .. } => *full_rebuild,
+            Event::CaughtUp {
+                from: Some(_),
+                checkpoint: Some(_),
+                ..
+            } => true,
+            _ => false,
+        })
+        .count() as u64
+}
+
+/// The first window `node` trained in from `from` on, at what rate, and what the other honest
+/// miners trained at in that window.
+fn first_learning_rate(
+    layout: &Layout,
+    node: &str,
+    events: &[EventLine],
+    from: u64,
+) -> Result<Option<LearningRate>> {
+    let Some((window, lr)) = events.iter().find_map(|l| match l.event {
+        Event::Trained { window, lr, .. } if window >= from => Some((window, lr)),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let mut network = None;
+    for other in [KILLED, TRUNCATED, LATE].into_iter().filter(|o| *o != node) {
+        network = network.or(lines(layout, other)?.iter().find_map(|l| match l.event {
+            Event::Trained { window: w, lr, .. } if w == window => Some(lr),
+            _ => None,
+        }));
+    }
+    Ok(Some(LearningRate {
+        window,
+        node: lr,
+        network,
+    }))
+}
+
+/// The first window from `from` on after which `events`' node held the validator's model.
+fn back_in_sync(
+    events: &[EventLine],
+    models: &BTreeMap<u64, Fingerprint>,
+    from: u64,
+) -> Option<u64> {
+    applied(events)
+        .into_iter()
+        .find(|(w, f)| *w >= from && models.get(w) == Some(f))
+        .map(|(w, _)| w)
+}
+
+/// One miner's live gather missed a peer's payload the validator aggregated: it must notice at
+/// the next manifest and redo that window, holding the network's model again after the next
+/// window, without a rebuild.
+fn read_failed(
+    layout: &Layout,
+    validator: &[EventLine],
+    models: &BTreeMap<u64, Fingerprint>,
+    failed: &Happened,
+) -> Result<Outcome> {
+    let window = failed.window;
+    let peer = uid_of_files(layout, KILLED)?;
+    let events = lines(layout, FAILS_A_READ)?;
+    let aggregated = validator.iter().any(|l| {
+        matches!(&l.event, Event::Gathered { window: w, included, .. }
+            if *w == window && included.contains(&peer))
+    });
+    let redone = events.iter().any(
+        |l| matches!(l.event, Event::Resynced { window: w, full_rebuild: false } if w == window),
+    );
+    let rebuilds = full_rebuilds(&events, 0);
+    let in_sync = back_in_sync(&events, models, window + 1);
+    let measured = format!(
+        "uid {peer} {} by the validator; {}; same model as the validator after window {}; \
+         {rebuilds} full rebuild(s)",
+        if aggregated {
+            "aggregated"
+        } else {
+            "NOT aggregated"
+        },
+        if redone {
+            format!("out of sync after window {window}, redone from its manifest")
+        } else {
+            "never redid the window".into()
+        },
+        in_sync.map_or("–".into(), |w| w.to_string()),
+    );
+    Ok(Outcome {
+        fault: format!("{FAILS_A_READ}'s read of {KILLED}'s payload failing in window {window}"),
+        expected: "the window redone from the manifest: the network's model again after the next \
+                   window, no full rebuild"
+            .into(),
         measured,
-        met,
+        met: aggregated && redone && in_sync == Some(window + 1) && rebuilds == 0,
+        windows_to_sync: in_sync.map(|w| w - window),
+        full_rebuilds: Some(rebuilds),
+        learning_rate: None,
+    })
+}
+
+/// A miner suspended for windows and let go on: it applies the windows it missed before it
+/// trains, holds the network's model within 2 windows, at the network's learning rate, without a
+/// rebuild.
+fn suspended(
+    layout: &Layout,
+    models: &BTreeMap<u64, Fingerprint>,
+    stop: &Happened,
+    resume: &Happened,
+) -> Result<Outcome> {
+    let events = lines(layout, SUSPENDED)?;
+    let from = resume.window;
+    let in_sync = back_in_sync(&events, models, from);
+    let rebuilds = full_rebuilds(&events, stop.at_ms);
+    let learning_rate = first_learning_rate(layout, SUSPENDED, &events, from)?;
+    let caught_up = events
+        .iter()
+        .any(|l| l.at_ms >= resume.at_ms && matches!(l.event, Event::CaughtUp { .. }));
+    let measured = format!(
+        "suspended in window {}, let go on in window {from}; {}; same model as the validator \
+         after window {}; {}; {rebuilds} full rebuild(s)",
+        stop.window,
+        if caught_up {
+            "applied the windows it missed"
+        } else {
+            "did not catch up"
+        },
+        in_sync.map_or("–".into(), |w| w.to_string()),
+        learning_rate.map_or("never trained".into(), |lr| lr.describe()),
+    );
+    Ok(Outcome {
+        fault: format!(
+            "a miner suspended (SIGSTOP) for {} windows",
+            from - stop.window
+        ),
+        expected: "applies the windows it missed before training; the network's model within 2 \
+                   windows, at the network's learning rate, no full rebuild"
+            .into(),
+        measured,
+        met: caught_up
+            && in_sync.is_some_and(|w| w < from + 2)
+            && learning_rate.is_some_and(|lr| lr.matches())
+            && rebuilds == 0,
+        windows_to_sync: in_sync.map(|w| w + 1 - from),
+        full_rebuilds: Some(rebuilds),
+        learning_rate,
     })
 }
 
@@ -501,6 +748,7 @@ fn validator_resumed(events: &[EventLine], kill: &Happened, record: &Record) -> 
         expected: "ratings, averages and counters identical to before the kill".into(),
         measured,
         met: identical && reported.is_some() && mismatches.is_empty(),
+        ..Outcome::default()
     })
 }
 
@@ -540,6 +788,7 @@ fn truncated(layout: &Layout, validator: &[EventLine], cut: &Happened) -> Result
         expected: "rejected with a reason, the window proceeds".into(),
         measured,
         met,
+        ..Outcome::default()
     })
 }
 

@@ -113,6 +113,27 @@ impl Fleet {
         self.members.iter().filter(|m| m.exit.is_none()).count()
     }
 
+    /// Suspends `name` (SIGSTOP), as a laptop's lid or a preempted VM does: it holds its
+    /// memory and sockets and does nothing until [`Fleet::resume`].
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        signal(self.running_member(name)?, Signal::Stop);
+        Ok(())
+    }
+
+    /// Lets a suspended `name` go on (SIGCONT).
+    pub fn resume(&self, name: &str) -> Result<()> {
+        signal(self.running_member(name)?, Signal::Continue);
+        Ok(())
+    }
+
+    fn running_member(&self, name: &str) -> Result<&Child> {
+        self.members
+            .iter()
+            .find(|m| m.name == name && m.exit.is_none())
+            .map(|m| &m.child)
+            .with_context(|| format!("{name} is not running"))
+    }
+
     /// Asks every running node to finish its window and stop (what Ctrl-C does to one node);
     /// a second call makes them abandon the window.
     pub fn interrupt(&self) {
@@ -138,12 +159,16 @@ impl Drop for Fleet {
 
 enum Signal {
     Interrupt,
+    Stop,
+    Continue,
 }
 
 #[cfg(unix)]
 fn signal(child: &Child, signal: Signal) {
     let number = match signal {
         Signal::Interrupt => libc::SIGINT,
+        Signal::Stop => libc::SIGSTOP,
+        Signal::Continue => libc::SIGCONT,
     };
     let Ok(pid) = i32::try_from(child.id()) else {
         return;

@@ -226,6 +226,10 @@ fn run_network(
             node_args.extend(["--behavior".into(), behavior.to_string().into()]);
         }
         node_args.extend(prepared.chain.node_args(&layout.chain()));
+        if let Some(script) = script.as_deref_mut() {
+            let uid_of = |hotkey: &str| uid_of(&prepared.chain, &layout, hotkey);
+            node_args.extend(script.node_args(&member.name(), first_window, &uid_of)?);
+        }
         if script.as_ref().is_some_and(|s| s.deferred(&member.name())) {
             commands.insert(member.name(), node_args);
             continue;
@@ -308,6 +312,20 @@ fn lock(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// The command line of one node, but for its chain options (`NetChain::node_args`).
+/// The uid the localnet's hotkey `hotkey` holds on the chain now.
+fn uid_of(chain: &NetChain, layout: &Layout, hotkey: &str) -> Result<u16> {
+    let account = Wallet::new(layout.wallets(), WALLET)
+        .hotkey(hotkey)?
+        .account();
+    chain
+        .metagraph_now()?
+        .neurons
+        .iter()
+        .find(|n| n.hotkey == account)
+        .map(|n| n.uid)
+        .with_context(|| format!("{hotkey} is not registered"))
+}
+
 fn node_args(
     layout: &Layout,
     member: &Member,
