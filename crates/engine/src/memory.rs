@@ -51,7 +51,8 @@ pub struct WindowShape {
     /// Of `payload_bytes`, the decoded form: a rank of a fully sharded node other than rank 0
     /// keeps only its own tensors' share of it.
     pub payload_decoded_bytes: u64,
-    /// Values one payload carries (its indices): what applying it can change in the model.
+    /// Values one payload carries (its indices): what applying it can change in the model
+    /// (`u64::MAX`: no bound, as with DCT coefficients).
     pub payload_values: u64,
     /// Whether the device is the host (CPU training): then device buffers count as host memory.
     pub device_is_host: bool,
@@ -504,11 +505,11 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
 /// value the payloads carry, at most the model's f32s (`model_bytes`: tensors it would rather copy
 /// whole).
 fn undo_item(shape: WindowShape, model_bytes: u64) -> Item {
-    let changes = shape.payloads as u64 * shape.payload_values;
+    let changes = (shape.payloads as u64).saturating_mul(shape.payload_values);
     item(
         "last apply's record (to redo a window)",
         Place::Host,
-        (8 * changes).min(model_bytes),
+        changes.saturating_mul(8).min(model_bytes),
     )
 }
 

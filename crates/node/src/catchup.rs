@@ -65,23 +65,52 @@ pub async fn sources<C: Chain>(node: &Node<C>) -> Result<Vec<Source>, NodeError>
     Ok(sources)
 }
 
-/// The newest checkpoint any validator (most stake first) published of a window in
-/// `from..=to`, and the store it is in: where a catch-up goes on past a window it cannot replay.
+/// The newest checkpoint a validator (most stake first) published of a window in `from..=to`,
+/// and the store it is in: where a catch-up goes on past a window it cannot replay. Another
+/// validator's checkpoint is taken only when `reference`'s manifest of its window names the same
+/// model and global step (anyone can commit as a validator and publish a checkpoint; the
+/// reference is the one the node follows).
 async fn checkpoint_covering<C: Chain>(
     node: &Node<C>,
+    reference: &Source,
     from: u64,
     to: u64,
 ) -> Result<Option<(checkpoint::Descriptor, Store)>, NodeError> {
     for source in sources(node).await? {
-        match checkpoint::latest(&source.store, &node.network, source.uid, source.hotkey).await {
-            Ok(Some(descriptor)) if (from..=to).contains(&descriptor.window) => {
-                return Ok(Some((descriptor, source.store)));
-            }
-            Ok(_) => {}
+        let descriptor = match checkpoint::latest(
+            &source.store,
+            &node.network,
+            source.uid,
+            source.hotkey,
+        )
+        .await
+        {
+            Ok(Some(descriptor)) if (from..=to).contains(&descriptor.window) => descriptor,
+            Ok(_) => continue,
             Err(error) => {
-                tracing::debug!(uid = source.uid, %error, "a validator's checkpoint is not readable")
+                tracing::debug!(uid = source.uid, %error, "a validator's checkpoint is not readable");
+                continue;
+            }
+        };
+        if source.uid != reference.uid {
+            let vouched = manifest(node, reference, descriptor.window)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|m| {
+                    m.fingerprint == descriptor.fingerprint
+                        && m.global_step == descriptor.global_step
+                });
+            if !vouched {
+                tracing::warn!(
+                    uid = source.uid,
+                    window = descriptor.window,
+                    "a validator's checkpoint is not the model the manifests name: not used"
+                );
+                continue;
             }
         }
+        return Ok(Some((descriptor, source.store)));
     }
     Ok(None)
 }
@@ -145,7 +174,8 @@ pub async fn catch_up<C: Chain, R: NetworkReplica>(
                 // Nobody can replay this window exactly now: go on from a checkpoint past it,
                 // or stop here and say why (the caller goes on; a later catch-up, once a
                 // checkpoint covers the window, gets past it).
-                let Some((descriptor, store)) = checkpoint_covering(node, window, target).await?
+                let Some((descriptor, store)) =
+                    checkpoint_covering(node, &source, window, target).await?
                 else {
                     node.failed(Part::Storage, &format!("replaying window {window}"), &gone);
                     break;

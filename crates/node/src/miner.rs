@@ -121,6 +121,9 @@ pub struct Miner<C> {
     /// A fully sharded node's state save, due once the window's aggregate is applied (its
     /// ranks write together, at once: nothing is lent to a background save).
     sharded_save_due: Option<u64>,
+    /// The model is known not to be the network's (a catch-up stopped short, a redo or rebuild
+    /// could not finish): the miner trains and applies nothing until a catch-up gets it there.
+    behind: bool,
 }
 
 impl<C: Chain> Miner<C> {
@@ -250,6 +253,7 @@ impl<C: Chain> Miner<C> {
             last_saved: None,
             saving: Saving::default(),
             sharded_save_due: None,
+            behind: false,
         }
     }
 
@@ -279,7 +283,7 @@ impl<C: Chain> Miner<C> {
             .node
             .clock
             .window_of(self.node.chain.block().await?.number);
-        self.catch_up_before(current).await?;
+        self.catch_up_or_wait(current).await?;
         let mut window = current;
         while !stop.now(window) {
             self.run_window(window).await?;
@@ -291,19 +295,7 @@ impl<C: Chain> Miner<C> {
             // applied before the next is trained: never train on a model that skipped windows.
             if head > window + 1 {
                 self.finish_saving()?;
-                if let Err(error) = self.catch_up_before(head).await {
-                    // The windows cannot be fetched now (storage or the chain is down): train on
-                    // what this miner holds, and let the next window's sync check rebuild it if
-                    // it drifted. Only what needs an operator ends the miner.
-                    if !error.is_transient() {
-                        return Err(error);
-                    }
-                    self.node.failed(
-                        part_of(&error),
-                        "catching up on the windows that went by",
-                        &error,
-                    );
-                }
+                self.catch_up_or_wait(head).await?;
             }
             window = head.max(window + 1);
         }
@@ -311,10 +303,35 @@ impl<C: Chain> Miner<C> {
         self.replica.release_ranks()
     }
 
+    /// [`Miner::catch_up_before`]; when the windows cannot be had now (storage or the chain
+    /// down, a payload gone with no checkpoint past it yet), the miner reports it and is
+    /// `behind` until a later try gets there. Only what needs an operator ends the miner.
+    async fn catch_up_or_wait(&mut self, window: u64) -> Result<(), NodeError> {
+        match self.catch_up_before(window).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_transient() => {
+                self.node.failed(
+                    part_of(&error),
+                    "catching up on the windows that went by",
+                    &error,
+                );
+                // The catch-up may have replayed some windows before it failed: only a rebuild
+                // knows where the model stands.
+                self.fall_behind(Position {
+                    last_window: None,
+                    global_step: 0,
+                });
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Brings the replica up to the end of the window before `window` when it is behind it:
-    /// waits for that window's slot to close, then replays the network's windows since.
+    /// waits for that window's slot to close, then replays the network's windows since. A
+    /// catch-up that stops short leaves the miner `behind`.
     async fn catch_up_before(&mut self, window: u64) -> Result<(), NodeError> {
-        let behind = self.position.last_window.is_none_or(|w| w + 1 < window);
+        let behind = self.behind || self.position.last_window.is_none_or(|w| w + 1 < window);
         if window == 0 || !behind {
             return Ok(());
         }
@@ -323,12 +340,47 @@ impl<C: Chain> Miner<C> {
         self.node
             .wait_until(self.node.clock.end_block(previous), slot.closes_ms)
             .await?;
+        if self.behind && self.position.last_window.is_none() {
+            // Where a failed rebuild left it: from the network's initial model again.
+            self.replica.reset(&self.node.config)?;
+        }
         self.position =
             catchup::catch_up(&self.node, &mut self.replica, self.position, previous).await?;
+        // A fresh network has nothing to catch up on: the initial model is its model.
+        let reached = self.position.last_window.is_none_or(|w| w == previous);
+        self.behind = !reached;
+        if reached {
+            self.previous = None;
+        }
         Ok(())
     }
 
+    /// The model is not the network's and stands at `position`.
+    fn fall_behind(&mut self, position: Position) {
+        self.position = position;
+        self.behind = true;
+        self.previous = None;
+    }
+
     async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
+        if self.behind {
+            self.catch_up_or_wait(window).await?;
+            if self.behind {
+                // A payload trained on a model that skipped windows helps nobody, and applying
+                // on top of it only moves further away: wait for a catch-up that gets there.
+                self.node.events.emit(Event::Skipped {
+                    window,
+                    reason: format!(
+                        "behind the network (the model holds window {}): waiting for a \
+                         catch-up to get past the windows it could not replay",
+                        self.position
+                            .last_window
+                            .map_or("none".into(), |w| w.to_string())
+                    ),
+                });
+                return Ok(());
+            }
+        }
         let peers = self.node.window_peers(window).await?;
         let slot = self.node.slot(window).await?;
         let starts = self
@@ -416,6 +468,11 @@ impl<C: Chain> Miner<C> {
         // The validators' manifest of the window before is out by now: a model that differs
         // from it is mended before this window's aggregate goes on top.
         self.check_sync(window).await?;
+        if self.behind {
+            // The redo or rebuild could not finish: this window is applied by the catch-up that
+            // brings the model back.
+            return Ok(());
+        }
         self.replica.apply_aggregate(&payloads)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
@@ -482,35 +539,51 @@ impl<C: Chain> Miner<C> {
             ours,
             manifest: manifest.fingerprint,
         });
+        if !self.replica.revert_last_apply()? {
+            // No record of the apply (the miner has applied nothing since it started).
+            return self.rebuild(previous_window).await;
+        }
         match self.redo(&manifest).await {
-            Ok(true) => {
+            Ok(()) => {
                 self.position.global_step = manifest.global_step;
                 self.resynced(previous_window, false);
-                return Ok(());
+                Ok(())
             }
-            Ok(false) => {}
+            Err(error @ (NodeError::PayloadGone { .. } | NodeError::Chain(_)))
+                if error.is_transient() =>
+            {
+                // Nothing was applied: the model is the one before that window, and a catch-up
+                // replays it once its payloads can be read.
+                self.node.failed(
+                    part_of(&error),
+                    &format!("redoing window {previous_window} from its manifest"),
+                    &error,
+                );
+                let stepped = u64::from(!manifest.included.is_empty());
+                self.fall_behind(Position {
+                    last_window: previous_window.checked_sub(1),
+                    global_step: manifest.global_step.saturating_sub(stepped),
+                });
+                Ok(())
+            }
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, window = previous_window, "redoing the window from its manifest failed: rebuilding");
+                self.rebuild(previous_window).await
             }
-            Err(error) => return Err(error),
+            Err(error) => Err(error),
         }
-        self.rebuild(previous_window).await
     }
 
-    /// Takes the last apply back and applies the manifest's aggregate instead; false when no
-    /// record of the apply is kept.
-    async fn redo(&mut self, manifest: &crate::message::WindowManifest) -> Result<bool, NodeError> {
-        if !self.replica.revert_last_apply()? {
-            return Ok(false);
-        }
+    /// Applies the manifest's aggregate in place of the apply just taken back.
+    async fn redo(&mut self, manifest: &crate::message::WindowManifest) -> Result<(), NodeError> {
         let peers = self.node.window_peers(manifest.window).await?;
         catchup::apply_manifest(&self.node, &mut self.replica, &peers, manifest).await?;
-        Ok(true)
+        Ok(())
     }
 
     /// The model from the network's initial one, the checkpoint and the manifests up to
-    /// `window`. When they cannot be read now, the miner reports it and goes on: the next
-    /// window's check tries again.
+    /// `window`. When they cannot be read now, the miner reports it and is `behind` until a
+    /// later window's catch-up gets there.
     async fn rebuild(&mut self, window: u64) -> Result<(), NodeError> {
         self.replica.reset(&self.node.config)?;
         let start = Position {
@@ -518,21 +591,20 @@ impl<C: Chain> Miner<C> {
             global_step: 0,
         };
         match catchup::catch_up(&self.node, &mut self.replica, start, window).await {
-            Ok(at) => {
-                // Short of `window` when a payload is gone and no checkpoint covers it yet (the
-                // catch-up said so): the next window's check tries again.
-                let complete = at.last_window == Some(window);
+            Ok(at) if at.last_window == Some(window) => {
                 self.position = at;
-                if complete {
-                    self.resynced(window, true);
-                }
+                self.resynced(window, true);
             }
+            // Short of `window`: a payload is gone and no checkpoint covers it yet (the
+            // catch-up said so). Later windows try again from there.
+            Ok(at) => self.fall_behind(at),
             Err(error) if error.is_transient() => {
                 self.node.failed(
                     part_of(&error),
                     "rebuilding the model from the checkpoint",
                     &error,
                 );
+                self.fall_behind(start);
             }
             Err(error) => return Err(error),
         }

@@ -166,7 +166,13 @@ fn window_shape(
             (
                 payload_memory(&s),
                 s.decoded_payload_bytes() as u64,
-                s.payload_values() as u64,
+                // With DCT coefficients an apply may change every value of a touched chunk:
+                // no bound but the model.
+                if s.config().transform == templar_codec::Transform::Dct {
+                    u64::MAX
+                } else {
+                    s.payload_values() as u64
+                },
             )
         });
     WindowShape {
@@ -547,7 +553,7 @@ impl Replica {
             let lr = self.outer_lr;
             let mut record = undo
                 .as_mut()
-                .map(|u| u.tensor(i, tensor, changes_at_most(&peers)));
+                .map(|u| u.tensor(i, tensor, changes_at_most(&self.schema, &peers)));
             merge_in_pieces(
                 &self.schema,
                 &mut scratch,
@@ -575,6 +581,11 @@ impl Replica {
     /// again what it was before it (fingerprint included). False, changing nothing, when no
     /// record is kept: a validator, or the base changed otherwise since.
     pub fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
+        if self.last_apply.is_none() {
+            return Ok(false);
+        }
+        // Before the record is taken: a base still lent to a save must not lose it.
+        base_mut(&mut self.base)?;
         let Some(undo) = self.last_apply.take() else {
             return Ok(false);
         };
@@ -583,7 +594,6 @@ impl Replica {
             // of the apply before, which nothing will ask them to revert.
             return Ok(true);
         }
-        base_mut(&mut self.base)?;
         self.tell_followers(|| Command::Revert)?;
         let reverted = self.revert_here(undo);
         match &mut self.ranks {

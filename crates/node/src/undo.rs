@@ -113,8 +113,16 @@ impl TensorUndo {
     }
 }
 
-/// The changes an apply of `peers`' tensor can make at most: the values they carry.
-pub fn changes_at_most(peers: &[&templar_codec::SparseTensor]) -> usize {
+/// The changes an apply of `peers`' tensor can make at most: the values they carry, or any
+/// value at all when the codec sends DCT coefficients (a chunk's inverse transform touches all
+/// of it).
+pub fn changes_at_most(
+    schema: &templar_codec::Schema,
+    peers: &[&templar_codec::SparseTensor],
+) -> usize {
+    if schema.config().transform == templar_codec::Transform::Dct {
+        return usize::MAX;
+    }
     peers.iter().map(|p| p.indices.len()).sum()
 }
 

@@ -157,6 +157,15 @@ impl<C: Chain> Validator<C> {
                 .wait_until(self.node.clock.end_block(target), slot.closes_ms)
                 .await?;
             let at = catchup::catch_up(&self.node, &mut self.replica, position, target).await?;
+            if at.last_window != Some(target) {
+                // Judging and publishing from a model that skipped windows would make this
+                // validator's manifests and checkpoints wrong for everyone who follows them.
+                return Err(NodeError::CatchUp(format!(
+                    "stopped short at window {:?} of {target}: a payload is gone and no \
+                     checkpoint covers it yet; start again later",
+                    at.last_window
+                )));
+            }
             self.state.last_window = at.last_window;
             self.state.global_step = at.global_step;
             self.remember(self.replica.fingerprint());

@@ -11,11 +11,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{BLOCKS_PER_WINDOW, Net, spawn, stop_after};
+use common::{BLOCKS_PER_WINDOW, Net, applied_models, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
 use templar_node::node::FailedRead;
 use templar_node::{Commitment, Event, Fingerprint, Miner, Role, Validator};
+use templar_protocol::Keypair;
 
 /// Where node `name` publishes on the test server: its own prefix of the one bucket.
 fn on_server(server: &s3::S3Server, role: Role, name: &str) -> Commitment {
@@ -144,25 +145,6 @@ async fn a_storage_outage_of_a_whole_window_is_ridden_out() {
     assert!(finals.values().all(|f| Some(f) == finals.values().next()));
 }
 
-/// The fingerprint each node holds after each window it applied.
-fn applied_models(events: &[(String, Event)]) -> BTreeMap<u64, BTreeMap<String, Fingerprint>> {
-    let mut models: BTreeMap<u64, BTreeMap<String, Fingerprint>> = BTreeMap::new();
-    for (who, event) in events {
-        if let Event::Applied {
-            window,
-            fingerprint,
-            ..
-        } = event
-        {
-            models
-                .entry(*window)
-                .or_default()
-                .insert(who.clone(), *fingerprint);
-        }
-    }
-    models
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
     templar_engine::set_threads(1);
@@ -229,4 +211,90 @@ async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
             "window {window}: {by_node:?}"
         );
     }
+}
+
+/// Removes every folder named `gradient` under `root`: a miner deleting all its payloads.
+fn delete_payloads(root: &std::path::Path) -> usize {
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "gradient") {
+            deleted += std::fs::read_dir(&path).unwrap().count();
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            deleted += delete_payloads(&path);
+        }
+    }
+    deleted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_deleting_its_payloads_never_stops_a_node() {
+    templar_engine::set_threads(1);
+    let net = Net::new().await;
+    let validator = net.join("validator", 10, Role::Validator).await;
+    let m1 = net.join("m1", 11, Role::Miner).await;
+    let m2 = net.join("m2", 12, Role::Miner).await;
+    // Registered now, started late: it catches up over the windows whose payloads are gone.
+    let newcomer_uid = net.join("m3", 13, Role::Miner).await.uid;
+    let start = net.next_window().await;
+    let every = net.config.checkpoints.every;
+    // The deleted window D is not a checkpoint's, so the newcomer's newest checkpoint is older
+    // and its replay needs the payloads of D; the next checkpoint, after D, gets it past them.
+    let deleted = (start + 3..).find(|w| (w + 1) % every != 0).unwrap();
+    let last = deleted + 7;
+    let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
+    let mut threads = vec![spawn(move || validator.run(stop_after(last)))];
+    for (name, node) in [("m1", m1), ("m2", m2)] {
+        let miner = Miner::new(node, Device::Cpu, net.state_dir(name)).unwrap();
+        threads.push(spawn(move || miner.run(stop_after(last))));
+    }
+    // Once every node has applied window D, m2 deletes every payload it ever published.
+    while applied_models(&net.events())
+        .get(&deleted)
+        .is_none_or(|by_node| by_node.len() < 3)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let storage = std::path::PathBuf::from(net.storage_url("m2").trim_start_matches("file://"));
+    assert!(delete_payloads(&storage) > 0);
+    let node = net.node("m3", Keypair::from_seed(&[13; 32]).unwrap(), newcomer_uid);
+    let newcomer = Miner::new(node, Device::Cpu, net.state_dir("m3")).unwrap();
+    threads.push(spawn(move || newcomer.run(stop_after(last))));
+    for thread in threads {
+        thread.join().unwrap(); // nobody ends with an error, the newcomer included
+    }
+
+    let events = net.events();
+    let of_newcomer: Vec<&Event> = events
+        .iter()
+        .filter(|(who, _)| who == "m3")
+        .map(|(_, e)| e)
+        .collect();
+    // The newcomer could not replay a window whose payloads were gone and said so ...
+    assert!(
+        of_newcomer
+            .iter()
+            .any(|e| matches!(e, Event::Failed { action, error, .. }
+            if action.starts_with("replaying window") && error.contains("is gone"))),
+        "{of_newcomer:?}"
+    );
+    // ... trained nothing on a model that skipped windows ...
+    assert!(of_newcomer.iter().any(
+        |e| matches!(e, Event::Skipped { reason, .. } if reason.contains("behind the network"))
+    ));
+    // ... went on from the first checkpoint past those windows, and holds the network's model.
+    assert!(
+        of_newcomer
+            .iter()
+            .any(|e| matches!(e, Event::CaughtUp { checkpoint: Some(c), .. }
+            if *c >= deleted)),
+        "{of_newcomer:?}"
+    );
+    let models = applied_models(&events);
+    let at_last = &models[&last];
+    assert_eq!(at_last.get("m3"), at_last.get("validator"), "{at_last:?}");
 }

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{BLOCKS_PER_WINDOW, Net, spawn, stop_after};
+use common::{BLOCKS_PER_WINDOW, Net, applied_models, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
-use templar_node::{Event, Fingerprint, Miner, Role, Validator};
+use templar_node::{Event, Miner, Role, Validator};
 use templar_protocol::{Keypair, Kind};
 use templar_storage::{Store, StoreConfig};
 
@@ -79,20 +77,7 @@ async fn three_miners_and_a_validator_train_in_sync() {
 
     let events = net.events();
     // Every node that applied a window holds the same model afterwards.
-    let mut models: BTreeMap<u64, BTreeMap<String, Fingerprint>> = BTreeMap::new();
-    for (who, event) in &events {
-        if let Event::Applied {
-            window,
-            fingerprint,
-            ..
-        } = event
-        {
-            models
-                .entry(*window)
-                .or_default()
-                .insert(who.clone(), *fingerprint);
-        }
-    }
+    let models = applied_models(&events);
     for (window, by_node) in &models {
         let first = by_node.values().next().unwrap();
         assert!(

@@ -2,6 +2,7 @@
 //! libtorch training on Moby-Dick — on a model small enough for a 2-core machine.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +13,7 @@ use templar_engine::Preset;
 use templar_node::config::NetworkConfig;
 use templar_node::data::Data;
 use templar_node::miner::Stop;
-use templar_node::{Commitment, Event, EventSink, Role, node::Node};
+use templar_node::{Commitment, Event, EventSink, Fingerprint, Role, node::Node};
 use templar_protocol::Keypair;
 use templar_storage::{Store, StoreConfig};
 
@@ -219,4 +220,23 @@ where
             .unwrap();
         runtime.block_on(work()).unwrap();
     })
+}
+
+/// The fingerprint each node reported after each window it applied, by window.
+pub fn applied_models(events: &[(String, Event)]) -> BTreeMap<u64, BTreeMap<String, Fingerprint>> {
+    let mut models: BTreeMap<u64, BTreeMap<String, Fingerprint>> = BTreeMap::new();
+    for (who, event) in events {
+        if let Event::Applied {
+            window,
+            fingerprint,
+            ..
+        } = event
+        {
+            models
+                .entry(*window)
+                .or_default()
+                .insert(who.clone(), *fingerprint);
+        }
+    }
+    models
 }

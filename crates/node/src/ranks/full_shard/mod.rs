@@ -135,7 +135,7 @@ pub fn apply_aggregate_on_shards(
         let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
         let scales = clip_scales(&peers);
         let tensor = &mut base[i];
-        let record = undo.tensor(i, tensor, changes_at_most(&peers));
+        let record = undo.tensor(i, tensor, changes_at_most(schema, &peers));
         let merged = merge_in_pieces(schema, &mut scratch, i, &peers, &scales, |range, update| {
             record.subtract_scaled(range.start, &mut tensor[range], update, outer_lr);
             Ok(())
