@@ -100,8 +100,9 @@ pub struct LocalnetArgs {
     /// Run a scripted experiment instead of one network: `adversarial` runs --miners honest
     /// miners beside one miner per attack (in DIR/adversarial) and the same honest miners alone
     /// (in DIR/honest), then writes DIR/robustness.json and DIR/robustness.md; `faults` runs one
-    /// network through a miner and the validator killed with SIGKILL and restarted, a miner
-    /// joining late and a corrupted object, then writes DIR/faults.json and DIR/faults.md.
+    /// network through a failed read, a miner and the validator killed with SIGKILL and
+    /// restarted, a corrupted object, a miner suspended for three windows and a miner joining
+    /// late, then writes DIR/faults.json and DIR/faults.md.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
     /// With --scenario adversarial: the attacks, comma-separated [default: all of noise, zeros,
