@@ -507,8 +507,10 @@ impl<C: Chain> Miner<C> {
     /// Compares the model after the window before `window` with the manifest the validator with
     /// the most stake published for it. On a mismatch (this miner gathered another set: a read
     /// failed, a payload came late) it takes that window's apply back and redoes it from the
-    /// manifest's included set: one window of work. Only when that cannot be done (no record of
-    /// the apply, a payload gone) is the model rebuilt from the checkpoint and manifests.
+    /// manifest's included set: one window of work. Without a record of the apply, or when the
+    /// redo applies a model other than the manifest's, it is rebuilt from the checkpoint and
+    /// manifests; when the payloads cannot be read now, the miner is behind from the window
+    /// before (see [`Miner::fall_behind`]).
     async fn check_sync(&mut self, window: u64) -> Result<(), NodeError> {
         let Some((previous_window, ours)) = self.previous.filter(|(w, _)| *w + 1 == window) else {
             return Ok(());

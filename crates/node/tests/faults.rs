@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{BLOCKS_PER_WINDOW, Net, applied_models, spawn, stop_after};
+use common::{BLOCKS_PER_WINDOW, Net, applied_models, events_of, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
 use templar_node::node::FailedRead;
@@ -170,11 +170,7 @@ async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
     }
 
     let events = net.events();
-    let of_m1: Vec<&Event> = events
-        .iter()
-        .filter(|(who, _)| who == "m1")
-        .map(|(_, e)| e)
-        .collect();
+    let of_m1 = events_of(&events, "m1");
     // m1 aggregated another set than the network in that window, found it out at the next
     // window's check and redid it from the manifest, in one window and without a rebuild.
     let models = applied_models(&events);
@@ -269,11 +265,7 @@ async fn a_peer_deleting_its_payloads_never_stops_a_node() {
     }
 
     let events = net.events();
-    let of_newcomer: Vec<&Event> = events
-        .iter()
-        .filter(|(who, _)| who == "m3")
-        .map(|(_, e)| e)
-        .collect();
+    let of_newcomer = events_of(&events, "m3");
     // The newcomer could not replay a window whose payloads were gone and said so ...
     assert!(
         of_newcomer

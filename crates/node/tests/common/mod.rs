@@ -240,3 +240,12 @@ pub fn applied_models(events: &[(String, Event)]) -> BTreeMap<u64, BTreeMap<Stri
     }
     models
 }
+
+/// The events node `who` emitted, in order.
+pub fn events_of<'a>(events: &'a [(String, Event)], who: &str) -> Vec<&'a Event> {
+    events
+        .iter()
+        .filter(|(name, _)| name == who)
+        .map(|(_, e)| e)
+        .collect()
+}
