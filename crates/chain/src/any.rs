@@ -42,11 +42,11 @@ pub enum AnyChain {
 }
 
 impl AnyChain {
-    /// Keeps weight commits awaiting their reveal in `path` across restarts (a subtensor's;
-    /// a LocalChain has no commit-reveal). Returns how many a previous run left there.
+    /// Keeps weight commits awaiting their reveal in `path` across restarts (on commit-reveal
+    /// subnets). Returns how many a previous run left there.
     pub fn keep_reveals_in(&mut self, path: std::path::PathBuf) -> usize {
         match self {
-            AnyChain::Local(_) => 0,
+            AnyChain::Local(chain) => chain.keep_reveals_in(path),
             AnyChain::Subtensor(chain) => chain.keep_reveals_in(path),
         }
     }

@@ -8,6 +8,7 @@
 
 mod any;
 mod chain;
+pub mod commit_reveal;
 pub mod local;
 pub mod subtensor;
 mod types;

@@ -43,8 +43,10 @@ pub struct Hyperparameters {
     pub emission_per_block: u64,
     /// `set_weights` calls must carry at least this version key.
     pub weights_version: u64,
-    /// Weights are committed as a hash and revealed an epoch later (Bittensor's commit-reveal).
+    /// Weights are committed as a hash and revealed later (Bittensor's commit-reveal).
     pub commit_reveal_weights_enabled: bool,
+    /// Epochs from a commit to its reveal (subtensor's `RevealPeriodEpochs`).
+    pub commit_reveal_period: u64,
 }
 
 impl Default for Hyperparameters {
@@ -63,6 +65,7 @@ impl Default for Hyperparameters {
             emission_per_block: RAO_PER_TAO,
             weights_version: 0,
             commit_reveal_weights_enabled: false,
+            commit_reveal_period: 1,
         }
     }
 }
@@ -143,6 +146,32 @@ pub enum ChainError {
     },
     #[error("invalid weights: {0}")]
     BadWeights(String),
+    #[error(
+        "this subnet takes weights by commit-reveal only: commit them and reveal them later (a templar validator does both)"
+    )]
+    CommitRevealEnabled,
+    #[error("this subnet takes weights directly (set_weights); commit-reveal is not enabled")]
+    CommitRevealDisabled,
+    #[error(
+        "uid {0} revealed weights that match none of its commits: the uids, weights, salt or version key differ from what was committed"
+    )]
+    NoWeightCommit(u16),
+    #[error(
+        "uid {uid}'s weights commit of block {committed_at} can be revealed from block {due_from}, not yet"
+    )]
+    RevealTooEarly {
+        uid: u16,
+        committed_at: u64,
+        due_from: u64,
+    },
+    #[error(
+        "uid {uid}'s weights commit of block {committed_at} expired: its reveal period is over"
+    )]
+    WeightCommitExpired { uid: u16, committed_at: u64 },
+    #[error(
+        "uid {0} has too many weight commits awaiting their reveal; reveal them before committing more"
+    )]
+    TooManyUnrevealedCommits(u16),
     #[error("uid {0} has no validator permit (not enough stake to be a validator)")]
     NoValidatorPermit(u16),
     #[error("commitment is {0} bytes; at most {MAX_COMMITMENT_LEN} are allowed")]
@@ -206,6 +235,7 @@ impl ChainError {
                 | ChainError::FutureBlock { .. }
                 | ChainError::BadNonce { .. }
                 | ChainError::WeightsTooFast { .. }
+                | ChainError::RevealTooEarly { .. }
         )
     }
 }

@@ -212,6 +212,87 @@ async fn epochs_pay_miners_by_the_validators_weights() {
     assert!(matches!(future, ChainError::FutureBlock { .. }), "{future}");
 }
 
+#[tokio::test]
+async fn commit_reveal_weights_count_only_once_revealed_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cold, validator, miner_a, miner_b) = (key(1), key(2), key(3), key(4));
+    let mut genesis = genesis(&[&cold]);
+    genesis.hyperparameters.commit_reveal_weights_enabled = true;
+    // Epochs of commit-reveal are (block + netuid + 1) / (tempo + 1): 21 blocks here.
+    genesis.hyperparameters.tempo = 20;
+    let next_epoch_start = |block: u64| ((block + 4) / 21 + 1) * 21 - 4;
+    let path = dir.path().join("chain.sqlite");
+    let chain = LocalChain::create(&path, &genesis).unwrap();
+    for hotkey in [&validator, &miner_a, &miner_b] {
+        chain.register(&cold, &hotkey.account()).await.unwrap();
+    }
+    chain
+        .add_stake(&cold, &validator.account(), 50 * RAO_PER_TAO)
+        .await
+        .unwrap();
+    let reveals = dir.path().join("state/pending-reveals.json");
+    assert_eq!(chain.keep_reveals_in(reveals.clone()), 0);
+    let direct = Call::SetWeights {
+        uids: vec![1],
+        weights: vec![1],
+        version_key: 0,
+    };
+    let refused = chain.submit(&validator, direct).unwrap_err();
+    assert!(
+        matches!(refused, ChainError::CommitRevealEnabled),
+        "{refused}"
+    );
+
+    // Early in an epoch, so that the reveal is not due before this test looks.
+    let head = chain.block().await.unwrap().number;
+    chain
+        .wait_for_block(next_epoch_start(head) + 5)
+        .await
+        .unwrap();
+    chain
+        .set_weights(&validator, &[1, 2], &[49152, 16384], 0)
+        .await
+        .unwrap();
+    assert!(
+        reveals.exists(),
+        "the salt is on disk before the commit is sent"
+    );
+    assert_eq!(chain.reveal_due_weights(&validator).await.unwrap(), 0);
+    let forged = Call::RevealWeights {
+        uids: vec![1, 2],
+        weights: vec![49152, 16384],
+        salt: vec![0; 8],
+        version_key: 0,
+    };
+    let forged = chain.submit(&validator, forged).unwrap_err();
+    assert!(matches!(forged, ChainError::NoWeightCommit(0)), "{forged}");
+
+    // The validator stops with its commit pending; a new process takes it up.
+    drop(chain);
+    let chain = LocalChain::open(&path).unwrap();
+    assert_eq!(chain.keep_reveals_in(reveals.clone()), 1);
+    let committed_at = chain.metagraph().await.unwrap().neurons[0].last_update;
+    let due_from = next_epoch_start(committed_at);
+    let head = chain.block().await.unwrap().number;
+    let before = chain.metagraph_at(head).await.unwrap();
+    assert!(
+        before.neurons.iter().all(|n| n.incentive == 0.0),
+        "a commit pays nobody"
+    );
+    chain.wait_for_block(due_from).await.unwrap();
+    assert_eq!(chain.reveal_due_weights(&validator).await.unwrap(), 1);
+    assert!(!reveals.exists(), "nothing is pending once revealed");
+    let revealed_at = chain.block().await.unwrap().number;
+    chain
+        .wait_for_block((revealed_at / 20 + 1) * 20)
+        .await
+        .unwrap();
+    let metagraph = chain.metagraph().await.unwrap();
+    let incentive: Vec<f64> = metagraph.neurons.iter().map(|n| n.incentive).collect();
+    assert!((incentive[1] - 0.75).abs() < 1e-9, "{incentive:?}");
+    assert!((incentive[2] - 0.25).abs() < 1e-9, "{incentive:?}");
+}
+
 /// Worker half of `two_processes_writing_concurrently_lose_nothing`: runs only when the parent
 /// test starts this binary with the variables set.
 #[test]

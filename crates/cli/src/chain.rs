@@ -234,6 +234,13 @@ async fn run_on_chain(command: ChainCommand) -> Result<()> {
             let weights = scale_weights(&weights)?;
             let hotkey = wallet.hotkey()?;
             let chain = chain.open().await?;
+            if chain.hyperparameters().await?.commit_reveal_weights_enabled {
+                bail!(
+                    "this subnet takes weights by commit-reveal: a commit made here would be \
+                     lost with its salt when this command exits; run a validator \
+                     (templar validator), which commits and reveals them itself"
+                );
+            }
             chain
                 .set_weights(&hotkey, &uids, &weights, version_key)
                 .await?;

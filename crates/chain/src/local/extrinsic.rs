@@ -37,6 +37,18 @@ pub enum Call {
     Commit {
         data: Vec<u8>,
     },
+    /// A hash of weights to reveal later (commit-reveal subnets): see
+    /// [`crate::commit_reveal::Reveal::commit_hash`].
+    CommitWeights {
+        commit_hash: [u8; 32],
+    },
+    /// The weights, salt and version key behind one of the signer's commits.
+    RevealWeights {
+        uids: Vec<u16>,
+        weights: Vec<u16>,
+        salt: Vec<u16>,
+        version_key: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -10,6 +10,7 @@ mod epoch;
 pub mod extrinsic;
 mod schema;
 mod state;
+mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use templar_protocol::{AccountId, Keypair};
 
 use crate::chain::{Chain, ChainResult};
+use crate::commit_reveal::{self, PendingFile, PendingReveals, Reveal};
 use crate::types::{BlockInfo, ChainError, Hyperparameters, Metagraph, Neuron};
 pub use extrinsic::{Call, SignedExtrinsic};
 
@@ -60,6 +62,16 @@ struct Inner {
     db: Mutex<Connection>,
     genesis: Genesis,
     genesis_id: [u8; 32],
+    /// This process's weights commits awaiting their reveal (commit-reveal subnets).
+    reveals: Mutex<PendingReveals>,
+}
+
+/// Where and how an extrinsic was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Included {
+    pub block: u64,
+    /// The uid a registration got.
+    pub uid: Option<u16>,
 }
 
 /// A handle on a LocalChain file; cheap to clone.
@@ -133,6 +145,7 @@ impl LocalChain {
                 db: Mutex::new(db),
                 genesis_id: *blake3::hash(json.as_bytes()).as_bytes(),
                 genesis,
+                reveals: Mutex::new(PendingReveals::default()),
             }),
         })
     }
@@ -207,10 +220,11 @@ impl LocalChain {
         Ok(())
     }
 
-    /// Verifies and applies a signed extrinsic; returns the uid a registration got.
-    pub fn submit_signed(&self, extrinsic: &SignedExtrinsic) -> Result<Option<u16>, ChainError> {
+    /// Verifies and applies a signed extrinsic.
+    pub fn submit_signed(&self, extrinsic: &SignedExtrinsic) -> Result<Included, ChainError> {
         extrinsic.verify(&self.inner.genesis_id)?;
         let hp = self.inner.genesis.hyperparameters.clone();
+        let netuid = self.inner.genesis.netuid;
         self.write(|db, block| {
             let expected = state::nonce(db, &extrinsic.signer)?;
             if extrinsic.nonce != expected {
@@ -220,7 +234,7 @@ impl LocalChain {
                     got: extrinsic.nonce,
                 });
             }
-            let applied = state::apply(db, &hp, block, &extrinsic.signer, &extrinsic.call)?;
+            let uid = state::apply(db, &hp, netuid, block, &extrinsic.signer, &extrinsic.call)?;
             state::bump_nonce(db, &extrinsic.signer)?;
             db.execute(
                 "INSERT INTO extrinsics (block, signer, nonce, call) VALUES (?1, ?2, ?3, ?4)",
@@ -231,13 +245,13 @@ impl LocalChain {
                     serde_json::to_string(&extrinsic.call).unwrap_or_default()
                 ],
             )?;
-            Ok(applied)
+            Ok(Included { block, uid })
         })
     }
 
     /// Signs `call` with `signer` at its current nonce and submits it; retries once when another
     /// process used the same nonce in between.
-    pub fn submit(&self, signer: &Keypair, call: Call) -> Result<Option<u16>, ChainError> {
+    pub fn submit(&self, signer: &Keypair, call: Call) -> Result<Included, ChainError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -316,12 +330,87 @@ impl LocalChain {
         })
     }
 
+    /// Keeps this process's weight commits awaiting their reveal in `path` across restarts, and
+    /// takes up those a previous run left there. Returns how many that was.
+    pub fn keep_reveals_in(&self, path: PathBuf) -> usize {
+        let file = PendingFile {
+            path,
+            netuid: self.inner.genesis.netuid,
+        };
+        self.reveals()
+            .map_or(0, |mut pending| pending.keep_in(file))
+    }
+
+    fn reveals(&self) -> Result<std::sync::MutexGuard<'_, PendingReveals>, ChainError> {
+        self.inner
+            .reveals
+            .lock()
+            .map_err(|_| ChainError::Database("pending reveals lock poisoned".into()))
+    }
+
+    /// Reveals what is due, then commits `reveal`'s weights: recorded before the commit is sent,
+    /// so that a crash in between still finds its salt.
+    fn commit_weights(&self, hotkey: &Keypair, mut reveal: Reveal) -> Result<(), ChainError> {
+        let mut pending = self.reveals()?;
+        self.reveal_from(&mut pending, hotkey)?;
+        let netuid = self.inner.genesis.netuid;
+        let commit_hash = reveal.commit_hash(hotkey.account().as_bytes(), netuid);
+        reveal.committed_at = self.block_now().number;
+        pending.record(&hotkey.account(), reveal)?;
+        let committed = self.submit(hotkey, Call::CommitWeights { commit_hash });
+        pending.settle_last(committed.as_ref().ok().map(|included| included.block))?;
+        committed.map(drop)
+    }
+
+    fn reveal_due(&self, hotkey: &Keypair) -> Result<usize, ChainError> {
+        let mut pending = self.reveals()?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        self.reveal_from(&mut pending, hotkey)
+    }
+
+    /// Reveals from `pending` what is due now, keeps what failed for a passing reason, and
+    /// stores what is left; returns how many were revealed.
+    fn reveal_from(
+        &self,
+        pending: &mut PendingReveals,
+        hotkey: &Keypair,
+    ) -> Result<usize, ChainError> {
+        let hp = &self.inner.genesis.hyperparameters;
+        let timing = weights::timing(hp, self.inner.genesis.netuid);
+        let head = self.block_now().number;
+        let mut revealed = 0;
+        for entry in pending.take_due(&hotkey.account(), head, timing) {
+            let committed_at = entry.reveal.committed_at;
+            let call = Call::RevealWeights {
+                uids: entry.reveal.uids.clone(),
+                weights: entry.reveal.weights.clone(),
+                salt: entry.reveal.salt.clone(),
+                version_key: entry.reveal.version_key,
+            };
+            match self.submit(hotkey, call) {
+                Ok(included) => {
+                    revealed += 1;
+                    tracing::info!(block = included.block, committed_at, "revealed weights");
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, committed_at, "revealing weights; trying again later");
+                    pending.put_back(entry);
+                }
+                Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
+            }
+        }
+        pending.store()?;
+        Ok(revealed)
+    }
+
     /// [`LocalChain::submit`] on a blocking thread, so SQLite's waits never stall the runtime.
     async fn submit_in_background(
         &self,
         signer: &Keypair,
         call: Call,
-    ) -> Result<Option<u16>, ChainError> {
+    ) -> Result<Included, ChainError> {
         let signer = signer.clone();
         self.blocking(move |chain| chain.submit(&signer, call))
             .await
@@ -408,10 +497,12 @@ impl Chain for LocalChain {
     }
 
     async fn register(&self, coldkey: &Keypair, hotkey: &AccountId) -> ChainResult<u16> {
-        let uid = self
+        let included = self
             .submit_in_background(coldkey, Call::BurnedRegister { hotkey: *hotkey })
             .await?;
-        uid.ok_or_else(|| ChainError::Corrupt("registration returned no uid".into()))
+        included
+            .uid
+            .ok_or_else(|| ChainError::Corrupt("registration returned no uid".into()))
     }
 
     async fn add_stake(&self, coldkey: &Keypair, hotkey: &AccountId, rao: u64) -> ChainResult<()> {
@@ -436,11 +527,34 @@ impl Chain for LocalChain {
         weights: &[u16],
         version_key: u64,
     ) -> ChainResult<()> {
+        if self
+            .inner
+            .genesis
+            .hyperparameters
+            .commit_reveal_weights_enabled
+        {
+            let hotkey = hotkey.clone();
+            let reveal = Reveal {
+                uids: uids.to_vec(),
+                weights: weights.to_vec(),
+                salt: commit_reveal::salt(),
+                version_key,
+                committed_at: 0,
+            };
+            return self
+                .blocking(move |chain| chain.commit_weights(&hotkey, reveal))
+                .await;
+        }
         let call = Call::SetWeights {
             uids: uids.to_vec(),
             weights: weights.to_vec(),
             version_key,
         };
         self.submit_in_background(hotkey, call).await.map(|_| ())
+    }
+
+    async fn reveal_due_weights(&self, hotkey: &Keypair) -> ChainResult<usize> {
+        let hotkey = hotkey.clone();
+        self.blocking(move |chain| chain.reveal_due(&hotkey)).await
     }
 }

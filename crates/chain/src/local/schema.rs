@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS epoch_history (
     PRIMARY KEY (block, uid));
 CREATE TABLE IF NOT EXISTS commitment_history (
     hotkey BLOB NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (hotkey, block));
+CREATE TABLE IF NOT EXISTS weight_commits (
+    hotkey BLOB NOT NULL, hash BLOB NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (hotkey, hash));
 CREATE TABLE IF NOT EXISTS extrinsics (
     id INTEGER PRIMARY KEY AUTOINCREMENT, block INTEGER NOT NULL, signer BLOB NOT NULL,
     nonce INTEGER NOT NULL, call TEXT NOT NULL);

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use templar_protocol::AccountId;
 
 use super::extrinsic::Call;
+use super::weights::{self, Proposed};
 use crate::types::{ChainError, Hyperparameters, MAX_COMMITMENT_LEN};
 
 pub fn account_id(bytes: Vec<u8>) -> Result<AccountId, ChainError> {
@@ -72,7 +73,7 @@ pub fn uid_of(db: &Connection, hotkey: &AccountId) -> Result<Option<u16>, ChainE
         .optional()?)
 }
 
-fn registered_uid(db: &Connection, hotkey: &AccountId) -> Result<u16, ChainError> {
+pub fn registered_uid(db: &Connection, hotkey: &AccountId) -> Result<u16, ChainError> {
     uid_of(db, hotkey)?.ok_or(ChainError::NotRegistered(*hotkey))
 }
 
@@ -149,6 +150,7 @@ pub fn uid_stakes(db: &Connection) -> Result<Vec<(u16, u64)>, ChainError> {
 pub fn apply(
     db: &Connection,
     hp: &Hyperparameters,
+    netuid: u16,
     block: u64,
     signer: &AccountId,
     call: &Call,
@@ -177,7 +179,30 @@ pub fn apply(
             uids,
             weights,
             version_key,
-        } => set_weights(db, hp, block, signer, uids, weights, *version_key)?,
+        } => {
+            let proposed = Proposed {
+                uids,
+                weights,
+                version_key: *version_key,
+            };
+            weights::set_directly(db, hp, block, signer, &proposed)?;
+        }
+        Call::CommitWeights { commit_hash } => {
+            weights::commit(db, hp, netuid, block, signer, commit_hash)?;
+        }
+        Call::RevealWeights {
+            uids,
+            weights,
+            salt,
+            version_key,
+        } => {
+            let proposed = Proposed {
+                uids,
+                weights,
+                version_key: *version_key,
+            };
+            weights::reveal(db, hp, netuid, block, signer, &proposed, salt)?;
+        }
         Call::Commit { data } => {
             if data.len() > MAX_COMMITMENT_LEN {
                 return Err(ChainError::CommitmentTooLong(data.len()));
@@ -253,75 +278,4 @@ fn prune(db: &Connection, hp: &Hyperparameters, block: u64) -> Result<u16, Chain
     db.execute("DELETE FROM weights WHERE uid = ?1 OR target = ?1", [uid])?;
     db.execute("DELETE FROM bonds WHERE uid = ?1 OR target = ?1", [uid])?;
     Ok(uid)
-}
-
-fn set_weights(
-    db: &Connection,
-    hp: &Hyperparameters,
-    block: u64,
-    hotkey: &AccountId,
-    uids: &[u16],
-    weights: &[u16],
-    version_key: u64,
-) -> Result<(), ChainError> {
-    let uid = registered_uid(db, hotkey)?;
-    if version_key < hp.weights_version {
-        return Err(ChainError::BadWeights(format!(
-            "version key {version_key} is older than the subnet's {}",
-            hp.weights_version
-        )));
-    }
-    if uids.len() != weights.len() {
-        return Err(ChainError::BadWeights(format!(
-            "{} uids but {} weights",
-            uids.len(),
-            weights.len()
-        )));
-    }
-    let registered: Vec<u16> = uid_stakes(db)?.into_iter().map(|(u, _)| u).collect();
-    let mut seen = std::collections::HashSet::new();
-    for target in uids {
-        if !seen.insert(*target) {
-            return Err(ChainError::BadWeights(format!(
-                "uid {target} appears twice"
-            )));
-        }
-        if registered.binary_search(target).is_err() {
-            return Err(ChainError::BadWeights(format!(
-                "uid {target} is not registered"
-            )));
-        }
-    }
-    let only_self = uids.iter().all(|t| *t == uid);
-    let permitted = validator_permits(db, hp)?
-        .into_iter()
-        .any(|(u, p)| u == uid && p);
-    if !only_self && !permitted {
-        return Err(ChainError::NoValidatorPermit(uid));
-    }
-    let last_update: i64 = db.query_row(
-        "SELECT last_update FROM neurons WHERE uid = ?1",
-        [uid],
-        |r| r.get(0),
-    )?;
-    let next_allowed = last_update as u64 + hp.weights_rate_limit;
-    if block < next_allowed {
-        return Err(ChainError::WeightsTooFast {
-            uid,
-            last_update: last_update as u64,
-            next_allowed,
-        });
-    }
-    db.execute("DELETE FROM weights WHERE uid = ?1", [uid])?;
-    for (target, weight) in uids.iter().zip(weights) {
-        db.execute(
-            "INSERT INTO weights (uid, target, weight) VALUES (?1, ?2, ?3)",
-            params![uid, target, weight],
-        )?;
-    }
-    db.execute(
-        "UPDATE neurons SET last_update = ?2 WHERE uid = ?1",
-        params![uid, block as i64],
-    )?;
-    Ok(())
 }

@@ -5,11 +5,10 @@
 //! no `netuid`), and a field nobody supplied is a clear error instead of a wrong encoding.
 
 use subxt::Metadata;
-use subxt::config::Hasher;
-use subxt::config::substrate::BlakeTwo256;
-use subxt::ext::codec::Encode;
 use subxt::ext::scale_value::{Composite, Value};
 use subxt::tx::DynamicPayload;
+
+use crate::commit_reveal::Reveal;
 
 pub const SUBTENSOR: &str = "SubtensorModule";
 pub const COMMITMENTS: &str = "Commitments";
@@ -162,34 +161,6 @@ pub fn add_stake(
     call(metadata, SUBTENSOR, "add_stake", args)
 }
 
-/// Weights committed now and revealed later (subnets with commit-reveal enabled).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Reveal {
-    pub uids: Vec<u16>,
-    pub weights: Vec<u16>,
-    pub salt: Vec<u16>,
-    pub version_key: u64,
-    /// The block the commit landed in.
-    pub committed_at: u64,
-}
-
-impl Reveal {
-    /// The hash subtensor checks a reveal against:
-    /// `BlakeTwo256(SCALE(who, netuid, uids, values, salt, version_key))`.
-    pub fn commit_hash(&self, who: &[u8; 32], netuid: u16) -> [u8; 32] {
-        let encoded = (
-            who,
-            netuid,
-            &self.uids,
-            &self.weights,
-            &self.salt,
-            self.version_key,
-        )
-            .encode();
-        BlakeTwo256.hash(&encoded).0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,23 +230,6 @@ mod tests {
             unknown
                 .expect_err("unknown")
                 .contains("SubtensorModule.no_such_call")
-        );
-    }
-
-    #[test]
-    fn commit_hash_is_blake2_256_of_the_scale_tuple() {
-        let reveal = Reveal {
-            uids: vec![0, 1],
-            weights: vec![65535, 32768],
-            salt: vec![1, 2, 3],
-            version_key: 7,
-            committed_at: 0,
-        };
-        // SCALE of (who, netuid=3, uids, values, salt, version_key=7), hashed with BLAKE2b-256
-        // by Python's hashlib (the runtime's BlakeTwo256).
-        assert_eq!(
-            hex(&reveal.commit_hash(&[1u8; 32], 3)),
-            "95ba5b435c78bfbdd1cd83c90248c2f7a848d847360f18d1cf79425a6a880146"
         );
     }
 }

@@ -9,10 +9,8 @@ mod calls;
 pub mod dev;
 mod errors;
 mod neurons;
-mod pending;
 mod reads;
 mod retry;
-mod reveal;
 mod values;
 mod writes;
 
@@ -28,11 +26,11 @@ use templar_protocol::{AccountId, Keypair};
 use tokio::sync::Mutex;
 
 use crate::chain::{Chain, ChainResult};
+pub use crate::commit_reveal::Reveal;
+use crate::commit_reveal::{PendingFile, PendingReveals};
 use crate::types::{BlockInfo, ChainError, Hyperparameters, MAX_COMMITMENT_LEN, Metagraph, Neuron};
-pub use calls::Reveal;
 use calls::{COMMITMENTS, SUBTENSOR};
 use errors::rpc;
-use pending::{PendingFile, PendingReveal};
 
 /// Bittensor mainnet.
 pub const FINNEY: &str = "wss://entrypoint-finney.opentensor.ai:443";
@@ -67,10 +65,9 @@ pub struct Subtensor {
     client: OnlineClient<PolkadotConfig>,
     rpc: LegacyRpcMethods<PolkadotConfig>,
     block_time_ms: u64,
-    /// Weights committed on a commit-reveal subnet and not yet revealed.
-    reveals: Mutex<Vec<PendingReveal>>,
-    /// Where they are kept across restarts ([`Subtensor::keep_reveals_in`]).
-    reveals_file: Option<PendingFile>,
+    /// Weights committed on a commit-reveal subnet and not yet revealed, kept across restarts
+    /// once [`Subtensor::keep_reveals_in`] names a file.
+    reveals: Mutex<PendingReveals>,
     updater: tokio::task::JoinHandle<()>,
 }
 
@@ -121,8 +118,7 @@ impl Subtensor {
             rpc: LegacyRpcMethods::new(rpc_client),
             client,
             block_time_ms,
-            reveals: Mutex::new(Vec::new()),
-            reveals_file: None,
+            reveals: Mutex::new(PendingReveals::default()),
             updater,
         };
         let (_, head) = chain.head().await?;
@@ -143,21 +139,8 @@ impl Subtensor {
     /// takes up those a previous run left there: they are revealed when due, as if the process had
     /// never stopped. Returns how many were taken up.
     pub fn keep_reveals_in(&mut self, path: PathBuf) -> usize {
-        let file = PendingFile {
-            path,
-            netuid: self.netuid,
-        };
-        let loaded = file.load();
-        let count = loaded.len();
-        if count > 0 {
-            tracing::info!(
-                path = %file.path.display(),
-                "{count} weight commit(s) from before the restart await their reveal"
-            );
-        }
-        self.reveals.get_mut().extend(loaded);
-        self.reveals_file = Some(file);
-        count
+        let netuid = self.netuid;
+        self.reveals.get_mut().keep_in(PendingFile { path, netuid })
     }
 
     /// Milliseconds between blocks, from the runtime's constants.
@@ -263,6 +246,7 @@ impl Chain for Subtensor {
             commit_reveal_weights_enabled: self
                 .read_bool(at, SUBTENSOR, "CommitRevealWeightsEnabled")
                 .await?,
+            commit_reveal_period: number("RevealPeriodEpochs").await?,
         })
     }
 

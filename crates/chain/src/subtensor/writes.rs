@@ -8,11 +8,10 @@ use templar_protocol::Keypair;
 use templar_protocol::keys::SUBSTRATE_CONTEXT;
 
 use super::Subtensor;
-use super::calls::{self, Reveal, SUBTENSOR};
+use super::calls::{self, SUBTENSOR};
 use super::errors::{refused, rpc};
-use super::pending::PendingReveal;
-use super::reveal::{self, RevealTiming};
 use crate::chain::ChainResult;
+use crate::commit_reveal::{self, PendingReveals, Reveal, RevealTiming};
 use crate::types::ChainError;
 
 impl Subtensor {
@@ -81,36 +80,19 @@ impl Subtensor {
         let (head, at) = self.head().await?;
         let timing = self.reveal_timing(at).await?;
         let mut pending = self.reveals.lock().await;
-        self.reveal_from(&mut pending, hotkey, head, timing).await;
-        let mut reveal = Reveal {
+        self.reveal_from(&mut pending, hotkey, head, timing).await?;
+        let reveal = Reveal {
             uids: uids.to_vec(),
             weights: weights.to_vec(),
-            salt: reveal::salt(),
+            salt: commit_reveal::salt(),
             version_key,
-            committed_at: 0,
+            committed_at: head + 1,
         };
         let hash = reveal.commit_hash(hotkey.account().as_bytes(), self.netuid);
         let payload = self.metadata_call(|m| calls::commit_weights(m, self.netuid, hash))?;
-        // On disk before it is sent, at the block it will most likely land in: a crash between
-        // the commit and the record would otherwise lose the salt that reveals it.
-        reveal.committed_at = head + 1;
-        pending.push(PendingReveal {
-            hotkey: hotkey.account().to_string(),
-            reveal,
-        });
-        self.store_reveals(&pending)?;
+        pending.record(&hotkey.account(), reveal)?;
         let committed = self.submit(hotkey, "commit_weights", payload).await;
-        match committed {
-            Ok(block) => {
-                if let Some(last) = pending.last_mut() {
-                    last.reveal.committed_at = block;
-                }
-            }
-            Err(_) => {
-                pending.pop();
-            }
-        }
-        self.store_reveals(&pending)?;
+        pending.settle_last(committed.as_ref().ok().copied())?;
         committed.map(drop)
     }
 
@@ -123,9 +105,7 @@ impl Subtensor {
         }
         let (head, at) = self.head().await?;
         let timing = self.reveal_timing(at).await?;
-        let revealed = self.reveal_from(&mut pending, hotkey, head, timing).await;
-        self.store_reveals(&pending)?;
-        Ok(revealed)
+        self.reveal_from(&mut pending, hotkey, head, timing).await
     }
 
     async fn reveal_timing(&self, at: subxt::utils::H256) -> ChainResult<RevealTiming> {
@@ -138,62 +118,39 @@ impl Subtensor {
         })
     }
 
-    /// Reveals from `pending` what is due at `head`, keeps what is not due yet, drops what
-    /// expired or another hotkey committed; returns how many were revealed.
+    /// Reveals from `pending` what is due at `head` and stores what is left; returns how many
+    /// were revealed.
     async fn reveal_from(
         &self,
-        pending: &mut Vec<PendingReveal>,
+        pending: &mut PendingReveals,
         hotkey: &Keypair,
         head: u64,
         timing: RevealTiming,
-    ) -> usize {
-        let mut kept = Vec::new();
+    ) -> ChainResult<usize> {
         let mut revealed = 0;
-        for entry in pending.drain(..) {
+        for entry in pending.take_due(&hotkey.account(), head, timing) {
             let committed_at = entry.reveal.committed_at;
-            if !entry.by(&hotkey.account()) {
-                tracing::warn!(
-                    committed_at,
-                    by = entry.hotkey,
-                    "a weights commit by another hotkey cannot be revealed with this one; dropped"
-                );
-            } else if timing.is_expired(committed_at, head) {
-                tracing::warn!(
-                    committed_at,
-                    "weights commit expired before it could be revealed"
-                );
-            } else if !timing.is_due(committed_at, head) {
-                kept.push(entry);
-            } else {
-                match self.reveal_one(hotkey, &entry.reveal).await {
-                    Ok(block) => {
-                        revealed += 1;
-                        tracing::info!(block, committed_at, "revealed weights");
-                    }
-                    // A lost connection may get through on the next try within the epoch; a
-                    // refusal (a hash that does not match) never will.
-                    Err(error) if error.is_transient() => {
-                        tracing::warn!(%error, committed_at, "revealing weights; trying again later");
-                        kept.push(entry);
-                    }
-                    Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
+            match self.reveal_one(hotkey, &entry.reveal).await {
+                Ok(block) => {
+                    revealed += 1;
+                    tracing::info!(block, committed_at, "revealed weights");
                 }
+                // A lost connection may get through on the next try within the epoch; a
+                // refusal (a hash that does not match) never will.
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, committed_at, "revealing weights; trying again later");
+                    pending.put_back(entry);
+                }
+                Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
             }
         }
-        *pending = kept;
-        revealed
+        pending.store()?;
+        Ok(revealed)
     }
 
     async fn reveal_one(&self, hotkey: &Keypair, reveal: &Reveal) -> ChainResult<u64> {
         let payload = self.metadata_call(|m| calls::reveal_weights(m, reveal, self.netuid))?;
         self.submit(hotkey, "reveal_weights", payload).await
-    }
-
-    fn store_reveals(&self, pending: &[PendingReveal]) -> ChainResult<()> {
-        match &self.reveals_file {
-            Some(file) => file.store(pending),
-            None => Ok(()),
-        }
     }
 }
 
