@@ -1,7 +1,8 @@
 //! `templar localnet --scenario faults` as a user runs it, on short windows: one miner's read of
-//! a peer failing for a window, a miner and then the validator killed with SIGKILL mid-window and
-//! restarted, a payload truncated in storage, a miner suspended for three windows, a miner
-//! joining from the checkpoint. Every measured outcome must meet its goal.
+//! a peer failing for a window, a miner killed with SIGKILL mid-window and restarted, the
+//! validator stopped with SIGTERM while a weight commit awaits its reveal and restarted, a
+//! payload truncated in storage, a miner suspended for three windows, a peer deleting everything
+//! it published, a miner joining in window 20. Every measured outcome must meet its goal.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -30,7 +31,7 @@ fn a_network_rides_out_kills_a_newcomer_and_a_truncated_payload() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("faults.json")).unwrap())
             .unwrap();
     let outcomes = json["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 6, "{report}");
+    assert_eq!(outcomes.len(), 8, "{report}");
     for outcome in outcomes {
         assert_eq!(outcome["met"], true, "{report}");
         if outcome.get("full_rebuilds").is_some() {
@@ -38,6 +39,6 @@ fn a_network_rides_out_kills_a_newcomer_and_a_truncated_payload() {
         }
     }
     let happened = json["happened"].as_array().unwrap();
-    assert_eq!(happened.len(), 9, "every step of the script ran: {report}");
+    assert_eq!(happened.len(), 10, "every step of the script ran: {report}");
     println!("{report}");
 }

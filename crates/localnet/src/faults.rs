@@ -1,8 +1,10 @@
-//! `--scenario faults`: one network (in DIR/faults) taken through failures of real machines on
-//! a script — one miner's read of a peer failing for a window, a miner and then the validator
-//! killed with SIGKILL mid-window and started again, a payload truncated in storage, a miner
-//! suspended for three windows, a miner joining late — each outcome measured from what the
-//! nodes reported, into DIR/faults.json and DIR/faults.md (see docs/robustness.md).
+//! `--scenario faults`: one network (in DIR/faults, on a commit-reveal chain) taken through
+//! failures of real machines on a script — one miner's read of a peer failing for a window, a
+//! miner killed with SIGKILL mid-window and started again, the validator stopped with SIGTERM
+//! while a weight commit awaits its reveal and started again, a payload truncated in storage, a
+//! miner suspended for three windows, a peer deleting everything it published, a miner joining in
+//! window 20 — each outcome measured from what the nodes reported and what the chain recorded,
+//! into DIR/faults.json and DIR/faults.md (see docs/robustness.md).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,6 +13,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use templar_chain::LocalChain;
+use templar_chain::commit_reveal::{PendingFile, PendingReveal};
+use templar_chain::local::Call;
 use templar_node::events::Event;
 use templar_node::state::StateDir;
 use templar_node::{Fingerprint, NetworkConfig, Role};
@@ -23,7 +28,11 @@ use super::setup::{Layout, Member, members};
 use super::tail::EventFile;
 use super::{LocalnetArgs, run_network};
 
-pub const DEFAULT_WINDOWS: u64 = 16;
+/// Long enough for a newcomer in window [`LATE_WINDOW`] to train two windows.
+pub const DEFAULT_WINDOWS: u64 = 23;
+const LATE_WINDOW: u64 = 20;
+/// Every payload [`DELETES`] published up to this window is deleted once all have applied it.
+const DELETED_UP_TO: u64 = 18;
 const VALIDATOR: &str = "validator-v1";
 const KILLED: &str = "miner-m1";
 const TRUNCATED: &str = "miner-m2";
@@ -33,14 +42,17 @@ const FAILS_A_READ: &str = TRUNCATED;
 const FAILED_READ_WINDOW: u64 = 1;
 /// Suspended (SIGSTOP) for three windows, late in the run.
 const SUSPENDED: &str = KILLED;
+/// Deletes every payload it published, after the network aggregated them.
+const DELETES: &str = TRUNCATED;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Action {
+pub enum Action {
     KillMiner,
     RestartMiner,
-    KillValidator,
+    StopValidator,
     RestartValidator,
+    DeletePayloads,
     StartLateMiner,
     TruncatePayload,
     FailRead,
@@ -77,8 +89,11 @@ pub struct Script {
     first_window: u64,
     commands: BTreeMap<String, Vec<OsString>>,
     happened: Vec<Happened>,
-    /// The validator's saved state as it was on disk right after the kill.
-    killed_state: Option<(String, serde_json::Value)>,
+    /// The validator's saved state as it was on disk once it had stopped.
+    stopped_state: Option<(String, serde_json::Value)>,
+    /// Its weight commits awaiting their reveal when it stopped, and how it exited.
+    stopped_pending: Vec<PendingReveal>,
+    stopped_exit: Option<Option<i32>>,
 }
 
 impl Script {
@@ -93,16 +108,17 @@ impl Script {
             steps: vec![
                 step(Action::KillMiner, 2, 2),
                 step(Action::RestartMiner, 3, 1),
-                step(Action::KillValidator, 5, 2),
+                // Once a commit awaits its reveal; started again once it has exited.
+                step(Action::StopValidator, 5, 2),
                 step(Action::RestartValidator, 6, 1),
                 step(Action::TruncatePayload, 8, 0),
                 // Three windows of a process that holds its memory and does nothing, then goes
                 // on: it must apply the windows it missed before it trains again.
                 step(Action::SuspendMiner, 9, 1),
                 step(Action::ResumeMiner, 12, 1),
-                // After the checkpoint of window 9 (every 5) is out, so the newcomer starts
-                // from it and the manifests after it.
-                step(Action::StartLateMiner, 11, 1),
+                // Once every node applied window DELETED_UP_TO.
+                step(Action::DeletePayloads, DELETED_UP_TO + 1, 2),
+                step(Action::StartLateMiner, LATE_WINDOW, 1),
             ],
             layout: None,
             config: None,
@@ -110,7 +126,9 @@ impl Script {
             first_window: 0,
             commands: BTreeMap::new(),
             happened: Vec::new(),
-            killed_state: None,
+            stopped_state: None,
+            stopped_pending: Vec::new(),
+            stopped_exit: None,
         }
     }
 
@@ -166,6 +184,15 @@ impl Script {
         self.steps.iter().all(|s| s.done)
     }
 
+    /// The steps that never came due (the report then lacks their outcomes).
+    pub fn not_done(&self) -> Vec<Action> {
+        self.steps
+            .iter()
+            .filter(|s| !s.done)
+            .map(|s| s.action)
+            .collect()
+    }
+
     /// Runs every step that is due.
     pub fn tick(&mut self, fleet: &mut Fleet, history: &History, head: u64) -> Result<()> {
         let Some(clock) = self.clock else {
@@ -174,11 +201,20 @@ impl Script {
         for i in 0..self.steps.len() {
             let step = &self.steps[i];
             let window = self.first_window + step.window;
+            let reached =
+                head >= clock.first_block(window) + step.quarter * clock.blocks_per_window() / 4;
             let due = match step.action {
                 Action::TruncatePayload => uploaded(history, TRUNCATED, window),
-                _ => {
-                    head >= clock.first_block(window) + step.quarter * clock.blocks_per_window() / 4
+                Action::StopValidator => reached && !self.pending_reveals()?.is_empty(),
+                Action::RestartValidator => reached && fleet.exit_code(VALIDATOR).is_some(),
+                Action::DeletePayloads => {
+                    let layout = self
+                        .layout
+                        .as_ref()
+                        .context("the script was not prepared")?;
+                    reached && applied_by_all(layout, self.first_window + DELETED_UP_TO)?
                 }
+                _ => reached,
             };
             if step.done || !due {
                 continue;
@@ -205,17 +241,29 @@ impl Script {
             Action::RestartMiner => fleet
                 .respawn(KILLED)
                 .map(|()| format!("restarted {KILLED}")),
-            Action::KillValidator => {
-                fleet.sigkill(VALIDATOR)?;
+            Action::StopValidator => fleet
+                .terminate(VALIDATOR)
+                .map(|()| format!("SIGTERM {VALIDATOR}")),
+            Action::RestartValidator => {
                 let state = StateDir::new(layout.state("v1"));
                 let saved = state.load_digested::<serde_json::Value>()?;
                 let (value, _, digest) = saved.context("the validator had saved no state")?;
-                self.killed_state = Some((digest.clone(), value));
-                Ok(format!("SIGKILL {VALIDATOR}; its saved state is {digest}"))
+                self.stopped_state = Some((digest.clone(), value));
+                self.stopped_pending = self.pending_reveals()?;
+                self.stopped_exit = fleet.exit_code(VALIDATOR);
+                fleet.respawn(VALIDATOR)?;
+                Ok(format!(
+                    "{VALIDATOR} had exited with {:?}, its saved state {digest}, {} weight \
+                     commit(s) awaiting their reveal (committed at blocks {:?}); restarted",
+                    self.stopped_exit.flatten(),
+                    self.stopped_pending.len(),
+                    self.stopped_pending
+                        .iter()
+                        .map(|p| p.reveal.committed_at)
+                        .collect::<Vec<_>>()
+                ))
             }
-            Action::RestartValidator => fleet
-                .respawn(VALIDATOR)
-                .map(|()| format!("restarted {VALIDATOR}")),
+            Action::DeletePayloads => self.delete_payloads(&layout),
             Action::StartLateMiner => {
                 let command = self
                     .commands
@@ -233,6 +281,46 @@ impl Script {
                 .map(|()| format!("SIGCONT {SUSPENDED}")),
             Action::FailRead => Ok("set when the miner started".into()),
         }
+    }
+
+    /// The validator's weight commits awaiting their reveal, as its state folder holds them.
+    fn pending_reveals(&self) -> Result<Vec<PendingReveal>> {
+        let layout = self
+            .layout
+            .as_ref()
+            .context("the script was not prepared")?;
+        let netuid = LocalChain::open(&layout.chain())?.genesis().netuid;
+        let path = layout
+            .state("v1")
+            .join(format!("pending-reveals-{netuid}.json"));
+        Ok(PendingFile { path, netuid }.load())
+    }
+
+    /// Deletes every payload [`DELETES`] published up to window [`DELETED_UP_TO`], as a peer
+    /// leaving the network and emptying its bucket does.
+    fn delete_payloads(&self, layout: &Layout) -> Result<String> {
+        let config = self
+            .config
+            .as_ref()
+            .context("the script was not prepared")?;
+        let network = config.network()?;
+        let uid = uid_of_files(layout, DELETES)?;
+        let last = self.first_window + DELETED_UP_TO;
+        let mut deleted = 0;
+        for window in 0..=last {
+            let key = templar_protocol::layout::object_key(&network, Kind::Gradient, window, uid);
+            let path = layout
+                .storage(DELETES.trim_start_matches("miner-"))
+                .join(key);
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {}", path.display())),
+            }
+        }
+        Ok(format!(
+            "{DELETES} deleted its {deleted} payload(s) of windows up to {last}"
+        ))
     }
 
     /// Cuts the miner's signed payload of `window` in storage to half its length.
@@ -267,6 +355,17 @@ fn uploaded(history: &History, node: &str, window: u64) -> bool {
         .get(&window)
         .and_then(|w| w.miners.get(&uid))
         .is_some_and(|m| m.payload_bytes.is_some())
+}
+
+/// Whether the validator and the miners that started with it reported applying `window`.
+fn applied_by_all(layout: &Layout, window: u64) -> Result<bool> {
+    for node in [VALIDATOR, KILLED, TRUNCATED] {
+        let events = lines(layout, node)?;
+        if !applied(&events).keys().any(|w| *w >= window) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The uid a node reported when it started.
@@ -358,7 +457,9 @@ pub fn run(args: &LocalnetArgs) -> Result<()> {
         run_network(&run_args, &dir, members, &[], Some(&mut script))?;
         let record = serde_json::json!({
             "happened": script.happened,
-            "validator_state_at_kill": script.killed_state,
+            "validator_state_at_stop": script.stopped_state,
+            "validator_pending_at_stop": script.stopped_pending,
+            "validator_exit_at_stop": script.stopped_exit,
         });
         templar_engine::write_atomic(
             &dir.join("faults-script.json"),
@@ -388,11 +489,14 @@ pub fn run(args: &LocalnetArgs) -> Result<()> {
     Ok(())
 }
 
-/// The saved script record: what happened, and the validator's state at the kill.
+/// The saved script record: what happened, and the validator as it was once it had stopped.
 #[derive(Deserialize)]
 struct Record {
     happened: Vec<Happened>,
-    validator_state_at_kill: Option<(String, serde_json::Value)>,
+    validator_state_at_stop: Option<(String, serde_json::Value)>,
+    #[serde(default)]
+    validator_pending_at_stop: Vec<PendingReveal>,
+    validator_exit_at_stop: Option<Option<i32>>,
 }
 
 fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
@@ -413,8 +517,14 @@ fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
             false,
         )?);
     }
-    if let (Some(kill), Some(_)) = (when(Action::KillValidator), when(Action::RestartValidator)) {
-        outcomes.push(validator_resumed(&validator, kill, &record)?);
+    if let (Some(stop), Some(restart)) =
+        (when(Action::StopValidator), when(Action::RestartValidator))
+    {
+        outcomes.push(validator_resumed(&validator, stop, restart, &record)?);
+        outcomes.push(commits_revealed(&layout, &validator, restart, &record)?);
+    }
+    if let Some(deleted) = when(Action::DeletePayloads) {
+        outcomes.push(payloads_deleted(&layout, &models, deleted)?);
     }
     if let Some(start) = when(Action::StartLateMiner) {
         outcomes.push(rejoined(
@@ -518,7 +628,12 @@ fn rejoined(
         "resumes from its state, and holds the network's model within 2 windows"
     };
     let learning_rate = first_learning_rate(layout, node, &events, from)?;
-    let rebuilds = full_rebuilds(&events, 0);
+    // A newcomer's loads until it first holds the network's model are how it joins.
+    let joined_ms = match (needs_checkpoint, in_sync) {
+        (true, Some(w)) => applied_at(&events, w),
+        _ => 0,
+    };
+    let rebuilds = full_rebuilds(&events, joined_ms);
     let lr_met = learning_rate.is_some_and(|lr| lr.matches());
     Ok(Outcome {
         fault: fault.to_string(),
@@ -550,6 +665,14 @@ fn full_rebuilds(events: &[EventLine], after_ms: u64) -> u64 {
             _ => false,
         })
         .count() as u64
+}
+
+/// When `events`' node reported applying `window`.
+fn applied_at(events: &[EventLine], window: u64) -> u64 {
+    events
+        .iter()
+        .find(|l| matches!(l.event, Event::Applied { window: w, .. } if w == window))
+        .map_or(0, |l| l.at_ms)
 }
 
 /// The first window `node` trained in from `from` on, at what rate, and what the other honest
@@ -689,24 +812,29 @@ fn suspended(
     })
 }
 
-/// The restarted validator loaded exactly the state on disk at the kill, and that state holds the
-/// scores the validator reported for its window before the kill.
-fn validator_resumed(events: &[EventLine], kill: &Happened, record: &Record) -> Result<Outcome> {
+/// The validator stopped cleanly on SIGTERM, and restarted from exactly the state on disk once
+/// it had stopped, which holds the scores it reported for its last window.
+fn validator_resumed(
+    events: &[EventLine],
+    stop: &Happened,
+    restart: &Happened,
+    record: &Record,
+) -> Result<Outcome> {
     let (digest, state) = record
-        .validator_state_at_kill
+        .validator_state_at_stop
         .as_ref()
-        .context("no validator state recorded at the kill")?;
+        .context("no validator state recorded at the stop")?;
     let loaded = events.iter().find_map(|l| match &l.event {
         Event::Resumed {
             window,
             state_blake3,
-        } if l.at_ms > kill.at_ms => Some((*window, state_blake3.clone())),
+        } if l.at_ms > restart.at_ms => Some((*window, state_blake3.clone())),
         _ => None,
     });
     let saved_window = state["last_window"].as_u64();
     let reported = events.iter().rev().find_map(|l| match &l.event {
         Event::Scores { window, miners }
-            if l.at_ms < kill.at_ms && Some(*window) == saved_window =>
+            if l.at_ms < restart.at_ms && Some(*window) == saved_window =>
         {
             Some(miners.clone())
         }
@@ -723,18 +851,20 @@ fn validator_resumed(events: &[EventLine], kill: &Happened, record: &Record) -> 
         }
     }
     let identical = loaded.as_ref().is_some_and(|(_, d)| d == digest);
+    let exit = record.validator_exit_at_stop.flatten();
     let measured = format!(
-        "killed in window {}; restarted from its state of window {} ({}), {} miners' scores \
-         equal to those it reported before the kill{}",
-        kill.window,
+        "SIGTERM in window {}, exited with {}; restarted from its state of window {} ({}), {} \
+         miners' scores equal to those it reported before the stop{}",
+        stop.window,
+        exit.map_or("a signal".into(), |c| format!("code {c}")),
         loaded
             .as_ref()
             .and_then(|(w, _)| *w)
             .map_or("–".into(), |w| w.to_string()),
         if identical {
-            "byte-identical to the state on disk at the kill"
+            "byte-identical to the state on disk at the stop"
         } else {
-            "NOT the state on disk at the kill"
+            "NOT the state on disk at the stop"
         },
         reported.as_ref().map_or(0, Vec::len) - mismatches.len(),
         if mismatches.is_empty() {
@@ -744,10 +874,154 @@ fn validator_resumed(events: &[EventLine], kill: &Happened, record: &Record) -> 
         }
     );
     Ok(Outcome {
-        fault: "the validator killed with SIGKILL and restarted".into(),
-        expected: "ratings, averages and counters identical to before the kill".into(),
+        fault: "the validator stopped with SIGTERM and restarted".into(),
+        expected: "a clean exit (code 0); ratings, averages and counters identical to before the \
+                   stop"
+            .into(),
         measured,
-        met: identical && reported.is_some() && mismatches.is_empty(),
+        met: exit == Some(0) && identical && reported.is_some() && mismatches.is_empty(),
+        ..Outcome::default()
+    })
+}
+
+/// Every weight commit awaiting its reveal when the validator stopped was revealed on the chain
+/// by the restarted validator (a reveal with the commit's salt, which the chain accepts only
+/// in the commit's reveal epoch and only if it hashes to the commit).
+fn commits_revealed(
+    layout: &Layout,
+    validator: &[EventLine],
+    restart: &Happened,
+    record: &Record,
+) -> Result<Outcome> {
+    let pending = &record.validator_pending_at_stop;
+    let chain = LocalChain::open(&layout.chain())?;
+    let uid = validator
+        .iter()
+        .find_map(|l| match l.event {
+            Event::Started { uid, .. } => Some(uid),
+            _ => None,
+        })
+        .context("the validator never started")?;
+    let hotkey = chain
+        .metagraph_now()?
+        .neuron(uid)
+        .map(|n| n.hotkey)
+        .context("the validator's uid is not registered")?;
+    let reveals: Vec<(u64, Vec<u16>)> = chain
+        .extrinsics_by(&hotkey)?
+        .into_iter()
+        .filter_map(|(block, call)| match call {
+            Call::RevealWeights { salt, .. } if block >= restart.block => Some((block, salt)),
+            _ => None,
+        })
+        .collect();
+    let revealed: Vec<(u64, u64)> = pending
+        .iter()
+        .filter_map(|p| {
+            reveals
+                .iter()
+                .find(|(_, salt)| *salt == p.reveal.salt)
+                .map(|(block, _)| (p.reveal.committed_at, *block))
+        })
+        .collect();
+    let measured = if pending.is_empty() {
+        "no commit was pending when the validator stopped".to_string()
+    } else {
+        format!(
+            "{} commit(s) pending at the stop (blocks {:?}); revealed after the restart: {}",
+            pending.len(),
+            pending
+                .iter()
+                .map(|p| p.reveal.committed_at)
+                .collect::<Vec<_>>(),
+            if revealed.is_empty() {
+                "none".to_string()
+            } else {
+                revealed
+                    .iter()
+                    .map(|(c, r)| format!("block {c}'s in block {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )
+    };
+    Ok(Outcome {
+        fault: "a weight commit awaiting its reveal when the validator stopped".into(),
+        expected: "revealed by the restarted validator, in its reveal epoch".into(),
+        measured,
+        met: !pending.is_empty() && revealed.len() == pending.len(),
+        ..Outcome::default()
+    })
+}
+
+/// After a peer deleted what it published, every node goes on: each holds the validator's model
+/// after its last window, and every process ends cleanly.
+fn payloads_deleted(
+    layout: &Layout,
+    models: &BTreeMap<u64, Fingerprint>,
+    deleted: &Happened,
+) -> Result<Outcome> {
+    let runs = super::report::read_runs(&layout.runs())?;
+    let exits = runs.last().map(|r| r.exits.clone()).unwrap_or_default();
+    let failed: Vec<String> = exits
+        .iter()
+        .filter(|(_, code)| **code != Some(0))
+        .map(|(name, code)| format!("{name} ({code:?})"))
+        .collect();
+    let mut apart = Vec::new();
+    let mut last_windows = Vec::new();
+    let mut replays_stopped = Vec::new();
+    for node in [VALIDATOR, KILLED, TRUNCATED, LATE] {
+        let events = lines(layout, node)?;
+        let stopped = events.iter().filter(|l| l.at_ms >= deleted.at_ms).any(
+            |l| matches!(&l.event, Event::Failed { action, .. } if action.starts_with("replaying")),
+        );
+        if stopped {
+            replays_stopped.push(node);
+        }
+        let last = applied(&events).into_iter().next_back();
+        match last {
+            Some((w, f)) if w > deleted.window && models.get(&w) == Some(&f) => {
+                last_windows.push(w);
+            }
+            _ => apart.push(node),
+        }
+    }
+    let measured = format!(
+        "{}; {}; every node's last model {}; {}",
+        deleted.detail,
+        if replays_stopped.is_empty() {
+            "no node had to replay the deleted windows".to_string()
+        } else {
+            format!(
+                "the catch-up of {} met a deleted payload and went on from a later checkpoint",
+                replays_stopped.join(", ")
+            )
+        },
+        if apart.is_empty() {
+            format!(
+                "equal to the validator's (after window {})",
+                last_windows.iter().min().copied().unwrap_or_default()
+            )
+        } else {
+            format!("NOT the validator's for {apart:?}")
+        },
+        if failed.is_empty() {
+            format!("all {} processes ended with code 0", exits.len())
+        } else {
+            format!("ended with an error: {}", failed.join(", "))
+        }
+    );
+    Ok(Outcome {
+        fault: format!(
+            "a peer deleting every payload it published, up to window {}",
+            deleted.window - 1
+        ),
+        expected: "no node stops or falls apart: the network's model at the end, every process \
+                   ends with code 0"
+            .into(),
+        measured,
+        met: apart.is_empty() && failed.is_empty() && !exits.is_empty(),
         ..Outcome::default()
     })
 }

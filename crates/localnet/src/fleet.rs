@@ -120,6 +120,21 @@ impl Fleet {
         Ok(())
     }
 
+    /// Asks `name` to stop (SIGTERM, what docker, systemd and pm2 send); [`Fleet::poll`]
+    /// records its exit.
+    pub fn terminate(&self, name: &str) -> Result<()> {
+        signal(self.running_member(name)?, Signal::Terminate);
+        Ok(())
+    }
+
+    /// How `name` exited: `None` while it runs, `Some(None)` when a signal ended it.
+    pub fn exit_code(&self, name: &str) -> Option<Option<i32>> {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.exit.map(|s| s.code()))
+    }
+
     /// Lets a suspended `name` go on (SIGCONT).
     pub fn resume(&self, name: &str) -> Result<()> {
         signal(self.running_member(name)?, Signal::Continue);
@@ -159,6 +174,7 @@ impl Drop for Fleet {
 
 enum Signal {
     Interrupt,
+    Terminate,
     Stop,
     Continue,
 }
@@ -167,6 +183,7 @@ enum Signal {
 fn signal(child: &Child, signal: Signal) {
     let number = match signal {
         Signal::Interrupt => libc::SIGINT,
+        Signal::Terminate => libc::SIGTERM,
         Signal::Stop => libc::SIGSTOP,
         Signal::Continue => libc::SIGCONT,
     };

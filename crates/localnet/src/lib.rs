@@ -97,12 +97,18 @@ pub struct LocalnetArgs {
     /// With --chain chopsticks: the subnet the network runs on.
     #[arg(long, default_value_t = 1)]
     netuid: u16,
+    /// The embedded chain takes weights by commit-reveal, as Bittensor subnets that enable it
+    /// do: validators commit a hash of their weights and reveal them an epoch later (`--scenario
+    /// faults` always does). Only when the network is created.
+    #[arg(long)]
+    commit_reveal: bool,
     /// Run a scripted experiment instead of one network: `adversarial` runs --miners honest
     /// miners beside one miner per attack (in DIR/adversarial) and the same honest miners alone
     /// (in DIR/honest), then writes DIR/robustness.json and DIR/robustness.md; `faults` runs one
-    /// network through a failed read, a miner and the validator killed with SIGKILL and
-    /// restarted, a corrupted object, a miner suspended for three windows and a miner joining
-    /// late, then writes DIR/faults.json and DIR/faults.md.
+    /// network through a failed read, a miner killed with SIGKILL and restarted, the validator
+    /// stopped with SIGTERM while a weight commit awaits its reveal and restarted, a corrupted
+    /// object, a miner suspended for three windows, a peer deleting everything it published, and
+    /// a miner joining in window 20, then writes DIR/faults.json and DIR/faults.md.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
     /// With --scenario adversarial: the attacks, comma-separated [default: all of noise, zeros,
@@ -187,6 +193,7 @@ fn run_network(
             .clone()
             .unwrap_or_else(templar_data::demo_corpus_dir),
         chain,
+        commit_reveal: args.commit_reveal || script.is_some(),
     };
     let prepared = setup::prepare_network(&layout, &members, &new)?;
     if !attacks.is_empty() {
@@ -447,7 +454,17 @@ impl Watch<'_> {
             {
                 script.tick(fleet, &progress.history, head)?;
             }
-            if fleet.running() == 0 && script.as_ref().is_none_or(|s| s.finished()) {
+            if fleet.running() == 0 {
+                // A step that waits on the nodes (a commit to be pending, a window applied)
+                // can no longer come due.
+                if let Some(script) = script.as_deref()
+                    && !script.finished()
+                {
+                    eprintln!(
+                        "the fault script ended with steps that never came due: {:?}",
+                        script.not_done()
+                    );
+                }
                 break;
             }
             self.refresh_incentives(&mut progress);

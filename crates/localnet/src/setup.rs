@@ -93,6 +93,8 @@ pub struct NewNetwork {
     pub window_secs: u64,
     pub corpus: PathBuf,
     pub chain: ChainChoice,
+    /// The LocalChain takes weights by commit-reveal (a chopsticks chain has its runtime's rule).
+    pub commit_reveal: bool,
 }
 
 /// Where the network's chain comes from.
@@ -283,6 +285,7 @@ fn local_chain(
         tempo: blocks,
         weights_rate_limit: (blocks / 2).max(1),
         immunity_period: 0,
+        commit_reveal_weights_enabled: new.commit_reveal,
         ..Hyperparameters::default()
     };
     let mut genesis = Genesis::now(3, new.block_time_ms, hyperparameters);

@@ -183,6 +183,13 @@ impl<C: Chain> Validator<C> {
         let peers = self.node.window_peers(window).await?;
         let slot = self.node.slot(window).await?;
         self.node.phase(window, Phase::Waiting);
+        // A commit can be revealed only within one epoch, which may be little longer than a
+        // window: look mid-window as well as when setting weights, so that no epoch passes
+        // without a look.
+        let middle = self.node.clock.first_block(window) + self.node.clock.blocks_per_window() / 2;
+        if self.node.chain.wait_for_block(middle).await.is_ok() {
+            self.reveal_due(Some(window)).await;
+        }
         self.node
             .wait_until(self.node.clock.end_block(window), slot.closes_ms)
             .await?;

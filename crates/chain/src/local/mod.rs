@@ -330,6 +330,26 @@ impl LocalChain {
         })
     }
 
+    /// The extrinsics `signer` got applied, oldest first, with their blocks: what an operator
+    /// (or a test) checks a node did on the chain by.
+    pub fn extrinsics_by(&self, signer: &AccountId) -> Result<Vec<(u64, Call)>, ChainError> {
+        self.write(|db, _| {
+            let mut statement =
+                db.prepare("SELECT block, call FROM extrinsics WHERE signer = ?1 ORDER BY id")?;
+            let rows = statement.query_map([signer.as_bytes()], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })?;
+            let mut calls = Vec::new();
+            for row in rows {
+                let (block, json) = row?;
+                let call = serde_json::from_str(&json)
+                    .map_err(|e| ChainError::Corrupt(format!("extrinsic of block {block}: {e}")))?;
+                calls.push((block, call));
+            }
+            Ok(calls)
+        })
+    }
+
     /// Keeps this process's weight commits awaiting their reveal in `path` across restarts, and
     /// takes up those a previous run left there. Returns how many that was.
     pub fn keep_reveals_in(&self, path: PathBuf) -> usize {
