@@ -189,6 +189,7 @@ impl MemoryPlan {
                 ));
             }
             Role::Validator => {
+                items.push(undo_item(shape, f32s));
                 items.push(item(
                     "activations (evaluation)",
                     device,
@@ -501,7 +502,7 @@ pub fn full_shard_plan(model: &ModelConfig, shape: WindowShape, offload: bool) -
     }
 }
 
-/// A miner's record of its last apply (`crates/node/src/undo.rs`), to redo a window: 8 bytes per
+/// A node's record of its last apply (`crates/node/src/undo.rs`), to redo a window: 8 bytes per
 /// value the payloads carry, at most the model's f32s (`model_bytes`: tensors it would rather copy
 /// whole).
 fn undo_item(shape: WindowShape, model_bytes: u64) -> Item {

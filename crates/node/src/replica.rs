@@ -67,7 +67,7 @@ pub struct Replica {
     pub outer_lr: f32,
     /// Bytes copied device → host and host → device so far.
     transfers: (u64, u64),
-    /// What the last apply changed (miners only): the model before it can be had back exactly
+    /// What the last apply changed: the model before it can be had back exactly
     /// ([`Replica::revert_last_apply`]). Any other change of the base drops it.
     last_apply: Option<ApplyUndo>,
 }
@@ -532,7 +532,7 @@ impl Replica {
     pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
         if payloads.is_empty() {
             // Nothing changes, and taking nothing back is exact too.
-            self.last_apply = (self.role == Role::Miner).then(ApplyUndo::default);
+            self.last_apply = Some(ApplyUndo::default());
             return Ok(());
         }
         // Checked before the other ranks are told: they would apply what this rank refuses.
@@ -543,7 +543,7 @@ impl Replica {
             ranks.tell_message(|| apply_message(schema, payloads, coding))?;
         }
         let base = base_mut(&mut self.base)?;
-        let mut undo = (self.role == Role::Miner).then(ApplyUndo::default);
+        let mut undo = ApplyUndo::default();
         self.last_apply = None;
         // A piece of scratch for the call, not kept: a miner trains next, at its peak.
         let mut scratch = Vec::new();
@@ -551,9 +551,7 @@ impl Replica {
             let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
             let scales = clip_scales(&peers);
             let lr = self.outer_lr;
-            let mut record = undo
-                .as_mut()
-                .map(|u| u.tensor(i, tensor, changes_at_most(&self.schema, &peers)));
+            let record = undo.tensor(i, tensor, changes_at_most(&self.schema, &peers));
             merge_in_pieces(
                 &self.schema,
                 &mut scratch,
@@ -561,25 +559,20 @@ impl Replica {
                 &peers,
                 &scales,
                 |range, update| {
-                    match record.as_deref_mut() {
-                        Some(record) => {
-                            record.subtract_scaled(range.start, &mut tensor[range], update, lr)
-                        }
-                        None => subtract_scaled(&mut tensor[range], update, lr),
-                    }
+                    record.subtract_scaled(range.start, &mut tensor[range], update, lr);
                     Ok(())
                 },
             )?;
             send(&mut self.model, &mut self.transfers.1, i, tensor)?;
         }
         self.base_fingerprint = self.compute_fingerprint();
-        self.last_apply = undo;
+        self.last_apply = Some(undo);
         self.check_ranks_agree("applying the aggregate")
     }
 
     /// Takes the last [`Replica::apply_aggregate`] back, exactly, on every rank: the model is
     /// again what it was before it (fingerprint included). False, changing nothing, when no
-    /// record is kept: a validator, or the base changed otherwise since.
+    /// record is kept: nothing applied yet, or the base changed otherwise since.
     pub fn revert_last_apply(&mut self) -> Result<bool, NodeError> {
         if self.last_apply.is_none() {
             return Ok(false);

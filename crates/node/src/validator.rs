@@ -193,6 +193,7 @@ impl<C: Chain> Validator<C> {
         self.node
             .wait_until(self.node.clock.end_block(window), slot.closes_ms)
             .await?;
+        self.check_sync(window).await?;
         self.node.phase(window, Phase::Gathering);
         let uids: Vec<u16> = peers.candidates.iter().map(|c| c.uid).collect();
         let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
@@ -420,6 +421,73 @@ impl<C: Chain> Validator<C> {
             .iter()
             .rposition(|f| f == base)
             .map(|i| (history.len() - 1 - i) as u64)
+    }
+
+    /// A validator other than the one the network follows compares its model after the last
+    /// window with that validator's manifest of it. On a difference (its gather read another set
+    /// of payloads) it takes that apply back and redoes it from the manifest, before it judges
+    /// `window`: its judging, manifests and checkpoints rest on the network's model again.
+    async fn check_sync(&mut self, window: u64) -> Result<(), NodeError> {
+        let Some(previous) = window
+            .checked_sub(1)
+            .filter(|w| self.state.last_window == Some(*w))
+        else {
+            return Ok(());
+        };
+        let source = match catchup::source(&self.node).await {
+            Ok(Some(source)) if source.uid != self.node.uid => source,
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                let doing = "finding the manifests' validator";
+                self.node.failed(Part::Chain, doing, &error);
+                return Ok(());
+            }
+        };
+        let manifest = match catchup::manifest(&self.node, &source, previous).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                let doing = "reading the manifest to check sync";
+                self.node.failed(Part::Storage, doing, &error);
+                return Ok(());
+            }
+        };
+        let ours = self.replica.fingerprint();
+        if manifest.fingerprint == ours {
+            return Ok(());
+        }
+        self.node.events.emit(Event::OutOfSync {
+            window: previous,
+            ours,
+            manifest: manifest.fingerprint,
+        });
+        // A restart catches up from the manifests: the way back when this one cannot redo.
+        let start_again = |why: String| {
+            NodeError::CatchUp(format!(
+                "its model after window {previous} is not validator {}'s: {why}; start it again \
+                 to catch up",
+                source.uid
+            ))
+        };
+        self.finish_saving()?;
+        if !self.replica.revert_last_apply()? {
+            return Err(start_again("no record of that apply to redo it".into()));
+        }
+        let peers = self.node.window_peers(previous).await?;
+        catchup::apply_manifest(&self.node, &mut self.replica, &peers, &manifest)
+            .await
+            .map_err(|error| start_again(format!("redoing the window failed: {error}")))?;
+        self.state.global_step = manifest.global_step;
+        // The model it held is no miner's base: the network's takes its place.
+        if self.state.history.back() == Some(&ours) {
+            self.state.history.pop_back();
+        }
+        self.remember(manifest.fingerprint);
+        self.node.events.emit(Event::Resynced {
+            window: previous,
+            full_rebuild: false,
+        });
+        Ok(())
     }
 
     fn remember(&mut self, fingerprint: Fingerprint) {

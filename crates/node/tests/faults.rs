@@ -152,15 +152,23 @@ async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
     let validator = net.join("validator", 10, Role::Validator).await;
     let m1 = net.join("m1", 11, Role::Miner).await;
     let m2 = net.join("m2", 12, Role::Miner).await;
+    // A second validator: the network follows the first (equal stake, lower uid).
+    let v2 = net.join("v2", 13, Role::Validator).await;
     let start = net.next_window().await;
     let (faulted, last) = (start + 2, start + 5);
-    // m1's live gather of one window cannot read m2's payload; the validator's can.
-    let m1 = m1.with_failed_reads(vec![FailedRead {
+    // The live gathers of one window by m1 and v2 cannot read m2's payload; the followed
+    // validator's can.
+    let failed = vec![FailedRead {
         window: faulted,
         uid: m2.uid,
-    }]);
-    let validator = Validator::new(validator, Device::Cpu, net.state_dir("validator")).unwrap();
-    let mut threads = vec![spawn(move || validator.run(stop_after(last)))];
+    }];
+    let m1 = m1.with_failed_reads(failed.clone());
+    let v2 = v2.with_failed_reads(failed);
+    let mut threads = Vec::new();
+    for (name, node) in [("validator", validator), ("v2", v2)] {
+        let validator = Validator::new(node, Device::Cpu, net.state_dir(name)).unwrap();
+        threads.push(spawn(move || validator.run(stop_after(last))));
+    }
     for (name, node) in [("m1", m1), ("m2", m2)] {
         let miner = Miner::new(node, Device::Cpu, net.state_dir(name)).unwrap();
         threads.push(spawn(move || miner.run(stop_after(last))));
@@ -170,37 +178,40 @@ async fn a_read_that_failed_costs_one_window_and_no_rebuild() {
     }
 
     let events = net.events();
-    let of_m1 = events_of(&events, "m1");
-    // m1 aggregated another set than the network in that window, found it out at the next
-    // window's check and redid it from the manifest, in one window and without a rebuild.
     let models = applied_models(&events);
-    assert_ne!(
-        models[&faulted]["m1"], models[&faulted]["validator"],
-        "the failed read changed m1's aggregate"
-    );
-    assert!(
-        of_m1
+    // m1 and v2 aggregated another set than the network in that window, found it out at the
+    // next window's check and redid it from the manifest, in one window and without a rebuild.
+    for node in ["m1", "v2"] {
+        let of_node = events_of(&events, node);
+        assert_ne!(
+            models[&faulted][node], models[&faulted]["validator"],
+            "the failed read changed {node}'s aggregate"
+        );
+        assert!(
+            of_node
+                .iter()
+                .any(|e| matches!(e, Event::OutOfSync { window, .. } if *window == faulted)),
+            "{node}: {of_node:?}"
+        );
+        let resyncs: Vec<(u64, bool)> = of_node
             .iter()
-            .any(|e| matches!(e, Event::OutOfSync { window, .. } if *window == faulted))
-    );
-    let resyncs: Vec<(u64, bool)> = of_m1
-        .iter()
-        .filter_map(|e| match e {
-            Event::Resynced {
-                window,
-                full_rebuild,
-            } => Some((*window, *full_rebuild)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(resyncs, vec![(faulted, false)], "{of_m1:?}");
-    assert!(
-        !of_m1.iter().any(|e| matches!(e, Event::CaughtUp { .. })),
-        "no catch-up from the checkpoint"
-    );
+            .filter_map(|e| match e {
+                Event::Resynced {
+                    window,
+                    full_rebuild,
+                } => Some((*window, *full_rebuild)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resyncs, vec![(faulted, false)], "{node}: {of_node:?}");
+        assert!(
+            !of_node.iter().any(|e| matches!(e, Event::CaughtUp { .. })),
+            "{node}: no catch-up from the checkpoint"
+        );
+    }
     // From the next window on, every node holds the same model again.
     for (window, by_node) in models.range(faulted + 1..) {
-        assert_eq!(by_node.len(), 3, "window {window}: {by_node:?}");
+        assert_eq!(by_node.len(), 4, "window {window}: {by_node:?}");
         let first = by_node.values().next().unwrap();
         assert!(
             by_node.values().all(|f| f == first),
