@@ -113,7 +113,9 @@ pub struct GauntletSettings {
     pub missing_slash: f64,
     /// Multiplier for a miner more than `sync_max_steps_behind` windows behind.
     pub sync_slash: f64,
-    /// Windows without a payload after which a miner's rating is reset.
+    /// Consecutive windows without a usable payload after which a miner starts over as a
+    /// newcomer: its score, moving averages and rating are reset, so it is paid nothing until
+    /// evaluated again.
     pub inactivity_windows: u64,
     /// Samples of the validation split scored after every window (the network's progress).
     pub validation_samples: usize,

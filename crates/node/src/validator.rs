@@ -201,7 +201,8 @@ impl<C: Chain> Validator<C> {
         self.node.report(window, &verdicts, &chosen);
 
         self.node.phase(window, Phase::Evaluating);
-        let input = self.judge(window, &verdicts)?;
+        let mut input = self.judge(window, &verdicts)?;
+        input.hotkeys = peers.candidates.iter().map(|c| (c.uid, c.hotkey)).collect();
         score::update(
             &mut self.state.ledger,
             window,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use templar_protocol::AccountId;
 
 use super::openskill::{self, Rating};
 use crate::config::GauntletSettings;
@@ -32,6 +33,10 @@ pub struct MinerRecord {
     /// `weights`).
     #[serde(default)]
     pub score_ma: Option<f64>,
+    /// The hotkey the uid had when this record was made: a uid registered anew by another
+    /// hotkey starts from a fresh record (see [`forget_replaced`]).
+    #[serde(default)]
+    pub hotkey: Option<AccountId>,
 }
 
 impl MinerRecord {
@@ -57,6 +62,25 @@ impl Default for MinerRecord {
             evaluations: 0,
             last_score: None,
             score_ma: None,
+            hotkey: None,
+        }
+    }
+}
+
+/// Drops the records of uids now held by another hotkey than the one each was made for: a new
+/// registrant must not inherit (or be slashed by) the history of the uid it took over. Records
+/// from before hotkeys were kept take the current hotkey.
+pub fn forget_replaced(ledger: &mut Ledger, holders: &BTreeMap<u16, AccountId>) {
+    for (uid, hotkey) in holders {
+        let Some(record) = ledger.get_mut(uid) else {
+            continue;
+        };
+        match record.hotkey {
+            Some(had) if had != *hotkey => {
+                ledger.remove(uid);
+            }
+            Some(_) => {}
+            None => record.hotkey = Some(*hotkey),
         }
     }
 }
@@ -177,14 +201,18 @@ pub struct WindowInput {
     /// Miners whose usable payload was flagged this window (a copy of another's, or an
     /// inflated norm): they lose their score and moving average.
     pub flagged: Vec<u16>,
+    /// The hotkey holding each candidate uid in this window.
+    pub hotkeys: BTreeMap<u16, AccountId>,
 }
 
 /// Applies one window to the ledger.
 pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &GauntletSettings) {
+    forget_replaced(ledger, &input.hotkeys);
     for (&uid, &status) in &input.statuses {
-        let record = ledger
-            .entry(uid)
-            .or_insert_with(|| MinerRecord::new(settings));
+        let record = ledger.entry(uid).or_insert_with(|| MinerRecord {
+            hotkey: input.hotkeys.get(&uid).copied(),
+            ..MinerRecord::new(settings)
+        });
         match status {
             PayloadStatus::Usable { steps_behind } => {
                 record.last_payload_window = Some(window);
@@ -199,15 +227,15 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
                 record.inactive_windows += 1;
                 record.binary_ma *= settings.missing_slash;
                 record.final_score *= settings.missing_slash;
-                if record.inactive_windows >= settings.inactivity_windows {
-                    record.rating = Rating::default();
-                }
             }
             PayloadStatus::Invalid => {
                 record.inactive_windows += 1;
                 record.binary_ma *= settings.missing_slash;
                 record.final_score = 0.0;
             }
+        }
+        if record.inactive_windows >= settings.inactivity_windows {
+            start_over(record, settings);
         }
     }
     rate(ledger, input, settings);
@@ -223,6 +251,20 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
         record.binary_ma = 0.0;
         record.final_score = 0.0;
     }
+}
+
+/// After `inactivity_windows` windows in a row without a usable payload a miner starts over:
+/// what it earned before is no longer paid (its weight is zero until it is evaluated again), and
+/// its rating, averages and score are those of a newcomer. Its place in the fair sample and its
+/// hotkey are kept.
+fn start_over(record: &mut MinerRecord, settings: &GauntletSettings) {
+    *record = MinerRecord {
+        fairness: record.fairness,
+        last_payload_window: record.last_payload_window,
+        inactive_windows: record.inactive_windows,
+        hotkey: record.hotkey,
+        ..MinerRecord::new(settings)
+    };
 }
 
 /// Ranks the evaluated miners by score, updates their ratings, moving averages and final scores.
@@ -274,10 +316,13 @@ mod tests {
     use super::*;
     use crate::config::NetworkConfig;
 
-    fn settings() -> GauntletSettings {
+    fn config() -> NetworkConfig {
         let preset = templar_engine::Preset::load("tiny");
-        let mut g =
-            NetworkConfig::defaults("t", preset.unwrap_or_else(|_| unreachable!()), "h").gauntlet;
+        NetworkConfig::defaults("t", preset.unwrap_or_else(|_| unreachable!()), "h")
+    }
+
+    fn settings() -> GauntletSettings {
+        let mut g = config().gauntlet;
         g.binary_ma_alpha = 0.5;
         g
     }
@@ -430,24 +475,70 @@ mod tests {
     }
 
     #[test]
-    fn long_inactivity_resets_the_rating() {
+    fn long_inactivity_starts_a_miner_over_and_its_weight_is_zero() {
         let s = settings();
         let mut ledger = Ledger::new();
-        ledger.insert(
-            1,
-            MinerRecord {
-                rating: Rating {
-                    mu: 40.0,
-                    sigma: 2.0,
-                },
-                ..MinerRecord::default()
+        let paid = MinerRecord {
+            rating: Rating {
+                mu: 40.0,
+                sigma: 2.0,
             },
-        );
+            final_score: 3.0,
+            binary_ma: 0.8,
+            score_ma: Some(0.1),
+            hotkey: Some(AccountId([7; 32])),
+            ..MinerRecord::default()
+        };
+        ledger.insert(1, paid.clone());
         let mut input = WindowInput::default();
         input.statuses.insert(1, PayloadStatus::Missing);
-        for window in 0..s.inactivity_windows {
+        for window in 0..s.inactivity_windows - 1 {
             update(&mut ledger, window, &input, &s);
         }
-        assert_eq!(ledger[&1].rating, Rating::default());
+        // Two windows missing: 3 × 0.75² = 1.6875, still paid.
+        assert!((ledger[&1].final_score - 1.6875).abs() < 1e-12);
+        update(&mut ledger, s.inactivity_windows, &input, &s);
+        let record = &ledger[&1];
+        assert_eq!(
+            record.final_score, 0.0,
+            "nothing is paid for a miner that left"
+        );
+        assert_eq!(record.rating, Rating::default());
+        assert_eq!(record.score_ma, None);
+        assert_eq!(record.binary_ma, s.binary_ma_initial);
+        assert_eq!(record.inactive_windows, s.inactivity_windows);
+        assert_eq!(record.hotkey, paid.hotkey);
+        let gather = config().gather;
+        assert!(super::super::weights::weights(&ledger, &gather, &s).is_empty());
+    }
+
+    #[test]
+    fn a_uid_taken_over_by_another_hotkey_starts_from_a_fresh_record() {
+        let (old, new) = (AccountId([1; 32]), AccountId([2; 32]));
+        let mut ledger = Ledger::new();
+        let record = |hotkey| MinerRecord {
+            final_score: 2.0,
+            hotkey,
+            ..MinerRecord::default()
+        };
+        ledger.insert(4, record(Some(old)));
+        ledger.insert(5, record(Some(old)));
+        ledger.insert(6, record(None));
+        let holders = BTreeMap::from([(4, new), (5, old), (6, new), (9, new)]);
+        forget_replaced(&mut ledger, &holders);
+        assert!(
+            !ledger.contains_key(&4),
+            "the new registrant inherits nothing"
+        );
+        assert_eq!(
+            ledger[&5].final_score, 2.0,
+            "the same hotkey keeps its record"
+        );
+        assert_eq!(
+            ledger[&6].hotkey,
+            Some(new),
+            "a record from before hotkeys were kept takes the holder's"
+        );
+        assert!(!ledger.contains_key(&9));
     }
 }
