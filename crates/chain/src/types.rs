@@ -172,6 +172,8 @@ pub enum ChainError {
         "uid {0} has too many weight commits awaiting their reveal; reveal them before committing more"
     )]
     TooManyUnrevealedCommits(u16),
+    #[error("cannot draw a secret salt for a weights commit from the operating system: {0}")]
+    NoRandomness(String),
     #[error("uid {0} has no validator permit (not enough stake to be a validator)")]
     NoValidatorPermit(u16),
     #[error("commitment is {0} bytes; at most {MAX_COMMITMENT_LEN} are allowed")]

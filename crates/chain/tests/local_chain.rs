@@ -269,6 +269,8 @@ async fn commit_reveal_weights_count_only_once_revealed_even_across_a_restart() 
 
     // The validator stops with its commit pending; a new process takes it up.
     drop(chain);
+    let stale = dir.path().join("stale.json");
+    std::fs::copy(&reveals, &stale).unwrap();
     let chain = LocalChain::open(&path).unwrap();
     assert_eq!(chain.keep_reveals_in(reveals.clone()), 1);
     let committed_at = chain.metagraph().await.unwrap().neurons[0].last_update;
@@ -282,6 +284,15 @@ async fn commit_reveal_weights_count_only_once_revealed_even_across_a_restart() 
     chain.wait_for_block(due_from).await.unwrap();
     assert_eq!(chain.reveal_due_weights(&validator).await.unwrap(), 1);
     assert!(!reveals.exists(), "nothing is pending once revealed");
+    // A file from before the reveal (a restored backup, say) holds nothing the chain awaits.
+    std::fs::copy(&stale, &reveals).unwrap();
+    assert_eq!(
+        LocalChain::open(&path)
+            .unwrap()
+            .keep_reveals_in(reveals.clone()),
+        0
+    );
+    assert!(!reveals.exists());
     let revealed_at = chain.block().await.unwrap().number;
     chain
         .wait_for_block((revealed_at / 20 + 1) * 20)

@@ -94,6 +94,8 @@ pub struct Script {
     /// Its weight commits awaiting their reveal when it stopped, and how it exited.
     stopped_pending: Vec<PendingReveal>,
     stopped_exit: Option<Option<i32>>,
+    /// How many payloads the deletion removed.
+    deleted: usize,
 }
 
 impl Script {
@@ -129,6 +131,7 @@ impl Script {
             stopped_state: None,
             stopped_pending: Vec::new(),
             stopped_exit: None,
+            deleted: 0,
         }
     }
 
@@ -200,6 +203,9 @@ impl Script {
         };
         for i in 0..self.steps.len() {
             let step = &self.steps[i];
+            if step.done {
+                continue;
+            }
             let window = self.first_window + step.window;
             let reached =
                 head >= clock.first_block(window) + step.quarter * clock.blocks_per_window() / 4;
@@ -216,7 +222,7 @@ impl Script {
                 }
                 _ => reached,
             };
-            if step.done || !due {
+            if !due {
                 continue;
             }
             let action = step.action;
@@ -293,12 +299,14 @@ impl Script {
         let path = layout
             .state("v1")
             .join(format!("pending-reveals-{netuid}.json"));
-        Ok(PendingFile { path, netuid }.load())
+        PendingFile { path, netuid }
+            .read()
+            .map_err(|reason| anyhow::anyhow!("the validator's pending reveals: {reason}"))
     }
 
     /// Deletes every payload [`DELETES`] published up to window [`DELETED_UP_TO`], as a peer
     /// leaving the network and emptying its bucket does.
-    fn delete_payloads(&self, layout: &Layout) -> Result<String> {
+    fn delete_payloads(&mut self, layout: &Layout) -> Result<String> {
         let config = self
             .config
             .as_ref()
@@ -318,6 +326,7 @@ impl Script {
                 Err(e) => return Err(e).with_context(|| format!("deleting {}", path.display())),
             }
         }
+        self.deleted = deleted;
         Ok(format!(
             "{DELETES} deleted its {deleted} payload(s) of windows up to {last}"
         ))
@@ -460,6 +469,7 @@ pub fn run(args: &LocalnetArgs) -> Result<()> {
             "validator_state_at_stop": script.stopped_state,
             "validator_pending_at_stop": script.stopped_pending,
             "validator_exit_at_stop": script.stopped_exit,
+            "deleted_payloads": script.deleted,
         });
         templar_engine::write_atomic(
             &dir.join("faults-script.json"),
@@ -497,6 +507,8 @@ struct Record {
     #[serde(default)]
     validator_pending_at_stop: Vec<PendingReveal>,
     validator_exit_at_stop: Option<Option<i32>>,
+    #[serde(default)]
+    deleted_payloads: usize,
 }
 
 fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
@@ -524,7 +536,12 @@ fn analyse(dir: &Path, command: String) -> Result<FaultsReport> {
         outcomes.push(commits_revealed(&layout, &validator, restart, &record)?);
     }
     if let Some(deleted) = when(Action::DeletePayloads) {
-        outcomes.push(payloads_deleted(&layout, &models, deleted)?);
+        outcomes.push(payloads_deleted(
+            &layout,
+            &models,
+            deleted,
+            record.deleted_payloads,
+        )?);
     }
     if let Some(start) = when(Action::StartLateMiner) {
         outcomes.push(rejoined(
@@ -960,6 +977,7 @@ fn payloads_deleted(
     layout: &Layout,
     models: &BTreeMap<u64, Fingerprint>,
     deleted: &Happened,
+    count: usize,
 ) -> Result<Outcome> {
     let runs = super::report::read_runs(&layout.runs())?;
     let exits = runs.last().map(|r| r.exits.clone()).unwrap_or_default();
@@ -1015,13 +1033,13 @@ fn payloads_deleted(
     Ok(Outcome {
         fault: format!(
             "a peer deleting every payload it published, up to window {}",
-            deleted.window - 1
+            deleted.window.saturating_sub(1)
         ),
         expected: "no node stops or falls apart: the network's model at the end, every process \
                    ends with code 0"
             .into(),
         measured,
-        met: apart.is_empty() && failed.is_empty() && !exits.is_empty(),
+        met: count > 0 && apart.is_empty() && failed.is_empty() && !exits.is_empty(),
         ..Outcome::default()
     })
 }

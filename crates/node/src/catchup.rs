@@ -4,6 +4,7 @@
 //! which needs no leader at all). Each replayed manifest's fingerprint is checked.
 
 use templar_chain::Chain;
+use templar_codec::Payload;
 use templar_protocol::{AccountId, Expected, Kind, layout};
 use templar_storage::{ReadOutcome, Store};
 
@@ -11,8 +12,9 @@ use crate::checkpoint;
 use crate::commitment::{Commitment, Role};
 use crate::error::NodeError;
 use crate::events::{Event, Part, Phase};
+use crate::fingerprint::Fingerprint;
 use crate::message::{MAX_MANIFEST_BYTES, WindowManifest};
-use crate::node::{Node, Verdict, WindowPeers, aggregate_inputs};
+use crate::node::{Gathered, Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::progress::{self, Progress};
 use crate::replica::NetworkReplica;
 
@@ -249,9 +251,17 @@ pub async fn manifest<C: Chain>(
         max_payload_len: MAX_MANIFEST_BYTES,
     };
     match source.store.read_signed(&expected, None).await? {
-        ReadOutcome::Ok(verified) => WindowManifest::decode(&verified.payload)
-            .map(Some)
-            .map_err(|e| NodeError::CatchUp(format!("manifest of window {window}: {e}"))),
+        ReadOutcome::Ok(verified) => {
+            let manifest = WindowManifest::decode(&verified.payload)
+                .map_err(|e| NodeError::CatchUp(format!("manifest of window {window}: {e}")))?;
+            if manifest.window != window {
+                return Err(NodeError::CatchUp(format!(
+                    "the manifest signed for window {window} describes window {}",
+                    manifest.window
+                )));
+            }
+            Ok(Some(manifest))
+        }
         ReadOutcome::Missing => Ok(None),
         other => Err(NodeError::CatchUp(format!(
             "manifest of window {window} is not usable: {}",
@@ -296,9 +306,32 @@ pub async fn apply_manifest<C: Chain, R: NetworkReplica>(
     peers: &WindowPeers,
     manifest: &WindowManifest,
 ) -> Result<bool, NodeError> {
+    let gathered = fetch_manifest(node, peers, manifest).await?;
+    let payloads: Vec<&Payload> = gathered.iter().map(|g| &g.payload).collect();
+    replica.apply_aggregate(&payloads)?;
+    check_model(replica.fingerprint(), manifest)?;
+    Ok(!payloads.is_empty())
+}
+
+/// The payloads `manifest` lists, in its order: fetched from their miners, each checked against
+/// the hash it lists. The list itself must be one the window could have aggregated: each uid
+/// once, all of the window's peers or reserves.
+pub async fn fetch_manifest<C: Chain>(
+    node: &Node<C>,
+    peers: &WindowPeers,
+    manifest: &WindowManifest,
+) -> Result<Vec<Gathered>, NodeError> {
     let window = manifest.window;
     let uids: Vec<u16> = manifest.included.iter().map(|i| i.uid).collect();
-    let verdicts = node.gather(window, &uids, peers, None).await;
+    let eligible = |uid: &u16| peers.set.peers.contains(uid) || peers.set.reserves.contains(uid);
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(uid) = uids.iter().find(|u| !eligible(u) || !seen.insert(**u)) {
+        return Err(NodeError::CatchUp(format!(
+            "the manifest of window {window} lists uid {uid}, which that window could not \
+             aggregate (not a peer or reserve, or listed twice)"
+        )));
+    }
+    let mut verdicts = node.gather(window, &uids, peers, None).await;
     let mut payloads = Vec::with_capacity(uids.len());
     for entry in &manifest.included {
         let gone = |reason: String| NodeError::PayloadGone {
@@ -306,22 +339,26 @@ pub async fn apply_manifest<C: Chain, R: NetworkReplica>(
             uid: entry.uid,
             reason,
         };
-        let gathered = match verdicts.get(&entry.uid) {
-            Some(Verdict::Accepted(gathered)) if gathered.hash == entry.hash => gathered,
+        let gathered = match verdicts.remove(&entry.uid) {
+            Some(Verdict::Accepted(gathered)) if gathered.hash == entry.hash => *gathered,
             Some(Verdict::Accepted(_)) => return Err(gone("another payload is there now".into())),
-            Some(Verdict::Rejected { reason, .. }) => return Err(gone(reason.clone())),
+            Some(Verdict::Rejected { reason, .. }) => return Err(gone(reason)),
             None => return Err(gone("not gathered".into())),
         };
-        payloads.push(&gathered.payload);
+        payloads.push(gathered);
     }
-    replica.apply_aggregate(&payloads)?;
-    let fingerprint = replica.fingerprint();
-    if fingerprint != manifest.fingerprint {
-        return Err(NodeError::CatchUp(format!(
-            "window {window} replays to model {}, the manifest says {}",
-            fingerprint.short(),
-            manifest.fingerprint.short()
-        )));
+    Ok(payloads)
+}
+
+/// Whether the model `fingerprint` names is the one `manifest` says its window ends with.
+pub fn check_model(fingerprint: Fingerprint, manifest: &WindowManifest) -> Result<(), NodeError> {
+    if fingerprint == manifest.fingerprint {
+        return Ok(());
     }
-    Ok(!payloads.is_empty())
+    Err(NodeError::CatchUp(format!(
+        "window {} replays to model {}, the manifest says {}",
+        manifest.window,
+        fingerprint.short(),
+        manifest.fingerprint.short()
+    )))
 }

@@ -156,7 +156,21 @@ impl<C: Chain> Validator<C> {
             self.node
                 .wait_until(self.node.clock.end_block(target), slot.closes_ms)
                 .await?;
-            let at = catchup::catch_up(&self.node, &mut self.replica, position, target).await?;
+            let at = match catchup::catch_up(&self.node, &mut self.replica, position, target).await
+            {
+                // Its own model was apart from the network's (the manifests do not replay on
+                // it): rebuild from the checkpoint and the manifests, keeping the ledger.
+                Err(NodeError::CatchUp(reason)) if position.last_window.is_some() => {
+                    tracing::warn!(%reason, "the saved model is apart from the network's: rebuilding it from the checkpoint");
+                    self.replica.reset(&self.node.config)?;
+                    let start = Position {
+                        last_window: None,
+                        global_step: 0,
+                    };
+                    catchup::catch_up(&self.node, &mut self.replica, start, target).await?
+                }
+                other => other?,
+            };
             if at.last_window != Some(target) {
                 // Judging and publishing from a model that skipped windows would make this
                 // validator's manifests and checkpoints wrong for everyone who follows them.
@@ -427,7 +441,12 @@ impl<C: Chain> Validator<C> {
     /// A validator other than the one the network follows compares its model after the last
     /// window with that validator's manifest of it. On a difference (its gather read another set
     /// of payloads) it takes that apply back and redoes it from the manifest, before it judges
-    /// `window`: its judging, manifests and checkpoints rest on the network's model again.
+    /// `window`, and publishes that window's manifest (and checkpoint) again: its judging,
+    /// manifests and checkpoints rest on the network's model again.
+    ///
+    /// Nothing here stops the validator: its weights are what holds the followed validator to
+    /// account, so a manifest it cannot follow (unreadable payloads, a model it does not lead to)
+    /// leaves it judging on its own model, apart and saying so, until a restart rebuilds it.
     async fn check_sync(&mut self, window: u64) -> Result<(), NodeError> {
         let Some(previous) = window
             .checked_sub(1)
@@ -462,33 +481,73 @@ impl<C: Chain> Validator<C> {
             ours,
             manifest: manifest.fingerprint,
         });
-        // A restart catches up from the manifests: the way back when this one cannot redo.
-        let start_again = |why: String| {
-            NodeError::CatchUp(format!(
-                "its model after window {previous} is not validator {}'s: {why}; start it again \
-                 to catch up",
-                source.uid
-            ))
-        };
+        let doing = format!(
+            "redoing window {previous} from validator {}'s manifest",
+            source.uid
+        );
+        match self.redo(&manifest).await {
+            Ok(payloads) => {
+                self.redone(previous, ours, &manifest, &payloads).await;
+                Ok(())
+            }
+            Err(error) if error.is_transient() || matches!(error, NodeError::CatchUp(_)) => {
+                self.node.failed(Part::Storage, &doing, &error);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Takes the last apply back and applies `manifest`'s aggregate instead. The payloads are
+    /// fetched and checked first, so that a failure to read them leaves the model as it was.
+    /// When the redone model is still not the manifest's (the model before the window was apart
+    /// already), it is kept: it holds the network's aggregate of the window, which is closer to
+    /// the network than this validator's own; the caller reports it.
+    async fn redo(&mut self, manifest: &WindowManifest) -> Result<Vec<Gathered>, NodeError> {
+        let own_step = self.state.global_step;
+        if manifest.global_step.abs_diff(own_step) > 1 {
+            return Err(NodeError::CatchUp(format!(
+                "its global step {} is not within one of this validator's {own_step}",
+                manifest.global_step
+            )));
+        }
+        let peers = self.node.window_peers(manifest.window).await?;
+        let payloads = catchup::fetch_manifest(&self.node, &peers, manifest).await?;
         self.finish_saving()?;
         if !self.replica.revert_last_apply()? {
-            return Err(start_again("no record of that apply to redo it".into()));
+            return Err(NodeError::CatchUp(
+                "no record of that apply to redo it".into(),
+            ));
         }
-        let peers = self.node.window_peers(previous).await?;
-        catchup::apply_manifest(&self.node, &mut self.replica, &peers, &manifest)
-            .await
-            .map_err(|error| start_again(format!("redoing the window failed: {error}")))?;
+        let refs: Vec<&Payload> = payloads.iter().map(|g| &g.payload).collect();
+        self.replica.apply_aggregate(&refs)?;
         self.state.global_step = manifest.global_step;
-        // The model it held is no miner's base: the network's takes its place.
+        catchup::check_model(self.replica.fingerprint(), manifest)?;
+        Ok(payloads)
+    }
+
+    /// After a redo: the model it held is no miner's base, and its manifest (and checkpoint) of
+    /// the window described that model; both are replaced.
+    async fn redone(
+        &mut self,
+        window: u64,
+        ours: Fingerprint,
+        manifest: &WindowManifest,
+        payloads: &[Gathered],
+    ) {
         if self.state.history.back() == Some(&ours) {
             self.state.history.pop_back();
         }
         self.remember(manifest.fingerprint);
         self.node.events.emit(Event::Resynced {
-            window: previous,
+            window,
             full_rebuild: false,
         });
-        Ok(())
+        let refs: Vec<&Gathered> = payloads.iter().collect();
+        if let Err(error) = self.publish(window, &refs, manifest.fingerprint).await {
+            let doing = "publishing the redone window's manifest or checkpoint";
+            self.node.failed(Part::Storage, doing, &error);
+        }
     }
 
     fn remember(&mut self, fingerprint: Fingerprint) {
@@ -630,7 +689,9 @@ impl<C: Chain> Validator<C> {
                 self.state.global_step,
             )
             .await?;
-            self.state.checkpoints.push(window);
+            if self.state.checkpoints.last() != Some(&window) {
+                self.state.checkpoints.push(window);
+            }
             self.state.checkpoints = checkpoint::prune(
                 &node.store,
                 &node.network,

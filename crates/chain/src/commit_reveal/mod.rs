@@ -15,6 +15,8 @@ use subxt::ext::codec::Encode;
 
 pub use pending::{PendingFile, PendingReveal, PendingReveals};
 
+use crate::types::ChainError;
+
 /// Weights committed now and revealed later (subnets with commit-reveal enabled).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reveal {
@@ -70,20 +72,16 @@ impl RevealTiming {
     }
 }
 
-/// A fresh random salt, so that a commit hash does not give the weights away.
-pub fn salt() -> Vec<u16> {
+/// A fresh random salt, so that a commit hash does not give the weights away. Without the
+/// operating system's randomness there is no secret salt, and committing would publish weights
+/// anyone could guess back from the hash: an error instead.
+pub fn salt() -> Result<Vec<u16>, ChainError> {
     let mut bytes = [0u8; 16];
-    // Without OS randomness the salt is still unique per call; only its secrecy suffers.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = nanos.to_le_bytes();
-    }
-    bytes
+    getrandom::fill(&mut bytes).map_err(|e| ChainError::NoRandomness(e.to_string()))?;
+    Ok(bytes
         .chunks_exact(2)
         .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -136,7 +134,8 @@ mod tests {
 
     #[test]
     fn salts_differ() {
-        assert_eq!(salt().len(), 8);
-        assert_ne!(salt(), salt());
+        let (a, b) = (salt().unwrap(), salt().unwrap());
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
     }
 }

@@ -46,30 +46,34 @@ impl PendingFile {
     /// read is moved aside (to `.unreadable`) with a warning rather than stopping the validator,
     /// and a file of another subnet is left alone.
     pub fn load(&self) -> Vec<PendingReveal> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-            Err(error) => {
-                self.set_aside(&error.to_string());
-                return Vec::new();
-            }
-        };
-        match serde_json::from_str::<Contents>(&text) {
-            Ok(contents) if contents.netuid == self.netuid => contents.pending,
-            Ok(contents) => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    "pending weight reveals are for subnet {}, not {}: left alone",
-                    contents.netuid,
-                    self.netuid
-                );
-                Vec::new()
-            }
-            Err(error) => {
-                self.set_aside(&error.to_string());
+        match self.read() {
+            Ok(pending) => pending,
+            Err(reason) => {
+                self.set_aside(&reason);
                 Vec::new()
             }
         }
+    }
+
+    /// What the file holds for this subnet, changing nothing: a missing file or another subnet's
+    /// holds nothing here; an unreadable one is an error saying why.
+    pub fn read(&self) -> Result<Vec<PendingReveal>, String> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error.to_string()),
+        };
+        let contents = serde_json::from_str::<Contents>(&text).map_err(|e| e.to_string())?;
+        if contents.netuid != self.netuid {
+            tracing::warn!(
+                path = %self.path.display(),
+                "pending weight reveals are for subnet {}, not {}: left alone",
+                contents.netuid,
+                self.netuid
+            );
+            return Ok(Vec::new());
+        }
+        Ok(contents.pending)
     }
 
     /// Replaces the file's contents atomically (a crash leaves the old or the new list) and
@@ -154,6 +158,10 @@ impl PendingReveals {
         self.list.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     /// Records a commit before it is sent, at the block it will most likely land in: a crash
     /// between the commit and the record would otherwise lose the salt that reveals it.
     pub fn record(&mut self, hotkey: &AccountId, reveal: Reveal) -> ChainResult<()> {
@@ -213,6 +221,24 @@ impl PendingReveals {
         }
         self.list = kept;
         due
+    }
+
+    /// Sets each commit's block to where the chain says it landed (`landed`), dropping those it
+    /// has no record of: never landed, or already revealed.
+    pub fn reconcile(&mut self, landed: impl Fn(&PendingReveal) -> Option<u64>) {
+        self.list.retain_mut(|entry| match landed(entry) {
+            Some(block) => {
+                entry.reveal.committed_at = block;
+                true
+            }
+            None => {
+                tracing::warn!(
+                    committed_at = entry.reveal.committed_at,
+                    "a weights commit the chain has no record of (it never landed, or was revealed): dropped"
+                );
+                false
+            }
+        });
     }
 
     pub fn put_back(&mut self, entry: PendingReveal) {

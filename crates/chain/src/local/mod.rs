@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use templar_protocol::{AccountId, Keypair};
 
 use crate::chain::{Chain, ChainResult};
-use crate::commit_reveal::{self, PendingFile, PendingReveals, Reveal};
+use crate::commit_reveal::{self, PendingFile, PendingReveal, PendingReveals, Reveal};
 use crate::types::{BlockInfo, ChainError, Hyperparameters, Metagraph, Neuron};
 pub use extrinsic::{Call, SignedExtrinsic};
 
@@ -351,14 +351,31 @@ impl LocalChain {
     }
 
     /// Keeps this process's weight commits awaiting their reveal in `path` across restarts, and
-    /// takes up those a previous run left there. Returns how many that was.
+    /// takes up those a previous run left there that the chain still holds. Returns how many.
     pub fn keep_reveals_in(&self, path: PathBuf) -> usize {
         let file = PendingFile {
             path,
             netuid: self.inner.genesis.netuid,
         };
-        self.reveals()
-            .map_or(0, |mut pending| pending.keep_in(file))
+        let Ok(mut pending) = self.reveals() else {
+            return 0;
+        };
+        pending.keep_in(file);
+        // A crash between a commit and its record left the block it was expected in: the
+        // chain's own record says where it landed, or that it never did.
+        let netuid = self.inner.genesis.netuid;
+        let landed = |entry: &PendingReveal| {
+            let hotkey = AccountId::from_ss58(&entry.hotkey).ok()?;
+            let hash = entry.reveal.commit_hash(hotkey.as_bytes(), netuid);
+            self.write(|db, _| weights::committed_at(db, &hotkey, &hash))
+                .ok()
+                .flatten()
+        };
+        pending.reconcile(landed);
+        if let Err(error) = pending.store() {
+            tracing::warn!(%error, "recording the weight commits left to reveal");
+        }
+        pending.len()
     }
 
     fn reveals(&self) -> Result<std::sync::MutexGuard<'_, PendingReveals>, ChainError> {
@@ -557,7 +574,7 @@ impl Chain for LocalChain {
             let reveal = Reveal {
                 uids: uids.to_vec(),
                 weights: weights.to_vec(),
-                salt: commit_reveal::salt(),
+                salt: commit_reveal::salt()?,
                 version_key,
                 committed_at: 0,
             };

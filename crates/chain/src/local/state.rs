@@ -274,6 +274,11 @@ fn prune(db: &Connection, hp: &Hyperparameters, block: u64) -> Result<u16, Chain
         )
         .optional()?;
     let uid = uid.ok_or(ChainError::SubnetFull(hp.max_uids))?;
+    // Its weight commits go with it: a hotkey registered again starts with none.
+    db.execute(
+        "DELETE FROM weight_commits WHERE hotkey = (SELECT hotkey FROM neurons WHERE uid = ?1)",
+        [uid],
+    )?;
     db.execute("DELETE FROM neurons WHERE uid = ?1", [uid])?;
     db.execute("DELETE FROM weights WHERE uid = ?1 OR target = ?1", [uid])?;
     db.execute("DELETE FROM bonds WHERE uid = ?1 OR target = ?1", [uid])?;

@@ -96,14 +96,7 @@ pub fn reveal(
         committed_at: 0,
     }
     .commit_hash(hotkey.as_bytes(), netuid);
-    let committed_at: Option<i64> = db
-        .query_row(
-            "SELECT block FROM weight_commits WHERE hotkey = ?1 AND hash = ?2",
-            params![hotkey.as_bytes(), hash.as_slice()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let committed_at = committed_at.ok_or(ChainError::NoWeightCommit(uid))? as u64;
+    let committed_at = committed_at(db, hotkey, &hash)?.ok_or(ChainError::NoWeightCommit(uid))?;
     let timing = timing(hp, netuid);
     if timing.is_expired(committed_at, block) {
         return Err(ChainError::WeightCommitExpired { uid, committed_at });
@@ -122,6 +115,22 @@ pub fn reveal(
         params![hotkey.as_bytes(), hash.as_slice()],
     )?;
     Ok(())
+}
+
+/// The block `hotkey`'s commit of `hash` landed in, if it awaits its reveal.
+pub fn committed_at(
+    db: &Connection,
+    hotkey: &AccountId,
+    hash: &[u8; 32],
+) -> Result<Option<u64>, ChainError> {
+    let block: Option<i64> = db
+        .query_row(
+            "SELECT block FROM weight_commits WHERE hotkey = ?1 AND hash = ?2",
+            params![hotkey.as_bytes(), hash.as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(block.map(|b| b as u64))
 }
 
 pub fn timing(hp: &Hyperparameters, netuid: u16) -> RevealTiming {

@@ -84,7 +84,7 @@ impl Subtensor {
         let reveal = Reveal {
             uids: uids.to_vec(),
             weights: weights.to_vec(),
-            salt: commit_reveal::salt(),
+            salt: commit_reveal::salt()?,
             version_key,
             committed_at: head + 1,
         };
