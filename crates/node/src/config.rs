@@ -84,7 +84,8 @@ pub struct GauntletSettings {
     pub binary_ma_initial: f64,
     pub openskill_beta: f64,
     pub openskill_tau: f64,
-    /// A miner this many windows behind has sync score 0.
+    /// A miner claiming a base this many windows behind has sync 0. Sync is reported, not
+    /// scored: it is the miner's own claim (docs/node.md, "Sync").
     pub sync_max_steps_behind: u64,
     pub windows_per_weights: u64,
     pub gather_share: f64,
@@ -111,8 +112,11 @@ pub struct GauntletSettings {
     pub score_ma_alpha: f64,
     /// Multiplier on score and moving average for a missing, late or early payload.
     pub missing_slash: f64,
-    /// Multiplier for a miner more than `sync_max_steps_behind` windows behind.
-    pub sync_slash: f64,
+    /// No longer used: the slash punished a miner for the base it claims, which only an honest
+    /// miner reports truthfully (docs/node.md, "Sync"). Accepted so that older network.toml
+    /// files load.
+    #[serde(default, skip_serializing)]
+    pub sync_slash: Option<f64>,
     /// Consecutive windows without a usable payload after which a miner starts over as a
     /// newcomer: its score, moving averages and rating are reset, so it is paid nothing until
     /// evaluated again.
@@ -361,7 +365,7 @@ impl NetworkConfig {
                 min_score_ratio: default_min_score_ratio(),
                 score_ma_alpha: default_score_ma_alpha(),
                 missing_slash: 0.75,
-                sync_slash: 0.75,
+                sync_slash: None,
                 inactivity_windows: 3,
                 validation_samples: 32,
             },

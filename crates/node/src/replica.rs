@@ -634,8 +634,8 @@ impl Replica {
     }
 
     /// Live weights `← base − scale · g`, where `g` is one peer's update clipped, tensor by tensor,
-    /// to the lower median norm of `all` gathered payloads (what a validator measures). Undo with
-    /// [`Replica::restore`].
+    /// to the lower median norm of the first `reference` of `all` gathered payloads (all of them
+    /// when `reference` is 0): what a validator measures. Undo with [`Replica::restore`].
     ///
     /// Over a node's ranks, `all` must be what [`Replica::share_candidates`] handed the other
     /// ranks, and `peer` one of them.
@@ -643,6 +643,7 @@ impl Replica {
         &mut self,
         peer: &Payload,
         all: &[&Payload],
+        reference: usize,
         scale: f32,
     ) -> Result<(), NodeError> {
         if self.leads_ranks() {
@@ -653,13 +654,21 @@ impl Replica {
                     NodeError::Ranks("the judged payload is not one of the candidates".into())
                 })?;
             check_peers(&self.schema, all)?;
-            self.tell_followers(|| Command::ApplyOne { index, scale })?;
+            self.tell_followers(|| Command::ApplyOne {
+                index,
+                reference,
+                scale,
+            })?;
         }
         check_peers(&self.schema, std::slice::from_ref(&peer))?;
         check_peers(&self.schema, all)?;
+        let clip_to = match all.get(..reference) {
+            Some(first) if !first.is_empty() => first,
+            _ => all,
+        };
         let mut scratch = Vec::new();
         for (i, tensor) in peer.tensors.iter().enumerate() {
-            let norms: Vec<f64> = all.iter().map(|p| p.tensors[i].values.norm()).collect();
+            let norms: Vec<f64> = clip_to.iter().map(|p| p.tensors[i].values.norm()).collect();
             let clip = clip_scale(tensor.values.norm(), lower_median(&norms));
             let base = &self.base[i];
             let (model, sent) = (&mut self.model, &mut self.transfers.1);

@@ -26,6 +26,7 @@ use crate::gauntlet::weights::{to_u16, weights};
 use crate::message::{Included, WindowManifest};
 use crate::miner::Stop;
 use crate::node::{Gathered, Node, Verdict, WindowPeers, aggregate_inputs};
+use crate::peers::PeerSet;
 use crate::replica::Replica;
 use crate::saving::commit_weights;
 use crate::state::{Background, StateDir};
@@ -33,6 +34,14 @@ use templar_dist::ProcessGroup;
 
 /// Model states kept for measuring how far behind a miner's base model is.
 const HISTORY: usize = 16;
+
+/// The usable payloads of a window, the first `reference` of them the paid peers' (what judged
+/// updates are clipped to; all of them when none).
+#[derive(Clone, Copy)]
+struct Candidates<'a> {
+    all: &'a [&'a Gathered],
+    reference: usize,
+}
 
 /// Samples to measure a loss on, and the loss before any update.
 struct Probe {
@@ -215,7 +224,7 @@ impl<C: Chain> Validator<C> {
         self.node.report(window, &verdicts, &chosen);
 
         self.node.phase(window, Phase::Evaluating);
-        let mut input = self.judge(window, &verdicts)?;
+        let mut input = self.judge(window, &verdicts, &peers.set)?;
         input.hotkeys = peers.candidates.iter().map(|c| (c.uid, c.hotkey)).collect();
         score::update(
             &mut self.state.ledger,
@@ -265,7 +274,7 @@ impl<C: Chain> Validator<C> {
         window: u64,
         seed: u64,
         judged: &[&Gathered],
-        usable: &[&Gathered],
+        candidates: Candidates<'_>,
         random: &Probe,
     ) -> Result<Vec<(u16, Evaluation)>, NodeError> {
         let mut owns = Vec::with_capacity(judged.len());
@@ -273,14 +282,15 @@ impl<C: Chain> Validator<C> {
             let own = self.own_samples(window, gathered, seed);
             owns.push(self.probe(&own)?);
         }
-        let all: Vec<_> = usable.iter().map(|g| &g.payload).collect();
+        let all: Vec<_> = candidates.all.iter().map(|g| &g.payload).collect();
         self.replica.share_candidates(&all)?;
         let scale = self.replica.outer_lr * self.node.config.gauntlet.eval_lr_factor;
         let n = judged.len();
         let mut evaluations = Vec::with_capacity(n);
         let mut controls = vec![None; n];
         for (i, gathered) in judged.iter().enumerate() {
-            self.replica.apply_one(&gathered.payload, &all, scale)?;
+            self.replica
+                .apply_one(&gathered.payload, &all, candidates.reference, scale)?;
             let own_after = self.loss(&owns[i])?;
             let random_after = self.loss(random)?;
             if n > 1 {
@@ -328,6 +338,7 @@ impl<C: Chain> Validator<C> {
         &mut self,
         window: u64,
         verdicts: &BTreeMap<u16, Verdict>,
+        set: &PeerSet,
     ) -> Result<WindowInput, NodeError> {
         let mut input = WindowInput::default();
         if unreachable(verdicts) {
@@ -375,7 +386,18 @@ impl<C: Chain> Validator<C> {
             .copied()
             .filter(|g| chosen.contains(&g.uid))
             .collect();
-        for (uid, evaluation) in self.evaluate(window, seed, &judged, &usable, &random)? {
+        // Norms are judged against the window's paid peers, a set nobody stuffs by uploading:
+        // the peers' payloads come first, and they are the reference.
+        usable.sort_by_key(|g| !set.peers.contains(&g.uid));
+        let reference = usable
+            .iter()
+            .take_while(|g| set.peers.contains(&g.uid))
+            .count();
+        let candidates = Candidates {
+            all: &usable,
+            reference,
+        };
+        for (uid, evaluation) in self.evaluate(window, seed, &judged, candidates, &random)? {
             self.node.events.emit(Event::Evaluated {
                 window,
                 miner: uid,
@@ -404,7 +426,8 @@ impl<C: Chain> Validator<C> {
             .into_iter()
             .map(|(uid, overlap)| (uid, Flag::Copy { overlap }));
         let payloads: Vec<(u16, &Payload)> = usable.iter().map(|g| (g.uid, &g.payload)).collect();
-        let inflated = norm_outliers(&payloads, settings.norm_outlier_ratio)
+        let peers_payloads: Vec<&Payload> = payloads[..reference].iter().map(|(_, p)| *p).collect();
+        let inflated = norm_outliers(&payloads, &peers_payloads, settings.norm_outlier_ratio)
             .into_iter()
             .map(|(uid, ratio)| (uid, Flag::NormOutlier { ratio }));
         for (uid, flag) in copies.chain(inflated) {

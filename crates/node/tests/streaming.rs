@@ -114,7 +114,7 @@ fn a_validator_judges_one_update_and_restores_the_base() {
     let base = validator.model.params.read().unwrap();
     let probe = batch(&config, 9);
     let loss_before = validator.evaluate(&probe, 1).unwrap().mean_loss();
-    validator.apply_one(&payload, &[&payload], 1.0).unwrap();
+    validator.apply_one(&payload, &[&payload], 0, 1.0).unwrap();
     let judged = validator.model.params.read().unwrap();
     assert_ne!(judged, base);
     // The judged model is the base minus the (unclipped: it is its own median) update.

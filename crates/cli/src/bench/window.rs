@@ -549,7 +549,7 @@ fn judge(
     let scale = replica.outer_lr * config.gauntlet.eval_lr_factor;
     replica.evaluate(&batch, bytes)?;
     for payload in payloads {
-        replica.apply_one(payload, payloads, scale)?;
+        replica.apply_one(payload, payloads, 0, scale)?;
         replica.evaluate(&batch, bytes)?;
         replica.restore()?;
     }

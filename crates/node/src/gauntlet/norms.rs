@@ -23,12 +23,22 @@ pub fn median_norms(payloads: &[&Payload]) -> Vec<f64> {
         .collect()
 }
 
-/// Uploads whose norm is above `ratio` × the lower median of all `payloads` in more than half of
-/// the tensors that have a positive median, with the median of their per-tensor ratios;
-/// ascending uid.
-pub fn norm_outliers(payloads: &[(u16, &Payload)], ratio: f64) -> Vec<(u16, f64)> {
+/// Uploads whose norm is above `ratio` × the lower median of the `reference` payloads in more
+/// than half of the tensors that have a positive median, with the median of their per-tensor
+/// ratios; ascending uid. The reference is a set an attacker cannot stuff (the window's paid
+/// peers): a median over every upload is dragged down by a handful of low-norm sybils until
+/// honest veterans look like outliers. Without a reference, all `payloads` are it.
+pub fn norm_outliers(
+    payloads: &[(u16, &Payload)],
+    reference: &[&Payload],
+    ratio: f64,
+) -> Vec<(u16, f64)> {
     let all: Vec<&Payload> = payloads.iter().map(|(_, p)| *p).collect();
-    let medians = median_norms(&all);
+    let medians = median_norms(if reference.is_empty() {
+        &all
+    } else {
+        reference
+    });
     let mut found = Vec::new();
     for (uid, payload) in payloads {
         let mut ratios: Vec<f64> = payload
@@ -83,10 +93,24 @@ mod tests {
             (5, &zeros),
         ];
         // Lower medians: [1.2, 2.0, 3.0]; uid 3's ratios 8.3, 10, 10 → median 10.
-        let found = norm_outliers(&all, 5.0);
+        let found = norm_outliers(&all, &[], 5.0);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, 3);
         assert!((found[0].1 - 10.0).abs() < 1e-6, "{found:?}");
-        assert!(norm_outliers(&[], 5.0).is_empty());
+        assert!(norm_outliers(&[], &[], 5.0).is_empty());
+    }
+
+    #[test]
+    fn low_norm_sybils_do_not_make_honest_veterans_outliers() {
+        let honest = [payload(&[1.0, 2.0]), payload(&[1.2, 1.8])];
+        let sybil = payload(&[0.1, 0.1]);
+        let mut all = vec![(1, &honest[0]), (2, &honest[1])];
+        all.extend((10..15).map(|uid| (uid, &sybil)));
+        // Over every upload the lower median is the sybils' 0.1: the honest are 10–20× above it.
+        let stuffed = norm_outliers(&all, &[], 5.0);
+        assert_eq!(stuffed.iter().map(|(u, _)| *u).collect::<Vec<_>>(), [1, 2]);
+        // Over the paid peers (the honest two), medians [1.0, 1.8]: nobody is 5× above.
+        let reference = [&honest[0], &honest[1]];
+        assert!(norm_outliers(&all, &reference, 5.0).is_empty());
     }
 }

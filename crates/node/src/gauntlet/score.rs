@@ -1,5 +1,6 @@
 //! Per-miner records and the per-window update: ratings from relative improvement, the binary
-//! moving average (did the miner train on its own data?), sync, and slashing.
+//! moving average (did the miner train on its own data?), and slashing. Sync is recorded, not
+//! scored (see [`MinerRecord::sync`]).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,10 @@ pub struct MinerRecord {
     /// Moving average of ±1: +1 when the update helped on the miner's own data more than on
     /// random data.
     pub binary_ma: f64,
-    /// 1 when in sync with the validator's model, falling to 0 at `sync_max_steps_behind`.
+    /// 1 when the base the miner claims is the validator's model, falling to 0 at
+    /// `sync_max_steps_behind`. A claim: copying the public manifest's fingerprint makes it 1
+    /// whatever the miner trained on, so it is reported but weighs nothing; an update trained on
+    /// a stale base shows in the improvement it brings, which is measured.
     pub sync: f64,
     /// What weights are computed from.
     pub final_score: f64,
@@ -218,10 +222,6 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
                 record.last_payload_window = Some(window);
                 record.inactive_windows = 0;
                 record.sync = sync_score(steps_behind, settings.sync_max_steps_behind);
-                if steps_behind.is_none_or(|s| s > settings.sync_max_steps_behind) {
-                    record.binary_ma *= settings.sync_slash;
-                    record.final_score *= settings.sync_slash;
-                }
             }
             PayloadStatus::Missing | PayloadStatus::Mistimed => {
                 record.inactive_windows += 1;
@@ -307,7 +307,7 @@ fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
             }
             None => evaluation.score(),
         });
-        record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0) * record.sync;
+        record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0);
     }
 }
 
@@ -443,6 +443,30 @@ mod tests {
         update(&mut ledger, 8, &next, &s);
         assert!((ledger[&1].final_score - 0.75 * before).abs() < 1e-12);
         assert!((ledger[&1].binary_ma - 0.375).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_base_a_miner_claims_is_reported_and_weighs_nothing() {
+        let s = settings();
+        let mut ledger = Ledger::new();
+        let mut input = WindowInput::default();
+        // The same measured update from two miners, one claiming the current base and one a base
+        // too old to know: only the measurement counts.
+        for (uid, steps_behind) in [(1, Some(0)), (2, None)] {
+            input
+                .statuses
+                .insert(uid, PayloadStatus::Usable { steps_behind });
+            input.evaluations.insert(uid, eval((4.0, 3.0), (5.0, 4.0)));
+        }
+        update(&mut ledger, 3, &input, &s);
+        assert_eq!((ledger[&1].sync, ledger[&2].sync), (1.0, 0.0));
+        assert!(ledger[&1].final_score > 0.0);
+        assert_eq!(ledger[&1].binary_ma, ledger[&2].binary_ma);
+        // Tied scores rank by uid, so the ratings differ a little; the claim adds nothing.
+        let (one, two) = (&ledger[&1], &ledger[&2]);
+        let expected = |r: &MinerRecord| skill(r.rating.ordinal()) * r.binary_ma.max(0.0);
+        assert_eq!(one.final_score, expected(one));
+        assert_eq!(two.final_score, expected(two));
     }
 
     #[test]

@@ -40,9 +40,11 @@ pub enum Command {
     /// The encoded payloads a validator judges this window: every judged update is clipped
     /// against them ([`crate::replica::Replica::apply_one`]).
     Candidates(Records),
-    /// Apply candidate `index` alone, scaled by `scale`.
+    /// Apply candidate `index` alone, scaled by `scale`, clipped to the first `reference`
+    /// candidates' norms.
     ApplyOne {
         index: usize,
+        reference: usize,
         scale: f32,
     },
     /// Live weights back to the base.
@@ -277,9 +279,14 @@ impl Command {
                 out.push(CANDIDATES);
                 write_records(&mut out, records.iter());
             }
-            Command::ApplyOne { index, scale } => {
+            Command::ApplyOne {
+                index,
+                reference,
+                scale,
+            } => {
                 out.push(APPLY_ONE);
                 out.extend_from_slice(&(*index as u64).to_le_bytes());
+                out.extend_from_slice(&(*reference as u64).to_le_bytes());
                 out.extend_from_slice(&scale.to_le_bytes());
             }
             Command::Restore => out.push(RESTORE),
@@ -362,12 +369,15 @@ impl Command {
 
             APPLY_ONE => {
                 let index = take_u64(&mut rest).ok_or_else(|| bad("a cut index"))?;
+                let reference = take_u64(&mut rest).ok_or_else(|| bad("a cut reference"))?;
                 let (scale, tail) = rest
                     .split_first_chunk::<4>()
                     .ok_or_else(|| bad("a cut scale"))?;
                 rest = tail;
+                let count = |n: u64| usize::try_from(n).map_err(|_| bad("an index out of range"));
                 Command::ApplyOne {
-                    index: usize::try_from(index).map_err(|_| bad("an index out of range"))?,
+                    index: count(index)?,
+                    reference: count(reference)?,
                     scale: f32::from_le_bytes(*scale),
                 }
             }
@@ -421,10 +431,16 @@ mod tests {
         };
         assert_eq!((back.rows, back.seq_len), (2, 3));
         assert_eq!(back.labels, vec![1, -100, 3, 4, 5, -100]);
-        let Command::ApplyOne { index: 3, scale } = round_trip(Command::ApplyOne {
+        let Command::ApplyOne {
             index: 3,
+            reference: 2,
+            scale,
+        } = round_trip(Command::ApplyOne {
+            index: 3,
+            reference: 2,
             scale: 0.25,
-        }) else {
+        })
+        else {
             panic!("not apply-one");
         };
         assert_eq!(scale, 0.25);

@@ -52,7 +52,11 @@ pub fn follow(
             Command::Candidates(encoded) => {
                 candidates = decode_all(&replica.schema, &encoded)?;
             }
-            Command::ApplyOne { index, scale } => {
+            Command::ApplyOne {
+                index,
+                reference,
+                scale,
+            } => {
                 let all: Vec<&Payload> = candidates.iter().collect();
                 let peer = all.get(index).copied().ok_or_else(|| {
                     NodeError::Ranks(format!(
@@ -60,7 +64,7 @@ pub fn follow(
                         all.len()
                     ))
                 })?;
-                replica.apply_one(peer, &all, scale)?;
+                replica.apply_one(peer, &all, reference, scale)?;
             }
             Command::Restore => replica.restore()?,
             Command::Evaluate(batch, bytes) => {
