@@ -286,7 +286,7 @@ impl<C: Chain> Node<C> {
     ) -> Result<Read, Verdict> {
         if slot.is_some() && self.failed_reads.contains(&FailedRead { window, uid }) {
             return Err(Verdict::rejected(
-                PayloadStatus::Missing,
+                PayloadStatus::Unreadable,
                 "storage_error",
                 "the read failed on purpose (a fault scenario)",
             ));
@@ -347,7 +347,7 @@ impl<C: Chain> Node<C> {
             }
             Err(error) => {
                 return Err(Verdict::rejected(
-                    PayloadStatus::Missing,
+                    PayloadStatus::Unreadable,
                     "storage_error",
                     error.to_string(),
                 ));

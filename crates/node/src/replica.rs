@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use templar_codec::aggregate::{clip_scale, clip_scales, lower_median, merge_bands};
+use templar_codec::aggregate::{clip_scale, clip_scales, merge_bands};
 use templar_codec::quant::Rule;
 use templar_codec::{
     CompressError, IndexCoding, Payload, Schema, SparseTensor, TensorSpec, aggregate,
@@ -35,6 +35,7 @@ use templar_engine::{
 use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::{Fingerprint, TensorRef};
+use crate::gauntlet::norms::reference_norms;
 use crate::ranks::{Command, Ranks, TensorOwner, WireBatch, apply_message, candidates_message};
 use crate::undo::{ApplyUndo, changes_at_most};
 
@@ -634,8 +635,9 @@ impl Replica {
     }
 
     /// Live weights `← base − scale · g`, where `g` is one peer's update clipped, tensor by tensor,
-    /// to the lower median norm of the first `reference` of `all` gathered payloads (all of them
-    /// when `reference` is 0): what a validator measures. Undo with [`Replica::restore`].
+    /// to the reference norm of `all` gathered payloads and of the first `reference` of them
+    /// (the paid peers'; see [`reference_norms`]): what a validator measures. Undo with
+    /// [`Replica::restore`].
     ///
     /// Over a node's ranks, `all` must be what [`Replica::share_candidates`] handed the other
     /// ranks, and `peer` one of them.
@@ -662,14 +664,10 @@ impl Replica {
         }
         check_peers(&self.schema, std::slice::from_ref(&peer))?;
         check_peers(&self.schema, all)?;
-        let clip_to = match all.get(..reference) {
-            Some(first) if !first.is_empty() => first,
-            _ => all,
-        };
+        let medians = reference_norms(all, all.get(..reference).unwrap_or(&[]));
         let mut scratch = Vec::new();
         for (i, tensor) in peer.tensors.iter().enumerate() {
-            let norms: Vec<f64> = clip_to.iter().map(|p| p.tensors[i].values.norm()).collect();
-            let clip = clip_scale(tensor.values.norm(), lower_median(&norms));
+            let clip = clip_scale(tensor.values.norm(), medians[i]);
             let base = &self.base[i];
             let (model, sent) = (&mut self.model, &mut self.transfers.1);
             // The update becomes the updated values in place, a piece at a time.

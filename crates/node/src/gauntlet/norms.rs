@@ -23,22 +23,28 @@ pub fn median_norms(payloads: &[&Payload]) -> Vec<f64> {
         .collect()
 }
 
-/// Uploads whose norm is above `ratio` × the lower median of the `reference` payloads in more
-/// than half of the tensors that have a positive median, with the median of their per-tensor
-/// ratios; ascending uid. The reference is a set an attacker cannot stuff (the window's paid
-/// peers): a median over every upload is dragged down by a handful of low-norm sybils until
-/// honest veterans look like outliers. Without a reference, all `payloads` are it.
+/// Per tensor, the larger of the lower medians of `all` payloads' norms and of `reference`'s:
+/// what judged updates are clipped to and outliers measured against. Sybils uploading tiny
+/// updates can drag the first down and a paid peer training little the second, but neither
+/// both: the larger stands for the honest majority of one of them.
+pub fn reference_norms(all: &[&Payload], reference: &[&Payload]) -> Vec<f64> {
+    let mut medians = median_norms(all);
+    for (median, of_reference) in medians.iter_mut().zip(median_norms(reference)) {
+        *median = median.max(of_reference);
+    }
+    medians
+}
+
+/// Uploads whose norm is above `ratio` × [`reference_norms`] in more than half of the tensors
+/// that have a positive median, with the median of their per-tensor ratios; ascending uid.
+/// `reference` is a set an attacker cannot stuff by uploading (the window's paid peers).
 pub fn norm_outliers(
     payloads: &[(u16, &Payload)],
     reference: &[&Payload],
     ratio: f64,
 ) -> Vec<(u16, f64)> {
     let all: Vec<&Payload> = payloads.iter().map(|(_, p)| *p).collect();
-    let medians = median_norms(if reference.is_empty() {
-        &all
-    } else {
-        reference
-    });
+    let medians = reference_norms(&all, reference);
     let mut found = Vec::new();
     for (uid, payload) in payloads {
         let mut ratios: Vec<f64> = payload
@@ -112,5 +118,27 @@ mod tests {
         // Over the paid peers (the honest two), medians [1.0, 1.8]: nobody is 5× above.
         let reference = [&honest[0], &honest[1]];
         assert!(norm_outliers(&all, &reference, 5.0).is_empty());
+    }
+
+    #[test]
+    fn a_paid_peer_training_little_does_not_make_the_others_outliers() {
+        let honest = [
+            payload(&[1.0, 2.0]),
+            payload(&[1.2, 1.8]),
+            payload(&[0.9, 2.1]),
+        ];
+        let tiny = payload(&[0.05, 0.05]);
+        let all = [
+            (1, &honest[0]),
+            (2, &honest[1]),
+            (3, &honest[2]),
+            (4, &tiny),
+        ];
+        // The peers are the tiny one and one honest: their lower median is the tiny 0.05, but
+        // every upload's is [0.9, 1.8], the larger, and nobody is 5× above that.
+        let peers = [&tiny, &honest[0]];
+        let medians = reference_norms(&[&tiny, &honest[0], &honest[1], &honest[2]], &peers);
+        assert!((medians[0] - 0.9).abs() < 1e-6 && (medians[1] - 1.8).abs() < 1e-6);
+        assert!(norm_outliers(&all, &peers, 5.0).is_empty());
     }
 }

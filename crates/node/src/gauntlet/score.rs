@@ -101,6 +101,10 @@ pub enum PayloadStatus {
         steps_behind: Option<u64>,
     },
     Missing,
+    /// Storage failed when the validator read it: the miner's bucket, or the validator's side
+    /// of the connection. It decays like a missing payload but does not count towards starting
+    /// over, which a passing outage would otherwise cost an honest miner.
+    Unreadable,
     /// Uploaded outside the slot.
     Mistimed,
     /// Forged, malformed, wrong data receipt or undecodable.
@@ -225,17 +229,31 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
             }
             PayloadStatus::Missing | PayloadStatus::Mistimed => {
                 record.inactive_windows += 1;
-                record.binary_ma *= settings.missing_slash;
-                record.final_score *= settings.missing_slash;
+                decay(record, settings.missing_slash);
             }
+            PayloadStatus::Unreadable => decay(record, settings.missing_slash),
             PayloadStatus::Invalid => {
                 record.inactive_windows += 1;
-                record.binary_ma *= settings.missing_slash;
+                decay(record, settings.missing_slash);
                 record.final_score = 0.0;
             }
         }
         if record.inactive_windows >= settings.inactivity_windows {
             start_over(record, settings);
+        }
+    }
+    // A known miner that is no candidate this window (its commitment gone or unreadable) is
+    // absent too, so that stepping out of the candidates cannot freeze a record. A window that
+    // scored nobody (the validator's own outage) has no statuses and changes nobody.
+    if !input.statuses.is_empty() {
+        for (uid, record) in ledger.iter_mut() {
+            if !input.statuses.contains_key(uid) {
+                record.inactive_windows += 1;
+                decay(record, settings.missing_slash);
+                if record.inactive_windows >= settings.inactivity_windows {
+                    start_over(record, settings);
+                }
+            }
         }
     }
     rate(ledger, input, settings);
@@ -253,17 +271,37 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
     }
 }
 
+/// What an absent window costs: the score, the moving average of the improvement it brings and
+/// the own-data average shrink by `slash`. Only positive values shrink: slashing a negative
+/// average towards zero would raise it.
+fn decay(record: &mut MinerRecord, slash: f64) {
+    let shrink = |value: f64| if value > 0.0 { value * slash } else { value };
+    record.binary_ma = shrink(record.binary_ma);
+    record.final_score = shrink(record.final_score);
+    record.score_ma = record.score_ma.map(shrink);
+}
+
 /// After `inactivity_windows` windows in a row without a usable payload a miner starts over:
 /// what it earned before is no longer paid (its weight is zero until it is evaluated again), and
-/// its rating, averages and score are those of a newcomer. Its place in the fair sample and its
+/// its rating and averages are a newcomer's at best. Standing only goes down: a miner below a
+/// newcomer (flagged, or caught not training on its own data) keeps its lower rating and
+/// average, so that idling is no way to wipe a slash. Its place in the fair sample and its
 /// hotkey are kept.
 fn start_over(record: &mut MinerRecord, settings: &GauntletSettings) {
+    let fresh = MinerRecord::new(settings);
+    let rating = if record.rating.ordinal() < fresh.rating.ordinal() {
+        record.rating
+    } else {
+        fresh.rating
+    };
     *record = MinerRecord {
+        rating,
+        binary_ma: record.binary_ma.min(fresh.binary_ma),
         fairness: record.fairness,
         last_payload_window: record.last_payload_window,
         inactive_windows: record.inactive_windows,
         hotkey: record.hotkey,
-        ..MinerRecord::new(settings)
+        ..fresh
     };
 }
 
@@ -534,6 +572,49 @@ mod tests {
         assert_eq!(record.hotkey, paid.hotkey);
         let gather = config().gather;
         assert!(super::super::weights::weights(&ledger, &gather, &s).is_empty());
+    }
+
+    #[test]
+    fn idling_wipes_no_slash_and_an_unreadable_bucket_only_decays() {
+        let s = settings();
+        let slashed = MinerRecord {
+            rating: Rating {
+                mu: 10.0,
+                sigma: 5.0,
+            },
+            binary_ma: -0.5,
+            final_score: 0.0,
+            ..MinerRecord::default()
+        };
+        let paid = MinerRecord {
+            final_score: 2.0,
+            binary_ma: 0.6,
+            score_ma: Some(0.2),
+            ..MinerRecord::default()
+        };
+        let mut ledger = Ledger::from([(1, slashed.clone()), (2, paid), (3, slashed.clone())]);
+        let mut input = WindowInput::default();
+        input.statuses.insert(1, PayloadStatus::Missing);
+        input.statuses.insert(2, PayloadStatus::Unreadable);
+        // uid 3 is no candidate at all (its commitment is gone): absent as well.
+        input.statuses.insert(4, PayloadStatus::Missing);
+        for window in 0..s.inactivity_windows {
+            update(&mut ledger, window, &input, &s);
+        }
+        for uid in [1, 3] {
+            let record = &ledger[&uid];
+            assert_eq!(record.inactive_windows, s.inactivity_windows, "uid {uid}");
+            assert_eq!(record.binary_ma, -0.5, "a negative average is not raised");
+            assert_eq!(
+                record.rating, slashed.rating,
+                "a rating below a newcomer's stays"
+            );
+        }
+        // Three unreadable windows: 2 × 0.75³ = 0.84375, 0.2 × 0.75³ = 0.084375, no reset.
+        let unreadable = &ledger[&2];
+        assert_eq!(unreadable.inactive_windows, 0);
+        assert!((unreadable.final_score - 0.84375).abs() < 1e-12);
+        assert!((unreadable.score_ma.unwrap() - 0.084375).abs() < 1e-12);
     }
 
     #[test]
