@@ -245,6 +245,29 @@ impl PendingReveals {
         self.list.push(entry);
     }
 
+    /// Settles a due commit's reveal: `revealed` is the block it landed in, or why not. A reveal
+    /// refused for a passing reason (a lost connection, a busy database) goes back to be tried
+    /// again within its epoch; one the chain refuses for good (a hash that matches nothing) is
+    /// dropped. Returns whether it was revealed.
+    pub fn settle_reveal(&mut self, entry: PendingReveal, revealed: ChainResult<u64>) -> bool {
+        let committed_at = entry.reveal.committed_at;
+        match revealed {
+            Ok(block) => {
+                tracing::info!(block, committed_at, "revealed weights");
+                true
+            }
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, committed_at, "revealing weights; trying again later");
+                self.put_back(entry);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, committed_at, "revealing weights");
+                false
+            }
+        }
+    }
+
     /// Writes the list to the file, if there is one.
     pub fn store(&self) -> ChainResult<()> {
         match &self.file {

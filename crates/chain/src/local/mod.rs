@@ -419,24 +419,14 @@ impl LocalChain {
         let head = self.block_now().number;
         let mut revealed = 0;
         for entry in pending.take_due(&hotkey.account(), head, timing) {
-            let committed_at = entry.reveal.committed_at;
             let call = Call::RevealWeights {
                 uids: entry.reveal.uids.clone(),
                 weights: entry.reveal.weights.clone(),
                 salt: entry.reveal.salt.clone(),
                 version_key: entry.reveal.version_key,
             };
-            match self.submit(hotkey, call) {
-                Ok(included) => {
-                    revealed += 1;
-                    tracing::info!(block = included.block, committed_at, "revealed weights");
-                }
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, committed_at, "revealing weights; trying again later");
-                    pending.put_back(entry);
-                }
-                Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
-            }
+            let outcome = self.submit(hotkey, call).map(|included| included.block);
+            revealed += usize::from(pending.settle_reveal(entry, outcome));
         }
         pending.store()?;
         Ok(revealed)

@@ -129,20 +129,8 @@ impl Subtensor {
     ) -> ChainResult<usize> {
         let mut revealed = 0;
         for entry in pending.take_due(&hotkey.account(), head, timing) {
-            let committed_at = entry.reveal.committed_at;
-            match self.reveal_one(hotkey, &entry.reveal).await {
-                Ok(block) => {
-                    revealed += 1;
-                    tracing::info!(block, committed_at, "revealed weights");
-                }
-                // A lost connection may get through on the next try within the epoch; a
-                // refusal (a hash that does not match) never will.
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(%error, committed_at, "revealing weights; trying again later");
-                    pending.put_back(entry);
-                }
-                Err(error) => tracing::warn!(%error, committed_at, "revealing weights"),
-            }
+            let outcome = self.reveal_one(hotkey, &entry.reveal).await;
+            revealed += usize::from(pending.settle_reveal(entry, outcome));
         }
         pending.store()?;
         Ok(revealed)
