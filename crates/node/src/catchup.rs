@@ -236,6 +236,29 @@ async fn earliest_manifest<C: Chain>(
         .min())
 }
 
+/// The followed validator's manifest of `window`, for `node` to check its model against: `None`
+/// when `node` is that validator, when there is none yet, or when either cannot be read now
+/// (reported, and read as "nothing to compare with": the next window checks again).
+pub async fn followed_manifest<C: Chain>(
+    node: &Node<C>,
+    window: u64,
+) -> Option<(Source, WindowManifest)> {
+    let source = match source(node).await {
+        Ok(source) => source.filter(|s| s.uid != node.uid)?,
+        Err(error) => {
+            node.failed(Part::Chain, "finding the manifests' validator", &error);
+            return None;
+        }
+    };
+    match manifest(node, &source, window).await {
+        Ok(manifest) => Some((source, manifest?)),
+        Err(error) => {
+            node.failed(Part::Storage, "reading the manifest to check sync", &error);
+            None
+        }
+    }
+}
+
 /// Reads the source's manifest of `window`, if it published one.
 pub async fn manifest<C: Chain>(
     node: &Node<C>,

@@ -515,23 +515,9 @@ impl<C: Chain> Miner<C> {
         let Some((previous_window, ours)) = self.previous.filter(|(w, _)| *w + 1 == window) else {
             return Ok(());
         };
-        let source = match catchup::source(&self.node).await {
-            Ok(Some(source)) => source,
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                self.node
-                    .failed(Part::Chain, "finding the manifests' validator", &error);
-                return Ok(());
-            }
-        };
-        let manifest = match catchup::manifest(&self.node, &source, previous_window).await {
-            Ok(Some(manifest)) => manifest,
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                self.node
-                    .failed(Part::Storage, "reading the manifest to check sync", &error);
-                return Ok(());
-            }
+        let Some((_, manifest)) = catchup::followed_manifest(&self.node, previous_window).await
+        else {
+            return Ok(());
         };
         if manifest.fingerprint == ours {
             return Ok(());

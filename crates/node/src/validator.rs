@@ -477,23 +477,9 @@ impl<C: Chain> Validator<C> {
         else {
             return Ok(());
         };
-        let source = match catchup::source(&self.node).await {
-            Ok(Some(source)) if source.uid != self.node.uid => source,
-            Ok(_) => return Ok(()),
-            Err(error) => {
-                let doing = "finding the manifests' validator";
-                self.node.failed(Part::Chain, doing, &error);
-                return Ok(());
-            }
-        };
-        let manifest = match catchup::manifest(&self.node, &source, previous).await {
-            Ok(Some(manifest)) => manifest,
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                let doing = "reading the manifest to check sync";
-                self.node.failed(Part::Storage, doing, &error);
-                return Ok(());
-            }
+        let Some((source, manifest)) = catchup::followed_manifest(&self.node, previous).await
+        else {
+            return Ok(());
         };
         let ours = self.replica.fingerprint();
         if manifest.fingerprint == ours {
