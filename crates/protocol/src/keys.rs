@@ -175,6 +175,10 @@ impl Keypair {
         self.seed.as_ref()
     }
 
+    pub(crate) fn inner(&self) -> &schnorrkel::Keypair {
+        &self.inner
+    }
+
     pub fn secret_key_bytes(&self) -> [u8; 64] {
         self.inner.secret.to_bytes()
     }
