@@ -33,10 +33,11 @@ impl Sampler {
             .collect()
     }
 
-    /// `count` samples for window `window` that are independent of every miner's assignment order:
-    /// what a validator evaluates as "random data".
-    pub fn random(&self, window: u64, count: usize) -> Vec<u64> {
-        let permutation = Permutation::new(self.len, key(self.seed, window, 0x72616e646f6d)); // "random"
+    /// `count` samples independent of every miner's assignment order: what a validator evaluates
+    /// as "random data". `draw` must be unknown to miners until their uploads are in (a
+    /// validator's window draw): from public values alone, a miner could fit these very samples.
+    pub fn random(&self, draw: u64, count: usize) -> Vec<u64> {
+        let permutation = Permutation::new(self.len, key(self.seed, draw, 0x72616e646f6d)); // "random"
         (0..count as u64)
             .map(|j| permutation.apply(j % self.len))
             .collect()

@@ -263,6 +263,7 @@ fn flag_counts(judgement: &Judgement) -> BTreeMap<String, u64> {
         let kind = match flag {
             Flag::Copy { .. } => "copy",
             Flag::NormOutlier { .. } => "norm_outlier",
+            Flag::Repeat { .. } => "repeat",
         };
         *counts.entry(kind.to_string()).or_default() += 1;
     }
@@ -315,7 +316,9 @@ fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<
                     }
                 }
             }
-            Event::Overlaps { window, largest } if windows.contains(&window) => {
+            Event::Overlaps {
+                window, largest, ..
+            } if windows.contains(&window) => {
                 for (uid, overlap) in largest {
                     found.entry(uid).or_default().overlaps.push(overlap);
                 }

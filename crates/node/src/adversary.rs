@@ -30,6 +30,8 @@ pub struct Adversary {
     last_aggregate: Option<Vec<Vec<f32>>>,
     /// The codec bytes `replay` resends.
     replayed: Option<Vec<u8>>,
+    /// The chain has paid this miner (what `inactive-after-paid` waits for).
+    paid: bool,
 }
 
 /// A message to publish, or why nothing was.
@@ -48,6 +50,15 @@ impl<C: Chain> Miner<C> {
         let behavior = self.behavior;
         let uid = self.node.uid;
         let mut rng = Rng::new(mix(window ^ (u64::from(uid) << 40) ^ 0x6174_7461_636b));
+        if behavior == Behavior::InactiveAfterPaid {
+            self.adversary.paid |= peers
+                .candidates
+                .iter()
+                .any(|c| c.uid == uid && c.incentive > 0.0);
+            if self.adversary.paid {
+                return Ok(Err("paid now: no more work".into()));
+            }
+        }
         let trained = if behavior.trains(self.adversary.windows_run) {
             let data_uid = match behavior {
                 Behavior::OtherData(victim) => victim.unwrap_or(uid.wrapping_add(1)),
@@ -75,7 +86,13 @@ impl<C: Chain> Miner<C> {
                 }
                 self.encode(&payload)
             }
-            (Behavior::OtherData(_) | Behavior::Late, Some((_, payload))) => self.encode(&payload),
+            (
+                Behavior::OtherData(_)
+                | Behavior::Late
+                | Behavior::EvalOverfit
+                | Behavior::InactiveAfterPaid,
+                Some((_, payload)),
+            ) => self.encode(&payload),
             (Behavior::Replay, Some((_, payload))) => {
                 let bytes = self.encode(&payload);
                 self.adversary.replayed = Some(bytes.clone());
@@ -92,6 +109,18 @@ impl<C: Chain> Miner<C> {
                 };
                 let mut payload = behavior::noise_payload(&schema, &mut rng).map_err(codec)?;
                 behavior::rescale_to(&mut payload, &norms);
+                self.encode(&payload)
+            }
+            (Behavior::LowNorm, _) => {
+                let Some(norms) = norms else {
+                    return Ok(Err("no payload seen yet to take a norm from".into()));
+                };
+                let low: Vec<f64> = norms
+                    .iter()
+                    .map(|n| n * behavior::LOW_NORM_FACTOR)
+                    .collect();
+                let mut payload = behavior::noise_payload(&schema, &mut rng).map_err(codec)?;
+                behavior::rescale_to(&mut payload, &low);
                 self.encode(&payload)
             }
             (Behavior::Lazy, _) => {
@@ -139,7 +168,15 @@ impl<C: Chain> Miner<C> {
                 behavior::pad_beyond(&mut message, limit, 4096);
                 return Ok(Ok(message));
             }
-            (Behavior::Honest | Behavior::Scaled(_) | Behavior::OtherData(_), _)
+            (
+                Behavior::Honest
+                | Behavior::PartTime(_)
+                | Behavior::Scaled(_)
+                | Behavior::OtherData(_)
+                | Behavior::EvalOverfit
+                | Behavior::InactiveAfterPaid,
+                _,
+            )
             | (Behavior::Late, None) => {
                 return Ok(Err(format!("{behavior} has nothing to publish")));
             }

@@ -17,6 +17,9 @@ use crate::gauntlet::selection::mix;
 pub enum Behavior {
     #[default]
     Honest,
+    /// Honest, with less compute: trains this share of the inner steps (in (0, 1]) and
+    /// publishes what it learnt. Not an attack; a heterogeneous honest set is made of these.
+    PartTime(f32),
     /// No training; random indices and values at the norm of last window's median payload.
     Noise,
     /// No training; every kept value is zero.
@@ -41,28 +44,58 @@ pub enum Behavior {
     Nan,
     /// A payload larger than the network's limit.
     Oversize,
+    /// Trains the first half of its inner steps on its assignment and the rest on the random
+    /// samples it predicts it will be judged on, from public values (the window, as the
+    /// evaluation's seed was before validators drew it); claims the whole assignment.
+    EvalOverfit,
+    /// Trains honestly until the chain pays it, then publishes nothing more while staying
+    /// registered: paid for work it no longer does.
+    InactiveAfterPaid,
+    /// No training; noise at a twentieth of last window's median norm. A few of these
+    /// (`sybil-low-norm:K`, uploading is free) drag a median over every upload down until honest
+    /// payloads look like norm outliers.
+    LowNorm,
 }
+
+/// How much smaller than the median a low-norm sybil's payload is.
+pub const LOW_NORM_FACTOR: f64 = 0.05;
+
+/// Low-norm sybils in the scenario's attack set (`sybil-low-norm:K`).
+pub const LOW_NORM_SYBILS: usize = 3;
 
 impl Behavior {
     /// Whether the behaviour runs the inner steps this window (`windows_run`: windows this
     /// process has run so far).
     pub fn trains(&self, windows_run: u64) -> bool {
         match self {
-            Behavior::Honest | Behavior::Scaled(_) | Behavior::OtherData(_) | Behavior::Late => {
-                true
-            }
+            Behavior::Honest
+            | Behavior::PartTime(_)
+            | Behavior::Scaled(_)
+            | Behavior::OtherData(_)
+            | Behavior::EvalOverfit
+            | Behavior::InactiveAfterPaid
+            | Behavior::Late => true,
             Behavior::Replay => windows_run == 0,
             _ => false,
         }
     }
 
+    /// Honest work, all of it or a share ([`Behavior::PartTime`]): not an attack.
     pub fn is_honest(&self) -> bool {
-        *self == Behavior::Honest
+        matches!(self, Behavior::Honest | Behavior::PartTime(_))
+    }
+
+    /// The share of the window's inner steps this miner trains.
+    pub fn step_share(&self) -> f32 {
+        match self {
+            Behavior::PartTime(share) => *share,
+            _ => 1.0,
+        }
     }
 
     /// Every behaviour the adversarial scenario runs, one of each, against the given victim uid.
     pub fn attackers(victim: u16) -> Vec<Behavior> {
-        vec![
+        let mut attackers = vec![
             Behavior::Noise,
             Behavior::Zeros,
             Behavior::Scaled(10.0),
@@ -78,7 +111,28 @@ impl Behavior {
             Behavior::Malformed,
             Behavior::Nan,
             Behavior::Oversize,
-        ]
+            Behavior::EvalOverfit,
+            Behavior::InactiveAfterPaid,
+        ];
+        attackers.extend([Behavior::LowNorm; LOW_NORM_SYBILS]);
+        attackers
+    }
+
+    /// The samples this miner's inner steps run on, given its `assignment` and the samples it
+    /// predicts a validator will judge it on: its assignment unless it overfits the evaluation.
+    pub fn training_samples(
+        &self,
+        assignment: &[u64],
+        predicted: &[u64],
+        batch: usize,
+    ) -> Vec<u64> {
+        if *self != Behavior::EvalOverfit || predicted.is_empty() {
+            return assignment.to_vec();
+        }
+        let kept = assignment.len() / batch / 2 * batch;
+        let mut samples = assignment[..kept].to_vec();
+        samples.extend(predicted.iter().cycle().take(assignment.len() - kept));
+        samples
     }
 }
 
@@ -86,6 +140,7 @@ impl fmt::Display for Behavior {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Behavior::Honest => write!(f, "honest"),
+            Behavior::PartTime(share) => write!(f, "part-time:{share}"),
             Behavior::Noise => write!(f, "noise"),
             Behavior::Zeros => write!(f, "zeros"),
             Behavior::Scaled(x) => write!(f, "scaled:{x}"),
@@ -101,12 +156,16 @@ impl fmt::Display for Behavior {
             Behavior::Malformed => write!(f, "malformed"),
             Behavior::Nan => write!(f, "nan"),
             Behavior::Oversize => write!(f, "oversize"),
+            Behavior::EvalOverfit => write!(f, "eval-overfit"),
+            Behavior::InactiveAfterPaid => write!(f, "inactive-after-paid"),
+            Behavior::LowNorm => write!(f, "low-norm"),
         }
     }
 }
 
-const USAGE: &str = "honest, noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay, \
-                     other-data[:UID], lazy, late, malformed, nan or oversize";
+const USAGE: &str = "honest, part-time:F, noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay, \
+                     other-data[:UID], lazy, late, malformed, nan, oversize, eval-overfit, \
+                     inactive-after-paid or low-norm";
 
 impl FromStr for Behavior {
     type Err = String;
@@ -117,6 +176,10 @@ impl FromStr for Behavior {
         let parts: Vec<&str> = text.trim().split(':').collect();
         let behavior = match parts.as_slice() {
             ["honest"] => Behavior::Honest,
+            ["part-time", share] => match share.parse::<f32>() {
+                Ok(x) if x > 0.0 && x <= 1.0 => Behavior::PartTime(x),
+                _ => return Err(bad("the share of inner steps must be a number in (0, 1]")),
+            },
             ["noise"] => Behavior::Noise,
             ["zeros"] => Behavior::Zeros,
             ["scaled", x] => match x.parse::<f32>() {
@@ -139,6 +202,9 @@ impl FromStr for Behavior {
             ["malformed"] => Behavior::Malformed,
             ["nan"] => Behavior::Nan,
             ["oversize"] => Behavior::Oversize,
+            ["eval-overfit"] => Behavior::EvalOverfit,
+            ["inactive-after-paid"] => Behavior::InactiveAfterPaid,
+            ["low-norm"] => Behavior::LowNorm,
             _ => return Err(bad("unknown behaviour or wrong number of parts")),
         };
         Ok(behavior)
@@ -353,7 +419,11 @@ mod tests {
     #[test]
     fn every_behaviour_round_trips_through_its_name() {
         let mut all = Behavior::attackers(3);
-        all.extend([Behavior::Honest, Behavior::OtherData(Some(9))]);
+        all.extend([
+            Behavior::Honest,
+            Behavior::OtherData(Some(9)),
+            Behavior::PartTime(0.25),
+        ]);
         for behavior in all {
             assert_eq!(behavior.to_string().parse::<Behavior>(), Ok(behavior));
         }
@@ -363,6 +433,8 @@ mod tests {
             "scaled:inf",
             "copycat:x",
             "partial-copy:1:2",
+            "part-time:0",
+            "part-time:1.5",
             "fly",
         ] {
             let error = bad.parse::<Behavior>().unwrap_err();
@@ -371,8 +443,29 @@ mod tests {
     }
 
     #[test]
+    fn eval_overfit_spends_the_second_half_of_its_steps_on_its_prediction() {
+        let assignment: Vec<u64> = (0..10).collect();
+        let predicted = [100, 101, 102];
+        // Batches of 2: 5 steps, the first 2 on the assignment, the other 3 on the prediction.
+        assert_eq!(
+            Behavior::EvalOverfit.training_samples(&assignment, &predicted, 2),
+            vec![0, 1, 2, 3, 100, 101, 102, 100, 101, 102]
+        );
+        assert_eq!(
+            Behavior::Honest.training_samples(&assignment, &predicted, 2),
+            assignment
+        );
+        assert_eq!(
+            Behavior::EvalOverfit.training_samples(&assignment, &[], 2),
+            assignment
+        );
+    }
+
+    #[test]
     fn only_training_behaviours_train_and_replay_trains_once() {
         assert!(Behavior::Honest.trains(5));
+        assert!(Behavior::PartTime(0.5).is_honest() && Behavior::PartTime(0.5).step_share() == 0.5);
+        assert_eq!(Behavior::Honest.step_share(), 1.0);
         assert!(Behavior::Late.trains(5));
         assert!(Behavior::Replay.trains(0) && !Behavior::Replay.trains(1));
         assert!(!Behavior::Noise.trains(0) && !Behavior::Copycat(1).trains(0));

@@ -283,6 +283,10 @@ pub async fn manifest<C: Chain>(
                     manifest.window
                 )));
             }
+            manifest
+                .draw
+                .verify(&source.hotkey, &node.network, window)
+                .map_err(|e| NodeError::CatchUp(format!("manifest of window {window}: {e}")))?;
             Ok(Some(manifest))
         }
         ReadOutcome::Missing => Ok(None),

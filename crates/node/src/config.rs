@@ -88,9 +88,15 @@ pub struct GauntletSettings {
     /// scored: it is the miner's own claim (docs/node.md, "Sync").
     pub sync_max_steps_behind: u64,
     pub windows_per_weights: u64,
+    /// Share of the miners' weight that goes to the `peer_count` best; reserves share the rest.
     pub gather_share: f64,
-    pub gather_top_ratio: f64,
-    pub reserve_decay: f64,
+    /// No longer used: shares follow contribution instead of a rank ramp (docs/node.md,
+    /// "Weights"). Accepted so that older network.toml files load.
+    #[serde(default, skip_serializing)]
+    pub gather_top_ratio: Option<f64>,
+    /// No longer used, for the same reason.
+    #[serde(default, skip_serializing)]
+    pub reserve_decay: Option<f64>,
     /// Share of emission sent to `burn_uid` (when set).
     pub burn_rate: f64,
     pub burn_uid: Option<u16>,
@@ -110,6 +116,10 @@ pub struct GauntletSettings {
     /// within a few evaluations.
     #[serde(default = "default_score_ma_alpha")]
     pub score_ma_alpha: f64,
+    /// Weight of the newest evaluation in the slower moving average that pay is proportional
+    /// to: identical miners evaluated a few times each must be paid alike.
+    #[serde(default = "default_contribution_ma_alpha")]
+    pub contribution_ma_alpha: f64,
     /// Multiplier on score and moving average for a missing, late or early payload.
     pub missing_slash: f64,
     /// No longer used: the slash punished a miner for the base it claims, which only an honest
@@ -135,6 +145,10 @@ fn default_min_score_ratio() -> f64 {
 
 fn default_score_ma_alpha() -> f64 {
     0.3
+}
+
+fn default_contribution_ma_alpha() -> f64 {
+    0.1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,10 +254,14 @@ impl NetworkConfig {
     fn check(&self) -> Result<(), String> {
         let w = &self.window;
         let g = &self.gauntlet;
-        let rules: [(bool, &str); 17] = [
+        let rules: [(bool, &str); 18] = [
             (
                 (0.0..=1.0).contains(&g.score_ma_alpha),
                 "gauntlet.score_ma_alpha must be in [0, 1]",
+            ),
+            (
+                g.contribution_ma_alpha > 0.0 && g.contribution_ma_alpha <= 1.0,
+                "gauntlet.contribution_ma_alpha must be in (0, 1]",
             ),
             (
                 g.norm_outlier_ratio > 1.0,
@@ -356,14 +374,15 @@ impl NetworkConfig {
                 sync_max_steps_behind: 3,
                 windows_per_weights: 2,
                 gather_share: 0.75,
-                gather_top_ratio: 2.0,
-                reserve_decay: 0.5,
+                gather_top_ratio: None,
+                reserve_decay: None,
                 burn_rate: 0.0,
                 burn_uid: None,
                 overlap_threshold: 0.4,
                 norm_outlier_ratio: default_norm_outlier_ratio(),
                 min_score_ratio: default_min_score_ratio(),
                 score_ma_alpha: default_score_ma_alpha(),
+                contribution_ma_alpha: default_contribution_ma_alpha(),
                 missing_slash: 0.75,
                 sync_slash: None,
                 inactivity_windows: 3,

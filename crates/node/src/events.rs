@@ -64,6 +64,9 @@ pub enum Flag {
     Copy { overlap: f64 },
     /// Its norm is `ratio` times the window's median (see `gauntlet::norms`).
     NormOutlier { ratio: f64 },
+    /// It shares `overlap` of its kept indices with a payload of an earlier window (its own
+    /// replayed, or another miner's): a stale update.
+    Repeat { overlap: f64 },
 }
 
 impl std::fmt::Display for Flag {
@@ -77,6 +80,11 @@ impl std::fmt::Display for Flag {
                 )
             }
             Flag::NormOutlier { ratio } => write!(f, "norm {ratio:.1}× the window's median"),
+            Flag::Repeat { overlap } => write!(
+                f,
+                "repeats a payload of an earlier window ({:.0}% index overlap)",
+                overlap * 100.0
+            ),
         }
     }
 }
@@ -149,6 +157,9 @@ pub enum Event {
     Overlaps {
         window: u64,
         largest: Vec<(u16, f64)>,
+        /// The same with payloads of the last windows (see `Flag::Repeat`).
+        #[serde(default)]
+        largest_earlier: Vec<(u16, f64)>,
     },
     /// The validator zeroed a miner's score and moving average for a usable payload.
     Flagged {

@@ -2,6 +2,7 @@
 //! window manifest. Both are parsed as untrusted input, with a reason for every rejection.
 
 use serde::{Deserialize, Serialize};
+use templar_protocol::Draw;
 
 use crate::fingerprint::{Fingerprint, hex32};
 
@@ -84,6 +85,10 @@ pub struct Included {
 #[serde(deny_unknown_fields)]
 pub struct WindowManifest {
     pub window: u64,
+    /// The validator's draw for the window: what it chose which miners and samples to judge
+    /// by, published only now that the slot has closed, and checked by every reader against the
+    /// validator's hotkey.
+    pub draw: Draw,
     /// In aggregation order (ascending uid).
     pub included: Vec<Included>,
     /// The model after applying this window's aggregate.
@@ -150,6 +155,7 @@ mod tests {
     fn manifests_round_trip_and_unordered_ones_are_refused() {
         let manifest = WindowManifest {
             window: 3,
+            draw: Draw([6; templar_protocol::draw::DRAW_LEN]),
             included: vec![
                 Included {
                     uid: 1,

@@ -145,6 +145,7 @@ impl Metrics {
                 let kind = match flag {
                     Flag::Copy { .. } => "copy",
                     Flag::NormOutlier { .. } => "norm_outlier",
+                    Flag::Repeat { .. } => "repeat",
                 };
                 *self.flags.entry(kind).or_default() += 1;
             }

@@ -619,6 +619,17 @@ impl<C: Chain> Miner<C> {
     ) -> Result<Option<(GradientHeader, Payload)>, NodeError> {
         let data = &self.node.data;
         let assignment = data.assignment(data_uid, window);
+        // An attack (test networks only): half the steps on the samples it predicts it will be
+        // judged on, from public values. A validator's draw makes the prediction wrong.
+        let predicted = match self.behavior {
+            Behavior::EvalOverfit => data
+                .sampler
+                .random(window, self.node.config.gauntlet.eval_samples),
+            _ => Vec::new(),
+        };
+        let trained_on = self
+            .behavior
+            .training_samples(&assignment, &predicted, data.batch_size);
         let started = Instant::now();
         let (mut steps, mut loss_sum, mut lr) = (0u32, 0.0, 0.0);
         // The inner schedule follows the network, not this miner's own step count: a newcomer,
@@ -628,7 +639,13 @@ impl<C: Chain> Miner<C> {
             self.position.global_step,
             &self.node.config,
         ));
-        for ids in assignment.chunks_exact(data.batch_size) {
+        // A part-time miner (a test behaviour) stops after its share of the inner steps.
+        let step_cap =
+            ((assignment.len() / data.batch_size) as f32 * self.behavior.step_share()).ceil();
+        for ids in trained_on
+            .chunks_exact(data.batch_size)
+            .take(step_cap.max(1.0) as usize)
+        {
             if now_ms() as f64 + self.step_seconds * 1500.0 > train_until as f64 {
                 break;
             }

@@ -19,9 +19,13 @@ use crate::error::NodeError;
 use crate::events::{Event, Flag, MinerScore, Part, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::gauntlet::norms::norm_outliers;
-use crate::gauntlet::overlap::{Upload, copiers_of, largest_overlaps, pair_overlaps};
+use crate::gauntlet::overlap::{
+    Recalled, Upload, copiers_of, largest_overlaps, pair_overlaps, repeats,
+};
 use crate::gauntlet::score::{self, Control, Evaluation, Ledger, PayloadStatus, WindowInput};
-use crate::gauntlet::selection::{fair_sample, mix};
+use crate::gauntlet::selection::{
+    JUDGED_MINERS, OWN_SAMPLES, RANDOM_SAMPLES, RECALLED_CHUNKS, fair_sample, mix,
+};
 use crate::gauntlet::weights::{to_u16, weights};
 use crate::message::{Included, WindowManifest};
 use crate::miner::Stop;
@@ -34,6 +38,9 @@ use templar_dist::ProcessGroup;
 
 /// Model states kept for measuring how far behind a miner's base model is.
 const HISTORY: usize = 16;
+
+/// Windows whose payloads a validator remembers to recognise repeats (see `Flag::Repeat`).
+const REMEMBERED_WINDOWS: u64 = 3;
 
 /// The usable payloads of a window, the first `reference` of them the paid peers' (what judged
 /// updates are clipped to; all of them when none).
@@ -69,6 +76,9 @@ pub struct Validator<C> {
     /// The last window's state generation, written beside the next window (the base it reads
     /// does not change until the next aggregate is applied, which waits for it).
     saving: Option<Background<()>>,
+    /// A sample of the last windows' payloads, by window, to recognise repeats. Not persisted: a
+    /// restarted validator recognises repeats again from its second window.
+    recalled: VecDeque<(u64, Vec<Recalled>)>,
 }
 
 impl<C: Chain> Validator<C> {
@@ -140,6 +150,7 @@ impl<C: Chain> Validator<C> {
             state_dir,
             state,
             saving: None,
+            recalled: VecDeque::new(),
         }
     }
 
@@ -373,13 +384,19 @@ impl<C: Chain> Validator<C> {
                 )
             })
             .collect();
-        let seed = mix(window ^ (u64::from(self.node.uid) << 48) ^ 0x6761756e746c6574);
-        let chosen = fair_sample(&pool, self.node.config.gauntlet.uids_per_window, seed);
-        let random = self
-            .node
-            .data
-            .sampler
-            .random(window, self.node.config.gauntlet.eval_samples);
+        // Every choice below comes from this validator's draw for the window, which nobody
+        // else can compute: a miner cannot know before its upload which miners are judged or on
+        // which samples (docs/node.md, "What a miner cannot predict").
+        let (_, randomness) = self.node.hotkey.draw(&self.node.network, window);
+        let chosen = fair_sample(
+            &pool,
+            self.node.config.gauntlet.uids_per_window,
+            randomness.seed(JUDGED_MINERS),
+        );
+        let random = self.node.data.sampler.random(
+            randomness.seed(RANDOM_SAMPLES),
+            self.node.config.gauntlet.eval_samples,
+        );
         let random = self.probe(&random)?;
         let judged: Vec<&Gathered> = usable
             .iter()
@@ -397,7 +414,8 @@ impl<C: Chain> Validator<C> {
             all: &usable,
             reference,
         };
-        for (uid, evaluation) in self.evaluate(window, seed, &judged, candidates, &random)? {
+        let own_seed = randomness.seed(OWN_SAMPLES);
+        for (uid, evaluation) in self.evaluate(window, own_seed, &judged, candidates, &random)? {
             self.node.events.emit(Event::Evaluated {
                 window,
                 miner: uid,
@@ -417,14 +435,37 @@ impl<C: Chain> Validator<C> {
             })
             .collect();
         let settings = &self.node.config.gauntlet;
-        let pairs = pair_overlaps(&self.replica.schema, &uploads);
+        let schema = &self.replica.schema;
+        let pairs = pair_overlaps(schema, &uploads);
+        let earlier: Vec<Recalled> = self
+            .recalled
+            .iter()
+            .filter(|(w, _)| *w < window)
+            .flat_map(|(_, r)| r.iter().cloned())
+            .collect();
+        let repeated = repeats(schema, &uploads, &earlier, settings.overlap_threshold);
         self.node.events.emit(Event::Overlaps {
             window,
             largest: largest_overlaps(&uploads, &pairs),
+            largest_earlier: repeated.largest,
         });
+        let seed = randomness.seed(RECALLED_CHUNKS);
+        let remembered = uploads
+            .iter()
+            .map(|u| Recalled::of(schema, u.uid, u.payload, seed))
+            .collect();
+        self.recalled
+            .retain(|(w, _)| w + REMEMBERED_WINDOWS > window && *w < window);
+        self.recalled.push_back((window, remembered));
         let copies = copiers_of(&uploads, &pairs, settings.overlap_threshold)
             .into_iter()
-            .map(|(uid, overlap)| (uid, Flag::Copy { overlap }));
+            .map(|(uid, overlap)| (uid, Flag::Copy { overlap }))
+            .chain(
+                repeated
+                    .flagged
+                    .into_iter()
+                    .map(|(uid, overlap)| (uid, Flag::Repeat { overlap })),
+            );
         let payloads: Vec<(u16, &Payload)> = usable.iter().map(|g| (g.uid, &g.payload)).collect();
         let peers_payloads: Vec<&Payload> = payloads[..reference].iter().map(|(_, p)| *p).collect();
         let inflated = norm_outliers(&payloads, &peers_payloads, settings.norm_outlier_ratio)
@@ -665,6 +706,7 @@ impl<C: Chain> Validator<C> {
         let node = &self.node;
         let manifest = WindowManifest {
             window,
+            draw: node.hotkey.draw(&node.network, window).0,
             included: payloads
                 .iter()
                 .map(|g| Included {

@@ -1,8 +1,13 @@
 //! Copy detection: how many of two payloads' kept indices coincide. Honest miners on different
-//! data share some; a copier's payload shares nearly all of its victim's.
+//! data share some; a copier's payload shares nearly all of its victim's. That holds across
+//! windows too: a payload that repeats one of an earlier window (its own, replayed, or another
+//! miner's, which is public by then and needs no race to copy) is a stale update, re-applying a
+//! direction the model already took.
 
 use rayon::prelude::*;
 use templar_codec::{Payload, Schema};
+
+use super::selection::mix;
 
 /// Kept indices two payloads share, over all kept indices: per chunk `|I_a ∩ I_b|`, summed over
 /// every chunk of every tensor, divided by the total kept count (so each tensor weighs by its
@@ -26,6 +31,104 @@ pub fn index_overlap(schema: &Schema, a: &Payload, b: &Payload) -> f64 {
     } else {
         shared as f64 / kept as f64
     }
+}
+
+/// At most this many chunks of each payload are remembered for the next window: enough for a
+/// precise share, a small fraction of a large payload's indices.
+pub const RECALLED_CHUNKS: usize = 4096;
+
+/// What the next window needs to recognise a payload: the kept indices of a sample of its
+/// chunks. The sample is drawn from the validator's window draw, so a replayer cannot know which
+/// chunks it would have to change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recalled {
+    pub uid: u16,
+    /// (tensor, chunk, kept indices of that chunk).
+    chunks: Vec<(usize, usize, Vec<u16>)>,
+}
+
+impl Recalled {
+    /// Remembers about [`RECALLED_CHUNKS`] of `payload`'s sparse chunks, chosen by `seed`.
+    pub fn of(schema: &Schema, uid: u16, payload: &Payload, seed: u64) -> Recalled {
+        let sparse = |i: usize| {
+            let plan = schema.plan(i);
+            let k = plan.kept() / plan.chunks().max(1);
+            (k > 0 && k < plan.chunk_len()).then_some(k)
+        };
+        let total: usize = (0..payload.tensors.len())
+            .filter_map(|i| sparse(i).map(|_| schema.plan(i).chunks()))
+            .sum();
+        let every = (total / RECALLED_CHUNKS).max(1) as u64;
+        let mut chunks = Vec::new();
+        for (i, tensor) in payload.tensors.iter().enumerate() {
+            let Some(k) = sparse(i) else { continue };
+            for (c, kept) in tensor.indices.chunks(k).enumerate() {
+                let pick = mix(seed ^ mix(((i as u64) << 32) | c as u64));
+                if pick.is_multiple_of(every) {
+                    chunks.push((i, c, kept.to_vec()));
+                }
+            }
+        }
+        Recalled { uid, chunks }
+    }
+
+    /// Share of the remembered chunks' kept indices that `payload` keeps too (see
+    /// [`index_overlap`]).
+    pub fn overlap(&self, schema: &Schema, payload: &Payload) -> f64 {
+        let (mut shared, mut kept) = (0usize, 0usize);
+        for (i, c, remembered) in &self.chunks {
+            let plan = schema.plan(*i);
+            let k = plan.kept() / plan.chunks().max(1);
+            let Some(tensor) = payload.tensors.get(*i) else {
+                continue;
+            };
+            let Some(chunk) = tensor.indices.chunks(k).nth(*c) else {
+                continue;
+            };
+            shared += sorted_intersection(remembered, chunk);
+            kept += remembered.len().min(chunk.len());
+        }
+        if kept == 0 {
+            0.0
+        } else {
+            shared as f64 / kept as f64
+        }
+    }
+}
+
+/// How the uploads of a window compare with the payloads of earlier windows.
+#[derive(Debug, PartialEq)]
+pub struct Repeats {
+    /// Each upload's largest overlap with an earlier payload, ascending uid.
+    pub largest: Vec<(u16, f64)>,
+    /// Those at or above the threshold: stale updates, whoever first sent them.
+    pub flagged: Vec<(u16, f64)>,
+}
+
+/// Compares every upload with the `earlier` windows' payloads.
+pub fn repeats(
+    schema: &Schema,
+    uploads: &[Upload<'_>],
+    earlier: &[Recalled],
+    threshold: f64,
+) -> Repeats {
+    let mut largest: Vec<(u16, f64)> = uploads
+        .par_iter()
+        .map(|upload| {
+            let most = earlier
+                .iter()
+                .map(|e| e.overlap(schema, upload.payload))
+                .fold(0.0, f64::max);
+            (upload.uid, most)
+        })
+        .collect();
+    largest.sort_by_key(|(uid, _)| *uid);
+    let flagged = largest
+        .iter()
+        .copied()
+        .filter(|(_, overlap)| !earlier.is_empty() && *overlap >= threshold)
+        .collect();
+    Repeats { largest, flagged }
 }
 
 /// Size of the intersection of two ascending lists.
@@ -201,5 +304,68 @@ mod tests {
             },
         ];
         assert_eq!(copiers(&schema, &tied, 0.9), vec![(2, 1.0), (4, 1.0)]);
+    }
+
+    #[test]
+    fn a_repeat_of_an_earlier_window_is_found_whoever_first_sent_it() {
+        let schema = schema();
+        let old = payload(&[0, 1, 2, 3]);
+        let earlier = [Recalled::of(&schema, 9, &old, 5)];
+        // Both chunks are remembered (the payload is small): a replay repeats them all, a
+        // half-changed one half, and an unrelated update nothing.
+        let (replayed, half, fresh) = (old.clone(), payload(&[0, 1, 0, 1]), payload(&[2, 3, 0, 1]));
+        let uploads = [
+            Upload {
+                uid: 1,
+                uploaded_ms: 0,
+                payload: &replayed,
+            },
+            Upload {
+                uid: 2,
+                uploaded_ms: 0,
+                payload: &half,
+            },
+            Upload {
+                uid: 3,
+                uploaded_ms: 0,
+                payload: &fresh,
+            },
+        ];
+        let found = repeats(&schema, &uploads, &earlier, 0.4);
+        assert_eq!(found.largest, vec![(1, 1.0), (2, 0.5), (3, 0.0)]);
+        assert_eq!(found.flagged, vec![(1, 1.0), (2, 0.5)]);
+        // Nothing remembered (the first window): nothing flagged.
+        assert!(repeats(&schema, &uploads, &[], 0.4).flagged.is_empty());
+    }
+
+    #[test]
+    fn a_large_payload_is_remembered_by_a_sample_of_its_chunks() {
+        let config = CodecConfig {
+            target_chunk: 4,
+            topk: 1,
+            values: templar_codec::ValueCoding::F32,
+            ..CodecConfig::default()
+        };
+        let schema =
+            Schema::new(vec![TensorSpec::new("w", &[RECALLED_CHUNKS * 16])], config).unwrap();
+        let plan = schema.plan(0);
+        let (chunks, k) = (plan.chunks(), plan.kept() / plan.chunks());
+        assert!(
+            chunks >= RECALLED_CHUNKS * 2 && k >= 1,
+            "{chunks} chunks, {k} kept"
+        );
+        let indices: Vec<u16> = (0..chunks * k).map(|i| (i % k) as u16).collect();
+        let big = payload(&indices);
+        let recalled = Recalled::of(&schema, 1, &big, 77);
+        // One chunk in `every`, give or take the draw.
+        let expected = chunks / (chunks / RECALLED_CHUNKS);
+        let n = recalled.chunks.len();
+        assert!(
+            n > expected * 9 / 10 && n < expected * 11 / 10,
+            "{n} of {chunks}"
+        );
+        assert_eq!(recalled.overlap(&schema, &big), 1.0);
+        // Another seed remembers other chunks.
+        assert_ne!(Recalled::of(&schema, 1, &big, 78), recalled);
     }
 }

@@ -37,6 +37,11 @@ pub struct MinerRecord {
     /// `weights`).
     #[serde(default)]
     pub score_ma: Option<f64>,
+    /// A slower moving average of the same improvement: how much the miner contributes, which
+    /// its pay is proportional to (see `weights`). Slower than `score_ma`, so that identical
+    /// miners are paid alike whatever the noise of single evaluations.
+    #[serde(default)]
+    pub contribution_ma: Option<f64>,
     /// The hotkey the uid had when this record was made: a uid registered anew by another
     /// hotkey starts from a fresh record (see [`forget_replaced`]).
     #[serde(default)]
@@ -66,6 +71,7 @@ impl Default for MinerRecord {
             evaluations: 0,
             last_score: None,
             score_ma: None,
+            contribution_ma: None,
             hotkey: None,
         }
     }
@@ -279,6 +285,7 @@ fn decay(record: &mut MinerRecord, slash: f64) {
     record.binary_ma = shrink(record.binary_ma);
     record.final_score = shrink(record.final_score);
     record.score_ma = record.score_ma.map(shrink);
+    record.contribution_ma = record.contribution_ma.map(shrink);
 }
 
 /// After `inactivity_windows` windows in a row without a usable payload a miner starts over:
@@ -338,13 +345,12 @@ fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
         record.binary_ma = (1.0 - alpha) * record.binary_ma + alpha * evaluation.indicator();
         record.evaluations += 1;
         record.last_score = Some(evaluation.score());
-        record.score_ma = Some(match record.score_ma {
-            Some(average) => {
-                let fast = settings.score_ma_alpha;
-                (1.0 - fast) * average + fast * evaluation.score()
-            }
-            None => evaluation.score(),
-        });
+        let score = evaluation.score();
+        let average = |previous: Option<f64>, alpha: f64| {
+            Some(previous.map_or(score, |p| (1.0 - alpha) * p + alpha * score))
+        };
+        record.score_ma = average(record.score_ma, settings.score_ma_alpha);
+        record.contribution_ma = average(record.contribution_ma, settings.contribution_ma_alpha);
         record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0);
     }
 }

@@ -2,6 +2,12 @@
 //! miner's weight is its fairness counter (windows since it was last evaluated), so nobody is
 //! starved and nobody can predict being skipped.
 
+/// What each seed of a validator's window draw ([`templar_protocol::Randomness::seed`]) is for.
+pub const JUDGED_MINERS: &str = "judged miners";
+pub const RANDOM_SAMPLES: &str = "random samples";
+pub const OWN_SAMPLES: &str = "own samples";
+pub const RECALLED_CHUNKS: &str = "recalled chunks";
+
 /// Picks up to `count` of `pool` (uid, fairness ≥ 1), by Efraimidis–Spirakis keys `u^(1/w)` with
 /// `u` drawn from `seed` and the uid. Returned ascending.
 pub fn fair_sample(pool: &[(u16, u64)], count: usize, seed: u64) -> Vec<u16> {

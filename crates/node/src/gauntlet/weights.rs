@@ -1,12 +1,42 @@
-//! From final scores to on-chain weights: miners whose updates help at least `min_score_ratio`
-//! as much as the best one's (moving averages of the improvement on random data) are ranked by
-//! final score, the top `peer_count` share `gather_share` on a
-//! linear ramp from `top_ratio` down to 1, the next `reserve_count` share the rest with geometric
-//! decay (each capped at half the smallest gather weight), and an optional burn uid takes
-//! `burn_rate` of everything.
+//! From the ledger to on-chain weights. Pay follows contribution: a miner is paid in proportion
+//! to how much its updates help the model (`score_ma`, the moving average of its relative
+//! improvement on random data), not by its place in a ranking.
+//!
+//! Who is paid at all: miners with a positive final score (rated, not flagged, shown to train on
+//! their own data) whose updates help at least `min_score_ratio` as much as the best one's. They
+//! are ranked by final score; the top `peer_count` share `gather_share`, the next `reserve_count`
+//! share the rest (each capped at half the smallest peer's weight, so a reserve never outearns a
+//! peer), and an optional burn uid takes `burn_rate` of everything.
+//!
+//! Upstream splits by rank on a ramp from `gather_top_ratio` down to 1. Ranks turn score
+//! differences at the level of measurement noise into a 2× pay gap between identical miners
+//! (0.40, 0.22 and 0.31 of the incentive for three identical honest miners on the localnet), and
+//! pay a miner that contributes a quarter of the best as much as one that contributes nearly
+//! all of it, as long as it ranks second.
 
 use super::score::{Ledger, MinerRecord};
 use crate::config::{GatherSettings, GauntletSettings};
+
+/// How much a miner's updates help lately: the fast moving average of its improvement on random
+/// data, 0 when unknown or not finite. It decides whether a miner is paid at all.
+fn helped(record: &MinerRecord) -> f64 {
+    record
+        .score_ma
+        .filter(|s| s.is_finite())
+        .unwrap_or(0.0)
+        .max(0.0)
+}
+
+/// What a paid miner's share is proportional to: the slow moving average of the same
+/// improvement (the fast one for records from before it was kept).
+fn contribution(record: &MinerRecord) -> f64 {
+    record
+        .contribution_ma
+        .or(record.score_ma)
+        .filter(|s| s.is_finite())
+        .unwrap_or(0.0)
+        .max(0.0)
+}
 
 /// Weights (summing to 1) by uid, ascending; empty when nobody has earned anything and nothing
 /// is burned.
@@ -15,33 +45,30 @@ pub fn weights(ledger: &Ledger, gather: &GatherSettings, g: &GauntletSettings) -
         .iter()
         .filter(|(_, r)| r.final_score > 0.0 && r.final_score.is_finite())
         .filter(|(uid, _)| Some(**uid) != g.burn_uid);
-    let helped = |r: &MinerRecord| r.score_ma.filter(|s| s.is_finite()).unwrap_or(0.0);
     let best = scored.clone().map(|(_, r)| helped(r)).fold(0.0, f64::max);
-    let mut ranked: Vec<(u16, f64)> = scored
-        .filter(|(_, r)| best > 0.0 && helped(r) >= g.min_score_ratio * best)
-        .map(|(&uid, r)| (uid, r.final_score))
+    let mut ranked: Vec<(u16, f64, f64)> = scored
+        .filter(|(_, r)| helped(r) > 0.0 && helped(r) >= g.min_score_ratio * best)
+        .filter(|(_, r)| contribution(r) > 0.0)
+        .map(|(&uid, r)| (uid, r.final_score, contribution(r)))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let gathered = ranked.len().min(gather.peer_count);
     let reserves = (ranked.len() - gathered).min(gather.reserve_count);
-    let mut out: Vec<(u16, f64)> = Vec::new();
-    let ramp = |i: usize| {
-        if gathered < 2 {
-            g.gather_top_ratio
-        } else {
-            g.gather_top_ratio + (1.0 - g.gather_top_ratio) * i as f64 / (gathered - 1) as f64
-        }
+    let share_of = |group: &[(u16, f64, f64)], pot: f64| -> Vec<(u16, f64)> {
+        let total: f64 = group.iter().map(|(_, _, c)| c).sum();
+        group
+            .iter()
+            .map(|&(uid, _, c)| (uid, pot * c / total))
+            .collect()
     };
-    let ramp_sum: f64 = (0..gathered).map(ramp).sum();
-    for (i, (uid, _)) in ranked.iter().take(gathered).enumerate() {
-        out.push((*uid, g.gather_share * ramp(i) / ramp_sum));
-    }
+    let mut out = share_of(&ranked[..gathered], g.gather_share);
     let smallest = out.iter().map(|(_, w)| *w).fold(f64::INFINITY, f64::min);
-    let decay_sum: f64 = (0..reserves).map(|j| g.reserve_decay.powi(j as i32)).sum();
-    for (j, (uid, _)) in ranked.iter().skip(gathered).take(reserves).enumerate() {
-        let share = (1.0 - g.gather_share) * g.reserve_decay.powi(j as i32) / decay_sum;
-        out.push((*uid, share.min(smallest / 2.0)));
-    }
+    let reserve_pot = 1.0 - g.gather_share;
+    out.extend(
+        share_of(&ranked[gathered..gathered + reserves], reserve_pot)
+            .into_iter()
+            .map(|(uid, w)| (uid, w.min(smallest / 2.0))),
+    );
     let burn = g.burn_uid.map(|uid| (uid, g.burn_rate));
     let total: f64 = out.iter().map(|(_, w)| w).sum();
     let miners_share = if burn.is_some() {
@@ -110,22 +137,38 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn ramp_reserve_cap_and_normalisation_by_hand() {
-        let (gather, g) = settings();
-        // Ranked 5 (3.0), 1 (2.0), 9 (1.0); 4 has nothing.
-        let l = ledger(&[(1, 2.0), (4, 0.0), (5, 3.0), (9, 1.0)]);
-        // Ramp [2, 1]/3 · 0.75 = 0.5, 0.25; reserve 0.25 capped at 0.125; total 0.875.
-        let w = weights(&l, &gather, &g);
-        let expect = [(1, 0.25 / 0.875), (5, 0.5 / 0.875), (9, 0.125 / 0.875)];
-        assert_eq!(w.len(), 3);
-        for ((uid, weight), (e_uid, e_weight)) in w.iter().zip(expect) {
-            assert_eq!(*uid, e_uid);
-            assert!((weight - e_weight).abs() < 1e-12, "{w:?}");
+    fn assert_weights(got: &[(u16, f64)], expect: &[(u16, f64)]) {
+        assert_eq!(got.len(), expect.len(), "{got:?}");
+        for ((uid, weight), (e_uid, e_weight)) in got.iter().zip(expect) {
+            assert_eq!(uid, e_uid, "{got:?}");
+            assert!((weight - e_weight).abs() < 1e-12, "{got:?}");
         }
+    }
+
+    #[test]
+    fn shares_follow_contribution_with_the_reserve_cap_by_hand() {
+        let (gather, g) = settings();
+        // Ranked by final score 5 (3.0), 1 (2.0), 9 (1.0); 4 has nothing.
+        let mut l = ledger(&[(1, 2.0), (4, 0.0), (5, 3.0), (9, 1.0)]);
+        for (uid, helped) in [(1, 0.01), (5, 0.03), (9, 0.02)] {
+            l.get_mut(&uid).unwrap().score_ma = Some(helped);
+        }
+        // Peers 5 and 1 share 0.75 as 3 : 1 → 0.5625, 0.1875; reserve 9 takes the other 0.25,
+        // capped at half the smallest peer's, 0.09375; total 0.84375.
+        let w = weights(&l, &gather, &g);
+        assert_weights(&w, &[(1, 2.0 / 9.0), (5, 2.0 / 3.0), (9, 1.0 / 9.0)]);
         let (uids, values) = to_u16(&w);
         assert_eq!(uids, vec![1, 5, 9]);
-        assert_eq!(values, vec![32768, 65535, 16384]);
+        assert_eq!(values, vec![21845, 65535, 10923]);
+    }
+
+    #[test]
+    fn equal_contributions_are_paid_equally_whatever_their_rank() {
+        let (mut gather, g) = settings();
+        gather.peer_count = 3;
+        // Ranks 3, 2, 1 by final score (a noise-level gap in ratings); the same help.
+        let w = weights(&ledger(&[(1, 2.0), (2, 2.1), (3, 2.2)]), &gather, &g);
+        assert_weights(&w, &[(1, 1.0 / 3.0), (2, 1.0 / 3.0), (3, 1.0 / 3.0)]);
     }
 
     #[test]
@@ -138,10 +181,13 @@ mod tests {
         // 12 was never evaluated; 1 at 0.006 passes.
         l.get_mut(&12).unwrap().score_ma = None;
         l.get_mut(&1).unwrap().score_ma = Some(0.006);
+        // 5 and 1 share as 0.01 : 0.006.
         let w = weights(&l, &gather, &g);
-        // Ramp [2, 1]/3 · 0.75 over 5 then 1, normalised: 2/3 and 1/3.
-        assert_eq!(w.iter().map(|(u, _)| *u).collect::<Vec<_>>(), vec![1, 5]);
-        assert!((w[0].1 - 1.0 / 3.0).abs() < 1e-12 && (w[1].1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_weights(&w, &[(1, 0.375), (5, 0.625)]);
+        // With no floor at all, a miner that has not helped is still paid nothing.
+        g.min_score_ratio = 0.0;
+        l.get_mut(&9).unwrap().score_ma = Some(0.0);
+        assert_weights(&weights(&l, &gather, &g), &[(1, 0.375), (5, 0.625)]);
         // Nobody helping: nothing is paid.
         for record in l.values_mut() {
             record.score_ma = Some(-0.001);
