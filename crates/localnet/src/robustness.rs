@@ -19,11 +19,11 @@ use super::tail::EventFile;
 
 /// Attacks whose every payload must be rejected, with a reason.
 const MALFORMED: [&str; 3] = ["malformed", "nan", "oversize"];
-/// Honest training on another miner's assignment: only the own-data indicator tells it apart,
-/// and on a model this small its signal is weak, so it takes many windows to act.
-const SLOW_TO_CATCH: &str = "other-data";
-const HONEST_SHARE_GOAL: f64 = 0.9;
-const BPB_GOAL: f64 = 0.02;
+const HONEST_SHARE_GOAL: f64 = 0.95;
+const ATTACKER_SHARE_GOAL: f64 = 0.01;
+const BPB_GOAL: f64 = 0.01;
+/// Identical honest miners' shares may differ by this factor at most.
+const IDENTICAL_SPREAD_GOAL: f64 = 1.2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
@@ -34,10 +34,29 @@ pub struct Outcome {
     pub last_window: u64,
     pub settled_from: u64,
     pub miners: Vec<MinerOutcome>,
-    /// Honest miners' share of all miner incentive over the settled windows.
+    /// Honest miners' share (part-time ones included) of all miner incentive over the settled
+    /// windows.
     pub honest_share: f64,
+    /// The attacks run, by behaviour (`low-norm` once per sybil).
+    #[serde(default)]
+    pub attacks: Vec<String>,
+    /// The largest share any one attacker held over the settled windows.
+    #[serde(default)]
+    pub max_attacker_share: f64,
+    /// The honest miners by compute: identical full-time ones, then part-time ones.
+    #[serde(default)]
+    pub heterogeneous: Vec<ComputeShare>,
     pub bpb: BpbComparison,
     pub goals: Vec<Goal>,
+}
+
+/// One honest miner's compute and pay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComputeShare {
+    pub name: String,
+    /// Share of the inner steps it trains.
+    pub steps: f64,
+    pub share: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,12 +173,17 @@ pub fn analyse(dir: &Path, command: String) -> Result<Outcome> {
     }
     let honest_share = honest_share(&miners);
     let bpb = BpbComparison::new(final_bpb(&report)?, final_bpb(&read_report(&honest)?)?);
-    let goals = goals(&miners, honest_share, &bpb);
+    let heterogeneous = heterogeneous(&miners);
+    let goals = goals(&miners, honest_share, &bpb, &heterogeneous);
+    let attackers = miners.iter().filter(|m| !is_honest(&m.behavior));
     Ok(Outcome {
         command,
         first_window: first,
         last_window: last,
         settled_from,
+        attacks: attackers.clone().map(|m| m.behavior.clone()).collect(),
+        max_attacker_share: attackers.map(|m| m.share).fold(0.0, f64::max),
+        heterogeneous,
         miners,
         honest_share,
         bpb,
@@ -371,20 +395,74 @@ fn uploads(layout: &Layout, node: &str, windows: RangeInclusive<u64>) -> Result<
         .count() as u64)
 }
 
+/// Honest work, all of it or a share of the inner steps.
+fn is_honest(behavior: &str) -> bool {
+    behavior == "honest" || behavior.starts_with("part-time:")
+}
+
+/// The share of the inner steps a behaviour trains, for honest ones.
+fn steps_of(behavior: &str) -> Option<f64> {
+    match behavior.strip_prefix("part-time:") {
+        Some(share) => share.parse().ok(),
+        None => (behavior == "honest").then_some(1.0),
+    }
+}
+
 /// The honest miners' share of all miner incentive.
 fn honest_share(miners: &[MinerOutcome]) -> f64 {
     miners
         .iter()
-        .filter(|m| m.behavior == "honest")
+        .filter(|m| is_honest(&m.behavior))
         .map(|m| m.share)
         .sum()
 }
 
-fn goals(miners: &[MinerOutcome], honest_share: f64, bpb: &BpbComparison) -> Vec<Goal> {
-    let honest: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior == "honest").collect();
-    let attackers: Vec<&MinerOutcome> = miners.iter().filter(|m| m.behavior != "honest").collect();
-    let smallest_honest = honest.iter().map(|m| m.share).fold(f64::INFINITY, f64::min);
+/// Honest miners by compute, most first (names break ties).
+fn heterogeneous(miners: &[MinerOutcome]) -> Vec<ComputeShare> {
+    let mut shares: Vec<ComputeShare> = miners
+        .iter()
+        .filter_map(|m| {
+            Some(ComputeShare {
+                name: m.name.clone(),
+                steps: steps_of(&m.behavior)?,
+                share: m.share,
+            })
+        })
+        .collect();
+    shares.sort_by(|a, b| b.steps.total_cmp(&a.steps).then(a.name.cmp(&b.name)));
+    shares
+}
+
+/// Whether pay follows compute: every miner with less compute is paid something, and less than
+/// every miner with more.
+fn ordered_by_compute(shares: &[ComputeShare]) -> bool {
+    shares.iter().all(|a| {
+        a.share > 0.0
+            && shares
+                .iter()
+                .filter(|b| b.steps > a.steps)
+                .all(|b| b.share > a.share)
+    })
+}
+
+fn goals(
+    miners: &[MinerOutcome],
+    honest_share: f64,
+    bpb: &BpbComparison,
+    heterogeneous: &[ComputeShare],
+) -> Vec<Goal> {
+    let attackers: Vec<&MinerOutcome> = miners.iter().filter(|m| !is_honest(&m.behavior)).collect();
     let top_attacker = attackers.iter().max_by(|a, b| a.share.total_cmp(&b.share));
+    let identical: Vec<f64> = heterogeneous
+        .iter()
+        .filter(|c| c.steps == 1.0)
+        .map(|c| c.share)
+        .collect();
+    let (least, most) = identical
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), s| {
+            (lo.min(*s), hi.max(*s))
+        });
     let mut goals = vec![
         Goal {
             name: format!(
@@ -395,17 +473,32 @@ fn goals(miners: &[MinerOutcome], honest_share: f64, bpb: &BpbComparison) -> Vec
             met: honest_share >= HONEST_SHARE_GOAL,
         },
         Goal {
-            name: "no attacker holds more than the smallest honest miner".into(),
+            name: format!(
+                "no attacker holds more than {:.0}% of miner incentive",
+                ATTACKER_SHARE_GOAL * 100.0
+            ),
             measured: match top_attacker {
-                Some(top) => format!(
-                    "top attacker {} {:.2}% vs smallest honest {:.2}%",
-                    top.behavior,
-                    top.share * 100.0,
-                    smallest_honest * 100.0
-                ),
+                Some(top) => format!("top attacker {} {:.2}%", top.behavior, top.share * 100.0),
                 None => "no attackers".into(),
             },
-            met: top_attacker.is_none_or(|top| top.share <= smallest_honest),
+            met: top_attacker.is_none_or(|top| top.share <= ATTACKER_SHARE_GOAL),
+        },
+        Goal {
+            name: format!(
+                "identical honest miners paid within {:.0}% of each other",
+                (IDENTICAL_SPREAD_GOAL - 1.0) * 100.0
+            ),
+            measured: format!("{:.2}% to {:.2}%", least * 100.0, most * 100.0),
+            met: !identical.is_empty() && most <= IDENTICAL_SPREAD_GOAL * least,
+        },
+        Goal {
+            name: "honest miners paid in the order of their compute, none nothing".into(),
+            measured: heterogeneous
+                .iter()
+                .map(|c| format!("{} ({}× steps) {:.2}%", c.name, c.steps, c.share * 100.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            met: ordered_by_compute(heterogeneous),
         },
         Goal {
             name: format!(
@@ -482,8 +575,9 @@ pub fn markdown(outcome: &Outcome) -> String {
     let _ = writeln!(
         md,
         "Windows {}–{}; shares are of all miner incentive over the settled windows {}–{} \
-         (and over the whole run). {SLOW_TO_CATCH} trains honestly on data that is not its own: \
-         only the own-data indicator catches it, slowly on a model this small.\n",
+         (and over the whole run). other-data and eval-overfit train honestly on data that is \
+         not (all) their own: only the own-data indicator catches them, slowly on a model this \
+         small.\n",
         outcome.first_window, outcome.last_window, outcome.settled_from, outcome.last_window
     );
     md.push_str(
@@ -598,5 +692,45 @@ mod tests {
             (penalty.window, penalty.what.as_str()),
             (3, "payload rejected (undecodable)")
         );
+    }
+
+    #[test]
+    fn pay_follows_compute_only_when_ordered_and_none_is_zero() {
+        let miner = |name: &str, behavior: &str, share: f64| MinerOutcome {
+            name: name.into(),
+            uid: 0,
+            behavior: behavior.into(),
+            share,
+            share_whole_run: share,
+            stake_tao: 0.0,
+            uploads: 0,
+            outcomes: BTreeMap::new(),
+            rejection_reason: None,
+            flags: BTreeMap::new(),
+            overlap: None,
+            evaluations: 0,
+            mean_score: None,
+            first_penalty: None,
+            zeroed_from: None,
+        };
+        let mut miners = vec![
+            miner("h2", "part-time:0.25", 0.05),
+            miner("m1", "honest", 0.30),
+            miner("a1", "noise", 0.0),
+            miner("h1", "part-time:0.5", 0.15),
+            miner("m2", "honest", 0.28),
+        ];
+        let shares = heterogeneous(&miners);
+        let names: Vec<&str> = shares.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["m1", "m2", "h1", "h2"]);
+        assert!(ordered_by_compute(&shares));
+        assert!((honest_share(&miners) - 0.78).abs() < 1e-12);
+        // Half the compute paid more than a full-time miner: not ordered.
+        miners[3].share = 0.29;
+        assert!(!ordered_by_compute(&heterogeneous(&miners)));
+        // A part-time miner paid nothing: not ordered either.
+        miners[3].share = 0.15;
+        miners[0].share = 0.0;
+        assert!(!ordered_by_compute(&heterogeneous(&miners)));
     }
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_WINDOWS: u64 = 24;
 const VICTIM: &str = "m1";
 /// Where an armed network records who attacks how (read by the analysis).
 pub const BEHAVIORS_FILE: &str = "behaviors.json";
+/// Honest miners with less compute, in both networks: pay must follow their contribution.
+const PART_TIME: [(&str, f32); 2] = [("h1", 0.5), ("h2", 0.25)];
 
 pub fn run(args: &LocalnetArgs, scenario: Scenario) -> Result<()> {
     match scenario {
@@ -36,7 +38,12 @@ fn adversarial(args: &LocalnetArgs) -> Result<()> {
     let windows = args.windows.unwrap_or(DEFAULT_WINDOWS);
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let honest = members(args.validators, args.miners);
+    let mut honest = members(args.validators, args.miners);
+    honest.extend(PART_TIME.iter().map(|(hotkey, share)| Member {
+        role: Role::Miner,
+        hotkey: (*hotkey).to_string(),
+        behavior: Some(Behavior::PartTime(*share)),
+    }));
     let mut armed = honest.clone();
     armed.extend((1..=attacks.len()).map(|i| Member {
         role: Role::Miner,
@@ -105,7 +112,8 @@ pub fn finished(dir: &Path) -> Result<bool> {
         .any(|r| !r.interrupted && r.exits.values().all(|c| *c == Some(0))))
 }
 
-/// The requested attacks by name, checked; all of them when none are named.
+/// The requested attacks by name, checked; all of them when none are named (`low-norm` as
+/// many times as the attack set has sybils).
 fn attack_names(requested: &[String]) -> Result<Vec<String>> {
     let known: Vec<String> = Behavior::attackers(0).iter().map(kind).collect();
     if requested.is_empty() {
