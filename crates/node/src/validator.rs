@@ -437,26 +437,17 @@ impl<C: Chain> Validator<C> {
         let settings = &self.node.config.gauntlet;
         let schema = &self.replica.schema;
         let pairs = pair_overlaps(schema, &uploads);
-        let earlier: Vec<Recalled> = self
+        let earlier = self
             .recalled
             .iter()
             .filter(|(w, _)| *w < window)
-            .flat_map(|(_, r)| r.iter().cloned())
-            .collect();
-        let repeated = repeats(schema, &uploads, &earlier, settings.overlap_threshold);
+            .flat_map(|(_, r)| r.iter());
+        let repeated = repeats(schema, &uploads, earlier, settings.overlap_threshold);
         self.node.events.emit(Event::Overlaps {
             window,
             largest: largest_overlaps(&uploads, &pairs),
             largest_earlier: repeated.largest,
         });
-        let seed = randomness.seed(RECALLED_CHUNKS);
-        let remembered = uploads
-            .iter()
-            .map(|u| Recalled::of(schema, u.uid, u.payload, seed))
-            .collect();
-        self.recalled
-            .retain(|(w, _)| w + REMEMBERED_WINDOWS > window && *w < window);
-        self.recalled.push_back((window, remembered));
         let copies = copiers_of(&uploads, &pairs, settings.overlap_threshold)
             .into_iter()
             .map(|(uid, overlap)| (uid, Flag::Copy { overlap }))
@@ -479,6 +470,23 @@ impl<C: Chain> Validator<C> {
             });
             input.flagged.push(uid);
         }
+        // Later windows compare with this one's unflagged payloads only: a repeat of a copy, a
+        // replay or an inflated update says nothing about the miner who repeats it, and an
+        // attacker must not be able to plant indices that honest miners would then "repeat".
+        // The chunks are chosen by randomness never published (the draw is, with the manifest).
+        let seed = self
+            .node
+            .hotkey
+            .private_randomness(&self.node.network, window)
+            .seed(RECALLED_CHUNKS);
+        let remembered = uploads
+            .iter()
+            .filter(|u| !input.flagged.contains(&u.uid))
+            .map(|u| Recalled::of(schema, u.uid, u.payload, seed))
+            .collect();
+        self.recalled
+            .retain(|(w, _)| w + REMEMBERED_WINDOWS > window && *w < window);
+        self.recalled.push_back((window, remembered));
         Ok(input)
     }
 

@@ -56,11 +56,18 @@ impl fmt::Debug for Randomness {
     }
 }
 
+/// The signing context of private draws, which are never published.
+const PRIVATE_CONTEXT: &[u8] = b"templar-private-window-draw";
+
 fn transcript(network: &Network, window: u64) -> impl VRFSigningTranscript {
+    transcript_in(DRAW_CONTEXT, network, window)
+}
+
+fn transcript_in(context: &[u8], network: &Network, window: u64) -> impl VRFSigningTranscript {
     let mut message = Vec::with_capacity(24);
     message.extend_from_slice(&network.id());
     message.extend_from_slice(&window.to_le_bytes());
-    signing_context(DRAW_CONTEXT).bytes(&message)
+    signing_context(context).bytes(&message)
 }
 
 const RANDOMNESS_CONTEXT: &[u8] = b"templar-window-randomness";
@@ -77,6 +84,18 @@ impl Keypair {
             Draw(bytes),
             Randomness(inout.make_bytes::<[u8; 32]>(RANDOMNESS_CONTEXT)),
         )
+    }
+}
+
+impl Keypair {
+    /// Randomness for `window` that only this key computes and that is never published: for
+    /// choices that must stay secret after the window too (the published draw becomes public
+    /// with the manifest).
+    pub fn private_randomness(&self, network: &Network, window: u64) -> Randomness {
+        let (inout, _, _) = self
+            .inner()
+            .vrf_sign(transcript_in(PRIVATE_CONTEXT, network, window));
+        Randomness(inout.make_bytes::<[u8; 32]>(RANDOMNESS_CONTEXT))
     }
 }
 
@@ -157,6 +176,10 @@ mod tests {
         let other_network = Network::new("other").unwrap();
         assert_ne!(validator.draw(&other_network, 7).1, randomness);
         assert_ne!(key(2).draw(&network, 7).1, randomness);
+        // The private randomness is another value, stable, and not derivable from the draw.
+        let private = validator.private_randomness(&network, 7);
+        assert_eq!(private, validator.private_randomness(&network, 7));
+        assert_ne!(private, randomness);
         let forged = Err(DrawError::Forged(validator.account(), 8));
         assert_eq!(draw.verify(&validator.account(), &network, 8), forged);
         assert!(

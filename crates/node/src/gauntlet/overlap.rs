@@ -5,6 +5,8 @@
 //! direction the model already took.
 
 use rayon::prelude::*;
+use std::collections::HashMap;
+
 use templar_codec::{Payload, Schema};
 
 use super::selection::mix;
@@ -33,13 +35,13 @@ pub fn index_overlap(schema: &Schema, a: &Payload, b: &Payload) -> f64 {
     }
 }
 
-/// At most this many chunks of each payload are remembered for the next window: enough for a
+/// At most this many chunks of each payload are remembered for the next windows: enough for a
 /// precise share, a small fraction of a large payload's indices.
 pub const RECALLED_CHUNKS: usize = 4096;
 
-/// What the next window needs to recognise a payload: the kept indices of a sample of its
-/// chunks. The sample is drawn from the validator's window draw, so a replayer cannot know which
-/// chunks it would have to change.
+/// What later windows need to recognise a payload: the kept indices of a sample of its chunks.
+/// The sample comes from randomness only the validator knows, never published, so a replayer
+/// cannot know which chunks it would have to change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recalled {
     pub uid: u16,
@@ -47,21 +49,27 @@ pub struct Recalled {
     chunks: Vec<(usize, usize, Vec<u16>)>,
 }
 
+/// Kept values per chunk of tensor `i`, when it is sparse (dense tensors say nothing).
+fn sparse_k(schema: &Schema, i: usize) -> Option<usize> {
+    let plan = schema.plan(i);
+    let k = plan.kept() / plan.chunks().max(1);
+    (k > 0 && k < plan.chunk_len()).then_some(k)
+}
+
 impl Recalled {
-    /// Remembers about [`RECALLED_CHUNKS`] of `payload`'s sparse chunks, chosen by `seed`.
+    /// Remembers at most [`RECALLED_CHUNKS`] (in expectation) of `payload`'s sparse chunks,
+    /// chosen by `seed`.
     pub fn of(schema: &Schema, uid: u16, payload: &Payload, seed: u64) -> Recalled {
-        let sparse = |i: usize| {
-            let plan = schema.plan(i);
-            let k = plan.kept() / plan.chunks().max(1);
-            (k > 0 && k < plan.chunk_len()).then_some(k)
-        };
         let total: usize = (0..payload.tensors.len())
-            .filter_map(|i| sparse(i).map(|_| schema.plan(i).chunks()))
+            .filter(|&i| sparse_k(schema, i).is_some())
+            .map(|i| schema.plan(i).chunks())
             .sum();
-        let every = (total / RECALLED_CHUNKS).max(1) as u64;
+        let every = total.div_ceil(RECALLED_CHUNKS).max(1) as u64;
         let mut chunks = Vec::new();
         for (i, tensor) in payload.tensors.iter().enumerate() {
-            let Some(k) = sparse(i) else { continue };
+            let Some(k) = sparse_k(schema, i) else {
+                continue;
+            };
             for (c, kept) in tensor.indices.chunks(k).enumerate() {
                 let pick = mix(seed ^ mix(((i as u64) << 32) | c as u64));
                 if pick.is_multiple_of(every) {
@@ -71,64 +79,79 @@ impl Recalled {
         }
         Recalled { uid, chunks }
     }
-
-    /// Share of the remembered chunks' kept indices that `payload` keeps too (see
-    /// [`index_overlap`]).
-    pub fn overlap(&self, schema: &Schema, payload: &Payload) -> f64 {
-        let (mut shared, mut kept) = (0usize, 0usize);
-        for (i, c, remembered) in &self.chunks {
-            let plan = schema.plan(*i);
-            let k = plan.kept() / plan.chunks().max(1);
-            let Some(tensor) = payload.tensors.get(*i) else {
-                continue;
-            };
-            let Some(chunk) = tensor.indices.chunks(k).nth(*c) else {
-                continue;
-            };
-            shared += sorted_intersection(remembered, chunk);
-            kept += remembered.len().min(chunk.len());
-        }
-        if kept == 0 {
-            0.0
-        } else {
-            shared as f64 / kept as f64
-        }
-    }
 }
 
 /// How the uploads of a window compare with the payloads of earlier windows.
 #[derive(Debug, PartialEq)]
 pub struct Repeats {
-    /// Each upload's largest overlap with an earlier payload, ascending uid.
+    /// Each upload's overlap with earlier payloads, ascending uid.
     pub largest: Vec<(u16, f64)>,
     /// Those at or above the threshold: stale updates, whoever first sent them.
     pub flagged: Vec<(u16, f64)>,
 }
 
-/// Compares every upload with the `earlier` windows' payloads.
-pub fn repeats(
+/// Compares every upload with the `earlier` windows' payloads. Chunk by chunk, an upload's
+/// kept indices are matched with the most similar remembered chunk of *any* earlier payload, so
+/// a stale update mixed from several old payloads repeats as much as a replay of one.
+pub fn repeats<'a>(
     schema: &Schema,
     uploads: &[Upload<'_>],
-    earlier: &[Recalled],
+    earlier: impl IntoIterator<Item = &'a Recalled>,
     threshold: f64,
 ) -> Repeats {
+    let mut remembered: HashMap<(usize, usize), Vec<&[u16]>> = HashMap::new();
+    for recalled in earlier {
+        for (i, c, kept) in &recalled.chunks {
+            remembered.entry((*i, *c)).or_default().push(kept);
+        }
+    }
     let mut largest: Vec<(u16, f64)> = uploads
         .par_iter()
         .map(|upload| {
-            let most = earlier
-                .iter()
-                .map(|e| e.overlap(schema, upload.payload))
-                .fold(0.0, f64::max);
-            (upload.uid, most)
+            (
+                upload.uid,
+                repeated_share(schema, upload.payload, &remembered),
+            )
         })
         .collect();
     largest.sort_by_key(|(uid, _)| *uid);
     let flagged = largest
         .iter()
         .copied()
-        .filter(|(_, overlap)| !earlier.is_empty() && *overlap >= threshold)
+        .filter(|(_, overlap)| !remembered.is_empty() && *overlap >= threshold)
         .collect();
     Repeats { largest, flagged }
+}
+
+/// Share of `payload`'s kept indices, over the remembered chunks, that the best-matching earlier
+/// chunk also kept.
+fn repeated_share(
+    schema: &Schema,
+    payload: &Payload,
+    remembered: &HashMap<(usize, usize), Vec<&[u16]>>,
+) -> f64 {
+    let (mut shared, mut kept) = (0usize, 0usize);
+    for (i, tensor) in payload.tensors.iter().enumerate() {
+        let Some(k) = sparse_k(schema, i) else {
+            continue;
+        };
+        for (c, chunk) in tensor.indices.chunks(k).enumerate() {
+            let Some(earlier) = remembered.get(&(i, c)) else {
+                continue;
+            };
+            shared += earlier
+                .iter()
+                .map(|e| sorted_intersection(e, chunk))
+                .max()
+                .unwrap_or(0);
+            kept += chunk.len();
+        }
+    }
+    if kept == 0 {
+        0.0
+    } else {
+        shared as f64 / kept as f64
+    }
 }
 
 /// Size of the intersection of two ascending lists.
@@ -336,6 +359,22 @@ mod tests {
         assert_eq!(found.flagged, vec![(1, 1.0), (2, 0.5)]);
         // Nothing remembered (the first window): nothing flagged.
         assert!(repeats(&schema, &uploads, &[], 0.4).flagged.is_empty());
+        // A mix of two old payloads, chunk by chunk, repeats as much as a replay of one.
+        let other = payload(&[2, 3, 0, 1]);
+        let two = [
+            Recalled::of(&schema, 9, &old, 5),
+            Recalled::of(&schema, 8, &other, 5),
+        ];
+        let mixed = payload(&[0, 1, 0, 1]);
+        let uploads = [Upload {
+            uid: 4,
+            uploaded_ms: 0,
+            payload: &mixed,
+        }];
+        assert_eq!(
+            repeats(&schema, &uploads, &two, 0.4).largest,
+            vec![(4, 1.0)]
+        );
     }
 
     #[test]
@@ -358,13 +397,21 @@ mod tests {
         let big = payload(&indices);
         let recalled = Recalled::of(&schema, 1, &big, 77);
         // One chunk in `every`, give or take the draw.
-        let expected = chunks / (chunks / RECALLED_CHUNKS);
+        let expected = chunks / chunks.div_ceil(RECALLED_CHUNKS);
         let n = recalled.chunks.len();
         assert!(
             n > expected * 9 / 10 && n < expected * 11 / 10,
             "{n} of {chunks}"
         );
-        assert_eq!(recalled.overlap(&schema, &big), 1.0);
+        let uploads = [Upload {
+            uid: 1,
+            uploaded_ms: 0,
+            payload: &big,
+        }];
+        assert_eq!(
+            repeats(&schema, &uploads, [&recalled], 0.4).largest,
+            vec![(1, 1.0)]
+        );
         // Another seed remembers other chunks.
         assert_ne!(Recalled::of(&schema, 1, &big, 78), recalled);
     }

@@ -42,6 +42,12 @@ pub struct MinerRecord {
     /// miners are paid alike whatever the noise of single evaluations.
     #[serde(default)]
     pub contribution_ma: Option<f64>,
+    /// Moving average of 1 for a window with a usable payload and 0 for one without (a read
+    /// failure on the validator's side counts neither way): pay is contribution times
+    /// availability, so a miner that uploads one window in three is paid about a third, and an
+    /// honest one recovers from a missed window within a few.
+    #[serde(default = "fully_available")]
+    pub availability: f64,
     /// The hotkey the uid had when this record was made: a uid registered anew by another
     /// hotkey starts from a fresh record (see [`forget_replaced`]).
     #[serde(default)]
@@ -72,6 +78,7 @@ impl Default for MinerRecord {
             last_score: None,
             score_ma: None,
             contribution_ma: None,
+            availability: fully_available(),
             hotkey: None,
         }
     }
@@ -93,6 +100,10 @@ pub fn forget_replaced(ledger: &mut Ledger, holders: &BTreeMap<u16, AccountId>) 
             None => record.hotkey = Some(*hotkey),
         }
     }
+}
+
+fn fully_available() -> f64 {
+    1.0
 }
 
 /// Every miner's record, by uid.
@@ -232,15 +243,18 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
                 record.last_payload_window = Some(window);
                 record.inactive_windows = 0;
                 record.sync = sync_score(steps_behind, settings.sync_max_steps_behind);
+                record.availability = available(record.availability, true, settings);
             }
             PayloadStatus::Missing | PayloadStatus::Mistimed => {
                 record.inactive_windows += 1;
                 decay(record, settings.missing_slash);
+                record.availability = available(record.availability, false, settings);
             }
             PayloadStatus::Unreadable => decay(record, settings.missing_slash),
             PayloadStatus::Invalid => {
                 record.inactive_windows += 1;
                 decay(record, settings.missing_slash);
+                record.availability = available(record.availability, false, settings);
                 record.final_score = 0.0;
             }
         }
@@ -256,13 +270,20 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
             if !input.statuses.contains_key(uid) {
                 record.inactive_windows += 1;
                 decay(record, settings.missing_slash);
+                record.availability = available(record.availability, false, settings);
                 if record.inactive_windows >= settings.inactivity_windows {
                     start_over(record, settings);
                 }
             }
         }
     }
-    rate(ledger, input, settings);
+    // A flagged payload's measurement says nothing about the miner's own work: it is not rated,
+    // and the miner's averages of what it contributes are cleared.
+    let mut rated = input.clone();
+    rated
+        .evaluations
+        .retain(|uid, _| !input.flagged.contains(uid));
+    rate(ledger, &rated, settings);
     for (&uid, record) in ledger.iter_mut() {
         if input.evaluations.contains_key(&uid) {
             record.fairness = 1;
@@ -274,7 +295,15 @@ pub fn update(ledger: &mut Ledger, window: u64, input: &WindowInput, settings: &
         let record = ledger.entry(*uid).or_default();
         record.binary_ma = 0.0;
         record.final_score = 0.0;
+        record.score_ma = Some(0.0);
+        record.contribution_ma = Some(0.0);
     }
+}
+
+/// The availability average after one more window, with or without a usable payload.
+fn available(availability: f64, usable: bool, settings: &GauntletSettings) -> f64 {
+    let alpha = settings.score_ma_alpha;
+    (1.0 - alpha) * availability + if usable { alpha } else { 0.0 }
 }
 
 /// What an absent window costs: the score, the moving average of the improvement it brings and
@@ -285,7 +314,6 @@ fn decay(record: &mut MinerRecord, slash: f64) {
     record.binary_ma = shrink(record.binary_ma);
     record.final_score = shrink(record.final_score);
     record.score_ma = record.score_ma.map(shrink);
-    record.contribution_ma = record.contribution_ma.map(shrink);
 }
 
 /// After `inactivity_windows` windows in a row without a usable payload a miner starts over:
@@ -339,6 +367,11 @@ fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
         settings.openskill_tau,
     );
     let alpha = settings.binary_ma_alpha;
+    // A first evaluation seeds the slow average with at most the window's median score: one
+    // lucky draw of samples must not set what a newcomer is paid for dozens of windows.
+    let mut scores: Vec<f64> = evaluated.iter().map(|(_, e)| e.score()).collect();
+    scores.sort_by(f64::total_cmp);
+    let median = scores.get(scores.len().saturating_sub(1) / 2).copied();
     for ((uid, evaluation), rating) in evaluated.iter().zip(ratings) {
         let record = ledger.entry(*uid).or_default();
         record.rating = rating;
@@ -346,11 +379,14 @@ fn rate(ledger: &mut Ledger, input: &WindowInput, settings: &GauntletSettings) {
         record.evaluations += 1;
         record.last_score = Some(evaluation.score());
         let score = evaluation.score();
-        let average = |previous: Option<f64>, alpha: f64| {
-            Some(previous.map_or(score, |p| (1.0 - alpha) * p + alpha * score))
-        };
-        record.score_ma = average(record.score_ma, settings.score_ma_alpha);
-        record.contribution_ma = average(record.contribution_ma, settings.contribution_ma_alpha);
+        let towards = |average: f64, alpha: f64| (1.0 - alpha) * average + alpha * score;
+        let fast = record.score_ma;
+        record.score_ma = Some(fast.map_or(score, |f| towards(f, settings.score_ma_alpha)));
+        // Records from before the slow average was kept go on from their fast one.
+        record.contribution_ma = Some(match record.contribution_ma.or(fast) {
+            Some(slow) => towards(slow, settings.contribution_ma_alpha),
+            None => median.map_or(score, |m| score.min(m)),
+        });
         record.final_score = skill(rating.ordinal()) * record.binary_ma.max(0.0);
     }
 }
@@ -540,6 +576,72 @@ mod tests {
         assert_eq!(ledger[&5].final_score, 0.0);
         assert_eq!(ledger[&5].binary_ma, 0.0);
         assert_eq!(ledger[&5].sync, 0.0);
+    }
+
+    #[test]
+    fn a_flagged_payload_is_not_rated_and_clears_what_the_miner_contributed() {
+        let s = settings();
+        let mut ledger = Ledger::new();
+        ledger.insert(
+            5,
+            MinerRecord {
+                score_ma: Some(0.02),
+                contribution_ma: Some(0.02),
+                ..MinerRecord::default()
+            },
+        );
+        let mut input = WindowInput::default();
+        let usable = PayloadStatus::Usable {
+            steps_behind: Some(0),
+        };
+        input.statuses.insert(5, usable);
+        // It copied the best payload of the window: a fine score, not its own.
+        input.evaluations.insert(5, eval((4.0, 3.0), (5.0, 4.0)));
+        input.flagged.push(5);
+        update(&mut ledger, 1, &input, &s);
+        let record = &ledger[&5];
+        assert_eq!(
+            (record.score_ma, record.contribution_ma),
+            (Some(0.0), Some(0.0))
+        );
+        assert_eq!((record.evaluations, record.last_score), (0, None));
+    }
+
+    #[test]
+    fn a_first_evaluation_counts_at_most_the_median_and_absence_costs_availability() {
+        let mut s = settings();
+        s.score_ma_alpha = 0.5;
+        let mut ledger = Ledger::new();
+        let mut input = WindowInput::default();
+        let usable = PayloadStatus::Usable {
+            steps_behind: Some(0),
+        };
+        // Scores 0.1, 0.2 and a lucky 0.5: the median is 0.2.
+        for (uid, after) in [(1, 4.5), (2, 4.0), (3, 2.5)] {
+            input.statuses.insert(uid, usable);
+            input
+                .evaluations
+                .insert(uid, eval((4.0, 3.0), (5.0, after)));
+        }
+        update(&mut ledger, 1, &input, &s);
+        let slow = |l: &Ledger, uid| l[&uid].contribution_ma.unwrap();
+        assert!((slow(&ledger, 1) - 0.1).abs() < 1e-12);
+        assert!((slow(&ledger, 2) - 0.2).abs() < 1e-12);
+        assert!((slow(&ledger, 3) - 0.2).abs() < 1e-12); // not 0.5
+        assert_eq!(ledger[&3].score_ma, Some(0.5)); // the fast one takes it whole
+        // Next window 1 is missing (availability 0.5 at alpha 0.5), 2's read failed on the
+        // validator's side (unchanged), 3 delivered (still 1). The slow average is untouched.
+        let mut input = WindowInput::default();
+        input.statuses.insert(1, PayloadStatus::Missing);
+        input.statuses.insert(2, PayloadStatus::Unreadable);
+        input.statuses.insert(3, usable);
+        update(&mut ledger, 2, &input, &s);
+        let availability = |uid| ledger[&uid].availability;
+        assert_eq!(
+            (availability(1), availability(2), availability(3)),
+            (0.5, 1.0, 1.0)
+        );
+        assert!((slow(&ledger, 1) - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! Who is paid at all: miners with a positive final score (rated, not flagged, shown to train on
 //! their own data) whose updates help at least `min_score_ratio` as much as the best one's. They
 //! are ranked by final score; the top `peer_count` share `gather_share`, the next `reserve_count`
-//! share the rest (each capped at half the smallest peer's weight, so a reserve never outearns a
-//! peer), and an optional burn uid takes `burn_rate` of everything.
+//! share the rest (each capped at half the median peer's weight), and an optional burn uid takes
+//! `burn_rate` of everything. A share is also proportional to the miner's availability (how
+//! regularly it delivers a usable payload).
 //!
 //! Upstream splits by rank on a ramp from `gather_top_ratio` down to 1. Ranks turn score
 //! differences at the level of measurement noise into a 2× pay gap between identical miners
@@ -28,14 +29,21 @@ fn helped(record: &MinerRecord) -> f64 {
 }
 
 /// What a paid miner's share is proportional to: the slow moving average of the same
-/// improvement (the fast one for records from before it was kept).
+/// improvement (the fast one for records from before it was kept), times how regularly it
+/// delivers a usable payload.
 fn contribution(record: &MinerRecord) -> f64 {
-    record
+    let helps = record
         .contribution_ma
         .or(record.score_ma)
         .filter(|s| s.is_finite())
         .unwrap_or(0.0)
-        .max(0.0)
+        .max(0.0);
+    let available = if record.availability.is_finite() {
+        record.availability.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    helps * available
 }
 
 /// Weights (summing to 1) by uid, ascending; empty when nobody has earned anything and nothing
@@ -62,12 +70,19 @@ pub fn weights(ledger: &Ledger, gather: &GatherSettings, g: &GauntletSettings) -
             .collect()
     };
     let mut out = share_of(&ranked[..gathered], g.gather_share);
-    let smallest = out.iter().map(|(_, w)| *w).fold(f64::INFINITY, f64::min);
+    // A reserve earns at most half of what the median peer does: against the smallest peer,
+    // one peer with a tiny contribution (a newcomer, a sybil) would cap every reserve.
+    let mut peer_weights: Vec<f64> = out.iter().map(|(_, w)| *w).collect();
+    peer_weights.sort_by(f64::total_cmp);
+    let median_peer = peer_weights
+        .get(peer_weights.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0);
     let reserve_pot = 1.0 - g.gather_share;
     out.extend(
         share_of(&ranked[gathered..gathered + reserves], reserve_pot)
             .into_iter()
-            .map(|(uid, w)| (uid, w.min(smallest / 2.0))),
+            .map(|(uid, w)| (uid, w.min(median_peer / 2.0))),
     );
     let burn = g.burn_uid.map(|uid| (uid, g.burn_rate));
     let total: f64 = out.iter().map(|(_, w)| w).sum();
@@ -154,12 +169,38 @@ mod tests {
             l.get_mut(&uid).unwrap().score_ma = Some(helped);
         }
         // Peers 5 and 1 share 0.75 as 3 : 1 → 0.5625, 0.1875; reserve 9 takes the other 0.25,
-        // capped at half the smallest peer's, 0.09375; total 0.84375.
+        // capped at half the (lower) median peer's, 0.09375; total 0.84375.
         let w = weights(&l, &gather, &g);
         assert_weights(&w, &[(1, 2.0 / 9.0), (5, 2.0 / 3.0), (9, 1.0 / 9.0)]);
         let (uids, values) = to_u16(&w);
         assert_eq!(uids, vec![1, 5, 9]);
         assert_eq!(values, vec![21845, 65535, 10923]);
+    }
+
+    #[test]
+    fn availability_scales_pay_and_reserves_are_capped_by_the_median_peer() {
+        let (mut gather, g) = settings();
+        gather.peer_count = 3;
+        // Peers 1, 2, 3 by final score, reserve 4; 3 helps a quarter as much as the others.
+        let mut l = ledger(&[(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]);
+        l.get_mut(&3).unwrap().score_ma = Some(0.0025);
+        // Peers 4 : 4 : 1 of 0.75 → 1/3, 1/3, 1/12; the reserve's 0.25 capped at half the
+        // median peer's, 1/6 (half the smallest would be 1/24); total 11/12.
+        let w = weights(&l, &gather, &g);
+        assert_weights(
+            &w,
+            &[
+                (1, 4.0 / 11.0),
+                (2, 4.0 / 11.0),
+                (3, 1.0 / 11.0),
+                (4, 2.0 / 11.0),
+            ],
+        );
+        // 2 delivered half the time: peers 4 : 2 : 1 → 3/7, 3/14, 3/28; the reserve capped at
+        // 3/28; total 6/7.
+        l.get_mut(&2).unwrap().availability = 0.5;
+        let w = weights(&l, &gather, &g);
+        assert_weights(&w, &[(1, 0.5), (2, 0.25), (3, 0.125), (4, 0.125)]);
     }
 
     #[test]
