@@ -16,7 +16,7 @@ use crate::gauntlet::norms::median_norms;
 use crate::gauntlet::selection::mix;
 use crate::message::{GRADIENT_HEADER_LEN, GradientHeader};
 use crate::miner::Miner;
-use crate::node::{Gathered, Verdict, WindowPeers, now_ms};
+use crate::node::{Gathered, Verdict, WindowPeers, now_ms, sleep_until_ms};
 use crate::replica::NetworkReplica;
 
 /// What an attacking miner remembers between windows.
@@ -32,6 +32,8 @@ pub struct Adversary {
     replayed: Option<Vec<u8>>,
     /// The chain has paid this miner (what `inactive-after-paid` waits for).
     paid: bool,
+    /// This window's upload is another miner's sealed payload, as taken (`early-copy`).
+    copied_seal: Option<u16>,
 }
 
 /// A message to publish, or why nothing was.
@@ -70,7 +72,7 @@ impl<C: Chain> Miner<C> {
             }
             trained
         } else {
-            sleep_until(train_until).await;
+            sleep_until_ms(train_until).await;
             None
         };
         let samples = trained
@@ -133,6 +135,20 @@ impl<C: Chain> Miner<C> {
                 }
                 self.encode(&payload)
             }
+            (Behavior::EarlyCopy(victim), _) => {
+                // Sealed, the payload says nothing yet: all it can take is the bytes as stored.
+                let give_up = slot.closes_ms.saturating_sub(800);
+                loop {
+                    if let Some(sealed) = self.node.read_sealed(window, victim, peers).await {
+                        self.adversary.copied_seal = Some(victim);
+                        return Ok(Ok(sealed.to_vec()));
+                    }
+                    if now_ms() >= give_up {
+                        return Ok(Err(format!("uid {victim} published nothing to copy")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
             (Behavior::Copycat(victim), _) => {
                 match self.victim(window, victim, peers, slot).await {
                     Some(stolen) => {
@@ -183,9 +199,14 @@ impl<C: Chain> Miner<C> {
         };
         if behavior == Behavior::Late {
             // Past the slot by a margin the clock-skew allowance cannot cover.
-            sleep_until(slot.closes_ms + 1_000).await;
+            sleep_until_ms(slot.closes_ms + 1_000).await;
         }
         Ok(Ok(header.encode(&bytes)))
+    }
+
+    /// The victim whose sealed payload this window's upload is, if it is one (taken once).
+    pub(crate) fn take_copied_seal(&mut self) -> Option<u16> {
+        self.adversary.copied_seal.take()
     }
 
     /// What an attacker learns from a gather: the honest payloads' norms, and the aggregate.
@@ -264,11 +285,4 @@ impl<C: Chain> Miner<C> {
 
 fn codec(reason: String) -> NodeError {
     NodeError::Codec(reason)
-}
-
-async fn sleep_until(ms: u64) {
-    let now = now_ms();
-    if ms > now {
-        tokio::time::sleep(Duration::from_millis(ms - now)).await;
-    }
 }

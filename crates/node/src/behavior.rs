@@ -51,6 +51,9 @@ pub enum Behavior {
     /// Trains honestly until the chain pays it, then publishes nothing more while staying
     /// registered: paid for work it no longer does.
     InactiveAfterPaid,
+    /// Takes a peer's payload of the current window as soon as it appears and uploads it as its
+    /// own; once the slot has closed, republishes the peer's key as its own.
+    EarlyCopy(u16),
     /// No training; noise at a twentieth of last window's median norm. A few of these
     /// (`sybil-low-norm:K`, uploading is free) drag a median over every upload down until honest
     /// payloads look like norm outliers.
@@ -113,6 +116,7 @@ impl Behavior {
             Behavior::Oversize,
             Behavior::EvalOverfit,
             Behavior::InactiveAfterPaid,
+            Behavior::EarlyCopy(victim),
         ];
         attackers.extend([Behavior::LowNorm; LOW_NORM_SYBILS]);
         attackers
@@ -158,6 +162,7 @@ impl fmt::Display for Behavior {
             Behavior::Oversize => write!(f, "oversize"),
             Behavior::EvalOverfit => write!(f, "eval-overfit"),
             Behavior::InactiveAfterPaid => write!(f, "inactive-after-paid"),
+            Behavior::EarlyCopy(uid) => write!(f, "early-copy:{uid}"),
             Behavior::LowNorm => write!(f, "low-norm"),
         }
     }
@@ -165,7 +170,7 @@ impl fmt::Display for Behavior {
 
 const USAGE: &str = "honest, part-time:F, noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay, \
                      other-data[:UID], lazy, late, malformed, nan, oversize, eval-overfit, \
-                     inactive-after-paid or low-norm";
+                     inactive-after-paid, early-copy:UID or low-norm";
 
 impl FromStr for Behavior {
     type Err = String;
@@ -204,6 +209,7 @@ impl FromStr for Behavior {
             ["oversize"] => Behavior::Oversize,
             ["eval-overfit"] => Behavior::EvalOverfit,
             ["inactive-after-paid"] => Behavior::InactiveAfterPaid,
+            ["early-copy", victim] => Behavior::EarlyCopy(uid(victim)?),
             ["low-norm"] => Behavior::LowNorm,
             _ => return Err(bad("unknown behaviour or wrong number of parts")),
         };

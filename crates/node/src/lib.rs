@@ -25,6 +25,7 @@ pub mod peers;
 pub mod progress;
 pub mod ranks;
 pub mod replica;
+mod reveal;
 pub mod saving;
 pub mod state;
 pub mod undo;

@@ -409,9 +409,11 @@ impl<C: Chain> Miner<C> {
         {
             self.save_training_state(window)?;
         }
+        let mut reveal = None;
         match contribution {
             Ok(message) => {
                 self.node.phase(window, Phase::Uploading);
+                let (sealed, key) = self.seal(window, message);
                 let published = self
                     .node
                     .store
@@ -421,18 +423,21 @@ impl<C: Chain> Miner<C> {
                         Kind::Gradient,
                         window,
                         self.node.uid,
-                        &message,
+                        &sealed,
                     )
                     .await;
                 // Storage that stays down past the retries costs this window's contribution,
                 // not the process: the miner still follows the network's aggregate.
                 match published {
-                    Ok(info) => self.node.events.emit(Event::Uploaded {
-                        window,
-                        bytes: info.size,
-                        uploaded_ms: info.uploaded_ms,
-                        in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
-                    }),
+                    Ok(info) => {
+                        reveal = Some(key);
+                        self.node.events.emit(Event::Uploaded {
+                            window,
+                            bytes: info.size,
+                            uploaded_ms: info.uploaded_ms,
+                            in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
+                        })
+                    }
                     Err(error) => {
                         self.node
                             .failed(Part::Storage, "uploading the payload", &error);
@@ -457,7 +462,17 @@ impl<C: Chain> Miner<C> {
             .chain(&peers.set.reserves)
             .copied()
             .collect();
-        let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
+        // The key to this miner's payload goes out while the gather pins everyone's payloads and
+        // waits for their keys.
+        let revealing = async {
+            if let Some(key) = reveal {
+                self.reveal(window, key, &peers, slot).await;
+            }
+        };
+        let ((), verdicts) = tokio::join!(
+            revealing,
+            self.node.gather(window, &uids, &peers, Some(slot))
+        );
         let (chosen, gathered) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
         let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
@@ -487,19 +502,21 @@ impl<C: Chain> Miner<C> {
         });
         self.save_weights()?;
         let retention = self.node.config.checkpoints.payload_retention;
-        if let Err(error) = self
-            .node
-            .store
-            .clean_up(
-                &self.node.network,
-                Kind::Gradient,
-                self.node.uid,
-                window.saturating_sub(retention),
-            )
-            .await
-        {
-            self.node
-                .failed(Part::Storage, "deleting old payloads", &error);
+        for kind in [Kind::Gradient, Kind::PayloadKey] {
+            if let Err(error) = self
+                .node
+                .store
+                .clean_up(
+                    &self.node.network,
+                    kind,
+                    self.node.uid,
+                    window.saturating_sub(retention),
+                )
+                .await
+            {
+                self.node
+                    .failed(Part::Storage, "deleting old payloads", &error);
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use templar_chain::{Chain, Metagraph};
 use templar_codec::Payload;
 use templar_data::DataReceipt;
+use templar_protocol::seal::{self, KEY_LEN, PayloadKey, TAG_LEN};
 use templar_protocol::{Expected, Keypair, Kind, Network, UploadSlot, WindowClock};
 use templar_storage::{ReadOutcome, Store};
 
@@ -244,8 +245,18 @@ impl<C: Chain> Node<C> {
         Ok(())
     }
 
-    /// Fetches and checks the payloads of `uids` for `window`. `slot`: enforce upload times
-    /// (`None` when replaying windows a manifest vouches for).
+    /// How long after the upload slot closes miners reveal their payload keys: two clock
+    /// skews, so that every gatherer, whose clock may differ from a miner's by that much, has
+    /// pinned the sealed payloads before any key is out (see [`templar_protocol::seal`]).
+    pub fn reveal_delay_ms(&self) -> u64 {
+        2 * self.config.window.clock_skew_ms
+    }
+
+    /// Fetches, opens and checks the payloads of `uids` for `window`. `slot`: the live gather
+    /// (`None` when replaying windows a manifest vouches for), called when the slot closes. It
+    /// pins every payload first (the hash its signed head carries), waits for the keys to be
+    /// revealed, then refuses any payload other than the pinned one, whatever upload time its
+    /// server claims, and enforces upload times.
     pub async fn gather(
         &self,
         window: u64,
@@ -253,9 +264,34 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> BTreeMap<u16, Verdict> {
-        let reads = uids
-            .iter()
-            .map(|&uid| async move { (uid, self.read(window, uid, peers, slot).await) });
+        let mut pins: BTreeMap<u16, Result<[u8; 32], Verdict>> = BTreeMap::new();
+        let keys_due = slot.map(|s| s.closes_ms + self.reveal_delay_ms());
+        if slot.is_some() {
+            let pinned = uids
+                .iter()
+                .map(|&uid| async move { (uid, self.pin(window, uid, peers).await) });
+            pins = futures::future::join_all(pinned)
+                .await
+                .into_iter()
+                .collect();
+        }
+        if let Some(due) = keys_due {
+            sleep_until_ms(due).await;
+        }
+        let reads = uids.iter().map(|&uid| {
+            let pin = pins.remove(&uid);
+            async move {
+                let read = match pin {
+                    Some(Err(verdict)) => Err(verdict),
+                    Some(Ok(hash)) => {
+                        self.read(window, uid, peers, slot, Some((hash, keys_due)))
+                            .await
+                    }
+                    None => self.read(window, uid, peers, slot, None).await,
+                };
+                (uid, read)
+            }
+        });
         let read: Vec<(u16, Result<Read, Verdict>)> = futures::future::join_all(reads).await;
         // Decoding and validating is the CPU-heavy part: all payloads at once, on every core.
         read.into_par_iter()
@@ -271,18 +307,69 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> Verdict {
-        match self.read(window, uid, peers, slot).await {
-            Ok(read) => self.decode(window, read),
-            Err(verdict) => verdict,
+        self.gather(window, &[uid], peers, slot)
+            .await
+            .remove(&uid)
+            .unwrap_or_else(|| Verdict::rejected(PayloadStatus::Missing, "missing", "not read"))
+    }
+
+    /// The payload hash of `uid`'s sealed payload as it stands now, from its signed head.
+    async fn pin(&self, window: u64, uid: u16, peers: &WindowPeers) -> Result<[u8; 32], Verdict> {
+        let candidate = self.candidate(uid, peers)?;
+        let store = self
+            .peer_store(&candidate.commitment)
+            .map_err(|reason| Verdict::rejected(PayloadStatus::Missing, "missing", reason))?;
+        match store
+            .read_head(&self.gradient_expected(window, candidate))
+            .await
+        {
+            Ok(Ok(header)) => Ok(header.payload_hash),
+            Ok(Err(ReadOutcome::Missing)) => Err(Verdict::rejected(
+                PayloadStatus::Missing,
+                "missing",
+                "no payload when the upload slot closed",
+            )),
+            Ok(Err(outcome)) => Err(Verdict::rejected(
+                PayloadStatus::Invalid,
+                outcome.label(),
+                format!("{outcome:?}"),
+            )),
+            Err(error) => Err(Verdict::rejected(
+                PayloadStatus::Unreadable,
+                "storage_error",
+                error.to_string(),
+            )),
         }
     }
 
+    fn candidate<'p>(&self, uid: u16, peers: &'p WindowPeers) -> Result<&'p Candidate, Verdict> {
+        peers
+            .candidates
+            .iter()
+            .find(|c| c.uid == uid)
+            .ok_or_else(|| Verdict::rejected(PayloadStatus::Missing, "missing", "not a miner"))
+    }
+
+    fn gradient_expected<'a>(&'a self, window: u64, candidate: &Candidate) -> Expected<'a> {
+        Expected {
+            network: &self.network,
+            kind: Kind::Gradient,
+            window,
+            uid: candidate.uid,
+            hotkey: candidate.hotkey,
+            max_payload_len: (GRADIENT_HEADER_LEN + self.schema.max_payload_bytes() + TAG_LEN)
+                as u64,
+        }
+    }
+
+    /// `pinned`: the hash pinned when the slot closed and when keys are due (a live gather).
     async fn read(
         &self,
         window: u64,
         uid: u16,
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
+        pinned: Option<([u8; 32], Option<u64>)>,
     ) -> Result<Read, Verdict> {
         if slot.is_some() && self.failed_reads.contains(&FailedRead { window, uid }) {
             return Err(Verdict::rejected(
@@ -291,22 +378,18 @@ impl<C: Chain> Node<C> {
                 "the read failed on purpose (a fault scenario)",
             ));
         }
-        match peers.candidates.iter().find(|c| c.uid == uid) {
-            Some(candidate) => self.read_payload(window, candidate, slot).await,
-            None => Err(Verdict::rejected(
-                PayloadStatus::Missing,
-                "missing",
-                "not a miner",
-            )),
-        }
+        let candidate = self.candidate(uid, peers)?;
+        self.read_payload(window, candidate, slot, pinned).await
     }
 
-    /// Reads and verifies the signed object; decoding waits for [`Node::decode`].
+    /// Reads and verifies the signed object and opens it with its revealed key; decoding waits
+    /// for [`Node::decode`].
     async fn read_payload(
         &self,
         window: u64,
         candidate: &Candidate,
         slot: Option<UploadSlot>,
+        pinned: Option<([u8; 32], Option<u64>)>,
     ) -> Result<Read, Verdict> {
         let store = match self.peer_store(&candidate.commitment) {
             Ok(store) => store,
@@ -314,14 +397,7 @@ impl<C: Chain> Node<C> {
                 return Err(Verdict::rejected(PayloadStatus::Missing, "missing", reason));
             }
         };
-        let expected = Expected {
-            network: &self.network,
-            kind: Kind::Gradient,
-            window,
-            uid: candidate.uid,
-            hotkey: candidate.hotkey,
-            max_payload_len: (GRADIENT_HEADER_LEN + self.schema.max_payload_bytes()) as u64,
-        };
+        let expected = self.gradient_expected(window, candidate);
         let verified = match store.read_signed(&expected, slot).await {
             Ok(ReadOutcome::Ok(verified)) => verified,
             Ok(ReadOutcome::Missing) => {
@@ -353,11 +429,119 @@ impl<C: Chain> Node<C> {
                 ));
             }
         };
+        let keys_due = match pinned {
+            Some((hash, _)) if hash != verified.header.payload_hash => {
+                return Err(Verdict::rejected(
+                    PayloadStatus::Invalid,
+                    "changed",
+                    "the payload differs from the one pinned when the upload slot closed",
+                ));
+            }
+            Some((_, due)) => due,
+            None => None,
+        };
+        let key = self.read_key(&store, window, candidate, keys_due).await?;
+        let message = seal::open(
+            &key,
+            &self.network,
+            window,
+            candidate.uid,
+            &verified.payload,
+        )
+        .map_err(|e| Verdict::rejected(PayloadStatus::Invalid, "does_not_open", e.to_string()))?;
         Ok(Read {
             uid: candidate.uid,
             uploaded_ms: verified.uploaded_ms,
-            bytes: verified.payload,
+            bytes: message.into(),
         })
+    }
+
+    /// The key `candidate` revealed for `window`. In a live gather (`due`) a key not out yet is
+    /// waited for, up to another reveal delay past when it was due.
+    async fn read_key(
+        &self,
+        store: &Store,
+        window: u64,
+        candidate: &Candidate,
+        due: Option<u64>,
+    ) -> Result<PayloadKey, Verdict> {
+        let expected = Expected {
+            network: &self.network,
+            kind: Kind::PayloadKey,
+            window,
+            uid: candidate.uid,
+            hotkey: candidate.hotkey,
+            max_payload_len: KEY_LEN as u64,
+        };
+        let give_up = due.map(|d| d + self.reveal_delay_ms());
+        loop {
+            match store.read_signed(&expected, None).await {
+                Ok(ReadOutcome::Ok(verified)) => {
+                    return PayloadKey::from_bytes(&verified.payload).map_err(|e| {
+                        Verdict::rejected(PayloadStatus::Invalid, "bad_key", e.to_string())
+                    });
+                }
+                Ok(ReadOutcome::Missing) if give_up.is_some_and(|g| now_ms() < g) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(ReadOutcome::Missing) => {
+                    return Err(Verdict::rejected(
+                        PayloadStatus::Missing,
+                        "no_key",
+                        "the key to its sealed payload was not revealed",
+                    ));
+                }
+                Ok(outcome) => {
+                    return Err(Verdict::rejected(
+                        PayloadStatus::Invalid,
+                        "bad_key",
+                        format!("payload key: {outcome:?}"),
+                    ));
+                }
+                Err(error) => {
+                    return Err(Verdict::rejected(
+                        PayloadStatus::Unreadable,
+                        "storage_error",
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `uid`'s sealed payload of `window` as stored, unopened: what a copier can take during
+    /// the slot (the `early-copy` attack).
+    pub(crate) async fn read_sealed(
+        &self,
+        window: u64,
+        uid: u16,
+        peers: &WindowPeers,
+    ) -> Option<bytes::Bytes> {
+        let candidate = self.candidate(uid, peers).ok()?;
+        let store = self.peer_store(&candidate.commitment).ok()?;
+        match store
+            .read_signed(&self.gradient_expected(window, candidate), None)
+            .await
+        {
+            Ok(ReadOutcome::Ok(verified)) => Some(verified.payload),
+            _ => None,
+        }
+    }
+
+    /// The key `uid` revealed for `window`, waiting until `give_up` (the `early-copy` attack
+    /// republishes its victim's).
+    pub(crate) async fn revealed_key(
+        &self,
+        window: u64,
+        uid: u16,
+        peers: &WindowPeers,
+        due: u64,
+    ) -> Option<PayloadKey> {
+        let candidate = self.candidate(uid, peers).ok()?;
+        let store = self.peer_store(&candidate.commitment).ok()?;
+        self.read_key(&store, window, candidate, Some(due))
+            .await
+            .ok()
     }
 
     /// Checks a read payload's header and receipt and decodes it against the schema.
@@ -463,6 +647,14 @@ pub fn aggregate_inputs<'a>(
     let chosen = crate::peers::included(set, |u| accepted(&u).is_some());
     let payloads = chosen.iter().filter_map(accepted).collect();
     (chosen, payloads)
+}
+
+/// Returns once the local clock has passed `ms` (Unix milliseconds).
+pub async fn sleep_until_ms(ms: u64) {
+    let now = now_ms();
+    if ms > now {
+        tokio::time::sleep(Duration::from_millis(ms - now)).await;
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -37,6 +37,8 @@ pub enum Kind {
     Gradient = 1,
     Manifest = 2,
     Checkpoint = 3,
+    /// The key that opens a sealed gradient, revealed after the upload slot (see `seal`).
+    PayloadKey = 4,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             1 => Some(Kind::Gradient),
             2 => Some(Kind::Manifest),
             3 => Some(Kind::Checkpoint),
+            4 => Some(Kind::PayloadKey),
             _ => None,
         }
     }
@@ -192,22 +195,37 @@ pub fn open<'a>(
     expected: &Expected<'_>,
 ) -> Result<(Header, &'a [u8]), EnvelopeError> {
     let header = Header::decode(bytes)?;
-    let signature_bytes: [u8; SIGNATURE_LEN] = bytes
-        .get(HEADER_LEN..OVERHEAD)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| malformed("truncated before the signature ends"))?;
-    let payload = &bytes[OVERHEAD..];
-    if header.payload_len > expected.max_payload_len {
-        return Err(malformed(format!(
-            "declares a {}-byte payload, limit {}",
-            header.payload_len, expected.max_payload_len
-        )));
-    }
-    if header.payload_len != payload.len() as u64 {
+    let payload = bytes.get(OVERHEAD..).unwrap_or_default();
+    if header.payload_len <= expected.max_payload_len && header.payload_len != payload.len() as u64
+    {
         return Err(malformed(format!(
             "declares a {}-byte payload but carries {}",
             header.payload_len,
             payload.len()
+        )));
+    }
+    let header = open_head(bytes, expected)?;
+    if blake3::hash(payload).as_bytes() != &header.payload_hash {
+        return Err(EnvelopeError::BadSignature(
+            "payload differs from the one that was signed",
+        ));
+    }
+    Ok((header, payload))
+}
+
+/// Checks the signed head of an envelope (its first [`OVERHEAD`] bytes; the payload may follow
+/// or not) against what the reader expects: the hash it returns pins the payload the object
+/// held when it was read, whatever is uploaded there later.
+pub fn open_head(bytes: &[u8], expected: &Expected<'_>) -> Result<Header, EnvelopeError> {
+    let header = Header::decode(bytes)?;
+    let signature_bytes: [u8; SIGNATURE_LEN] = bytes
+        .get(HEADER_LEN..OVERHEAD)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| malformed("truncated before the signature ends"))?;
+    if header.payload_len > expected.max_payload_len {
+        return Err(malformed(format!(
+            "declares a {}-byte payload, limit {}",
+            header.payload_len, expected.max_payload_len
         )));
     }
     if header.hotkey != expected.hotkey {
@@ -222,11 +240,6 @@ pub fn open<'a>(
         &Signature(signature_bytes),
     ) {
         return Err(EnvelopeError::BadSignature("signature does not verify"));
-    }
-    if blake3::hash(payload).as_bytes() != &header.payload_hash {
-        return Err(EnvelopeError::BadSignature(
-            "payload differs from the one that was signed",
-        ));
     }
     if header.network_id != expected.network.id() {
         return Err(malformed(format!(
@@ -252,7 +265,7 @@ pub fn open<'a>(
             expected: expected.window,
         });
     }
-    Ok((header, payload))
+    Ok(header)
 }
 
 #[cfg(test)]

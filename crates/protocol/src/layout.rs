@@ -5,6 +5,7 @@
 //! | object | key |
 //! |---|---|
 //! | gradient | `{network}/v1/gradient/{window:010}/{uid:05}.tpl` |
+//! | payload key | `{network}/v1/payload-key/{window:010}/{uid:05}.tpl` |
 //! | manifest | `{network}/v1/manifest/{window:010}/{uid:05}.tpl` |
 //! | checkpoint file | `{network}/v1/checkpoint/{window:010}/{file}` |
 //! | checkpoint pointer | `{network}/v1/checkpoint/latest` |
@@ -22,6 +23,7 @@ fn kind_dir(kind: Kind) -> &'static str {
         Kind::Gradient => "gradient",
         Kind::Manifest => "manifest",
         Kind::Checkpoint => "checkpoint",
+        Kind::PayloadKey => "payload-key",
     }
 }
 

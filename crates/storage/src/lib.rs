@@ -19,5 +19,5 @@ pub use config::{S3Settings, StoreConfig, TransferSettings};
 pub use error::StorageError;
 pub use files::{FileInfo, MAX_PARTS, part_size_for};
 pub use retry::RetryPolicy;
-pub use signed::{ReadOutcome, Verified};
+pub use signed::{HeadOutcome, ReadOutcome, Verified};
 pub use store::{Fetched, ObjectInfo, Store};

@@ -56,7 +56,27 @@ impl From<EnvelopeError> for ReadOutcome {
     }
 }
 
+/// The signed head of an object, or why it cannot be used.
+pub type HeadOutcome = Result<Header, ReadOutcome>;
+
 impl Store {
+    /// Reads and checks only the signed head of the object `expected` describes (one small
+    /// ranged request). Its payload hash pins what the object holds at this moment: a gatherer
+    /// pins every peer's object when the upload slot closes, before any payload key is revealed,
+    /// and later refuses any other payload there, whatever upload time its server claims.
+    pub async fn read_head(&self, expected: &Expected<'_>) -> Result<HeadOutcome, StorageError> {
+        let key = layout::object_key(
+            expected.network,
+            expected.kind,
+            expected.window,
+            expected.uid,
+        );
+        let Some(bytes) = self.get_prefix(&key, OVERHEAD as u64).await? else {
+            return Ok(Err(ReadOutcome::Missing));
+        };
+        Ok(envelope::open_head(&bytes, expected).map_err(ReadOutcome::from))
+    }
+
     /// Seals `payload` for (`window`, `uid`) with the node's hotkey, stores it under its
     /// documented key, and returns what the server recorded (its upload time included, so the
     /// node can tell whether it made its slot).

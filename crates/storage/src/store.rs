@@ -249,6 +249,32 @@ impl Store {
         Ok(whole.freeze())
     }
 
+    /// The first `len` bytes of `key` (all of it when shorter), with one ranged request; `None`
+    /// when there is no such object.
+    pub async fn get_prefix(&self, key: &str, len: u64) -> Result<Option<Bytes>, StorageError> {
+        let location = path(key)?;
+        let read = retry(&self.retry, "ranged get", key, || {
+            let location = location.clone();
+            async move {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(0..len)),
+                    ..GetOptions::default()
+                };
+                self.backend
+                    .get_opts(&location, options)
+                    .await?
+                    .bytes()
+                    .await
+            }
+        })
+        .await;
+        match read {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Size and upload time of `key`, or `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         let location = path(key)?;
