@@ -426,18 +426,19 @@ impl<C: Chain> Miner<C> {
                         &sealed,
                     )
                     .await;
+                // The key goes out even when the upload reported a failure: the object may
+                // have landed (a failed check after the write), and a key without a payload
+                // reveals nothing.
+                reveal = Some(key);
                 // Storage that stays down past the retries costs this window's contribution,
                 // not the process: the miner still follows the network's aggregate.
                 match published {
-                    Ok(info) => {
-                        reveal = Some(key);
-                        self.node.events.emit(Event::Uploaded {
-                            window,
-                            bytes: info.size,
-                            uploaded_ms: info.uploaded_ms,
-                            in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
-                        })
-                    }
+                    Ok(info) => self.node.events.emit(Event::Uploaded {
+                        window,
+                        bytes: info.size,
+                        uploaded_ms: info.uploaded_ms,
+                        in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
+                    }),
                     Err(error) => {
                         self.node
                             .failed(Part::Storage, "uploading the payload", &error);

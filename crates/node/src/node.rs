@@ -117,6 +117,22 @@ impl Verdict {
 }
 
 /// The chain's view of one window: who may contribute and whose payloads are aggregated.
+/// A live gather's pins: each peer's pinned payload hash, or the verdict that already ends its
+/// window, and when keys are due.
+pub struct Pins {
+    pins: BTreeMap<u16, Result<[u8; 32], Verdict>>,
+    keys_due: u64,
+}
+
+/// `uids` without repeats, in their order.
+fn unique(uids: &[u16]) -> Vec<u16> {
+    let mut seen = std::collections::BTreeSet::new();
+    uids.iter()
+        .copied()
+        .filter(|uid| seen.insert(*uid))
+        .collect()
+}
+
 pub struct WindowPeers {
     pub metagraph: Metagraph,
     pub candidates: Vec<Candidate>,
@@ -252,11 +268,9 @@ impl<C: Chain> Node<C> {
         2 * self.config.window.clock_skew_ms
     }
 
-    /// Fetches, opens and checks the payloads of `uids` for `window`. `slot`: the live gather
-    /// (`None` when replaying windows a manifest vouches for), called when the slot closes. It
-    /// pins every payload first (the hash its signed head carries), waits for the keys to be
-    /// revealed, then refuses any payload other than the pinned one, whatever upload time its
-    /// server claims, and enforces upload times.
+    /// Fetches, opens and checks the payloads of `uids` for `window`. `slot`: the live gather,
+    /// called when the slot closes: it pins every payload first ([`Node::pin_all`]). `None`
+    /// when replaying windows a manifest vouches for.
     pub async fn gather(
         &self,
         window: u64,
@@ -264,22 +278,91 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
     ) -> BTreeMap<u16, Verdict> {
-        let mut pins: BTreeMap<u16, Result<[u8; 32], Verdict>> = BTreeMap::new();
-        let keys_due = slot.map(|s| s.closes_ms + self.reveal_delay_ms());
-        if slot.is_some() {
-            let pinned = uids
-                .iter()
-                .map(|&uid| async move { (uid, self.pin(window, uid, peers).await) });
-            pins = futures::future::join_all(pinned)
+        let pins = match slot {
+            Some(slot) => Some(self.pin_all(window, uids, peers, slot).await),
+            None => None,
+        };
+        self.gather_pinned(window, uids, peers, slot, pins).await
+    }
+
+    /// Pins every peer's sealed payload: the payload hash its signed head carries, read when the
+    /// slot closes. A pin must be answered within one clock skew of the close, before any key
+    /// can be out (keys come two skews after it): a storage server that holds the answer back,
+    /// to slip in a copy made from a revealed payload, has its payload left out (a storage
+    /// failure: it may as well be this node's connection, so it never counts as a missed
+    /// window). A node that itself starts pinning past that deadline counts its pins as its own
+    /// read failure too.
+    pub async fn pin_all(
+        &self,
+        window: u64,
+        uids: &[u16],
+        peers: &WindowPeers,
+        slot: UploadSlot,
+    ) -> Pins {
+        let deadline = slot.closes_ms + self.config.window.clock_skew_ms;
+        let started_late = now_ms() > deadline;
+        let uids = unique(uids);
+        let pinned = uids.iter().map(|&uid| async move {
+            if started_late {
+                return (
+                    uid,
+                    Err(Verdict::rejected(
+                        PayloadStatus::Unreadable,
+                        "pinned_late",
+                        "this node began pinning after the pin deadline: its own delay",
+                    )),
+                );
+            }
+            let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let pin = match tokio::time::timeout(left, self.pin(window, uid, peers)).await {
+                Ok(pin) => pin,
+                // A storage failure: the peer's server, or this node's connection (an outage
+                // must not slash everyone). Either way the payload is not used.
+                Err(_) => Err(Verdict::rejected(
+                    PayloadStatus::Unreadable,
+                    "storage_error",
+                    "the pin was not answered within a clock skew of the slot's close",
+                )),
+            };
+            (uid, pin)
+        });
+        Pins {
+            pins: futures::future::join_all(pinned)
                 .await
                 .into_iter()
-                .collect();
+                .collect(),
+            keys_due: slot.closes_ms + self.reveal_delay_ms(),
         }
+    }
+
+    /// The rest of [`Node::gather`] once the payloads are pinned (`pins`: the live gather).
+    /// It waits for the keys to be revealed, then refuses any payload other than the pinned
+    /// one, whatever upload time its server claims, and enforces upload times.
+    pub async fn gather_pinned(
+        &self,
+        window: u64,
+        uids: &[u16],
+        peers: &WindowPeers,
+        slot: Option<UploadSlot>,
+        pins: Option<Pins>,
+    ) -> BTreeMap<u16, Verdict> {
+        let keys_due = pins.as_ref().map(|p| p.keys_due);
+        let mut pins = pins.map(|p| p.pins);
+        let uids = unique(uids);
         if let Some(due) = keys_due {
             sleep_until_ms(due).await;
         }
         let reads = uids.iter().map(|&uid| {
-            let pin = pins.remove(&uid);
+            // A live gather reads nothing it did not pin.
+            let pin = pins.as_mut().map(|pins| {
+                pins.remove(&uid).unwrap_or_else(|| {
+                    Err(Verdict::rejected(
+                        PayloadStatus::Missing,
+                        "missing",
+                        "not pinned",
+                    ))
+                })
+            });
             async move {
                 let read = match pin {
                     Some(Err(verdict)) => Err(verdict),
@@ -457,7 +540,10 @@ impl<C: Chain> Node<C> {
     }
 
     /// The key `candidate` revealed for `window`. In a live gather (`due`) a key not out yet is
-    /// waited for, up to another reveal delay past when it was due.
+    /// waited for, and a key counts only when its storage dates it at most one clock skew after
+    /// it was due: the verdict rests on the key's upload time, the same for every gatherer, not
+    /// on when each happened to read (which would let a miner revealing at the last moment
+    /// split the network's gathers).
     async fn read_key(
         &self,
         store: &Store,
@@ -473,16 +559,33 @@ impl<C: Chain> Node<C> {
             hotkey: candidate.hotkey,
             max_payload_len: KEY_LEN as u64,
         };
-        let give_up = due.map(|d| d + self.reveal_delay_ms());
+        let skew = self.config.window.clock_skew_ms;
+        let latest = due.map(|d| d + skew);
+        let give_up = latest.map(|l| l + skew);
+        let mut pause = Duration::from_millis(50);
         loop {
             match store.read_signed(&expected, None).await {
+                Ok(ReadOutcome::Ok(verified))
+                    if latest.is_some_and(|l| verified.uploaded_ms > l) =>
+                {
+                    return Err(Verdict::rejected(
+                        PayloadStatus::Missing,
+                        "late_key",
+                        format!(
+                            "its payload key was revealed at {} ms, after the {} ms deadline",
+                            verified.uploaded_ms,
+                            latest.unwrap_or_default()
+                        ),
+                    ));
+                }
                 Ok(ReadOutcome::Ok(verified)) => {
                     return PayloadKey::from_bytes(&verified.payload).map_err(|e| {
                         Verdict::rejected(PayloadStatus::Invalid, "bad_key", e.to_string())
                     });
                 }
                 Ok(ReadOutcome::Missing) if give_up.is_some_and(|g| now_ms() < g) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Ok(ReadOutcome::Missing) => {
                     return Err(Verdict::rejected(

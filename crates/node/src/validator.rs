@@ -227,10 +227,16 @@ impl<C: Chain> Validator<C> {
         self.node
             .wait_until(self.node.clock.end_block(window), slot.closes_ms)
             .await?;
-        self.check_sync(window).await?;
+        // Pins first, at the close: a redo from the last manifest may take a while, and pins
+        // taken after the keys are out would pin nothing.
         self.node.phase(window, Phase::Gathering);
         let uids: Vec<u16> = peers.candidates.iter().map(|c| c.uid).collect();
-        let verdicts = self.node.gather(window, &uids, &peers, Some(slot)).await;
+        let pins = self.node.pin_all(window, &uids, &peers, slot).await;
+        self.check_sync(window).await?;
+        let verdicts = self
+            .node
+            .gather_pinned(window, &uids, &peers, Some(slot), Some(pins))
+            .await;
         let (chosen, payloads) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
 

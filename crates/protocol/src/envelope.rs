@@ -204,19 +204,25 @@ pub fn open<'a>(
             payload.len()
         )));
     }
-    let header = open_head(bytes, expected)?;
+    let header = authentic_head(bytes, expected)?;
     if blake3::hash(payload).as_bytes() != &header.payload_hash {
         return Err(EnvelopeError::BadSignature(
             "payload differs from the one that was signed",
         ));
     }
-    Ok((header, payload))
+    identify(header, expected).map(|header| (header, payload))
 }
 
 /// Checks the signed head of an envelope (its first [`OVERHEAD`] bytes; the payload may follow
 /// or not) against what the reader expects: the hash it returns pins the payload the object
 /// held when it was read, whatever is uploaded there later.
 pub fn open_head(bytes: &[u8], expected: &Expected<'_>) -> Result<Header, EnvelopeError> {
+    identify(authentic_head(bytes, expected)?, expected)
+}
+
+/// The header, once its signature by the expected hotkey verifies and its declared length is
+/// within the limit.
+fn authentic_head(bytes: &[u8], expected: &Expected<'_>) -> Result<Header, EnvelopeError> {
     let header = Header::decode(bytes)?;
     let signature_bytes: [u8; SIGNATURE_LEN] = bytes
         .get(HEADER_LEN..OVERHEAD)
@@ -241,6 +247,11 @@ pub fn open_head(bytes: &[u8], expected: &Expected<'_>) -> Result<Header, Envelo
     ) {
         return Err(EnvelopeError::BadSignature("signature does not verify"));
     }
+    Ok(header)
+}
+
+/// The header, once it names what the reader asked for: network, kind, uid and window.
+fn identify(header: Header, expected: &Expected<'_>) -> Result<Header, EnvelopeError> {
     if header.network_id != expected.network.id() {
         return Err(malformed(format!(
             "belongs to another network than {} (or one running a different network.toml)",

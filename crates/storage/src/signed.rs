@@ -71,8 +71,19 @@ impl Store {
             expected.window,
             expected.uid,
         );
-        let Some(bytes) = self.get_prefix(&key, OVERHEAD as u64).await? else {
-            return Ok(Err(ReadOutcome::Missing));
+        let bytes = match self.get_prefix(&key, OVERHEAD as u64).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(Err(ReadOutcome::Missing)),
+            // An empty object has no range to read: servers refuse the request.
+            Err(error) => match self.head(&key).await? {
+                Some(info) if info.size < OVERHEAD as u64 => {
+                    return Ok(Err(ReadOutcome::Malformed(format!(
+                        "object is {} bytes, shorter than an envelope's head",
+                        info.size
+                    ))));
+                }
+                _ => return Err(error),
+            },
         };
         Ok(envelope::open_head(&bytes, expected).map_err(ReadOutcome::from))
     }

@@ -249,8 +249,9 @@ impl Store {
         Ok(whole.freeze())
     }
 
-    /// The first `len` bytes of `key` (all of it when shorter), with one ranged request; `None`
-    /// when there is no such object.
+    /// The first `len` bytes of `key` (all of it when shorter), with one ranged request that
+    /// never reads more than `len` bytes of the body, whatever the server sends; `None` when
+    /// there is no such object.
     pub async fn get_prefix(&self, key: &str, len: u64) -> Result<Option<Bytes>, StorageError> {
         let location = path(key)?;
         let read = retry(&self.retry, "ranged get", key, || {
@@ -260,11 +261,21 @@ impl Store {
                     range: Some(GetRange::Bounded(0..len)),
                     ..GetOptions::default()
                 };
-                self.backend
+                let mut stream = self
+                    .backend
                     .get_opts(&location, options)
                     .await?
-                    .bytes()
-                    .await
+                    .into_stream();
+                let mut body = BytesMut::with_capacity(len as usize);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    let room = (len as usize).saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() as u64 >= len {
+                        break;
+                    }
+                }
+                Ok(body.freeze())
             }
         })
         .await;
