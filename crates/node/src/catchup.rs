@@ -306,7 +306,9 @@ async fn replay<C: Chain, R: NetworkReplica>(
 ) -> Result<bool, NodeError> {
     let peers = node.window_peers(window).await?;
     let Some(manifest) = manifest(node, source, window).await? else {
-        // No manifest: recompute the aggregate exactly as it was computed live.
+        // No manifest: recompute the aggregate as it was computed live, upload times included.
+        // Pins taken now, long after the keys came out, would only ever be late: the payloads
+        // are read as they stand (docs/node.md, "Sealed payloads").
         let slot = node.slot(window).await?;
         let uids: Vec<u16> = peers
             .set
@@ -315,7 +317,9 @@ async fn replay<C: Chain, R: NetworkReplica>(
             .chain(&peers.set.reserves)
             .copied()
             .collect();
-        let verdicts = node.gather(window, &uids, &peers, Some(slot)).await;
+        let verdicts = node
+            .gather_pinned(window, &uids, &peers, Some(slot), None)
+            .await;
         let (_, gathered) = aggregate_inputs(&peers.set, &verdicts);
         let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
         replica.apply_aggregate(&payloads)?;

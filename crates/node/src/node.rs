@@ -286,8 +286,8 @@ impl<C: Chain> Node<C> {
     }
 
     /// Pins every peer's sealed payload: the payload hash its signed head carries, read when the
-    /// slot closes. A pin must be answered within one clock skew of the close, before any key
-    /// can be out (keys come two skews after it): a storage server that holds the answer back,
+    /// slot closes. A pin must be answered by the time keys are due (two clock skews after the
+    /// close), before this node could have seen any key: a storage server that holds the answer back,
     /// to slip in a copy made from a revealed payload, has its payload left out (a storage
     /// failure: it may as well be this node's connection, so it never counts as a missed
     /// window). A node that itself starts pinning past that deadline counts its pins as its own
@@ -299,7 +299,9 @@ impl<C: Chain> Node<C> {
         peers: &WindowPeers,
         slot: UploadSlot,
     ) -> Pins {
-        let deadline = slot.closes_ms + self.config.window.clock_skew_ms;
+        // Keys come out two skews after the close by each miner's clock: a pin answered by then
+        // came before any key this node's clock could have seen.
+        let deadline = slot.closes_ms + self.reveal_delay_ms();
         let started_late = now_ms() > deadline;
         let uids = unique(uids);
         let pinned = uids.iter().map(|&uid| async move {
@@ -346,7 +348,12 @@ impl<C: Chain> Node<C> {
         slot: Option<UploadSlot>,
         pins: Option<Pins>,
     ) -> BTreeMap<u16, Verdict> {
-        let keys_due = pins.as_ref().map(|p| p.keys_due);
+        // Without pins (a catch-up recomputing a window), keys may still be on their way when
+        // the window is recent: they are waited for up to the same deadline.
+        let keys_due = pins
+            .as_ref()
+            .map(|p| p.keys_due)
+            .or(slot.map(|s| s.closes_ms + self.reveal_delay_ms()));
         let mut pins = pins.map(|p| p.pins);
         let uids = unique(uids);
         if let Some(due) = keys_due {
@@ -367,10 +374,10 @@ impl<C: Chain> Node<C> {
                 let read = match pin {
                     Some(Err(verdict)) => Err(verdict),
                     Some(Ok(hash)) => {
-                        self.read(window, uid, peers, slot, Some((hash, keys_due)))
+                        self.read(window, uid, peers, slot, Some(hash), keys_due)
                             .await
                     }
-                    None => self.read(window, uid, peers, slot, None).await,
+                    None => self.read(window, uid, peers, slot, None, keys_due).await,
                 };
                 (uid, read)
             }
@@ -445,14 +452,16 @@ impl<C: Chain> Node<C> {
         }
     }
 
-    /// `pinned`: the hash pinned when the slot closed and when keys are due (a live gather).
+    /// `pinned`: the hash pinned when the slot closed (a live gather); `keys_due`: when keys
+    /// are due, for a gather of a recent window.
     async fn read(
         &self,
         window: u64,
         uid: u16,
         peers: &WindowPeers,
         slot: Option<UploadSlot>,
-        pinned: Option<([u8; 32], Option<u64>)>,
+        pinned: Option<[u8; 32]>,
+        keys_due: Option<u64>,
     ) -> Result<Read, Verdict> {
         if slot.is_some() && self.failed_reads.contains(&FailedRead { window, uid }) {
             return Err(Verdict::rejected(
@@ -462,7 +471,8 @@ impl<C: Chain> Node<C> {
             ));
         }
         let candidate = self.candidate(uid, peers)?;
-        self.read_payload(window, candidate, slot, pinned).await
+        self.read_payload(window, candidate, slot, pinned, keys_due)
+            .await
     }
 
     /// Reads and verifies the signed object and opens it with its revealed key; decoding waits
@@ -472,7 +482,8 @@ impl<C: Chain> Node<C> {
         window: u64,
         candidate: &Candidate,
         slot: Option<UploadSlot>,
-        pinned: Option<([u8; 32], Option<u64>)>,
+        pinned: Option<[u8; 32]>,
+        keys_due: Option<u64>,
     ) -> Result<Read, Verdict> {
         let store = match self.peer_store(&candidate.commitment) {
             Ok(store) => store,
@@ -512,17 +523,13 @@ impl<C: Chain> Node<C> {
                 ));
             }
         };
-        let keys_due = match pinned {
-            Some((hash, _)) if hash != verified.header.payload_hash => {
-                return Err(Verdict::rejected(
-                    PayloadStatus::Invalid,
-                    "changed",
-                    "the payload differs from the one pinned when the upload slot closed",
-                ));
-            }
-            Some((_, due)) => due,
-            None => None,
-        };
+        if pinned.is_some_and(|hash| hash != verified.header.payload_hash) {
+            return Err(Verdict::rejected(
+                PayloadStatus::Invalid,
+                "changed",
+                "the payload differs from the one pinned when the upload slot closed",
+            ));
+        }
         let key = self.read_key(&store, window, candidate, keys_due).await?;
         let message = seal::open(
             &key,
@@ -540,7 +547,7 @@ impl<C: Chain> Node<C> {
     }
 
     /// The key `candidate` revealed for `window`. In a live gather (`due`) a key not out yet is
-    /// waited for, and a key counts only when its storage dates it at most one clock skew after
+    /// waited for, and a key counts only when its storage dates it at most two clock skews after
     /// it was due: the verdict rests on the key's upload time, the same for every gatherer, not
     /// on when each happened to read (which would let a miner revealing at the last moment
     /// split the network's gathers).
@@ -559,9 +566,8 @@ impl<C: Chain> Node<C> {
             hotkey: candidate.hotkey,
             max_payload_len: KEY_LEN as u64,
         };
-        let skew = self.config.window.clock_skew_ms;
-        let latest = due.map(|d| d + skew);
-        let give_up = latest.map(|l| l + skew);
+        let latest = due.map(|d| d + self.reveal_delay_ms());
+        let give_up = latest.map(|l| l + self.config.window.clock_skew_ms);
         let mut pause = Duration::from_millis(50);
         loop {
             match store.read_signed(&expected, None).await {

@@ -1,6 +1,7 @@
 //! An in-process network on real parts — a LocalChain file, file storage, libtorch training on
-//! Moby-Dick — with three miners and a validator, one miner killed and restarted mid-run, and a
-//! forged payload planted under a miner's key.
+//! Moby-Dick — with three miners and a validator, one miner killed and restarted mid-run, a
+//! forged payload planted under a miner's key, and one of the validator's manifests lost before
+//! the restarted miner catches up (that window is recomputed from the sealed payloads).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +10,7 @@ use common::{BLOCKS_PER_WINDOW, Net, applied_models, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
 use templar_node::{Event, Miner, Role, Validator};
-use templar_protocol::{Keypair, Kind};
+use templar_protocol::{Keypair, Kind, layout};
 use templar_storage::{Store, StoreConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +64,17 @@ async fn three_miners_and_a_validator_train_in_sync() {
         .wait_for_block(back_at * BLOCKS_PER_WINDOW)
         .await
         .unwrap();
+    // The validator's manifest of the first window miner 1 missed is lost: its catch-up
+    // recomputes that window from the miners' sealed payloads and revealed keys.
+    let validator_store = Store::open(&StoreConfig::new(net.storage_url("validator"))).unwrap();
+    let lost = layout::object_key(
+        &net.config.network().unwrap(),
+        Kind::Manifest,
+        down_from,
+        validator_uid,
+    );
+    validator_store.delete(&lost).await.unwrap();
+
     let node = net.node("miner-1", Keypair::from_seed(&[12; 32]).unwrap(), restarted);
     let miner = Miner::new(node, Device::Cpu, net.state_dir("miner-1")).unwrap();
     assert_eq!(
