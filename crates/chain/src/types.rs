@@ -112,6 +112,19 @@ impl Metagraph {
     pub fn neuron(&self, uid: u16) -> Option<&Neuron> {
         self.neurons.iter().find(|n| n.uid == uid)
     }
+
+    /// The uid a registration at `block` replaces once the subnet is full: the lowest emission
+    /// among uids past their immunity period, ties to the lowest uid (LocalChain's rule; see
+    /// `LocalChain`'s registration). Anyone can compute it from public state, which is why a
+    /// validator must not let a uid's record outlive its hotkey.
+    pub fn next_to_prune(&self, immunity_period: u64, block: u64) -> Option<u16> {
+        let cutoff = block.saturating_sub(immunity_period);
+        self.neurons
+            .iter()
+            .filter(|n| n.registered_at < cutoff)
+            .min_by_key(|n| (n.emission, n.uid))
+            .map(|n| n.uid)
+    }
 }
 
 /// Commitments are at most this many raw bytes, as on Bittensor.

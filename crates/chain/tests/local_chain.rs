@@ -213,6 +213,54 @@ async fn epochs_pay_miners_by_the_validators_weights() {
 }
 
 #[tokio::test]
+async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cold, validator) = (key(1), key(2));
+    let (paid, unpaid, newcomer) = (key(3), key(4), key(5));
+    let mut genesis = genesis(&[&cold]);
+    genesis.hyperparameters.max_uids = 3;
+    let chain = LocalChain::create(&dir.path().join("chain.sqlite"), &genesis).unwrap();
+    for hotkey in [&validator, &paid, &unpaid] {
+        chain.register(&cold, &hotkey.account()).await.unwrap();
+    }
+    chain
+        .add_stake(&cold, &validator.account(), 50 * RAO_PER_TAO)
+        .await
+        .unwrap();
+    let start = chain.block().await.unwrap().number;
+    chain.wait_for_block(start + 5).await.unwrap();
+    chain
+        .set_weights(&validator, &[1], &[65535], 0)
+        .await
+        .unwrap();
+    let set_at = chain.block().await.unwrap().number;
+    chain.wait_for_block((set_at / 10 + 2) * 10).await.unwrap();
+    let before = chain.metagraph().await.unwrap();
+    assert_eq!(before.neurons[2].emission, 0);
+    let head = before.block;
+    // Anyone can tell from public state which uid a registration will take.
+    assert_eq!(before.next_to_prune(0, head + 1), Some(2));
+    assert_eq!(before.next_to_prune(1000, head + 1), None, "all are immune");
+
+    let uid = chain.register(&cold, &newcomer.account()).await.unwrap();
+    assert_eq!(uid, 2, "the unpaid uid is replaced, not the paid one");
+    let registered_at = chain.metagraph().await.unwrap().neurons[2].registered_at;
+    assert!(registered_at >= head);
+    // The uid's history keeps its holders apart: before the registration it was `unpaid`'s.
+    let then = chain.metagraph_at(registered_at - 1).await.unwrap();
+    let now = chain.metagraph_at(registered_at).await.unwrap();
+    assert_eq!(then.neuron(2).unwrap().hotkey, unpaid.account());
+    assert_eq!(now.neuron(2).unwrap().hotkey, newcomer.account());
+    assert_eq!(now.neurons.len(), 3);
+    assert_eq!(then.uid_of(&newcomer.account()), None);
+    // A chain reopened keeps that history.
+    drop(chain);
+    let chain = LocalChain::open(&dir.path().join("chain.sqlite")).unwrap();
+    let then = chain.metagraph_at(registered_at - 1).await.unwrap();
+    assert_eq!(then.neuron(2).unwrap().hotkey, unpaid.account());
+}
+
+#[tokio::test]
 async fn commit_reveal_weights_count_only_once_revealed_even_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (cold, validator, miner_a, miner_b) = (key(1), key(2), key(3), key(4));

@@ -131,6 +131,7 @@ impl LocalChain {
         }
         let db = schema::connect(path)?;
         db.execute_batch(schema::SCHEMA)?;
+        db.execute_batch(schema::BACKFILL)?;
         let json: String = db
             .query_row("SELECT value FROM meta WHERE key = 'genesis'", [], |r| {
                 r.get(0)
@@ -295,9 +296,11 @@ impl LocalChain {
         })
     }
 
-    /// The subnet as it stood at the end of block `block`: uids registered by then, the results
-    /// of the last epoch at or before it, and each hotkey's latest commitment by then. Stake,
-    /// `last_update` and uid ownership are today's (they do not decide peer sets).
+    /// The subnet as it stood at the end of block `block`: the hotkey holding each uid then
+    /// (a uid pruned since shows its holder of that time), the results of the last epoch at or
+    /// before it, and each hotkey's latest commitment by then. Stake and `last_update` are
+    /// today's (they do not decide peer sets; a pruned holder's `last_update` is its
+    /// registration).
     pub fn metagraph_as_of(&self, block: u64) -> Result<Metagraph, ChainError> {
         let netuid = self.inner.genesis.netuid;
         self.write(|db, now| {
@@ -305,19 +308,21 @@ impl LocalChain {
                 return Err(ChainError::FutureBlock { block, head: now });
             }
             let mut statement = db.prepare(
-                "SELECT n.uid, n.hotkey, n.coldkey, COALESCE(e.validator_permit, 0),
+                "SELECT r.uid, r.hotkey, r.coldkey, COALESCE(e.validator_permit, 0),
                         COALESCE(e.rank, 0), COALESCE(e.trust, 0), COALESCE(e.consensus, 0),
                         COALESCE(e.incentive, 0), COALESCE(e.dividends, 0),
                         COALESCE(e.validator_trust, 0), COALESCE(e.emission, 0),
-                        n.registered_at, n.last_update,
+                        r.registered_at, COALESCE(n.last_update, r.registered_at),
                         (SELECT c.data FROM commitment_history c
-                         WHERE c.hotkey = n.hotkey AND c.block <= ?1
+                         WHERE c.hotkey = r.hotkey AND c.block <= ?1
                          ORDER BY c.block DESC LIMIT 1),
-                        (SELECT COALESCE(SUM(s.amount), 0) FROM stakes s WHERE s.hotkey = n.hotkey)
-                 FROM neurons n
-                 LEFT JOIN epoch_history e ON e.uid = n.uid AND e.block =
+                        (SELECT COALESCE(SUM(s.amount), 0) FROM stakes s WHERE s.hotkey = r.hotkey)
+                 FROM registrations r
+                 LEFT JOIN neurons n ON n.uid = r.uid AND n.hotkey = r.hotkey
+                 LEFT JOIN epoch_history e ON e.uid = r.uid AND e.block =
                      (SELECT MAX(h.block) FROM epoch_history h WHERE h.block <= ?1)
-                 WHERE n.registered_at <= ?1 ORDER BY n.uid",
+                 WHERE r.registered_at <= ?1 AND (r.pruned_at IS NULL OR r.pruned_at > ?1)
+                 ORDER BY r.uid",
             )?;
             let neurons = statement
                 .query_map([block as i64], neuron_from_row)?

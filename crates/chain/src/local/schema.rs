@@ -4,6 +4,8 @@ use rusqlite::Connection;
 
 use crate::types::ChainError;
 
+/// `registrations` keeps every holder a uid has had, so that the subnet as of a past block
+/// names the hotkey that held each uid then, even after the uid was pruned and taken again.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -35,9 +37,18 @@ CREATE TABLE IF NOT EXISTS commitment_history (
     hotkey BLOB NOT NULL, block INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (hotkey, block));
 CREATE TABLE IF NOT EXISTS weight_commits (
     hotkey BLOB NOT NULL, hash BLOB NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (hotkey, hash));
+CREATE TABLE IF NOT EXISTS registrations (
+    uid INTEGER NOT NULL, hotkey BLOB NOT NULL, coldkey BLOB NOT NULL,
+    registered_at INTEGER NOT NULL, pruned_at INTEGER, PRIMARY KEY (uid, registered_at));
 CREATE TABLE IF NOT EXISTS extrinsics (
     id INTEGER PRIMARY KEY AUTOINCREMENT, block INTEGER NOT NULL, signer BLOB NOT NULL,
     nonce INTEGER NOT NULL, call TEXT NOT NULL);
+";
+
+/// Chains made before `registrations` existed: their current neurons are their history.
+pub const BACKFILL: &str = "
+INSERT OR IGNORE INTO registrations (uid, hotkey, coldkey, registered_at)
+    SELECT uid, hotkey, coldkey, registered_at FROM neurons;
 ";
 
 /// Opens the file with the settings that make sharing it between processes safe: WAL so

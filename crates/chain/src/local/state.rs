@@ -246,10 +246,15 @@ fn register(
         Some(uid) => uid,
         None => prune(db, hp, block)?,
     };
+    let row = params![uid, hotkey.as_bytes(), coldkey.as_bytes(), block as i64];
     db.execute(
         "INSERT INTO neurons (uid, hotkey, coldkey, registered_at, last_update)
          VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![uid, hotkey.as_bytes(), coldkey.as_bytes(), block as i64],
+        row,
+    )?;
+    db.execute(
+        "INSERT INTO registrations (uid, hotkey, coldkey, registered_at) VALUES (?1, ?2, ?3, ?4)",
+        row,
     )?;
     Ok(uid)
 }
@@ -278,6 +283,10 @@ fn prune(db: &Connection, hp: &Hyperparameters, block: u64) -> Result<u16, Chain
     db.execute(
         "DELETE FROM weight_commits WHERE hotkey = (SELECT hotkey FROM neurons WHERE uid = ?1)",
         [uid],
+    )?;
+    db.execute(
+        "UPDATE registrations SET pruned_at = ?2 WHERE uid = ?1 AND pruned_at IS NULL",
+        params![uid, block as i64],
     )?;
     db.execute("DELETE FROM neurons WHERE uid = ?1", [uid])?;
     db.execute("DELETE FROM weights WHERE uid = ?1 OR target = ?1", [uid])?;
