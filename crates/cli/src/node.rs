@@ -341,6 +341,23 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
         access_key_id: args.read_access_key_id.clone(),
         secret_access_key: args.read_secret_access_key.clone(),
     };
+    if behavior == Behavior::Takeover {
+        let coldkey = args.wallet.coldkey()?;
+        let give_up = args
+            .until_window
+            .map(|w| (w + 1) * node.config.window.blocks_per_window);
+        let taken = templar_node::adversary::take_over(
+            &node.chain,
+            &coldkey,
+            &node.hotkey.account(),
+            give_up,
+        )
+        .await?;
+        if taken.is_none() {
+            tracing::info!("no paid uid came up for replacement before the last window: stopping");
+            return Ok(());
+        }
+    }
     node.uid = node.announce(role, &commitment).await?;
     let window = node.clock.window_of(node.chain.block().await?.number);
     let (stop_tx, requested) = tokio::sync::watch::channel(false);

@@ -115,12 +115,23 @@ pub fn finished(dir: &Path) -> Result<bool> {
 /// The requested attacks by name, checked; all of them when none are named (`low-norm` as
 /// many times as the attack set has sybils).
 fn attack_names(requested: &[String]) -> Result<Vec<String>> {
-    let known: Vec<String> = Behavior::attackers(0).iter().map(kind).collect();
+    let known: Vec<String> = Behavior::attackers(0)
+        .iter()
+        .filter(|b| **b != Behavior::Takeover)
+        .map(kind)
+        .collect();
     if requested.is_empty() {
         return Ok(known);
     }
     let mut names = Vec::new();
     for name in requested.iter().map(|n| n.trim().to_string()) {
+        if name == "takeover" {
+            bail!(
+                "--attacks: takeover registers into the network while it runs, and a localnet \
+                 registers every member before it starts; it runs in the in-process test \
+                 (crates/node/tests/adversarial.rs) for now"
+            );
+        }
         if !known.contains(&name) {
             bail!(
                 "--attacks: unknown attack {name:?}; choose from {}",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use templar_chain::Chain;
 use templar_codec::Payload;
 use templar_data::DataReceipt;
-use templar_protocol::UploadSlot;
+use templar_protocol::{AccountId, Keypair, UploadSlot};
 
 use crate::behavior::{self, Behavior, Rng};
 use crate::error::NodeError;
@@ -105,7 +105,7 @@ impl<C: Chain> Miner<C> {
                 None => return Ok(Err("nothing trained yet to replay".into())),
             },
             (Behavior::Zeros, _) => self.encode(&behavior::zero_payload(&schema).map_err(codec)?),
-            (Behavior::Noise, _) => {
+            (Behavior::Noise | Behavior::Takeover, _) => {
                 let Some(norms) = norms else {
                     return Ok(Err("no payload seen yet to copy the norm of".into()));
                 };
@@ -280,6 +280,48 @@ impl<C: Chain> Miner<C> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The `takeover` attack's way in: watches the subnet until a uid the chain has paid (and that
+/// the same hotkey still holds) is the one a registration would replace — its holder stopped
+/// earning — and registers `hotkey` from `coldkey` then. Returns the uid taken, or `None` when
+/// block `give_up` came first. Only a full subnet replaces anyone, so nothing is registered
+/// before it is full.
+///
+/// Everything it reads is public; a validator that kept its records by uid alone would give the
+/// newcomer the record the uid earned (`gauntlet::score::forget_replaced`).
+pub async fn take_over<C: Chain>(
+    chain: &C,
+    coldkey: &Keypair,
+    hotkey: &AccountId,
+    give_up: Option<u64>,
+) -> Result<Option<u16>, NodeError> {
+    let rules = chain.hyperparameters().await?;
+    let mut earned: BTreeMap<u16, AccountId> = BTreeMap::new();
+    loop {
+        let metagraph = chain.metagraph().await?;
+        if let Some(uid) = metagraph.uid_of(hotkey) {
+            return Ok(Some(uid));
+        }
+        for neuron in metagraph.neurons.iter().filter(|n| n.incentive > 0.0) {
+            earned.insert(neuron.uid, neuron.hotkey);
+        }
+        let full = metagraph.neurons.len() >= usize::from(rules.max_uids);
+        let next = metagraph.next_to_prune(rules.immunity_period, metagraph.block + 1);
+        let due = next.filter(|uid| {
+            let holder = metagraph.neuron(*uid).map(|n| n.hotkey);
+            full && holder.is_some() && earned.get(uid).copied() == holder
+        });
+        if let Some(target) = due {
+            let uid = chain.register(coldkey, hotkey).await?;
+            tracing::warn!(uid, target, "took over a uid the chain had paid");
+            return Ok(Some(uid));
+        }
+        if give_up.is_some_and(|block| metagraph.block >= block) {
+            return Ok(None);
+        }
+        chain.wait_for_block(metagraph.block + 1).await?;
     }
 }
 

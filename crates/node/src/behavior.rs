@@ -58,6 +58,11 @@ pub enum Behavior {
     /// (`sybil-low-norm:K`, uploading is free) drag a median over every upload down until honest
     /// payloads look like norm outliers.
     LowNorm,
+    /// Registers a fresh hotkey onto a uid the chain has paid once that uid is the next a
+    /// registration replaces (its holder went quiet), then publishes noise at last window's
+    /// median norm: paid, if validators keep records by uid alone, on the record the uid earned
+    /// (see [`crate::adversary::take_over`]).
+    Takeover,
 }
 
 /// How much smaller than the median a low-norm sybil's payload is.
@@ -97,8 +102,12 @@ impl Behavior {
     }
 
     /// Every behaviour the adversarial scenario runs, one of each, against the given victim uid.
+    /// `inactive-after-paid` comes first: registered before the other attackers, it is the uid
+    /// a full subnet replaces first once it stops earning, which is what `takeover` waits for.
+    /// `takeover` is last, and is not registered with the others (it registers when due).
     pub fn attackers(victim: u16) -> Vec<Behavior> {
         let mut attackers = vec![
+            Behavior::InactiveAfterPaid,
             Behavior::Noise,
             Behavior::Zeros,
             Behavior::Scaled(10.0),
@@ -115,10 +124,10 @@ impl Behavior {
             Behavior::Nan,
             Behavior::Oversize,
             Behavior::EvalOverfit,
-            Behavior::InactiveAfterPaid,
             Behavior::EarlyCopy(victim),
         ];
         attackers.extend([Behavior::LowNorm; LOW_NORM_SYBILS]);
+        attackers.push(Behavior::Takeover);
         attackers
     }
 
@@ -164,13 +173,14 @@ impl fmt::Display for Behavior {
             Behavior::InactiveAfterPaid => write!(f, "inactive-after-paid"),
             Behavior::EarlyCopy(uid) => write!(f, "early-copy:{uid}"),
             Behavior::LowNorm => write!(f, "low-norm"),
+            Behavior::Takeover => write!(f, "takeover"),
         }
     }
 }
 
 const USAGE: &str = "honest, part-time:F, noise, zeros, scaled:X, copycat:UID, partial-copy:UID:F, replay, \
                      other-data[:UID], lazy, late, malformed, nan, oversize, eval-overfit, \
-                     inactive-after-paid, early-copy:UID or low-norm";
+                     inactive-after-paid, early-copy:UID, low-norm or takeover";
 
 impl FromStr for Behavior {
     type Err = String;
@@ -211,6 +221,7 @@ impl FromStr for Behavior {
             ["inactive-after-paid"] => Behavior::InactiveAfterPaid,
             ["early-copy", victim] => Behavior::EarlyCopy(uid(victim)?),
             ["low-norm"] => Behavior::LowNorm,
+            ["takeover"] => Behavior::Takeover,
             _ => return Err(bad("unknown behaviour or wrong number of parts")),
         };
         Ok(behavior)

@@ -5,7 +5,7 @@
 //! applies identically), local [`state`] that survives crashes, and [`catchup`] for nodes that
 //! fell behind. The validator judges miners with the pure [`gauntlet`] and [`peers`] logic.
 
-mod adversary;
+pub mod adversary;
 pub mod behavior;
 pub mod catchup;
 pub mod checkpoint;

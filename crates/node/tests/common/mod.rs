@@ -84,6 +84,12 @@ pub struct Net {
 
 impl Net {
     pub async fn new() -> Net {
+        Net::with_max_uids(Hyperparameters::default().max_uids).await
+    }
+
+    /// A network whose subnet holds at most `max_uids`: once full, a registration replaces
+    /// the weakest uid.
+    pub async fn with_max_uids(max_uids: u16) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let (data_dir, hash) = prepare_data(dir.path(), 64);
         let config = network_config(&hash);
@@ -92,6 +98,7 @@ impl Net {
             tempo: BLOCKS_PER_WINDOW,
             weights_rate_limit: 1,
             immunity_period: 0,
+            max_uids,
             ..Hyperparameters::default()
         };
         let mut genesis = Genesis::now(3, BLOCK_MS, hyperparameters);
