@@ -253,6 +253,16 @@ async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
     assert_eq!(now.neuron(2).unwrap().hotkey, newcomer.account());
     assert_eq!(now.neurons.len(), 3);
     assert_eq!(then.uid_of(&newcomer.account()), None);
+    let holdings = chain.holdings().unwrap();
+    let of = |hotkey: &Keypair| {
+        holdings
+            .iter()
+            .find(|h| h.hotkey == hotkey.account())
+            .unwrap()
+    };
+    assert_eq!(of(&unpaid).replaced_at, Some(registered_at));
+    assert!(of(&unpaid).holds_at(registered_at - 1) && !of(&unpaid).holds_at(registered_at));
+    assert!(of(&newcomer).holds_at(registered_at) && of(&newcomer).replaced_at.is_none());
     // A chain reopened keeps that history.
     drop(chain);
     let chain = LocalChain::open(&dir.path().join("chain.sqlite")).unwrap();

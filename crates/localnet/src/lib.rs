@@ -676,23 +676,28 @@ fn members_with_events(layout: &Layout) -> Result<Vec<Member>> {
 
 fn node_entries(layout: &Layout, chain: &NetChain, members: &[Member]) -> Result<Vec<NodeEntry>> {
     let metagraph = chain.metagraph_now()?;
+    let holdings = chain.holdings()?;
     let wallet = Wallet::new(layout.wallets(), WALLET);
     let mut entries = Vec::new();
     for member in members {
         let hotkey = wallet.hotkey(&member.hotkey)?.account();
-        let Some(neuron) = metagraph
-            .uid_of(&hotkey)
-            .and_then(|uid| metagraph.neuron(uid))
-        else {
+        // Its latest hold on a uid: a member replaced during the run is reported with the uid it
+        // held, a member that never registered is left out.
+        let Some(holding) = holdings.iter().rev().find(|h| h.hotkey == hotkey) else {
             continue;
         };
+        let now = metagraph
+            .neuron(holding.uid)
+            .filter(|n| n.hotkey == hotkey && holding.replaced_at.is_none());
         entries.push(NodeEntry {
             name: member.name(),
             role: member.role.name().into(),
-            uid: neuron.uid,
+            uid: holding.uid,
             hotkey: hotkey.to_string(),
-            incentive: neuron.incentive,
-            stake_tao: neuron.stake as f64 / templar_chain::RAO_PER_TAO as f64,
+            incentive: now.map_or(0.0, |n| n.incentive),
+            stake_tao: now.map_or(0.0, |n| n.stake as f64 / templar_chain::RAO_PER_TAO as f64),
+            registered_at: holding.registered_at,
+            replaced_at: holding.replaced_at,
         });
     }
     Ok(entries)

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use templar_chain::local::Holding;
 use templar_chain::subtensor::dev::{BlockMode, Chopsticks, DevRpc, installed_chopsticks};
 use templar_chain::{Chain, ChainResult, LocalChain, Metagraph, RAO_PER_TAO, Subtensor};
 use templar_node::Role;
@@ -140,6 +141,25 @@ impl NetChain {
         match self {
             NetChain::Embedded(chain) => Ok(chain.metagraph_now()?),
             NetChain::Chopsticks(node) => Ok(node.runtime.block_on(node.chain.metagraph())?),
+        }
+    }
+
+    /// Who held which uid over the run. A chopsticks chain is asked for today's holders only
+    /// (a localnet on it registers no one while it runs).
+    pub fn holdings(&self) -> Result<Vec<Holding>> {
+        match self {
+            NetChain::Embedded(chain) => Ok(chain.holdings()?),
+            NetChain::Chopsticks(_) => Ok(self
+                .metagraph_now()?
+                .neurons
+                .iter()
+                .map(|n| Holding {
+                    uid: n.uid,
+                    hotkey: n.hotkey,
+                    registered_at: n.registered_at,
+                    replaced_at: None,
+                })
+                .collect()),
         }
     }
 

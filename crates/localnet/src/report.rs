@@ -37,6 +37,19 @@ pub struct NodeEntry {
     /// The chain's incentive when the report was written.
     pub incentive: f64,
     pub stake_tao: f64,
+    /// The block it registered at, and the one whose registration replaced it (a uid can
+    /// change hands during a run: `takeover`).
+    #[serde(default)]
+    pub registered_at: u64,
+    #[serde(default)]
+    pub replaced_at: Option<u64>,
+}
+
+impl NodeEntry {
+    /// Whether the node held its uid at the end of `block`.
+    pub fn holds_at(&self, block: u64) -> bool {
+        self.registered_at <= block && self.replaced_at.is_none_or(|r| r > block)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,7 +76,8 @@ pub fn build(
     let clock = WindowClock::new(config.window.blocks_per_window)
         .context("network.toml has no window length")?;
     let head = chain.head()?;
-    let miners: Vec<u16> = nodes
+    // A uid that changed hands is one entry here: the chain answers for its holder of the time.
+    let miners: std::collections::BTreeSet<u16> = nodes
         .iter()
         .filter(|n| n.role == "miner")
         .map(|n| n.uid)
@@ -325,6 +339,8 @@ mod tests {
                 hotkey: "5F…".into(),
                 incentive: 1.0,
                 stake_tao: 0.0,
+                registered_at: 0,
+                replaced_at: None,
             }],
             runs: Vec::new(),
             windows: vec![window(4, 8.0, 100), window(5, 6.0, 300)],

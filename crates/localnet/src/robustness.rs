@@ -16,6 +16,7 @@ use super::report::Report;
 use super::scenario::BEHAVIORS_FILE;
 use super::setup::Layout;
 use super::tail::EventFile;
+use templar_protocol::WindowClock;
 
 /// Attacks whose every payload must be rejected, with a reason.
 const MALFORMED: [&str; 3] = ["malformed", "nan", "oversize"];
@@ -138,13 +139,19 @@ pub fn analyse(dir: &Path, command: String) -> Result<Outcome> {
         run.until_window.unwrap_or(run.first_window),
     );
     let settled_from = first + (last - first).div_ceil(2);
-    let judgements = judgements(&armed, first..=last)?;
-    let incentives = incentives(&report, first..=last);
+    let config = templar_node::NetworkConfig::load(&armed.config())?;
+    let holders = Holders {
+        clock: WindowClock::new(config.window.blocks_per_window)
+            .context("network.toml has no window length")?,
+        report: &report,
+    };
+    let judgements = judgements(&armed, first..=last, &holders)?;
+    let incentives = holders.by_name(incentives(&report, first..=last));
     let settled = shares(&incentives, settled_from..=last);
     let whole = shares(&incentives, first..=last);
     let mut miners = Vec::new();
     for node in report.nodes.iter().filter(|n| n.role == "miner") {
-        let judgement = judgements.get(&node.uid);
+        let judgement = judgements.get(&node.name);
         let behavior = behaviors
             .get(&node.name)
             .cloned()
@@ -153,8 +160,8 @@ pub fn analyse(dir: &Path, command: String) -> Result<Outcome> {
             name: node.name.clone(),
             uid: node.uid,
             behavior,
-            share: settled.get(&node.uid).copied().unwrap_or(0.0),
-            share_whole_run: whole.get(&node.uid).copied().unwrap_or(0.0),
+            share: settled.get(&node.name).copied().unwrap_or(0.0),
+            share_whole_run: whole.get(&node.name).copied().unwrap_or(0.0),
             stake_tao: node.stake_tao,
             uploads: uploads(&armed, &node.name, first..=last)?,
             outcomes: judgement.map(|j| j.outcomes.clone()).unwrap_or_default(),
@@ -240,15 +247,51 @@ fn incentives(report: &Report, windows: RangeInclusive<u64>) -> BTreeMap<u64, BT
         .collect()
 }
 
+/// Which miner held a uid in a window: a uid can change hands during a run (`takeover`).
+struct Holders<'a> {
+    clock: WindowClock,
+    report: &'a Report,
+}
+
+impl Holders<'_> {
+    /// The name of the node that held `uid` at the end of `window`, as the chain's incentive
+    /// for the window is read.
+    fn of(&self, uid: u16, window: u64) -> Option<&str> {
+        let end = self.clock.end_block(window);
+        self.report
+            .nodes
+            .iter()
+            .find(|n| n.uid == uid && n.holds_at(end))
+            .map(|n| n.name.as_str())
+    }
+
+    /// Per window, each uid's incentive credited to the node that held it.
+    fn by_name(
+        &self,
+        incentives: BTreeMap<u64, BTreeMap<u16, f64>>,
+    ) -> BTreeMap<u64, BTreeMap<String, f64>> {
+        incentives
+            .into_iter()
+            .map(|(window, paid)| {
+                let named = paid
+                    .into_iter()
+                    .filter_map(|(uid, x)| Some((self.of(uid, window)?.to_string(), x)))
+                    .collect();
+                (window, named)
+            })
+            .collect()
+    }
+}
+
 /// Each miner's incentive summed over `windows`, over everyone's (all zero when nobody was paid).
-pub fn shares(
-    incentives: &BTreeMap<u64, BTreeMap<u16, f64>>,
+pub fn shares<K: Ord + Clone>(
+    incentives: &BTreeMap<u64, BTreeMap<K, f64>>,
     windows: RangeInclusive<u64>,
-) -> BTreeMap<u16, f64> {
-    let mut sums: BTreeMap<u16, f64> = BTreeMap::new();
+) -> BTreeMap<K, f64> {
+    let mut sums: BTreeMap<K, f64> = BTreeMap::new();
     for (_, paid) in incentives.range(windows) {
-        for (&uid, &incentive) in paid {
-            *sums.entry(uid).or_default() += incentive.max(0.0);
+        for (miner, &incentive) in paid {
+            *sums.entry(miner.clone()).or_default() += incentive.max(0.0);
         }
     }
     let total: f64 = sums.values().sum();
@@ -325,13 +368,20 @@ fn first_penalty(judgement: &Judgement) -> Option<Penalty> {
 }
 
 /// The validator's gathers, copy flags, evaluations and scores, per miner.
-fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<u16, Judgement>> {
-    let mut found: BTreeMap<u16, Judgement> = BTreeMap::new();
+/// What the validator did with each miner's payloads, by miner name.
+fn judgements(
+    layout: &Layout,
+    windows: RangeInclusive<u64>,
+    holders: &Holders<'_>,
+) -> Result<BTreeMap<String, Judgement>> {
+    let mut found: BTreeMap<String, Judgement> = BTreeMap::new();
     for line in validator_lines(layout)? {
         match line.event {
             Event::Gathered { window, peers, .. } if windows.contains(&window) => {
                 for peer in peers {
-                    let judgement = found.entry(peer.uid).or_default();
+                    let Some(judgement) = entry(&mut found, holders, peer.uid, window) else {
+                        continue;
+                    };
                     *judgement.outcomes.entry(peer.outcome.clone()).or_default() += 1;
                     if peer.outcome != "ok" {
                         judgement
@@ -344,7 +394,9 @@ fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<
                 window, largest, ..
             } if windows.contains(&window) => {
                 for (uid, overlap) in largest {
-                    found.entry(uid).or_default().overlaps.push(overlap);
+                    if let Some(judgement) = entry(&mut found, holders, uid, window) {
+                        judgement.overlaps.push(overlap);
+                    }
                 }
             }
             Event::Flagged {
@@ -352,7 +404,9 @@ fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<
                 miner,
                 flag,
             } if windows.contains(&window) => {
-                found.entry(miner).or_default().flags.push((window, flag));
+                if let Some(judgement) = entry(&mut found, holders, miner, window) {
+                    judgement.flags.push((window, flag));
+                }
             }
             Event::Evaluated {
                 window,
@@ -360,22 +414,34 @@ fn judgements(layout: &Layout, windows: RangeInclusive<u64>) -> Result<BTreeMap<
                 score,
                 ..
             } if windows.contains(&window) => {
-                found.entry(miner).or_default().scores.push(score);
+                if let Some(judgement) = entry(&mut found, holders, miner, window) {
+                    judgement.scores.push(score);
+                }
             }
             Event::Scores { window, miners } if windows.contains(&window) => {
                 for m in miners {
-                    let entry = (m.weight, m.binary_ma, m.sync);
-                    found
-                        .entry(m.uid)
-                        .or_default()
-                        .weights
-                        .insert(window, entry);
+                    if let Some(judgement) = entry(&mut found, holders, m.uid, window) {
+                        judgement
+                            .weights
+                            .insert(window, (m.weight, m.binary_ma, m.sync));
+                    }
                 }
             }
             _ => {}
         }
     }
     Ok(found)
+}
+
+/// The judgement of the miner that held `uid` in `window`.
+fn entry<'a>(
+    found: &'a mut BTreeMap<String, Judgement>,
+    holders: &Holders<'_>,
+    uid: u16,
+    window: u64,
+) -> Option<&'a mut Judgement> {
+    let name = holders.of(uid, window)?;
+    Some(found.entry(name.to_string()).or_default())
 }
 
 /// The event lines of the network's first validator.
@@ -660,7 +726,46 @@ mod tests {
         assert!((s[&1] - 0.75).abs() < 1e-12);
         assert!((s[&2] - 0.05).abs() < 1e-12);
         assert!((s[&3] - 0.2).abs() < 1e-12);
-        assert!(shares(&BTreeMap::new(), 0..=5).is_empty());
+        assert!(shares::<u16>(&BTreeMap::new(), 0..=5).is_empty());
+    }
+
+    #[test]
+    fn a_uid_that_changed_hands_pays_each_holder_for_its_own_windows() {
+        let node = |name: &str, registered_at, replaced_at| super::super::report::NodeEntry {
+            name: name.into(),
+            role: "miner".into(),
+            uid: 6,
+            hotkey: String::new(),
+            incentive: 0.0,
+            stake_tao: 0.0,
+            registered_at,
+            replaced_at,
+        };
+        let report = Report {
+            network: "localnet".into(),
+            network_id: String::new(),
+            parameters: 0,
+            dense_fp32_bytes: 0,
+            nodes: vec![node("a1", 0, Some(40)), node("a19", 40, None)],
+            runs: Vec::new(),
+            windows: Vec::new(),
+        };
+        let holders = Holders {
+            clock: WindowClock::new(10).unwrap(),
+            report: &report,
+        };
+        // Window 2 ends at block 30, held by a1; window 3 ends at block 40, where a19's
+        // registration replaced a1.
+        assert_eq!(holders.of(6, 2), Some("a1"));
+        assert_eq!(holders.of(6, 3), Some("a19"));
+        assert_eq!(holders.of(7, 3), None);
+        let incentives = BTreeMap::from([
+            (2, BTreeMap::from([(6, 0.3), (1, 0.7)])),
+            (3, BTreeMap::from([(6, 0.1)])),
+        ]);
+        let named = holders.by_name(incentives);
+        assert_eq!(named[&2], BTreeMap::from([("a1".to_string(), 0.3)]));
+        assert_eq!(named[&3], BTreeMap::from([("a19".to_string(), 0.1)]));
     }
 
     #[test]

@@ -45,10 +45,12 @@ fn adversarial(args: &LocalnetArgs) -> Result<()> {
         behavior: Some(Behavior::PartTime(*share)),
     }));
     let mut armed = honest.clone();
-    armed.extend((1..=attacks.len()).map(|i| Member {
+    // Members get their attacks once registered (`arm`), but for `takeover`, which must not
+    // register with the others.
+    armed.extend(attacks.iter().enumerate().map(|(i, attack)| Member {
         role: Role::Miner,
-        hotkey: format!("a{i}"),
-        behavior: None,
+        hotkey: format!("a{}", i + 1),
+        behavior: (attack == "takeover").then_some(Behavior::Takeover),
     }));
     let runs: [(&str, Vec<Member>, &[String]); 2] =
         [("honest", honest, &[]), ("adversarial", armed, &attacks)];
@@ -115,23 +117,12 @@ pub fn finished(dir: &Path) -> Result<bool> {
 /// The requested attacks by name, checked; all of them when none are named (`low-norm` as
 /// many times as the attack set has sybils).
 fn attack_names(requested: &[String]) -> Result<Vec<String>> {
-    let known: Vec<String> = Behavior::attackers(0)
-        .iter()
-        .filter(|b| **b != Behavior::Takeover)
-        .map(kind)
-        .collect();
+    let known: Vec<String> = Behavior::attackers(0).iter().map(kind).collect();
     if requested.is_empty() {
         return Ok(known);
     }
     let mut names = Vec::new();
     for name in requested.iter().map(|n| n.trim().to_string()) {
-        if name == "takeover" {
-            bail!(
-                "--attacks: takeover registers into the network while it runs, and a localnet \
-                 registers every member before it starts; it runs in the in-process test \
-                 (crates/node/tests/adversarial.rs) for now"
-            );
-        }
         if !known.contains(&name) {
             bail!(
                 "--attacks: unknown attack {name:?}; choose from {}",

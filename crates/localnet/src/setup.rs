@@ -65,6 +65,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// It registers once the network runs, not with the others (`takeover`).
+    pub fn registers_late(&self) -> bool {
+        self.behavior == Some(Behavior::Takeover)
+    }
+
     /// The name the node reports its events under (as `templar miner|validator` names it).
     pub fn name(&self) -> String {
         format!("{}-{}", self.role.name(), self.hotkey)
@@ -145,15 +150,22 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
         config
     };
     let coldkey = wallets(layout, members)?;
+    // A member that takes a uid over registers while the network runs, into a subnet the
+    // others fill: only a full subnet replaces anyone.
+    let at_start: Vec<&Member> = members.iter().filter(|m| !m.registers_late()).collect();
+    let full_at = (at_start.len() < members.len()).then_some(at_start.len() as u16);
     let chain = match chopsticks {
+        Some(_) if full_at.is_some() => {
+            bail!("takeover needs a subnet the localnet fills itself: run it on the embedded chain")
+        }
         Some(node) => {
             node.configure(config.window.blocks_per_window, &coldkey.account())?;
             NetChain::Chopsticks(Box::new(node))
         }
-        None => NetChain::Embedded(local_chain(layout, &config, new, &coldkey)?),
+        None => NetChain::Embedded(local_chain(layout, &config, new, &coldkey, full_at)?),
     };
     let wallet = Wallet::new(layout.wallets(), WALLET);
-    let hotkeys = members
+    let hotkeys = at_start
         .iter()
         .map(|m| Ok((m.role, wallet.hotkey(&m.hotkey)?.account())))
         .collect::<Result<Vec<_>>>()?;
@@ -274,6 +286,7 @@ fn local_chain(
     config: &NetworkConfig,
     new: &NewNetwork,
     coldkey: &Keypair,
+    max_uids: Option<u16>,
 ) -> Result<LocalChain> {
     let path = layout.chain();
     if path.exists() {
@@ -286,6 +299,7 @@ fn local_chain(
         weights_rate_limit: (blocks / 2).max(1),
         immunity_period: 0,
         commit_reveal_weights_enabled: new.commit_reveal,
+        max_uids: max_uids.unwrap_or(Hyperparameters::default().max_uids),
         ..Hyperparameters::default()
     };
     let mut genesis = Genesis::now(3, new.block_time_ms, hyperparameters);

@@ -335,6 +335,26 @@ impl LocalChain {
         })
     }
 
+    /// Who held which uid from which block, and until which block when a registration replaced
+    /// it; oldest first.
+    pub fn holdings(&self) -> Result<Vec<Holding>, ChainError> {
+        self.write(|db, _| {
+            let mut statement = db.prepare(
+                "SELECT uid, hotkey, registered_at, pruned_at FROM registrations
+                 ORDER BY registered_at, uid",
+            )?;
+            let rows = statement.query_map([], |r| {
+                Ok(Holding {
+                    uid: r.get(0)?,
+                    hotkey: account_column(r, 1)?,
+                    registered_at: r.get::<_, i64>(2)? as u64,
+                    replaced_at: r.get::<_, Option<i64>>(3)?.map(|b| b as u64),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// The extrinsics `signer` got applied, oldest first, with their blocks: what an operator
     /// (or a test) checks a node did on the chain by.
     pub fn extrinsics_by(&self, signer: &AccountId) -> Result<Vec<(u64, Call)>, ChainError> {
@@ -456,6 +476,23 @@ impl LocalChain {
         tokio::task::spawn_blocking(move || work(chain))
             .await
             .map_err(|e| ChainError::Database(format!("chain task failed: {e}")))?
+    }
+}
+
+/// One hotkey's hold on a uid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Holding {
+    pub uid: u16,
+    pub hotkey: AccountId,
+    pub registered_at: u64,
+    /// The block whose registration replaced it; `None` while it holds the uid.
+    pub replaced_at: Option<u64>,
+}
+
+impl Holding {
+    /// Whether it held the uid at the end of `block`.
+    pub fn holds_at(&self, block: u64) -> bool {
+        self.registered_at <= block && self.replaced_at.is_none_or(|r| r > block)
     }
 }
 
