@@ -216,11 +216,11 @@ async fn epochs_pay_miners_by_the_validators_weights() {
 async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cold, validator) = (key(1), key(2));
-    let (paid, unpaid, newcomer) = (key(3), key(4), key(5));
+    let (strong, weak, newcomer) = (key(3), key(4), key(5));
     let mut genesis = genesis(&[&cold]);
     genesis.hyperparameters.max_uids = 3;
     let chain = LocalChain::create(&dir.path().join("chain.sqlite"), &genesis).unwrap();
-    for hotkey in [&validator, &paid, &unpaid] {
+    for hotkey in [&validator, &strong, &weak] {
         chain.register(&cold, &hotkey.account()).await.unwrap();
     }
     chain
@@ -230,27 +230,34 @@ async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
     let start = chain.block().await.unwrap().number;
     chain.wait_for_block(start + 5).await.unwrap();
     chain
-        .set_weights(&validator, &[1], &[65535], 0)
+        .set_weights(&validator, &[1, 2], &[49152, 16384], 0)
         .await
         .unwrap();
     let set_at = chain.block().await.unwrap().number;
     chain.wait_for_block((set_at / 10 + 2) * 10).await.unwrap();
     let before = chain.metagraph().await.unwrap();
-    assert_eq!(before.neurons[2].emission, 0);
+    assert_eq!(before.neurons[2].emission, 1250, "paid, but the least");
     let head = before.block;
     // Anyone can tell from public state which uid a registration will take.
     assert_eq!(before.next_to_prune(0, head + 1), Some(2));
     assert_eq!(before.next_to_prune(1000, head + 1), None, "all are immune");
 
     let uid = chain.register(&cold, &newcomer.account()).await.unwrap();
-    assert_eq!(uid, 2, "the unpaid uid is replaced, not the paid one");
+    assert_eq!(uid, 2, "the least paid uid is replaced");
     let registered_at = chain.metagraph().await.unwrap().neurons[2].registered_at;
     assert!(registered_at >= head);
-    // The uid's history keeps its holders apart: before the registration it was `unpaid`'s.
+    // The uid's history keeps its holders apart: before the registration it was `weak`'s,
+    // paid; from it, the newcomer's, which inherits no epoch result (as `metagraph_now` says).
     let then = chain.metagraph_at(registered_at - 1).await.unwrap();
     let now = chain.metagraph_at(registered_at).await.unwrap();
-    assert_eq!(then.neuron(2).unwrap().hotkey, unpaid.account());
+    assert_eq!(then.neuron(2).unwrap().hotkey, weak.account());
+    assert!((then.neuron(2).unwrap().incentive - 0.25).abs() < 1e-9);
     assert_eq!(now.neuron(2).unwrap().hotkey, newcomer.account());
+    assert_eq!(now.neuron(2).unwrap().incentive, 0.0);
+    assert_eq!(now.neuron(2).unwrap().emission, 0);
+    let live = chain.metagraph_now().unwrap();
+    assert_eq!(live.neuron(2).unwrap().incentive, 0.0);
+    assert!((now.neuron(1).unwrap().incentive - 0.75).abs() < 1e-9);
     assert_eq!(now.neurons.len(), 3);
     assert_eq!(then.uid_of(&newcomer.account()), None);
     let holdings = chain.holdings().unwrap();
@@ -260,14 +267,14 @@ async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
             .find(|h| h.hotkey == hotkey.account())
             .unwrap()
     };
-    assert_eq!(of(&unpaid).replaced_at, Some(registered_at));
-    assert!(of(&unpaid).holds_at(registered_at - 1) && !of(&unpaid).holds_at(registered_at));
+    assert_eq!(of(&weak).replaced_at, Some(registered_at));
+    assert!(of(&weak).holds_at(registered_at - 1) && !of(&weak).holds_at(registered_at));
     assert!(of(&newcomer).holds_at(registered_at) && of(&newcomer).replaced_at.is_none());
     // A chain reopened keeps that history.
     drop(chain);
     let chain = LocalChain::open(&dir.path().join("chain.sqlite")).unwrap();
     let then = chain.metagraph_at(registered_at - 1).await.unwrap();
-    assert_eq!(then.neuron(2).unwrap().hotkey, unpaid.account());
+    assert_eq!(then.neuron(2).unwrap().hotkey, weak.account());
 }
 
 #[tokio::test]

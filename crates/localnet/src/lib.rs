@@ -58,8 +58,8 @@ pub struct LocalnetArgs {
     /// Model preset of a new network (an existing network keeps its own).
     #[arg(long, default_value = "tiny")]
     preset: String,
-    /// Seconds per window of a new network [default: 20; with --scenario adversarial 45, as
-    /// sixteen nodes share the machine].
+    /// Seconds per window of a new network [default: 20; with --scenario adversarial 60, as
+    /// twenty-five nodes share the machine].
     #[arg(long)]
     window_secs: Option<u64>,
     /// Text for a new network's data: a folder of .txt/.jsonl files
@@ -111,8 +111,10 @@ pub struct LocalnetArgs {
     /// a miner joining in window 20, then writes DIR/faults.json and DIR/faults.md.
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
-    /// With --scenario adversarial: the attacks, comma-separated [default: all of noise, zeros,
-    /// scaled, copycat, partial-copy, replay, other-data, lazy, late, malformed, nan, oversize].
+    /// With --scenario adversarial: the attacks, comma-separated [default: all of
+    /// inactive-after-paid, noise, zeros, scaled, copycat, partial-copy, replay, other-data,
+    /// lazy, late, malformed, nan, oversize, eval-overfit, early-copy, low-norm (three sybils)
+    /// and takeover].
     #[arg(long, value_delimiter = ',')]
     attacks: Vec<String>,
 }
@@ -126,7 +128,7 @@ pub enum Scenario {
 impl LocalnetArgs {
     fn window_secs(&self) -> u64 {
         self.window_secs.unwrap_or(match self.scenario {
-            Some(Scenario::Adversarial) => 45,
+            Some(Scenario::Adversarial) => 60,
             Some(Scenario::Faults) | None => 20,
         })
     }
@@ -686,16 +688,27 @@ fn node_entries(layout: &Layout, chain: &NetChain, members: &[Member]) -> Result
         let Some(holding) = holdings.iter().rev().find(|h| h.hotkey == hotkey) else {
             continue;
         };
-        let now = metagraph
+        // A replaced holder is read as of its last block: its stake (what it was paid) stays
+        // with its hotkey.
+        let last = match holding.replaced_at {
+            Some(block) => Some(chain.metagraph_as_of(block.saturating_sub(1))?),
+            None => None,
+        };
+        let neuron = last
+            .as_ref()
+            .unwrap_or(&metagraph)
             .neuron(holding.uid)
-            .filter(|n| n.hotkey == hotkey && holding.replaced_at.is_none());
+            .filter(|n| n.hotkey == hotkey);
+        let incentive = neuron
+            .filter(|_| holding.replaced_at.is_none())
+            .map_or(0.0, |n| n.incentive);
         entries.push(NodeEntry {
             name: member.name(),
             role: member.role.name().into(),
             uid: holding.uid,
             hotkey: hotkey.to_string(),
-            incentive: now.map_or(0.0, |n| n.incentive),
-            stake_tao: now.map_or(0.0, |n| n.stake as f64 / templar_chain::RAO_PER_TAO as f64),
+            incentive,
+            stake_tao: neuron.map_or(0.0, |n| n.stake as f64 / templar_chain::RAO_PER_TAO as f64),
             registered_at: holding.registered_at,
             replaced_at: holding.replaced_at,
         });

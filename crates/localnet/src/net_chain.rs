@@ -110,7 +110,20 @@ impl Chopsticked {
 impl NetChain {
     /// Registers every member's hotkey not yet registered and stakes validators that have no
     /// stake, all paid by `coldkey`.
+    /// A member that held a uid once and was replaced (a resumed network whose uid was taken
+    /// over) is not registered again: in a full subnet it would replace someone else.
     pub fn register(&self, members: &[(Role, AccountId)], coldkey: &Keypair) -> Result<()> {
+        let holdings = self.holdings()?;
+        let replaced = |hotkey: &AccountId| {
+            let held = holdings.iter().filter(|h| h.hotkey == *hotkey);
+            held.clone().next().is_some() && held.clone().all(|h| h.replaced_at.is_some())
+        };
+        let members: Vec<(Role, AccountId)> = members
+            .iter()
+            .filter(|(_, hotkey)| !replaced(hotkey))
+            .copied()
+            .collect();
+        let members = members.as_slice();
         match self {
             NetChain::Embedded(chain) => tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -60,7 +60,7 @@ pub struct ComputeShare {
     pub share: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MinerOutcome {
     pub name: String,
     pub uid: u16,
@@ -181,7 +181,8 @@ pub fn analyse(dir: &Path, command: String) -> Result<Outcome> {
     let honest_share = honest_share(&miners);
     let bpb = BpbComparison::new(final_bpb(&report)?, final_bpb(&read_report(&honest)?)?);
     let heterogeneous = heterogeneous(&miners);
-    let goals = goals(&miners, honest_share, &bpb, &heterogeneous);
+    let mut goals = goals(&miners, honest_share, &bpb, &heterogeneous);
+    goals.push(took_part(&behaviors, &miners));
     let attackers = miners.iter().filter(|m| !is_honest(&m.behavior));
     Ok(Outcome {
         command,
@@ -257,11 +258,20 @@ impl Holders<'_> {
     /// The name of the node that held `uid` at the end of `window`, as the chain's incentive
     /// for the window is read.
     fn of(&self, uid: u16, window: u64) -> Option<&str> {
-        let end = self.clock.end_block(window);
+        self.at(uid, self.clock.end_block(window))
+    }
+
+    /// The name of the node the validator judged as `uid` in `window`: the holder as of the
+    /// block before the window, which the window's peer set is derived from.
+    fn judged(&self, uid: u16, window: u64) -> Option<&str> {
+        self.at(uid, self.clock.first_block(window).saturating_sub(1))
+    }
+
+    fn at(&self, uid: u16, block: u64) -> Option<&str> {
         self.report
             .nodes
             .iter()
-            .find(|n| n.uid == uid && n.holds_at(end))
+            .find(|n| n.uid == uid && n.holds_at(block))
             .map(|n| n.name.as_str())
     }
 
@@ -440,7 +450,7 @@ fn entry<'a>(
     uid: u16,
     window: u64,
 ) -> Option<&'a mut Judgement> {
-    let name = holders.of(uid, window)?;
+    let name = holders.judged(uid, window)?;
     Some(found.entry(name.to_string()).or_default())
 }
 
@@ -509,6 +519,25 @@ fn ordered_by_compute(shares: &[ComputeShare]) -> bool {
                 .filter(|b| b.steps > a.steps)
                 .all(|b| b.share > a.share)
     })
+}
+
+/// An attack that never ran (a `takeover` that found no uid to take, say) proves nothing: the
+/// run misses a goal rather than pass with it.
+fn took_part(behaviors: &BTreeMap<String, String>, miners: &[MinerOutcome]) -> Goal {
+    let absent: Vec<String> = behaviors
+        .iter()
+        .filter(|(name, behavior)| !is_honest(behavior) && !miners.iter().any(|m| &m.name == *name))
+        .map(|(name, behavior)| format!("{name} ({behavior})"))
+        .collect();
+    Goal {
+        name: "every attack took part".into(),
+        measured: if absent.is_empty() {
+            "all of them".into()
+        } else {
+            format!("never registered: {}", absent.join(", "))
+        },
+        met: absent.is_empty(),
+    }
 }
 
 fn goals(
@@ -759,6 +788,9 @@ mod tests {
         assert_eq!(holders.of(6, 2), Some("a1"));
         assert_eq!(holders.of(6, 3), Some("a19"));
         assert_eq!(holders.of(7, 3), None);
+        // Window 4's peer set is as of block 39, still a1's: a19 is judged from window 5.
+        assert_eq!(holders.judged(6, 4), Some("a1"));
+        assert_eq!(holders.judged(6, 5), Some("a19"));
         let incentives = BTreeMap::from([
             (2, BTreeMap::from([(6, 0.3), (1, 0.7)])),
             (3, BTreeMap::from([(6, 0.1)])),
@@ -766,6 +798,24 @@ mod tests {
         let named = holders.by_name(incentives);
         assert_eq!(named[&2], BTreeMap::from([("a1".to_string(), 0.3)]));
         assert_eq!(named[&3], BTreeMap::from([("a19".to_string(), 0.1)]));
+    }
+
+    #[test]
+    fn an_attack_that_never_registered_misses_a_goal() {
+        let behaviors = BTreeMap::from([
+            ("miner-m1".to_string(), "honest".to_string()),
+            ("miner-a1".to_string(), "noise".to_string()),
+            ("miner-a2".to_string(), "takeover".to_string()),
+        ]);
+        let ran = |name: &str| MinerOutcome {
+            name: name.into(),
+            ..MinerOutcome::default()
+        };
+        let all = [ran("miner-m1"), ran("miner-a1"), ran("miner-a2")];
+        assert!(took_part(&behaviors, &all).met);
+        let goal = took_part(&behaviors, &all[..2]);
+        assert!(!goal.met);
+        assert_eq!(goal.measured, "never registered: miner-a2 (takeover)");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use templar_codec::Payload;
 use templar_data::Split;
 use templar_engine::memory::Role;
 use templar_engine::{Batch, Device};
-use templar_protocol::Kind;
+use templar_protocol::{AccountId, Kind};
 
 use crate::catchup::{self, Position};
 use crate::checkpoint;
@@ -241,8 +241,13 @@ impl<C: Chain> Validator<C> {
         self.node.report(window, &verdicts, &chosen);
 
         self.node.phase(window, Phase::Evaluating);
+        // Before judging: the choice of whom to judge reads the records, and a uid taken over
+        // must not inherit the fairness its last holder earned while it went unjudged.
+        let hotkeys: BTreeMap<u16, AccountId> =
+            peers.candidates.iter().map(|c| (c.uid, c.hotkey)).collect();
+        score::forget_replaced(&mut self.state.ledger, &hotkeys);
         let mut input = self.judge(window, &verdicts, &peers.set)?;
-        input.hotkeys = peers.candidates.iter().map(|c| (c.uid, c.hotkey)).collect();
+        input.hotkeys = hotkeys;
         score::update(
             &mut self.state.ledger,
             window,
@@ -663,6 +668,10 @@ impl<C: Chain> Validator<C> {
         if !window.is_multiple_of(config.gauntlet.windows_per_weights) || computed.is_empty() {
             return;
         }
+        let computed = self.still_held(computed, &current).await;
+        if computed.is_empty() {
+            return;
+        }
         let (uids, values) = to_u16(&computed);
         let version = match self.node.chain.hyperparameters().await {
             Ok(hp) => hp.weights_version,
@@ -688,6 +697,29 @@ impl<C: Chain> Validator<C> {
             }),
             Err(error) => self.node.failed(Part::Chain, "setting weights", &error),
         }
+    }
+
+    /// The weights of uids still held by the hotkey their record was made for. The records
+    /// are of the hotkeys at the window's start and the weights land at its end: a uid taken over
+    /// in between must not be paid for its last holder's work. Unchecked when the chain cannot
+    /// be read now (the weights are then as computed).
+    async fn still_held(&self, computed: Vec<(u16, f64)>, records: &Ledger) -> Vec<(u16, f64)> {
+        let live = match self.node.chain.metagraph().await {
+            Ok(live) => live,
+            Err(error) => {
+                self.node
+                    .failed(Part::Chain, "reading who holds each uid now", &error);
+                return computed;
+            }
+        };
+        computed
+            .into_iter()
+            .filter(|(uid, _)| {
+                let now = live.neuron(*uid).map(|n| n.hotkey);
+                let made_for = records.get(uid).and_then(|r| r.hotkey);
+                made_for.is_none() || now == made_for
+            })
+            .collect()
     }
 
     /// Scores the model on the start of the validation split: the network's progress.

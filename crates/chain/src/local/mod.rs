@@ -298,7 +298,9 @@ impl LocalChain {
 
     /// The subnet as it stood at the end of block `block`: the hotkey holding each uid then
     /// (a uid pruned since shows its holder of that time), the results of the last epoch at or
-    /// before it, and each hotkey's latest commitment by then. Stake and `last_update` are
+    /// before it (none for a holder registered since that epoch: a newcomer inherits no
+    /// incentive, as on Bittensor; an epoch runs before its block's extrinsics), and each
+    /// hotkey's latest commitment by then. Stake and `last_update` are
     /// today's (they do not decide peer sets; a pruned holder's `last_update` is its
     /// registration).
     pub fn metagraph_as_of(&self, block: u64) -> Result<Metagraph, ChainError> {
@@ -319,8 +321,8 @@ impl LocalChain {
                         (SELECT COALESCE(SUM(s.amount), 0) FROM stakes s WHERE s.hotkey = r.hotkey)
                  FROM registrations r
                  LEFT JOIN neurons n ON n.uid = r.uid AND n.hotkey = r.hotkey
-                 LEFT JOIN epoch_history e ON e.uid = r.uid AND e.block =
-                     (SELECT MAX(h.block) FROM epoch_history h WHERE h.block <= ?1)
+                 LEFT JOIN epoch_history e ON e.uid = r.uid AND e.block > r.registered_at
+                     AND e.block = (SELECT MAX(h.block) FROM epoch_history h WHERE h.block <= ?1)
                  WHERE r.registered_at <= ?1 AND (r.pruned_at IS NULL OR r.pruned_at > ?1)
                  ORDER BY r.uid",
             )?;

@@ -45,8 +45,16 @@ CREATE TABLE IF NOT EXISTS extrinsics (
     nonce INTEGER NOT NULL, call TEXT NOT NULL);
 ";
 
-/// Chains made before `registrations` existed: their current neurons are their history.
+/// Chains made before `registrations` existed: their current neurons are their history. A
+/// file that an older binary went on writing may hold a holder it replaced: closed at the
+/// registration that replaced it, so that no uid has two holders at once.
 pub const BACKFILL: &str = "
+UPDATE registrations SET pruned_at =
+    (SELECT n.registered_at FROM neurons n WHERE n.uid = registrations.uid)
+WHERE pruned_at IS NULL
+    AND EXISTS (SELECT 1 FROM neurons n WHERE n.uid = registrations.uid)
+    AND NOT EXISTS (SELECT 1 FROM neurons n
+                    WHERE n.uid = registrations.uid AND n.hotkey = registrations.hotkey);
 INSERT OR IGNORE INTO registrations (uid, hotkey, coldkey, registered_at)
     SELECT uid, hotkey, coldkey, registered_at FROM neurons;
 ";
