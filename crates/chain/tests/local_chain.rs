@@ -162,12 +162,13 @@ async fn weights_faster_than_the_rate_limit_are_refused() {
     assert!(matches!(unregistered, Err(ChainError::NotRegistered(_))));
 }
 
-#[tokio::test]
-async fn epochs_pay_miners_by_the_validators_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cold, validator, miner_a, miner_b) = (key(1), key(2), key(3), key(4));
-    let chain = create(dir.path(), &[&cold]);
-    for hotkey in [&validator, &miner_a, &miner_b] {
+/// A validator (key 2, uid 0) and two miners (keys 3 and 4, uids 1 and 2), registered and
+/// staked by key 1, once the epoch after the validator weighed the miners 3:1 has run. Returns
+/// the chain and the block the weights were set at.
+async fn paid_three_to_one(dir: &Path, genesis: &Genesis) -> (LocalChain, u64) {
+    let (cold, validator) = (key(1), key(2));
+    let chain = LocalChain::create(&dir.join("chain.sqlite"), genesis).unwrap();
+    for hotkey in [&validator, &key(3), &key(4)] {
         chain.register(&cold, &hotkey.account()).await.unwrap();
     }
     chain
@@ -181,8 +182,16 @@ async fn epochs_pay_miners_by_the_validators_weights() {
         .await
         .unwrap();
     let set_at = chain.block().await.unwrap().number;
-    // Wait past the next epoch boundary (tempo 10).
+    // Past the next epoch boundary (tempo 10).
     chain.wait_for_block((set_at / 10 + 2) * 10).await.unwrap();
+    (chain, set_at)
+}
+
+#[tokio::test]
+async fn epochs_pay_miners_by_the_validators_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cold, miner_a) = (key(1), key(3));
+    let (chain, set_at) = paid_three_to_one(dir.path(), &genesis(&[&cold])).await;
     let metagraph = chain.metagraph().await.unwrap();
     let incentive: Vec<f64> = metagraph.neurons.iter().map(|n| n.incentive).collect();
     assert!((incentive[1] - 0.75).abs() < 1e-9, "{incentive:?}");
@@ -215,26 +224,10 @@ async fn epochs_pay_miners_by_the_validators_weights() {
 #[tokio::test]
 async fn a_full_subnet_replaces_its_weakest_uid_and_remembers_who_held_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (cold, validator) = (key(1), key(2));
-    let (strong, weak, newcomer) = (key(3), key(4), key(5));
+    let (cold, weak, newcomer) = (key(1), key(4), key(5));
     let mut genesis = genesis(&[&cold]);
     genesis.hyperparameters.max_uids = 3;
-    let chain = LocalChain::create(&dir.path().join("chain.sqlite"), &genesis).unwrap();
-    for hotkey in [&validator, &strong, &weak] {
-        chain.register(&cold, &hotkey.account()).await.unwrap();
-    }
-    chain
-        .add_stake(&cold, &validator.account(), 50 * RAO_PER_TAO)
-        .await
-        .unwrap();
-    let start = chain.block().await.unwrap().number;
-    chain.wait_for_block(start + 5).await.unwrap();
-    chain
-        .set_weights(&validator, &[1, 2], &[49152, 16384], 0)
-        .await
-        .unwrap();
-    let set_at = chain.block().await.unwrap().number;
-    chain.wait_for_block((set_at / 10 + 2) * 10).await.unwrap();
+    let (chain, _) = paid_three_to_one(dir.path(), &genesis).await;
     let before = chain.metagraph().await.unwrap();
     assert_eq!(before.neurons[2].emission, 1250, "paid, but the least");
     let head = before.block;
