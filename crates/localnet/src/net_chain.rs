@@ -115,8 +115,8 @@ impl NetChain {
     pub fn register(&self, members: &[(Role, AccountId)], coldkey: &Keypair) -> Result<()> {
         let holdings = self.holdings()?;
         let replaced = |hotkey: &AccountId| {
-            let held = holdings.iter().filter(|h| h.hotkey == *hotkey);
-            held.clone().next().is_some() && held.clone().all(|h| h.replaced_at.is_some())
+            let mut held = holdings.iter().filter(|h| h.hotkey == *hotkey).peekable();
+            held.peek().is_some() && held.all(|h| h.replaced_at.is_some())
         };
         let members: Vec<(Role, AccountId)> = members
             .iter()

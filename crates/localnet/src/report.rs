@@ -48,7 +48,7 @@ pub struct NodeEntry {
 impl NodeEntry {
     /// Whether the node held its uid at the end of `block`.
     pub fn holds_at(&self, block: u64) -> bool {
-        self.registered_at <= block && self.replaced_at.is_none_or(|r| r > block)
+        templar_chain::local::held_at(self.registered_at, self.replaced_at, block)
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Member {
 impl Member {
     /// It registers once the network runs, not with the others (`takeover`).
     pub fn registers_late(&self) -> bool {
-        self.behavior == Some(Behavior::Takeover)
+        self.behavior.is_some_and(|b| b.registers_late())
     }
 
     /// The name the node reports its events under (as `templar miner|validator` names it).

@@ -93,6 +93,12 @@ impl Behavior {
         matches!(self, Behavior::Honest | Behavior::PartTime(_))
     }
 
+    /// Joins a running network instead of registering with the others (`takeover` registers
+    /// when a paid uid comes up for replacement).
+    pub fn registers_late(&self) -> bool {
+        *self == Behavior::Takeover
+    }
+
     /// The share of the window's inner steps this miner trains.
     pub fn step_share(&self) -> f32 {
         match self {

@@ -59,7 +59,7 @@ impl Run {
 /// paid uid comes up for replacement.
 async fn run(attacks: impl Fn(u16) -> Vec<Behavior>) -> Run {
     templar_engine::set_threads(1);
-    let early = attacks(0).iter().filter(|b| !registers_late(b)).count();
+    let early = attacks(0).iter().filter(|b| !b.registers_late()).count();
     let at_start = 1 + HONEST.len() + early;
     let net = Net::with_max_uids(at_start as u16).await;
     let validator = net.join("validator", 10, Role::Validator).await;
@@ -75,7 +75,7 @@ async fn run(attacks: impl Fn(u16) -> Vec<Behavior>) -> Run {
     for (i, behavior) in attacks(victim).into_iter().enumerate() {
         let seed = 40 + i as u8;
         let name = format!("a{seed}");
-        if registers_late(&behavior) {
+        if behavior.registers_late() {
             let hotkey = Keypair::from_seed(&[seed; 32]).unwrap();
             late.push((net.node(&name, hotkey, u16::MAX), name, behavior));
         } else {
@@ -167,11 +167,6 @@ async fn run(attacks: impl Fn(u16) -> Vec<Behavior>) -> Run {
         events,
         late: late_names,
     }
-}
-
-/// Attackers that join once the network runs instead of with the others.
-fn registers_late(behavior: &Behavior) -> bool {
-    *behavior == Behavior::Takeover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

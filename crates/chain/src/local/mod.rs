@@ -494,8 +494,14 @@ pub struct Holding {
 impl Holding {
     /// Whether it held the uid at the end of `block`.
     pub fn holds_at(&self, block: u64) -> bool {
-        self.registered_at <= block && self.replaced_at.is_none_or(|r| r > block)
+        held_at(self.registered_at, self.replaced_at, block)
     }
+}
+
+/// Whether a hold on a uid from `registered_at`, replaced at `replaced_at` (if it was), covers
+/// the end of `block`: a registration counts from its own block, a replacement from its own.
+pub fn held_at(registered_at: u64, replaced_at: Option<u64>, block: u64) -> bool {
+    registered_at <= block && replaced_at.is_none_or(|r| r > block)
 }
 
 /// A 32-byte account column; anything else is a corrupt database.
