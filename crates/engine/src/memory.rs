@@ -177,6 +177,13 @@ impl MemoryPlan {
                 items.push(state_item("gradients (f32)", device, f32s));
                 items.push(state_item("AdamW moments (2 × f32)", device, 2 * f32s));
                 items.push(state_item("error feedback (f32)", Place::Host, f32s));
+                // Overlapped windows apply an aggregate under the live weights mid-training:
+                // a piece of the base before the apply and a piece of the live weights.
+                items.push(item(
+                    "overlapped apply scratch (two pieces)",
+                    Place::Host,
+                    2 * PIECE_BYTES,
+                ));
                 items.push(item(
                     "activations (training)",
                     device,
@@ -635,10 +642,11 @@ mod tests {
             16 * p + CUDA_CONTEXT_BYTES + activations
         );
         // Host: the network model and error feedback (8 bytes a parameter), two 16 MiB pieces
-        // of scratch and two per codec thread (never a whole tensor), the baseline.
+        // of scratch, two per codec thread and two for an apply under training (never a whole
+        // tensor), the baseline.
         assert_eq!(
             plan.bytes(Place::Host),
-            8 * p + (2 + 2 * 16) * (16 << 20) + PROCESS_BASELINE_BYTES
+            8 * p + (2 + 2 * 16 + 2) * (16 << 20) + PROCESS_BASELINE_BYTES
         );
         assert_eq!(plan.training_state_bytes(), 20 * p);
     }

@@ -12,7 +12,7 @@ use crate::config::NetworkConfig;
 use crate::error::NodeError;
 use crate::fingerprint::Fingerprint;
 use crate::ranks::{FullyShardedReplica, TensorOwner};
-use crate::replica::{NetworkReplica, Replica};
+use crate::replica::{LiveWeights, NetworkReplica, Replica};
 
 pub enum MinerReplica {
     /// The whole model on this process: one process, or a rank of a ZeRO-2 node.
@@ -61,6 +61,49 @@ impl MinerReplica {
                     NodeError::Ranks("only rank 0 takes the outer step for the node".into())
                 })
             }
+        }
+    }
+
+    /// Whether this replica can train on while an aggregate is applied under it
+    /// ([`LiveWeights::Carried`]): one process holding the whole model.
+    pub fn carries_live_weights(&self) -> bool {
+        matches!(self, MinerReplica::Whole(replica) if !replica.is_ranked())
+    }
+
+    /// [`NetworkReplica::apply_aggregate`], saying what becomes of the live weights.
+    pub fn apply_aggregate_to(
+        &mut self,
+        payloads: &[&Payload],
+        live: LiveWeights,
+    ) -> Result<(), NodeError> {
+        match (self, live) {
+            (MinerReplica::Whole(replica), _) => replica.apply_aggregate_to(payloads, live),
+            (MinerReplica::FullySharded(replica), LiveWeights::Reset) => {
+                replica.apply_aggregate(payloads)
+            }
+            (MinerReplica::FullySharded(_), LiveWeights::Carried) => Err(NodeError::Config(
+                "a fully sharded node applies an aggregate between windows only".into(),
+            )),
+        }
+    }
+
+    /// Live weights `+= scale · own` (see [`Replica::add_to_live`]).
+    pub fn add_to_live(&mut self, own: &Payload, scale: f32) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.add_to_live(own, scale),
+            MinerReplica::FullySharded(_) => Err(NodeError::Config(
+                "a fully sharded node never trains on across an apply".into(),
+            )),
+        }
+    }
+
+    /// Live weights back to the base: the steps taken since the outer step are dropped.
+    pub fn restore(&mut self) -> Result<(), NodeError> {
+        match self {
+            MinerReplica::Whole(replica) => replica.restore(),
+            MinerReplica::FullySharded(_) => Err(NodeError::Config(
+                "a fully sharded node never trains on across an apply: nothing to restore".into(),
+            )),
         }
     }
 

@@ -45,6 +45,15 @@ pub enum InnerOptimizer {
     Sharded(ShardedAdamW),
 }
 
+/// What an apply does to the live weights (see [`Replica::apply_aggregate_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveWeights {
+    /// Put back to the new base: nothing trained since the outer step.
+    Reset,
+    /// Moved by the base's change: the steps taken since the outer step are kept.
+    Carried,
+}
+
 /// The base model as a background save holds it.
 pub type SharedBase = Arc<Vec<Vec<f32>>>;
 
@@ -529,8 +538,30 @@ impl Replica {
     }
 
     /// `θ ← θ − outer_lr · aggregate(payloads)`; payloads in ascending uid order. A tensor whose
-    /// aggregate is not finite is left unchanged (the same decision on every replica).
+    /// aggregate is not finite is left unchanged (the same decision on every replica). The live
+    /// weights become the new base.
     pub fn apply_aggregate(&mut self, payloads: &[&Payload]) -> Result<(), NodeError> {
+        self.apply_aggregate_to(payloads, LiveWeights::Reset)
+    }
+
+    /// [`Replica::apply_aggregate`], saying what becomes of the live weights: with
+    /// [`LiveWeights::Carried`] they move by exactly the base's change, a piece at a time, so the
+    /// inner steps taken since the last outer step are kept on top of the new base (a miner
+    /// training the next window while this one's aggregate was gathered). One process only: the
+    /// ranks of a node are never asked to carry.
+    pub fn apply_aggregate_to(
+        &mut self,
+        payloads: &[&Payload],
+        live: LiveWeights,
+    ) -> Result<(), NodeError> {
+        let carry = live == LiveWeights::Carried;
+        if carry && self.ranks.is_some() {
+            return Err(NodeError::Config(
+                "a node over ranks applies an aggregate between windows only: overlapped \
+                 training needs one process"
+                    .into(),
+            ));
+        }
         if payloads.is_empty() {
             // Nothing changes, and taking nothing back is exact too.
             self.last_apply = Some(ApplyUndo::default());
@@ -546,13 +577,14 @@ impl Replica {
         let base = base_mut(&mut self.base)?;
         let mut undo = ApplyUndo::default();
         self.last_apply = None;
-        // A piece of scratch for the call, not kept: a miner trains next, at its peak.
-        let mut scratch = Vec::new();
+        // Pieces of scratch for the call, not kept: a miner trains next, at its peak.
+        let (mut scratch, mut before, mut carried) = (Vec::new(), Vec::new(), Vec::new());
         for (i, tensor) in base.iter_mut().enumerate() {
             let peers: Vec<&SparseTensor> = payloads.iter().map(|p| &p.tensors[i]).collect();
             let scales = clip_scales(&peers);
             let lr = self.outer_lr;
             let record = undo.tensor(i, tensor, changes_at_most(&self.schema, &peers));
+            let (model, moved) = (&mut self.model, &mut self.transfers);
             merge_in_pieces(
                 &self.schema,
                 &mut scratch,
@@ -560,11 +592,25 @@ impl Replica {
                 &peers,
                 &scales,
                 |range, update| {
-                    record.subtract_scaled(range.start, &mut tensor[range], update, lr);
+                    if carry {
+                        before.clear();
+                        before.extend_from_slice(&tensor[range.clone()]);
+                    }
+                    record.subtract_scaled(range.start, &mut tensor[range.clone()], update, lr);
+                    if carry {
+                        carried.resize(range.len(), 0.0);
+                        model.params.read_range(i, range.start, &mut carried)?;
+                        moved.0 += 4 * range.len() as u64;
+                        carry_live(&mut carried, &before, &tensor[range.clone()]);
+                        model.params.write_range(i, range.start, &carried)?;
+                        moved.1 += 4 * range.len() as u64;
+                    }
                     Ok(())
                 },
             )?;
-            send(&mut self.model, &mut self.transfers.1, i, tensor)?;
+            if !carry {
+                send(&mut self.model, &mut self.transfers.1, i, tensor)?;
+            }
         }
         self.base_fingerprint = self.compute_fingerprint();
         self.last_apply = Some(undo);
@@ -687,6 +733,45 @@ impl Replica {
             if !applied {
                 send(model, sent, i, base)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Live weights `+= scale · own`, where `own` is this miner's payload as the aggregate would
+    /// count it alone, a piece at a time. A miner that trains the next window before this one's
+    /// aggregate is in starts from `base − outer_lr · own` (`scale = −outer_lr`): its best
+    /// guess of where the network moves, so that the steps taken meanwhile do not redo the
+    /// window's progress; the guess is taken back (`scale = outer_lr`) before the aggregate is
+    /// applied under the live weights. Live weights are this miner's own: nothing here needs to
+    /// match another replica. One process only.
+    pub fn add_to_live(&mut self, own: &Payload, scale: f32) -> Result<(), NodeError> {
+        if self.ranks.is_some() {
+            return Err(NodeError::Config(
+                "a node over ranks never trains on across an apply".into(),
+            ));
+        }
+        check_peers(&self.schema, std::slice::from_ref(&own))?;
+        let (mut scratch, mut live) = (Vec::new(), Vec::new());
+        for (i, tensor) in own.tensors.iter().enumerate() {
+            let (model, moved) = (&mut self.model, &mut self.transfers);
+            merge_in_pieces(
+                &self.schema,
+                &mut scratch,
+                i,
+                &[tensor],
+                &[1.0],
+                |range, update| {
+                    live.resize(range.len(), 0.0);
+                    model.params.read_range(i, range.start, &mut live)?;
+                    for (value, delta) in live.iter_mut().zip(update.iter()) {
+                        *value += scale * delta;
+                    }
+                    model.params.write_range(i, range.start, &live)?;
+                    moved.0 += 4 * range.len() as u64;
+                    moved.1 += 4 * range.len() as u64;
+                    Ok(())
+                },
+            )?;
         }
         Ok(())
     }
@@ -1038,6 +1123,13 @@ pub(crate) fn pseudo_gradient<'a>(
             *live = base - *live;
         }
         Ok(())
+    }
+}
+
+/// `live[j] += after[j] − before[j]`: a live piece moved by its base's change.
+fn carry_live(live: &mut [f32], before: &[f32], after: &[f32]) {
+    for ((live, before), after) in live.iter_mut().zip(before).zip(after) {
+        *live += after - before;
     }
 }
 

@@ -9,7 +9,7 @@ use templar_engine::{Batch, Device, Llama, NamedBuffer, Preset, learning_rate};
 use templar_node::Fingerprint;
 use templar_node::config::NetworkConfig;
 use templar_node::miner::network_schedule_step;
-use templar_node::replica::Replica;
+use templar_node::replica::{LiveWeights, Replica};
 
 fn config() -> NetworkConfig {
     NetworkConfig::defaults("streaming-test", Preset::load("tiny").unwrap(), "unused")
@@ -100,6 +100,60 @@ fn streamed_outer_step_and_apply_match_the_whole_model_path() {
     // The next window trains from the applied model, as before.
     let third = train_and_compress(&mut replica, 7, &mut ef);
     assert_eq!(third.tensors.len(), replica.schema.len());
+}
+
+#[test]
+fn an_apply_under_training_gives_the_same_base_and_keeps_the_steps() {
+    let config = config();
+    let mut overlapped = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let mut sequential = Replica::new(&config, Device::Cpu, Role::Miner).unwrap();
+    let initial = overlapped.model.params.read().unwrap();
+    let (mut ef, mut other_ef) = (zeros(&initial), zeros(&initial));
+    let payload = train_and_compress(&mut overlapped, 11, &mut ef);
+    // Both miners published the same payload: only what happens next differs.
+    let same = train_and_compress(&mut sequential, 11, &mut other_ef);
+    let coding = config.codec.index_coding;
+    assert_eq!(
+        encode(&sequential.schema, &same, coding),
+        encode(&overlapped.schema, &payload, coding)
+    );
+    // The overlapped miner trains the next window before the aggregate is applied.
+    for step in 0..2 {
+        overlapped.train_step(&batch(&config, 50 + step)).unwrap();
+    }
+    let trained = overlapped.model.params.read().unwrap();
+    let base_before: Vec<Vec<f32>> = overlapped.base().to_vec();
+
+    sequential.apply_aggregate(&[&payload]).unwrap();
+    overlapped
+        .apply_aggregate_to(&[&payload], LiveWeights::Carried)
+        .unwrap();
+    // The network's model is the same bit for bit, whichever way it was applied.
+    assert_eq!(overlapped.base(), sequential.base());
+    assert_eq!(overlapped.fingerprint(), sequential.fingerprint());
+    assert_ne!(overlapped.fingerprint(), Fingerprint::of(&initial));
+    // The live weights moved by exactly the base's change: the two steps are kept on top.
+    let live = overlapped.model.params.read().unwrap();
+    for (((live, trained), before), after) in live
+        .iter()
+        .zip(&trained)
+        .zip(&base_before)
+        .zip(overlapped.base())
+    {
+        for (((&l, &t), &b), &a) in live.data.iter().zip(&trained.data).zip(before).zip(after) {
+            assert_eq!(l, t + (a - b));
+        }
+    }
+    assert_ne!(live, sequential.model.params.read().unwrap());
+
+    // Taken back exactly, and a plain apply resets the live weights to the base again.
+    assert!(overlapped.revert_last_apply().unwrap());
+    assert_eq!(overlapped.base(), base_before.as_slice());
+    overlapped.apply_aggregate(&[&payload]).unwrap();
+    assert_eq!(
+        overlapped.model.params.read().unwrap(),
+        sequential.model.params.read().unwrap()
+    );
 }
 
 #[test]
