@@ -79,6 +79,11 @@ pub struct NodeArgs {
     /// saves every window: its record holds the scores.
     #[arg(long, env = "TEMPLAR_STATE_EVERY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     state_every: u64,
+    /// A miner trains each window only once the window before is gathered and applied, instead
+    /// of training on while it is (the default, for one process): the device then idles through
+    /// every upload, slot and gather. For comparison (docs/node.md, "Overlapped windows").
+    #[arg(long, env = "TEMPLAR_SEQUENTIAL_WINDOWS")]
+    sequential_windows: bool,
     /// auto (CUDA when there is one), cpu, cuda or cuda:N.
     #[arg(long, env = "TEMPLAR_DEVICE", default_value = "auto")]
     device: String,
@@ -394,7 +399,11 @@ async fn run_node(role: Role, args: NodeArgs) -> Result<()> {
                 Some((_, group)) => Miner::new_ranked(node, device, state_dir, group)?,
                 None => Miner::new(node, device, state_dir)?.with_behavior(behavior),
             };
-            miner.with_state_every(args.state_every).run(stop).await?
+            miner
+                .with_state_every(args.state_every)
+                .with_overlap(!args.sequential_windows)
+                .run(stop)
+                .await?
         }
         Role::Validator => {
             let validator = match ranked {

@@ -47,7 +47,6 @@ impl<C: Chain> Miner<C> {
         peers: &WindowPeers,
         slot: UploadSlot,
         train_until: u64,
-        window_ms: u64,
     ) -> Result<Contribution, NodeError> {
         let behavior = self.behavior;
         let uid = self.node.uid;
@@ -66,7 +65,7 @@ impl<C: Chain> Miner<C> {
                 Behavior::OtherData(victim) => victim.unwrap_or(uid.wrapping_add(1)),
                 _ => uid,
             };
-            let trained = self.train(window, data_uid, train_until, window_ms)?;
+            let trained = self.train(window, data_uid, train_until, None).await?;
             if trained.is_none() {
                 return Ok(Err("no time left to train before the window ended".into()));
             }

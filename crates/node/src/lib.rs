@@ -28,6 +28,7 @@ pub mod replica;
 mod reveal;
 pub mod saving;
 pub mod state;
+mod trainer;
 pub mod undo;
 pub mod validator;
 

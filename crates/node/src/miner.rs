@@ -1,17 +1,19 @@
 //! The miner: each window, train on its own assignment, publish a compressed pseudo-gradient,
 //! then gather the peer set's payloads and apply the same aggregate as everyone else.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use templar_chain::Chain;
 use templar_codec::{Payload, encode};
-use templar_data::{DataReceipt, Split};
+use templar_data::DataReceipt;
 use templar_dist::ProcessGroup;
 use templar_engine::memory::Role;
-use templar_engine::{Device, Placement};
-use templar_protocol::{Kind, SlotCheck};
+use templar_engine::{Device, Placement, learning_rate};
+use templar_protocol::{Kind, SlotCheck, UploadSlot};
 
 use crate::adversary::Adversary;
 use crate::behavior::Behavior;
@@ -19,15 +21,17 @@ use crate::catchup::{self, Position};
 use crate::error::NodeError;
 use crate::events::{Event, Part, Phase};
 use crate::fingerprint::Fingerprint;
-use crate::message::GradientHeader;
+use crate::message::{GradientHeader, WindowManifest};
 use crate::miner_replica::MinerReplica;
-use crate::node::{Node, aggregate_inputs, now_ms};
+use crate::node::{Node, Verdict, WindowPeers, aggregate_inputs};
 use crate::ranks::{
     FullyShardedReplica, SavedBy, TensorOwner, load_node_state, read_error_feedback,
 };
-use crate::replica::{NetworkReplica, Replica};
+use crate::replica::{LiveWeights, NetworkReplica, Replica};
+use crate::reveal::Reveal;
 use crate::saving::Saving;
 use crate::state::StateDir;
+use crate::trainer::{self, Held, Progress, Steps, Training};
 
 /// Where a miner resuming from `saved` stands, announced.
 fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
@@ -101,14 +105,39 @@ impl Stop {
     }
 }
 
+/// A window this miner has trained (or skipped) and published, whose aggregate is still to
+/// gather and apply.
+pub(crate) struct Pending {
+    window: u64,
+    peers: WindowPeers,
+    slot: UploadSlot,
+    reveal: Option<Reveal>,
+    /// This miner's own update, when the live weights hold it as a guess of the aggregate.
+    own: Option<Payload>,
+}
+
+/// A pending window's payloads, gathered, with the manifest of the window before it.
+struct Collected {
+    window: u64,
+    peers: WindowPeers,
+    verdicts: BTreeMap<u16, Verdict>,
+    manifest: Option<WindowManifest>,
+}
+
 pub struct Miner<C> {
     pub(crate) node: Node<C>,
-    pub(crate) replica: MinerReplica,
+    /// Lent to the training thread while it trains (see [`crate::trainer`]).
+    pub(crate) replica: Held<MinerReplica>,
     error_feedback: Vec<Vec<f32>>,
     state: StateDir,
     pub(crate) position: Position,
     /// Running estimate of one inner step, for stopping before the deadline.
     step_seconds: f64,
+    /// When the trainer last stopped: a window's compute share is its busy time over the time
+    /// since.
+    trainer_stopped: Option<Instant>,
+    /// Train the next window while this one is gathered and applied (see [`Miner::run`]).
+    overlap: bool,
     /// The model after the previous window, to compare with the validators' manifest.
     previous: Option<(u64, Fingerprint)>,
     /// Honest, or an attack on a test network (see [`crate::behavior`]).
@@ -241,11 +270,13 @@ impl<C: Chain> Miner<C> {
     ) -> Miner<C> {
         Miner {
             node,
-            replica,
+            replica: Held::new(replica),
             error_feedback,
             state,
             position,
             step_seconds: 0.0,
+            trainer_stopped: None,
+            overlap: true,
             previous: None,
             behavior: Behavior::Honest,
             adversary: Adversary::default(),
@@ -264,6 +295,14 @@ impl<C: Chain> Miner<C> {
         self
     }
 
+    /// Trains each window only once the window before is applied (`false`), instead of
+    /// overlapping them: for comparison, and for a host that cannot spare the memory of a
+    /// training thread beside the gather.
+    pub fn with_overlap(mut self, overlap: bool) -> Miner<C> {
+        self.overlap = overlap;
+        self
+    }
+
     /// Makes this miner misbehave: for test and research networks only (one process only).
     pub fn with_behavior(mut self, behavior: Behavior) -> Miner<C> {
         if !behavior.is_honest() {
@@ -278,6 +317,10 @@ impl<C: Chain> Miner<C> {
     }
 
     /// Runs windows until `stop`; every completed window is persisted.
+    ///
+    /// An honest one-process miner overlaps windows: once its payload of a window is out, it
+    /// trains the next while that window is gathered and applied under its live weights (see
+    /// [`crate::trainer`]). Other miners finish each window before training the next.
     pub async fn run(mut self, stop: Stop) -> Result<(), NodeError> {
         let current = self
             .node
@@ -285,8 +328,9 @@ impl<C: Chain> Miner<C> {
             .window_of(self.node.chain.block().await?.number);
         self.catch_up_or_wait(current).await?;
         let mut window = current;
+        let mut pending = None;
         while !stop.now(window) {
-            self.run_window(window).await?;
+            pending = self.run_window(window, pending).await?;
             let head = self
                 .node
                 .clock
@@ -294,10 +338,16 @@ impl<C: Chain> Miner<C> {
             // Windows that went by while this one ran (a slow step, a suspended process) are
             // applied before the next is trained: never train on a model that skipped windows.
             if head > window + 1 {
+                if let Some(pending) = pending.take() {
+                    self.finish_window(pending).await?;
+                }
                 self.finish_saving()?;
                 self.catch_up_or_wait(head).await?;
             }
             window = head.max(window + 1);
+        }
+        if let Some(pending) = pending.take() {
+            self.finish_window(pending).await?;
         }
         self.finish_saving()?;
         self.replica.release_ranks()
@@ -345,7 +395,7 @@ impl<C: Chain> Miner<C> {
             self.replica.reset(&self.node.config)?;
         }
         self.position =
-            catchup::catch_up(&self.node, &mut self.replica, self.position, previous).await?;
+            catchup::catch_up(&self.node, &mut *self.replica, self.position, previous).await?;
         // A fresh network has nothing to catch up on: the initial model is its model.
         let reached = self.position.last_window.is_none_or(|w| w == previous);
         self.behind = !reached;
@@ -362,95 +412,179 @@ impl<C: Chain> Miner<C> {
         self.previous = None;
     }
 
-    async fn run_window(&mut self, window: u64) -> Result<(), NodeError> {
+    /// Trains and publishes `window`, applying `pending` (the window before, when this miner
+    /// overlaps windows) while it trains. Returns the window whose aggregate is still to apply.
+    async fn run_window(
+        &mut self,
+        window: u64,
+        pending: Option<Pending>,
+    ) -> Result<Option<Pending>, NodeError> {
+        let pending = match pending {
+            Some(pending) if !self.overlaps() => {
+                self.finish_window(pending).await?;
+                None
+            }
+            pending => pending,
+        };
         if self.behind {
             self.catch_up_or_wait(window).await?;
             if self.behind {
                 // A payload trained on a model that skipped windows helps nobody, and applying
                 // on top of it only moves further away: wait for a catch-up that gets there.
-                self.node.events.emit(Event::Skipped {
-                    window,
-                    reason: format!(
-                        "behind the network (the model holds window {}): waiting for a \
-                         catch-up to get past the windows it could not replay",
-                        self.position
-                            .last_window
-                            .map_or("none".into(), |w| w.to_string())
-                    ),
-                });
-                return Ok(());
+                self.skip_behind(window);
+                return Ok(None);
             }
         }
-        let peers = self.node.window_peers(window).await?;
-        let slot = self.node.slot(window).await?;
-        let starts = self
-            .node
-            .chain
-            .block_timestamp(self.node.clock.first_block(window))
-            .await?;
         let train_until = self
             .node
             .chain
             .block_timestamp(self.node.clock.end_block(window))
             .await?;
         self.node.phase(window, Phase::Training);
-        let span = train_until.saturating_sub(starts);
-        let contribution = if self.behavior.is_honest() {
-            self.train(window, self.node.uid, train_until, span)?
-                .map(|(header, payload)| header.encode(&self.encode(&payload)))
-                .ok_or_else(|| "no time left to train before the window ended".to_string())
+        let mut own = None;
+        let (contribution, peers, slot) = if self.behavior.is_honest() {
+            // Training needs neither the window's peers nor its slot, which are known only once
+            // the window has begun: an overlapping miner starts as soon as its last payload is
+            // out.
+            let trained = self
+                .train(window, self.node.uid, train_until, pending)
+                .await?;
+            let peers = self.node.window_peers(window).await?;
+            let slot = self.node.slot(window).await?;
+            let contribution = match trained {
+                Some((header, payload)) => {
+                    let message = header.encode(&self.encode(&payload));
+                    own = Some(payload);
+                    Ok(message)
+                }
+                None => Err("no time left to train before the window ended".to_string()),
+            };
+            (contribution, peers, slot)
         } else {
-            self.misbehave(window, &peers, slot, train_until, span)
-                .await?
+            let peers = self.node.window_peers(window).await?;
+            let slot = self.node.slot(window).await?;
+            let contribution = self.misbehave(window, &peers, slot, train_until).await?;
+            (contribution, peers, slot)
         };
+        if self.behind {
+            // Applying the window before found the model out of sync and could not mend it.
+            self.skip_behind(window);
+            return Ok(None);
+        }
         if self
             .last_saved
             .is_none_or(|saved| window >= saved + self.state_every)
         {
             self.save_training_state(window)?;
         }
-        let mut reveal = None;
-        match contribution {
-            Ok(message) => {
-                self.node.phase(window, Phase::Uploading);
-                let (sealed, key) = self.seal(window, message);
-                let published = self
-                    .node
-                    .store
-                    .publish(
-                        &self.node.hotkey,
-                        &self.node.network,
-                        Kind::Gradient,
-                        window,
-                        self.node.uid,
-                        &sealed,
-                    )
-                    .await;
-                // The key goes out even when the upload reported a failure: the object may
-                // have landed (a failed check after the write), and a key without a payload
-                // reveals nothing.
-                reveal = Some(key);
-                // Storage that stays down past the retries costs this window's contribution,
-                // not the process: the miner still follows the network's aggregate.
-                match published {
-                    Ok(info) => self.node.events.emit(Event::Uploaded {
-                        window,
-                        bytes: info.size,
-                        uploaded_ms: info.uploaded_ms,
-                        in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
-                    }),
-                    Err(error) => {
-                        self.node
-                            .failed(Part::Storage, "uploading the payload", &error);
-                        self.node.events.emit(Event::Skipped {
-                            window,
-                            reason: format!("the upload failed: {error}"),
-                        })
-                    }
-                }
+        let reveal = match contribution {
+            Ok(message) => Some(self.upload(window, slot, message).await),
+            Err(reason) => {
+                self.node.events.emit(Event::Skipped { window, reason });
+                None
             }
-            Err(reason) => self.node.events.emit(Event::Skipped { window, reason }),
+        };
+        let mut pending = Pending {
+            window,
+            peers,
+            slot,
+            reveal,
+            own: None,
+        };
+        if !self.overlaps() {
+            self.finish_window(pending).await?;
+            return Ok(None);
         }
+        // The next window trains from where this miner guesses the network goes: its own
+        // update applied alone. The guess is taken back when the aggregate is applied.
+        if let Some(own) = own {
+            self.replica
+                .add_to_live(&own, -self.node.config.training.outer_lr)?;
+            pending.own = Some(own);
+        }
+        Ok(Some(pending))
+    }
+
+    /// Whether this miner trains the next window while the last is gathered and applied.
+    fn overlaps(&self) -> bool {
+        self.overlap && self.behavior.is_honest() && self.replica.carries_live_weights()
+    }
+
+    fn skip_behind(&self, window: u64) {
+        self.node.events.emit(Event::Skipped {
+            window,
+            reason: format!(
+                "behind the network (the model holds window {}): waiting for a catch-up to get \
+                 past the windows it could not replay",
+                self.position
+                    .last_window
+                    .map_or("none".into(), |w| w.to_string())
+            ),
+        });
+    }
+
+    /// Seals and uploads this window's message; what to reveal once the slot has closed.
+    async fn upload(&mut self, window: u64, slot: UploadSlot, message: Vec<u8>) -> Reveal {
+        self.node.phase(window, Phase::Uploading);
+        let (sealed, key) = self.seal(window, message);
+        let published = self
+            .node
+            .store
+            .publish(
+                &self.node.hotkey,
+                &self.node.network,
+                Kind::Gradient,
+                window,
+                self.node.uid,
+                &sealed,
+            )
+            .await;
+        // Storage that stays down past the retries costs this window's contribution, not the
+        // process: the miner still follows the network's aggregate.
+        match published {
+            Ok(info) => self.node.events.emit(Event::Uploaded {
+                window,
+                bytes: info.size,
+                uploaded_ms: info.uploaded_ms,
+                in_slot: slot.check(info.uploaded_ms) == SlotCheck::InTime,
+            }),
+            Err(error) => {
+                self.node
+                    .failed(Part::Storage, "uploading the payload", &error);
+                self.node.events.emit(Event::Skipped {
+                    window,
+                    reason: format!("the upload failed: {error}"),
+                })
+            }
+        }
+        // The key goes out even when the upload reported a failure: the object may have
+        // landed (a failed check after the write), and a key without a payload reveals nothing.
+        key
+    }
+
+    /// Gathers and applies `pending` with nothing training meanwhile.
+    async fn finish_window(&mut self, pending: Pending) -> Result<(), NodeError> {
+        let guessed = pending.own.is_some();
+        let collected = self.collect(pending).await?;
+        self.settle(collected, LiveWeights::Reset).await?;
+        if guessed {
+            // Nothing trains on from here: the live weights start the next window at the base.
+            self.replica.restore()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `pending`'s slot to close, reveals this miner's key while pinning everyone's
+    /// payloads, gathers them, and reads the validators' manifest of the window before. Needs
+    /// no model: a miner overlapping windows trains meanwhile.
+    async fn collect(&self, pending: Pending) -> Result<Collected, NodeError> {
+        let Pending {
+            window,
+            peers,
+            slot,
+            reveal,
+            own: _,
+        } = pending;
         self.node.phase(window, Phase::Waiting);
         self.node
             .wait_until(self.node.clock.end_block(window), slot.closes_ms)
@@ -466,30 +600,60 @@ impl<C: Chain> Miner<C> {
         // The key to this miner's payload goes out while the gather pins everyone's payloads and
         // waits for their keys.
         let revealing = async {
-            if let Some(key) = reveal {
-                self.reveal(window, key, &peers, slot).await;
+            if let Some(reveal) = reveal {
+                self.reveal(window, reveal, &peers, slot).await;
             }
         };
         let ((), verdicts) = tokio::join!(
             revealing,
             self.node.gather(window, &uids, &peers, Some(slot))
         );
-        let (chosen, gathered) = aggregate_inputs(&peers.set, &verdicts);
+        let (chosen, _) = aggregate_inputs(&peers.set, &verdicts);
         self.node.report(window, &verdicts, &chosen);
+        // The validators' manifest of the window before is out by now.
+        let manifest = match self.previous.filter(|(w, _)| *w + 1 == window) {
+            Some((previous, _)) => catchup::followed_manifest(&self.node, previous)
+                .await
+                .map(|(_, manifest)| manifest),
+            None => None,
+        };
+        Ok(Collected {
+            window,
+            peers,
+            verdicts,
+            manifest,
+        })
+    }
+
+    /// Applies a gathered window: first mends a model that differs from the validators'
+    /// manifest of the window before, then applies this window's aggregate, saves and cleans up.
+    /// True when the base changed by more than the aggregate (a redo or a rebuild, or the miner
+    /// fell behind): live weights trained on the old base are then worth nothing.
+    async fn settle(&mut self, collected: Collected, live: LiveWeights) -> Result<bool, NodeError> {
+        let Collected {
+            window,
+            peers,
+            verdicts,
+            manifest,
+        } = collected;
+        let (_, gathered) = aggregate_inputs(&peers.set, &verdicts);
         let payloads: Vec<_> = gathered.iter().map(|g| &g.payload).collect();
         if !self.behavior.is_honest() {
             self.observe(&verdicts, &payloads)?;
         }
         self.saving.finish_weights()?;
-        // The validators' manifest of the window before is out by now: a model that differs
-        // from it is mended before this window's aggregate goes on top.
-        self.check_sync(window).await?;
+        let mended = match manifest {
+            Some(manifest) => self.check_sync(manifest).await?,
+            None => false,
+        };
         if self.behind {
             // The redo or rebuild could not finish: this window is applied by the catch-up that
             // brings the model back.
-            return Ok(());
+            return Ok(true);
         }
-        self.replica.apply_aggregate(&payloads)?;
+        // Live weights that trained on a model just mended are put back to it, not carried.
+        let live = if mended { LiveWeights::Reset } else { live };
+        self.replica.apply_aggregate_to(&payloads, live)?;
         if !payloads.is_empty() {
             self.position.global_step += 1;
         }
@@ -519,26 +683,23 @@ impl<C: Chain> Miner<C> {
                     .failed(Part::Storage, "deleting old payloads", &error);
             }
         }
-        Ok(())
+        Ok(mended)
     }
 
-    /// Compares the model after the window before `window` with the manifest the validator with
-    /// the most stake published for it. On a mismatch (this miner gathered another set: a read
+    /// Compares the model after the window before with `manifest`, that window's manifest from
+    /// the validator with the most stake. On a mismatch (this miner gathered another set: a read
     /// failed, a payload came late) it takes that window's apply back and redoes it from the
     /// manifest's included set: one window of work. Without a record of the apply, or when the
     /// redo applies a model other than the manifest's, it is rebuilt from the checkpoint and
     /// manifests; when the payloads cannot be read now, the miner is behind from the window
-    /// before (see [`Miner::fall_behind`]).
-    async fn check_sync(&mut self, window: u64) -> Result<(), NodeError> {
-        let Some((previous_window, ours)) = self.previous.filter(|(w, _)| *w + 1 == window) else {
-            return Ok(());
-        };
-        let Some((_, manifest)) = catchup::followed_manifest(&self.node, previous_window).await
+    /// before (see [`Miner::fall_behind`]). True when the model was mended (or left behind).
+    async fn check_sync(&mut self, manifest: WindowManifest) -> Result<bool, NodeError> {
+        let Some((previous_window, ours)) = self.previous.filter(|(w, _)| *w == manifest.window)
         else {
-            return Ok(());
+            return Ok(false);
         };
         if manifest.fingerprint == ours {
-            return Ok(());
+            return Ok(false);
         }
         self.node.events.emit(Event::OutOfSync {
             window: previous_window,
@@ -547,13 +708,14 @@ impl<C: Chain> Miner<C> {
         });
         if !self.replica.revert_last_apply()? {
             // No record of the apply (the miner has applied nothing since it started).
-            return self.rebuild(previous_window).await;
+            self.rebuild(previous_window).await?;
+            return Ok(true);
         }
         match self.redo(&manifest).await {
             Ok(()) => {
                 self.position.global_step = manifest.global_step;
                 self.resynced(previous_window, false);
-                Ok(())
+                Ok(true)
             }
             Err(error @ (NodeError::PayloadGone { .. } | NodeError::Chain(_)))
                 if error.is_transient() =>
@@ -570,20 +732,21 @@ impl<C: Chain> Miner<C> {
                     last_window: previous_window.checked_sub(1),
                     global_step: manifest.global_step.saturating_sub(stepped),
                 });
-                Ok(())
+                Ok(true)
             }
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, window = previous_window, "redoing the window from its manifest failed: rebuilding");
-                self.rebuild(previous_window).await
+                self.rebuild(previous_window).await?;
+                Ok(true)
             }
             Err(error) => Err(error),
         }
     }
 
     /// Applies the manifest's aggregate in place of the apply just taken back.
-    async fn redo(&mut self, manifest: &crate::message::WindowManifest) -> Result<(), NodeError> {
+    async fn redo(&mut self, manifest: &WindowManifest) -> Result<(), NodeError> {
         let peers = self.node.window_peers(manifest.window).await?;
-        catchup::apply_manifest(&self.node, &mut self.replica, &peers, manifest).await?;
+        catchup::apply_manifest(&self.node, &mut *self.replica, &peers, manifest).await?;
         Ok(())
     }
 
@@ -596,7 +759,7 @@ impl<C: Chain> Miner<C> {
             last_window: None,
             global_step: 0,
         };
-        match catchup::catch_up(&self.node, &mut self.replica, start, window).await {
+        match catchup::catch_up(&self.node, &mut *self.replica, start, window).await {
             Ok(at) if at.last_window == Some(window) => {
                 self.position = at;
                 self.resynced(window, true);
@@ -628,14 +791,17 @@ impl<C: Chain> Miner<C> {
     /// Inner steps on the assignment of `data_uid` (this miner's own, but for an attack) for
     /// this window until done or `train_until` (chain ms) is near; then the pseudo-gradient
     /// through error feedback and the codec. `None`: nothing trained.
-    pub(crate) fn train(
+    ///
+    /// With `pending`, the window before is gathered and applied while the steps run: the
+    /// trainer pauses for the apply, which moves the live weights with the base, and goes on.
+    pub(crate) async fn train(
         &mut self,
         window: u64,
         data_uid: u16,
         train_until: u64,
-        window_ms: u64,
+        pending: Option<Pending>,
     ) -> Result<Option<(GradientHeader, Payload)>, NodeError> {
-        let data = &self.node.data;
+        let data = Arc::clone(&self.node.data);
         let assignment = data.assignment(data_uid, window);
         // An attack (test networks only): half the steps on the samples it predicts it will be
         // judged on, from public values. A validator's draw makes the prediction wrong.
@@ -648,54 +814,85 @@ impl<C: Chain> Miner<C> {
         let trained_on = self
             .behavior
             .training_samples(&assignment, &predicted, data.batch_size);
-        let started = Instant::now();
-        let (mut steps, mut loss_sum, mut lr) = (0u32, 0.0, 0.0);
-        // The inner schedule follows the network, not this miner's own step count: a newcomer,
-        // a miner that caught up and one whose last window was cut short all train at the
-        // rate of everyone else.
-        self.replica.set_schedule_step(network_schedule_step(
-            self.position.global_step,
-            &self.node.config,
-        ));
         // A part-time miner (a test behaviour) stops after its share of the inner steps.
         let step_cap =
             ((assignment.len() / data.batch_size) as f32 * self.behavior.step_share()).ceil();
-        for ids in trained_on
+        let batches: Vec<Vec<u64>> = trained_on
             .chunks_exact(data.batch_size)
             .take(step_cap.max(1.0) as usize)
-        {
-            if now_ms() as f64 + self.step_seconds * 1500.0 > train_until as f64 {
-                break;
+            .map(<[u64]>::to_vec)
+            .collect();
+        // The inner schedule follows the network, not this miner's own step count: a newcomer,
+        // a miner that caught up and one whose last window was cut short all train at the
+        // rate of everyone else. The pending window's outer step counts already.
+        let ahead = u64::from(pending.is_some());
+        self.replica.set_schedule_step(network_schedule_step(
+            self.position.global_step + ahead,
+            &self.node.config,
+        ));
+        let cycle_began = self.trainer_stopped.unwrap_or_else(Instant::now);
+        let mut busy = Duration::ZERO;
+        let mut progress = Progress {
+            step_seconds: self.step_seconds,
+            ..Progress::default()
+        };
+        if let Some(mut pending) = pending {
+            let guess = pending.own.take();
+            let training = self.start_training(&batches, train_until, progress.step_seconds);
+            let collected = self.collect(pending).await;
+            let paused = self.take_back(training.pause().await?)?;
+            busy += paused.busy;
+            progress = progress.then(paused);
+            if let Some(guess) = guess {
+                // The guess of where the network went makes way for where it went.
+                self.replica
+                    .add_to_live(&guess, self.node.config.training.outer_lr)?;
             }
-            let step_started = Instant::now();
-            let (batch, _) = data.batch(Split::Train, ids)?;
-            let stats = self.replica.train_step(&batch)?;
-            loss_sum += stats.loss;
-            if steps == 0 {
-                // The window's rate: where the network's schedule stands, the same on every node
-                // (later steps depend on how many this machine fits in).
-                lr = stats.lr;
+            if self.settle(collected?, LiveWeights::Carried).await? {
+                // The steps trained on a model that was not the network's: start over on the
+                // mended one, with what time is left.
+                self.replica.restore()?;
+                progress = Progress {
+                    step_seconds: progress.step_seconds,
+                    ..Progress::default()
+                };
             }
-            steps += 1;
-            self.step_seconds = next_step_estimate(self.step_seconds, step_started.elapsed());
+            if self.behind {
+                self.trainer_stopped = Some(Instant::now());
+                return Ok(None);
+            }
+            // The steps to come take the rates they would have taken one window after another,
+            // whatever the guess was (an empty aggregate does not move the global step).
+            self.replica.set_schedule_step(
+                network_schedule_step(self.position.global_step, &self.node.config)
+                    + u64::from(progress.steps),
+            );
         }
-        let train_seconds = started.elapsed().as_secs_f64();
-        if steps == 0 {
+        let rest = batches.get(progress.steps as usize..).unwrap_or_default();
+        let training = self.start_training(rest, train_until, progress.step_seconds);
+        let finished = self.take_back(training.finish().await?)?;
+        busy += finished.busy;
+        progress = progress.then(finished);
+        let stopped = Instant::now();
+        self.trainer_stopped = Some(stopped);
+        self.step_seconds = progress.step_seconds;
+        if progress.steps == 0 {
             return Ok(None);
         }
-        let window_ms = window_ms as f64;
+        let steps = progress.steps;
         self.node.events.emit(Event::Trained {
             window,
             steps,
             samples: steps * data.batch_size as u32,
-            mean_loss: loss_sum / f64::from(steps),
-            lr,
-            train_seconds,
-            compute_share: if window_ms > 0.0 {
-                train_seconds * 1000.0 / window_ms
-            } else {
-                0.0
-            },
+            mean_loss: progress.loss_sum / f64::from(steps),
+            // The window's rate: where the network's schedule stands, the same on every node
+            // (later steps depend on how many this machine fits in).
+            lr: learning_rate(
+                &self.node.config.model.train,
+                network_schedule_step(self.position.global_step, &self.node.config),
+            ),
+            train_seconds: busy.as_secs_f64(),
+            compute_share: trainer::compute_share(busy, cycle_began, stopped),
         });
         let base_fingerprint = self.replica.fingerprint();
         // The last window's save holds the error feedback until it is written.
@@ -712,6 +909,33 @@ impl<C: Chain> Miner<C> {
         Ok(Some((header, payload)))
     }
 
+    /// Lends the replica to a training thread for `batches`.
+    fn start_training(
+        &mut self,
+        batches: &[Vec<u64>],
+        until_ms: u64,
+        step_seconds: f64,
+    ) -> Training {
+        Training::start(
+            self.replica.lend(),
+            Arc::clone(&self.node.data),
+            Steps {
+                batches: batches.to_vec(),
+                until_ms,
+                step_seconds,
+            },
+        )
+    }
+
+    /// The replica back from a training thread, and what it did.
+    fn take_back(
+        &mut self,
+        (replica, done): (MinerReplica, Result<Progress, NodeError>),
+    ) -> Result<Progress, NodeError> {
+        self.replica.put_back(replica);
+        done
+    }
+
     /// The payload's bytes on the wire.
     pub(crate) fn encode(&self, payload: &Payload) -> Vec<u8> {
         encode(
@@ -725,7 +949,7 @@ impl<C: Chain> Miner<C> {
     fn save_training_state(&mut self, window: u64) -> Result<(), NodeError> {
         self.finish_saving()?;
         self.last_saved = Some(window);
-        match &mut self.replica {
+        match &mut *self.replica {
             MinerReplica::Whole(replica) => {
                 self.saving
                     .begin(&self.state, window, replica, &mut self.error_feedback)
@@ -751,7 +975,7 @@ impl<C: Chain> Miner<C> {
             ranks: (world > 1 || fully_sharded).then_some(world),
             fully_sharded,
         };
-        match &mut self.replica {
+        match &mut *self.replica {
             MinerReplica::Whole(replica) => self
                 .saving
                 .commit_with_weights(replica, move |digest| record(digest, false)),
@@ -772,18 +996,6 @@ impl<C: Chain> Miner<C> {
     }
 }
 
-/// The running estimate of one inner step after one that took `took`. One step counts for at
-/// most twice the estimate: a process suspended mid-step (a closed laptop, a preempted VM) must
-/// not make the estimate so large that no window ever has time for a step again, and a machine
-/// that really slowed down still moves the estimate up by half each step.
-fn next_step_estimate(estimate: f64, took: std::time::Duration) -> f64 {
-    let seconds = took.as_secs_f64();
-    if estimate == 0.0 {
-        return seconds;
-    }
-    0.7 * estimate + 0.3 * seconds.min(2.0 * estimate)
-}
-
 /// The outside service a transient failure of following the network was about.
 fn part_of(error: &NodeError) -> Part {
     match error {
@@ -796,26 +1008,4 @@ fn part_of(error: &NodeError) -> Part {
 /// step (the outer steps taken) times the inner steps of a window, the same for every node.
 pub fn network_schedule_step(global_step: u64, config: &crate::NetworkConfig) -> u64 {
     global_step * u64::from(config.training.inner_steps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn a_stalled_step_does_not_starve_the_windows_after_it() {
-        // The first step sets the estimate; then 0.7·1 + 0.3·1.5 = 1.15.
-        let first = next_step_estimate(0.0, Duration::from_secs(1));
-        assert_eq!(first, 1.0);
-        assert!((next_step_estimate(first, Duration::from_millis(1500)) - 1.15).abs() < 1e-12);
-        // A step that took 30 s while the process was suspended counts as 2 s: 0.7 + 0.6 = 1.3.
-        assert!((next_step_estimate(first, Duration::from_secs(30)) - 1.3).abs() < 1e-12);
-        // A machine that really slowed to 10 s a step gets there within a dozen steps.
-        let mut estimate = first;
-        for _ in 0..12 {
-            estimate = next_step_estimate(estimate, Duration::from_secs(10));
-        }
-        assert!(estimate > 9.0, "{estimate}");
-    }
 }

@@ -2,7 +2,7 @@
 //! gather of one window's payloads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayon::prelude::*;
@@ -33,7 +33,8 @@ pub struct Node<C> {
     pub uid: u16,
     /// This node's own storage, where it publishes.
     pub store: Store,
-    pub data: Data,
+    /// Shared with the thread a miner trains on.
+    pub data: Arc<Data>,
     /// The codec schema of the network's model.
     pub schema: templar_codec::Schema,
     pub events: EventSink,
@@ -164,7 +165,7 @@ impl<C: Chain> Node<C> {
             hotkey,
             uid,
             store,
-            data,
+            data: Arc::new(data),
             events,
             allow_local_peers,
             failed_reads: Vec::new(),

@@ -9,6 +9,7 @@ mod common;
 use common::{BLOCKS_PER_WINDOW, Net, applied_models, spawn, stop_after};
 use templar_chain::Chain;
 use templar_engine::Device;
+use templar_node::events::Phase;
 use templar_node::{Event, Miner, Role, Validator};
 use templar_protocol::{Keypair, Kind, layout};
 use templar_storage::{Store, StoreConfig};
@@ -103,6 +104,26 @@ async fn three_miners_and_a_validator_train_in_sync() {
             .any(|(_, e)| matches!(e, Event::OutOfSync { .. })),
         "every miner matched the validator's manifests"
     );
+    // The miners overlap windows: each began training a window before the window before it was
+    // applied (docs/node.md, "Overlapped windows"), and still applied every model above.
+    for miner in ["miner-0", "miner-2"] {
+        let at = |wanted: &dyn Fn(&Event) -> bool| {
+            events
+                .iter()
+                .position(|(who, e)| who == miner && wanted(e))
+                .unwrap()
+        };
+        let window = start + 3;
+        let training = at(
+            &|e| matches!(e, Event::Phase { window: w, phase: Phase::Training } if *w == window),
+        );
+        let applied = at(&|e| matches!(e, Event::Applied { window: w, .. } if *w + 1 == window));
+        let uploaded = at(&|e| matches!(e, Event::Uploaded { window: w, .. } if *w + 1 == window));
+        assert!(
+            uploaded < training && training < applied,
+            "{miner}: window {window} trained while the one before was gathered"
+        );
+    }
     let applied_by = |who: &str| models.values().filter(|m| m.contains_key(who)).count();
     assert_eq!(applied_by("validator"), 8);
     assert!(
