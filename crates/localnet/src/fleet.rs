@@ -90,6 +90,9 @@ fn start(name: &str, args: &[OsString], log: &Path) -> Result<Child> {
             .stdout(output.try_clone()?)
             .stderr(output);
         detach(&mut command);
+        if args.first().is_some_and(|role| role == "miner") {
+            yield_to_validators(&mut command);
+        }
         command.spawn().with_context(|| format!("starting {name}"))
     }
 }
@@ -215,6 +218,32 @@ pub fn detach(command: &mut Command) {
         });
     }
 }
+
+/// How much lower a localnet miner's CPU priority is than its validators' (a `nice` value).
+/// Miners that overlap windows train all the time; on one machine that would starve the
+/// validators' deadline-bound work (pinning payloads when a slot closes, judging before the next),
+/// which nodes on machines of their own never compete for. Miners still get every cycle a
+/// validator leaves idle.
+const MINER_NICENESS: i32 = 10;
+
+/// Starts the process at [`MINER_NICENESS`].
+#[cfg(unix)]
+fn yield_to_validators(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only setpriority(2),
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setpriority(libc::PRIO_PROCESS as _, 0, MINER_NICENESS) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn yield_to_validators(_command: &mut Command) {}
 
 #[cfg(all(unix, not(target_os = "linux")))]
 pub fn detach(command: &mut Command) {

@@ -255,6 +255,32 @@ impl History {
             .collect()
     }
 
+    /// Each miner's median compute share over the windows it trained: the fraction of its wall
+    /// time its trainer was busy (docs/node.md, "Overlapped windows").
+    pub fn median_compute_share(&self) -> BTreeMap<u16, f64> {
+        let mut shares: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
+        for record in self.windows.values() {
+            for (uid, miner) in &record.miners {
+                if let Some(share) = miner.compute_share {
+                    shares.entry(*uid).or_default().push(share);
+                }
+            }
+        }
+        shares
+            .into_iter()
+            .map(|(uid, mut values)| {
+                values.sort_by(f64::total_cmp);
+                let middle = values.len() / 2;
+                let median = if values.len() % 2 == 1 {
+                    values[middle]
+                } else {
+                    (values[middle - 1] + values[middle]) / 2.0
+                };
+                (uid, median)
+            })
+            .collect()
+    }
+
     /// The newest value of `field` for each miner.
     pub fn latest<T: Copy>(&self, field: impl Fn(&MinerWindow) -> Option<T>) -> BTreeMap<u16, T> {
         let mut latest = BTreeMap::new();
@@ -430,6 +456,26 @@ mod tests {
         assert_eq!(history.bits_per_byte(), vec![(6, 2.9)]);
         assert_eq!(history.notices.len(), 1);
         assert!(history.notices[0].contains("uid 2 missing"));
+    }
+
+    #[test]
+    fn the_median_compute_share_is_per_miner() {
+        let mut history = History::default();
+        // uid 1: 0.5, 0.9, 0.95 → 0.9; uid 2: 0.8, 1.0 → 0.9 (the middle two averaged).
+        for (window, uid, share) in [
+            (1, 1, 0.5),
+            (2, 1, 0.9),
+            (3, 1, 0.95),
+            (1, 2, 0.8),
+            (2, 2, 1.0),
+        ] {
+            history.miner(window, uid).compute_share = Some(share);
+        }
+        history.miner(4, 1).train_steps = Some(3);
+        let medians = history.median_compute_share();
+        assert_eq!(medians.len(), 2);
+        assert!((medians[&1] - 0.9).abs() < 1e-12);
+        assert!((medians[&2] - 0.9).abs() < 1e-12);
     }
 
     #[test]

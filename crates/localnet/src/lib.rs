@@ -62,6 +62,12 @@ pub struct LocalnetArgs {
     /// twenty-five nodes share the machine].
     #[arg(long)]
     window_secs: Option<u64>,
+    /// Inner steps per window of a new network [default: 16, sized so that three miners and a
+    /// validator sharing two cores keep their trainers busy through a 20-second window; with
+    /// --scenario 8, the number their recorded results were measured at]. A miner whose steps
+    /// run out before the window ends shows it as a compute share under 1.
+    #[arg(long)]
+    inner_steps: Option<u32>,
     /// Text for a new network's data: a folder of .txt/.jsonl files
     /// [default: the demo corpus scripts/setup installs].
     #[arg(long)]
@@ -126,6 +132,11 @@ pub enum Scenario {
 }
 
 impl LocalnetArgs {
+    fn inner_steps(&self) -> u32 {
+        self.inner_steps
+            .unwrap_or(if self.scenario.is_some() { 8 } else { 16 })
+    }
+
     fn window_secs(&self) -> u64 {
         self.window_secs.unwrap_or(match self.scenario {
             Some(Scenario::Adversarial) => 60,
@@ -190,6 +201,7 @@ fn run_network(
         preset: args.preset.clone(),
         block_time_ms: BLOCK_TIME_MS,
         window_secs: args.window_secs(),
+        inner_steps: args.inner_steps(),
         corpus: args
             .corpus
             .clone()
@@ -621,6 +633,17 @@ fn write_report(
         println!(
             "validation bits per byte: {:.3} (window {}) → {:.3} (window {})",
             first.1, first.0, last.1, last.0
+        );
+    }
+    let shares = history.median_compute_share();
+    if !shares.is_empty() {
+        let listed: Vec<String> = shares
+            .iter()
+            .map(|(uid, share)| format!("uid {uid} {share:.2}"))
+            .collect();
+        println!(
+            "compute share, median per miner (the time its trainer was busy): {}",
+            listed.join(", ")
         );
     }
     println!(

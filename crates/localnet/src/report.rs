@@ -62,6 +62,9 @@ pub struct Report {
     pub nodes: Vec<NodeEntry>,
     pub runs: Vec<RunRecord>,
     pub windows: Vec<WindowRecord>,
+    /// uid → the miner's median compute share over the windows it trained.
+    #[serde(default)]
+    pub median_compute_share: std::collections::BTreeMap<u16, f64>,
 }
 
 /// Fills in each window's incentives from the chain (as of the window's last block) and builds
@@ -104,6 +107,7 @@ pub fn build(
         nodes,
         runs,
         windows: history.windows.values().cloned().collect(),
+        median_compute_share: history.median_compute_share(),
     })
 }
 
@@ -344,6 +348,7 @@ mod tests {
             }],
             runs: Vec::new(),
             windows: vec![window(4, 8.0, 100), window(5, 6.0, 300)],
+            median_compute_share: Default::default(),
         }
     }
 

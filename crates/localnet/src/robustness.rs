@@ -778,6 +778,7 @@ mod tests {
             nodes: vec![node("a1", 0, Some(40)), node("a19", 40, None)],
             runs: Vec::new(),
             windows: Vec::new(),
+            median_compute_share: Default::default(),
         };
         let holders = Holders {
             clock: WindowClock::new(10).unwrap(),

@@ -96,6 +96,7 @@ pub struct NewNetwork {
     /// The LocalChain's block time (a chopsticks chain has its runtime's).
     pub block_time_ms: u64,
     pub window_secs: u64,
+    pub inner_steps: u32,
     pub corpus: PathBuf,
     pub chain: ChainChoice,
     /// The LocalChain takes weights by commit-reveal (a chopsticks chain has its runtime's rule).
@@ -145,7 +146,7 @@ pub fn prepare_network(layout: &Layout, members: &[Member], new: &NewNetwork) ->
     } else {
         let preset = Preset::load(&new.preset)?;
         let manifest = prepare_data(layout, &new.corpus, &preset)?;
-        let config = localnet_config(preset, &manifest, blocks_per_window);
+        let config = localnet_config(preset, &manifest, blocks_per_window, new.inner_steps);
         config.write(&layout.config())?;
         config
     };
@@ -203,13 +204,18 @@ fn check_resumable(layout: &Layout, chain: &ChainChoice, resumed: bool) -> Resul
 
 /// The network's settings: the preset, with a window and a Gauntlet tuned so that a laptop sees
 /// the model improve and the ratings move within minutes.
-fn localnet_config(preset: Preset, manifest: &Manifest, blocks_per_window: u64) -> NetworkConfig {
+fn localnet_config(
+    preset: Preset,
+    manifest: &Manifest,
+    blocks_per_window: u64,
+    inner_steps: u32,
+) -> NetworkConfig {
     let mut config = NetworkConfig::defaults("localnet", preset, &manifest.content_hash);
     config.model.train.seq_len = manifest.seq_len;
     config.window.blocks_per_window = blocks_per_window;
     config.window.upload_grace_ms = 2_000;
     config.window.clock_skew_ms = 500;
-    config.training.inner_steps = 8;
+    config.training.inner_steps = inner_steps.max(1);
     config.gauntlet.eval_samples = 16;
     // At this scale an honest update's own-data advantage is below measurement noise (see
     // docs/localnet.md): miners start trusted and a run of −1 indicators takes it away.
