@@ -19,6 +19,13 @@ pub enum Method {
     /// templar's codec: error feedback, chunked top-k, 2-bit values, median-norm clip, mean over
     /// choosers, outer learning rate.
     SparseLoco { inner_steps: u64, topk: usize },
+    /// SparseLoCo with overlapped windows: each round's aggregate arrives `delay` inner steps
+    /// into the next round, under the live weights of replicas that started from their guess.
+    Overlapped {
+        inner_steps: u64,
+        topk: usize,
+        delay: u64,
+    },
 }
 
 impl Method {
@@ -26,12 +33,14 @@ impl Method {
     pub fn inner_steps(self) -> u64 {
         match self {
             Method::Ddp | Method::Demo { .. } => 1,
-            Method::Diloco { inner_steps } | Method::SparseLoco { inner_steps, .. } => inner_steps,
+            Method::Diloco { inner_steps }
+            | Method::SparseLoco { inner_steps, .. }
+            | Method::Overlapped { inner_steps, .. } => inner_steps,
         }
     }
 
-    /// The quick default, about 17 minutes on two cores: every method, DiLoCo and SparseLoCo at two
-    /// values of H, and SparseLoCo at two densities.
+    /// The quick default, about 20 minutes on two cores: every method, DiLoCo and SparseLoCo at two
+    /// values of H, SparseLoCo at two densities, and one with overlapped windows.
     pub fn quick() -> Vec<Method> {
         vec![
             Method::Ddp,
@@ -49,6 +58,13 @@ impl Method {
             Method::SparseLoco {
                 inner_steps: 30,
                 topk: 64,
+            },
+            // sparseloco:10:32 with overlapped windows, the aggregate arriving a fifth of the
+            // way into the next round (as a localnet gather does).
+            Method::Overlapped {
+                inner_steps: 10,
+                topk: 32,
+                delay: 2,
             },
         ]
     }
@@ -75,6 +91,11 @@ impl fmt::Display for Method {
             Method::SparseLoco { inner_steps, topk } => {
                 write!(f, "sparseloco:{inner_steps}:{topk}")
             }
+            Method::Overlapped {
+                inner_steps,
+                topk,
+                delay,
+            } => write!(f, "overlapped:{inner_steps}:{topk}:{delay}"),
         }
     }
 }
@@ -82,7 +103,8 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = String;
 
-    /// `ddp`, `diloco:H`, `demo:K` or `sparseloco:H:K` (H inner steps, K values kept per chunk of 4096).
+    /// `ddp`, `diloco:H`, `demo:K`, `sparseloco:H:K` or `overlapped:H:K:D` (H inner steps, K values
+    /// kept per chunk of 4096, D steps of a round before the last round's aggregate arrives).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = text.split(':').collect();
         let number = |s: &str, what: &str| -> Result<u64, String> {
@@ -102,8 +124,27 @@ impl FromStr for Method {
                 inner_steps: number(h, "H (inner steps)")?,
                 topk: number(k, "k (values kept per chunk)")? as usize,
             }),
+            ["overlapped", h, k, d] => {
+                let inner_steps = number(h, "H (inner steps)")?;
+                let delay = d
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&d| d < inner_steps)
+                    .ok_or_else(|| {
+                        format!(
+                            "{text:?}: D (the steps before the aggregate arrives) must be a whole \
+                         number below H, got {d:?}"
+                        )
+                    })?;
+                Ok(Method::Overlapped {
+                    inner_steps,
+                    topk: number(k, "k (values kept per chunk)")? as usize,
+                    delay,
+                })
+            }
             _ => Err(format!(
-                "unknown run {text:?}: use ddp, diloco:H, demo:K or sparseloco:H:K (for example sparseloco:30:64)"
+                "unknown run {text:?}: use ddp, diloco:H, demo:K, sparseloco:H:K or \
+                 overlapped:H:K:D (for example sparseloco:30:64)"
             )),
         }
     }
@@ -118,6 +159,22 @@ mod tests {
         for method in Method::sweep() {
             assert_eq!(method.to_string().parse::<Method>(), Ok(method));
         }
+    }
+
+    #[test]
+    fn an_overlapped_run_names_its_delay_below_its_steps() {
+        let method = "overlapped:10:32:2".parse::<Method>().unwrap();
+        assert_eq!(
+            method,
+            Method::Overlapped {
+                inner_steps: 10,
+                topk: 32,
+                delay: 2
+            }
+        );
+        assert_eq!(method.to_string(), "overlapped:10:32:2");
+        let error = "overlapped:10:32:10".parse::<Method>().unwrap_err();
+        assert!(error.contains("below H"), "{error}");
     }
 
     #[test]

@@ -95,8 +95,13 @@ impl Study<'_> {
             Method::Diloco { inner_steps } => dense::diloco(self, inner_steps, &mut tracker)?,
             Method::Demo { topk } => sparse::demo(self, topk, &mut tracker)?,
             Method::SparseLoco { inner_steps, topk } => {
-                sparse::sparseloco(self, inner_steps, topk, &mut tracker)?
+                sparse::sparseloco(self, inner_steps, topk, None, &mut tracker)?
             }
+            Method::Overlapped {
+                inner_steps,
+                topk,
+                delay,
+            } => sparse::sparseloco(self, inner_steps, topk, Some(delay), &mut tracker)?,
         }
         Ok(tracker.finish(method, started.elapsed().as_secs_f64()))
     }

@@ -57,10 +57,16 @@ fn round_to_bf16(error_feedback: &mut [Vec<f32>]) {
 /// SparseLoCo as templar's miners run it: `inner_steps` AdamW steps, `Δ = θ_shared − θ_local`
 /// through error feedback, top-k per chunk and 2-bit values; the median-norm-clipped mean over
 /// choosers, applied as `θ ← θ − lr · aggregate` (a non-finite tensor is skipped, as on a node).
+///
+/// With `delay`, windows overlap as an honest one-process miner runs them (docs/node.md,
+/// "Overlapped windows"): each replica starts the next round at once from its guess
+/// `θ_shared − lr · own` and takes `delay` steps before the round's aggregate arrives; then the
+/// guess is taken back and the aggregate carried into its live weights, and the round goes on.
 pub(crate) fn sparseloco(
     study: &Study,
     inner_steps: u64,
     topk: usize,
+    delay: Option<u64>,
     tracker: &mut Tracker,
 ) -> Result<(), ExperimentError> {
     let (replicas, rows) = (study.settings.replicas, study.settings.batch_size);
@@ -86,16 +92,51 @@ pub(crate) fn sparseloco(
     let mut error_feedback: Vec<Vec<Vec<f32>>> = (0..replicas).map(|_| zeros(&schema)).collect();
     let mut shared = read(&trainers[0])?;
     let mut update = zeros(&schema);
+    // Overlapped, no replica holds the shared weights between rounds: a model of its own is
+    // evaluated.
+    let mut agreed = match delay {
+        Some(_) => Some(study.trainer(rows)?),
+        None => None,
+    };
+    let mut pending: Option<Vec<Vec<Vec<f32>>>> = None;
     tracker.synced(0, &trainers[0].model)?;
     for round in 0..study.rounds(inner_steps) {
         let steps = study.round_steps(round, inner_steps);
+        let early = match (&pending, delay) {
+            (Some(_), Some(delay)) => delay.min(steps.end - steps.start),
+            _ => 0,
+        };
+        let train = |trainers: &mut [templar_engine::Trainer],
+                     range: std::ops::Range<u64>,
+                     tracker: &mut Tracker|
+         -> Result<(), ExperimentError> {
+            for (replica, trainer) in trainers.iter_mut().enumerate() {
+                for step in range.clone() {
+                    let batch = study.data.train_batch(replica, step, rows)?;
+                    tracker.record_loss(trainer.train_step(&batch)?.loss);
+                }
+            }
+            Ok(())
+        };
+        train(&mut trainers, steps.start..steps.start + early, tracker)?;
+        if let Some(guesses) = pending.take() {
+            // The last round's aggregate arrives under the live weights.
+            let before = shared.clone();
+            apply(&mut shared, &update, o.sparseloco_lr);
+            for (trainer, guess) in trainers.iter_mut().zip(&guesses) {
+                let mut live = read(trainer)?;
+                carry(&mut live, &before, &shared, guess, o.sparseloco_lr);
+                write(trainer, &live)?;
+            }
+            if let Some(agreed) = agreed.as_mut() {
+                write(agreed, &shared)?;
+                tracker.synced(steps.start, &agreed.model)?;
+            }
+        }
+        train(&mut trainers, steps.start + early..steps.end, tracker)?;
         let mut received = Vec::with_capacity(replicas);
         let mut sizes = Vec::with_capacity(replicas);
-        for (replica, trainer) in trainers.iter_mut().enumerate() {
-            for step in steps.clone() {
-                let batch = study.data.train_batch(replica, step, rows)?;
-                tracker.record_loss(trainer.train_step(&batch)?.loss);
-            }
+        for (replica, trainer) in trainers.iter().enumerate() {
             let delta = pseudo_gradient(&shared, &read(trainer)?);
             let (payload, size) = send(&schema, &mut error_feedback[replica], &delta)?;
             if o.error_feedback_bf16 {
@@ -106,18 +147,69 @@ pub(crate) fn sparseloco(
         }
         let peers: Vec<&Payload> = received.iter().collect();
         aggregate(&schema, &peers, &mut update).map_err(ExperimentError::codec)?;
-        for (buffer, tensor) in shared.iter_mut().zip(&update) {
-            if tensor.iter().all(|v| v.is_finite()) {
-                descend(&mut buffer.data, tensor, o.sparseloco_lr);
+        tracker.payload_exchange(&sizes);
+        if delay.is_some() && steps.end < study.steps() {
+            // Each replica goes on from its guess: the shared weights moved by its own update.
+            let mut guesses = Vec::with_capacity(replicas);
+            for (trainer, own) in trainers.iter_mut().zip(&received) {
+                let guess = alone(&schema, own)?;
+                let mut live = shared.clone();
+                for (buffer, tensor) in live.iter_mut().zip(&guess) {
+                    descend(&mut buffer.data, tensor, o.sparseloco_lr);
+                }
+                write(trainer, &live)?;
+                guesses.push(guess);
             }
+            pending = Some(guesses);
+            continue;
         }
+        apply(&mut shared, &update, o.sparseloco_lr);
         for trainer in &mut trainers {
             write(trainer, &shared)?;
         }
-        tracker.payload_exchange(&sizes);
         tracker.synced(steps.end, &trainers[0].model)?;
     }
     Ok(())
+}
+
+/// `θ ← θ − lr · update`, a tensor whose update is not finite skipped, as on a node.
+fn apply(shared: &mut [templar_engine::NamedBuffer], update: &[Vec<f32>], lr: f32) {
+    for (buffer, tensor) in shared.iter_mut().zip(update) {
+        if tensor.iter().all(|v| v.is_finite()) {
+            descend(&mut buffer.data, tensor, lr);
+        }
+    }
+}
+
+/// `live += lr · guess + (after − before)`: the guess taken back, the shared change carried.
+fn carry(
+    live: &mut [templar_engine::NamedBuffer],
+    before: &[templar_engine::NamedBuffer],
+    after: &[templar_engine::NamedBuffer],
+    guess: &[Vec<f32>],
+    lr: f32,
+) {
+    for (((live, before), after), guess) in live.iter_mut().zip(before).zip(after).zip(guess) {
+        for (((value, b), a), g) in live
+            .data
+            .iter_mut()
+            .zip(&before.data)
+            .zip(&after.data)
+            .zip(guess)
+        {
+            *value += lr * g + (a - b);
+        }
+    }
+}
+
+/// One payload as the aggregate would count it alone.
+fn alone(schema: &Schema, own: &Payload) -> Result<Vec<Vec<f32>>, ExperimentError> {
+    let mut out = zeros(schema);
+    for (i, buffer) in out.iter_mut().enumerate() {
+        merge_tensor(schema, i, &[&own.tensors[i]], &[1.0], buffer)
+            .map_err(ExperimentError::codec)?;
+    }
+    Ok(out)
 }
 
 /// DeMo: no inner optimizer. Every step each replica folds its gradient into its momentum

@@ -155,6 +155,31 @@ fn every_method_learns_and_counts_its_bytes() {
     assert_payloads_within(&sparseloco, &schema(&preset, codec));
     assert!(sparseloco.bytes_sent * 100 < diloco.bytes_sent);
 
+    // Overlapped windows: the aggregate arrives two steps into the next round. With none, the
+    // guess is taken back before any step and the run is the sequential one, to rounding.
+    let overlapped = study
+        .run(Method::Overlapped {
+            inner_steps: 10,
+            topk: 64,
+            delay: 2,
+        })
+        .unwrap();
+    assert_learned(&overlapped);
+    assert_eq!(overlapped.exchanges, STEPS / 10);
+    let at_once = study
+        .run(Method::Overlapped {
+            inner_steps: 10,
+            topk: 64,
+            delay: 0,
+        })
+        .unwrap();
+    assert!(
+        (at_once.final_bpb - sparseloco.final_bpb).abs() < 1e-3 * sparseloco.final_bpb,
+        "{} against {}",
+        at_once.final_bpb,
+        sparseloco.final_bpb
+    );
+
     let demo = study.run(Method::Demo { topk: 32 }).unwrap();
     assert_learned(&demo);
     assert_eq!(demo.exchanges, STEPS);

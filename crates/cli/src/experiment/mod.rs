@@ -32,8 +32,10 @@ pub struct ConvergenceArgs {
     /// Samples each replica trains on per step.
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
-    /// Runs to make, comma-separated: ddp, diloco:H, demo:K, sparseloco:H:K
-    /// [default: ddp, demo:32, diloco:10, diloco:30, sparseloco:10:32, sparseloco:10:64, sparseloco:30:64].
+    /// Runs to make, comma-separated: ddp, diloco:H, demo:K, sparseloco:H:K, or overlapped:H:K:D
+    /// (sparseloco:H:K with overlapped windows, each round's aggregate arriving D steps into the
+    /// next) [default: ddp, demo:32, diloco:10, diloco:30, sparseloco:10:32, sparseloco:10:64,
+    /// sparseloco:30:64, overlapped:10:32:2].
     #[arg(long, value_delimiter = ',', conflicts_with = "sweep")]
     runs: Vec<Method>,
     /// Every setting of the study: sparseloco over H ∈ {10, 30, 50} × k ∈ {32, 64, 128}, diloco
