@@ -23,7 +23,7 @@ use crate::events::{Event, Part, Phase};
 use crate::fingerprint::Fingerprint;
 use crate::message::{GradientHeader, WindowManifest};
 use crate::miner_replica::MinerReplica;
-use crate::node::{Node, Verdict, WindowPeers, aggregate_inputs};
+use crate::node::{Node, Verdict, WindowPeers, aggregate_inputs, sleep_until_ms};
 use crate::ranks::{
     FullyShardedReplica, SavedBy, TensorOwner, load_node_state, read_error_feedback,
 };
@@ -31,7 +31,7 @@ use crate::replica::{LiveWeights, NetworkReplica, Replica};
 use crate::reveal::Reveal;
 use crate::saving::Saving;
 use crate::state::StateDir;
-use crate::trainer::{self, Held, Progress, Steps, Training};
+use crate::trainer::{self, Held, Progress, Steps, Training, step_margin_ms};
 
 /// Where a miner resuming from `saved` stands, announced.
 fn resumed<C>(node: &Node<C>, saved: &MinerState, digest: String) -> Position {
@@ -445,7 +445,17 @@ impl<C: Chain> Miner<C> {
         let (contribution, peers, slot) = if self.behavior.is_honest() {
             // Training needs neither the window's peers nor its slot, which are known only once
             // the window has begun: an overlapping miner starts as soon as its last payload is
-            // out.
+            // out, but not before the last window's steps would have had to stop. A miner whose
+            // steps leave part of a window idle would otherwise train ever further ahead of the
+            // aggregates it builds on.
+            if pending.is_some() {
+                let begins = self
+                    .node
+                    .chain
+                    .block_timestamp(self.node.clock.first_block(window))
+                    .await?;
+                sleep_until_ms(begins.saturating_sub(step_margin_ms(self.step_seconds))).await;
+            }
             let trained = self
                 .train(window, self.node.uid, train_until, pending)
                 .await?;

@@ -132,7 +132,7 @@ fn run(
     };
     for ids in &steps.batches {
         if pause.load(Ordering::Relaxed)
-            || now_ms() as f64 + progress.step_seconds * 1500.0 > steps.until_ms as f64
+            || now_ms() + step_margin_ms(progress.step_seconds) > steps.until_ms
         {
             break;
         }
@@ -146,6 +146,11 @@ fn run(
         progress.step_seconds = next_step_estimate(progress.step_seconds, took);
     }
     Ok(progress)
+}
+
+/// How long before a deadline the last step must start: one and a half steps' estimate.
+pub(crate) fn step_margin_ms(step_seconds: f64) -> u64 {
+    (step_seconds * 1500.0) as u64
 }
 
 /// The running estimate of one inner step after one that took `took`. One step counts for at
